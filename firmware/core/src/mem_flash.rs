@@ -1,0 +1,164 @@
+//! An in-memory NOR flash model for tests: erase to `0xFF`, writes only clear bits (checked),
+//! and a power cut after any number of programmed or erased bytes.
+
+use crate::error::Error;
+use crate::flash::{check_range, Flash};
+
+/// NOR flash over a caller-owned buffer (`[u8; N]`, `&mut [u8]`, or `Vec<u8>` with std).
+///
+/// Power cut: with [`MemFlash::cut_after`]`(k)`, the first `k` bytes programmed or erased from
+/// then on land, and every later operation (read included) fails with [`Error::FlashFailure`].
+/// Writes land byte by byte in address order; an erase proceeds from the first byte of the
+/// unit to the last, so a cut leaves an erased prefix.
+#[derive(Debug, Clone)]
+pub struct MemFlash<B> {
+    buf: B,
+    erase_size: u32,
+    budget: Option<u64>,
+    dead: bool,
+    strict: bool,
+    /// Bytes programmed or erased since creation (counts what a cut can interrupt).
+    pub bytes_touched: u64,
+}
+
+impl<B: AsRef<[u8]> + AsMut<[u8]>> MemFlash<B> {
+    /// A flash over `buf` with the given erase unit. Strict (a write that sets a bit fails).
+    pub fn new(buf: B, erase_size: u32) -> Self {
+        Self {
+            buf,
+            erase_size,
+            budget: None,
+            dead: false,
+            strict: true,
+            bytes_touched: 0,
+        }
+    }
+
+    /// Cuts power after `bytes` more programmed/erased bytes.
+    pub fn cut_after(&mut self, bytes: u64) {
+        self.budget = Some(bytes);
+    }
+
+    /// Whether the power has been cut.
+    pub fn is_dead(&self) -> bool {
+        self.dead
+    }
+
+    /// The raw bytes (for inspection and for bit-flip tests).
+    pub fn bytes(&self) -> &[u8] {
+        self.buf.as_ref()
+    }
+
+    /// The raw bytes, mutable (to inject bit flips).
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        self.buf.as_mut()
+    }
+
+    /// Gives the buffer back.
+    pub fn into_inner(self) -> B {
+        self.buf
+    }
+
+    /// Takes one unit of budget; false once the power is gone.
+    fn tick(&mut self) -> bool {
+        if self.dead {
+            return false;
+        }
+        if let Some(b) = self.budget.as_mut() {
+            if *b == 0 {
+                self.dead = true;
+                return false;
+            }
+            *b -= 1;
+        }
+        self.bytes_touched += 1;
+        true
+    }
+}
+
+impl<B: AsRef<[u8]> + AsMut<[u8]>> Flash for MemFlash<B> {
+    fn capacity(&self) -> u32 {
+        self.buf.as_ref().len().min(u32::MAX as usize) as u32
+    }
+
+    fn erase_size(&self) -> u32 {
+        self.erase_size
+    }
+
+    fn read(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), Error> {
+        if self.dead {
+            return Err(Error::FlashFailure);
+        }
+        check_range(self.capacity(), offset, buf.len())?;
+        let o = offset as usize;
+        buf.copy_from_slice(&self.buf.as_ref()[o..o + buf.len()]);
+        Ok(())
+    }
+
+    fn write(&mut self, offset: u32, data: &[u8]) -> Result<(), Error> {
+        if self.dead {
+            return Err(Error::FlashFailure);
+        }
+        check_range(self.capacity(), offset, data.len())?;
+        let o = offset as usize;
+        if self.strict {
+            let cur = &self.buf.as_ref()[o..o + data.len()];
+            if let Some(i) = cur.iter().zip(data).position(|(c, d)| d & !c != 0) {
+                return Err(Error::NorViolation {
+                    offset: offset + i as u32,
+                });
+            }
+        }
+        for (i, &d) in data.iter().enumerate() {
+            if !self.tick() {
+                return Err(Error::FlashFailure);
+            }
+            self.buf.as_mut()[o + i] &= d;
+        }
+        Ok(())
+    }
+
+    fn erase(&mut self, offset: u32, len: u32) -> Result<(), Error> {
+        if self.dead {
+            return Err(Error::FlashFailure);
+        }
+        if offset % self.erase_size != 0 || len % self.erase_size != 0 {
+            return Err(Error::OutOfBounds { offset, len });
+        }
+        check_range(self.capacity(), offset, len as usize)?;
+        for i in offset as usize..(offset + len) as usize {
+            if !self.tick() {
+                return Err(Error::FlashFailure);
+            }
+            self.buf.as_mut()[i] = 0xFF;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), Error> {
+        if self.dead {
+            return Err(Error::FlashFailure);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nor_rules_and_power_cut() {
+        let mut f = MemFlash::new([0xFFu8; 64], 16);
+        f.write(0, &[0x0F, 0xF0]).unwrap();
+        assert_eq!(f.write(0, &[0xFF]), Err(Error::NorViolation { offset: 0 }));
+        f.write(0, &[0x0E]).unwrap();
+        f.erase(0, 16).unwrap();
+        assert_eq!(f.bytes()[0], 0xFF);
+        f.cut_after(3);
+        assert_eq!(f.write(16, &[0; 8]), Err(Error::FlashFailure));
+        assert_eq!(&f.bytes()[16..20], &[0, 0, 0, 0xFF]);
+        let mut b = [0u8; 1];
+        assert_eq!(f.read(0, &mut b), Err(Error::FlashFailure));
+    }
+}

@@ -1,0 +1,359 @@
+//! Byte layout of the store: header, segment headers, record headers (see `FORMAT.md`).
+//! All integers little-endian.
+
+use crate::crc32::{crc32, Crc32};
+use crate::error::Error;
+
+/// First 8 bytes of every store.
+pub const STORE_MAGIC: [u8; 8] = *b"ANYTSTOR";
+/// The format version this code writes and the newest it reads.
+pub const FORMAT_VERSION: u16 = 1;
+/// Bytes of the store header (it lives in its own block of one segment size at offset 0).
+pub const STORE_HEADER_LEN: usize = 36;
+/// Magic of a segment header ("ASEG").
+pub const SEGMENT_MAGIC: [u8; 4] = *b"ASEG";
+/// Bytes of a segment header.
+pub const SEGMENT_HEADER_LEN: u32 = 20;
+/// `source` of a segment header that was opened for appends, not by a compaction.
+pub const NO_SOURCE: u32 = u32::MAX;
+/// Bytes of a record header (markers, fields, header CRC).
+pub const RECORD_HEADER_LEN: u32 = 20;
+/// Header plus trailing CRC: the fixed cost of a record before padding.
+pub const RECORD_OVERHEAD: u32 = RECORD_HEADER_LEN + 4;
+/// Records start on multiples of this.
+pub const ALIGN: u32 = 4;
+/// Label names are at most this many bytes.
+pub const MAX_LABEL_NAME: usize = 255;
+/// Label id used by state records (never a data label).
+pub const STATE_LABEL: u16 = 0xFFFF;
+
+/// Kind byte of a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// Compressed tokens of one labelled sample.
+    Data = 1,
+    /// One label table entry: `label` = id, payload = UTF-8 name.
+    Label = 2,
+    /// A blob of learner state; the newest copy (highest sequence) wins.
+    State = 3,
+}
+
+impl Kind {
+    fn from_u8(b: u8) -> Option<Kind> {
+        match b {
+            1 => Some(Kind::Data),
+            2 => Some(Kind::Label),
+            3 => Some(Kind::State),
+            _ => None,
+        }
+    }
+}
+
+/// Total bytes a record with a `len`-byte payload occupies (aligned).
+pub const fn record_size(len: u32) -> u32 {
+    (RECORD_OVERHEAD + len).div_ceil(ALIGN) * ALIGN
+}
+
+/// A marker byte counts as set (committed / deleted) when fewer than 4 of its bits are 1.
+/// Markers are written as `0x00` over `0xFF`, so up to 3 bit flips are tolerated.
+pub fn marker_set(b: u8) -> bool {
+    b.count_ones() < 4
+}
+
+/// How the store is cut into segments, and its logical capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// Bytes per segment (a multiple of the flash erase unit); the header block has this size too.
+    pub segment_size: u32,
+    /// Number of segments after the header block.
+    pub segment_count: u32,
+    /// Largest record (total bytes, see [`record_size`]) the store accepts.
+    pub max_record: u32,
+    /// Logical capacity: the live records' total size never exceeds it.
+    pub capacity: u64,
+}
+
+impl Geometry {
+    /// Bytes of a segment available to records.
+    pub const fn usable(&self) -> u32 {
+        self.segment_size - SEGMENT_HEADER_LEN
+    }
+
+    /// Largest payload the store accepts.
+    pub const fn max_payload(&self) -> u32 {
+        self.max_record - RECORD_OVERHEAD
+    }
+
+    /// The largest logical capacity this segmentation supports: one segment is always kept
+    /// free for compaction, one is the write head, one absorbs fragmentation, and each
+    /// segment can waste less than one record at its end.
+    pub const fn max_capacity(&self) -> u64 {
+        if self.segment_count < 4 {
+            return 0;
+        }
+        (self.segment_count as u64 - 3) * (self.usable() - self.max_record) as u64
+    }
+
+    /// Bytes of flash the store occupies (header block + segments).
+    pub const fn region_len(&self) -> u64 {
+        self.segment_size as u64 * (self.segment_count as u64 + 1)
+    }
+
+    /// A geometry for a logical `capacity`, with segments of `segment_size` bytes and payloads
+    /// of at most `max_payload` bytes: the smallest segment count that supports it.
+    pub fn for_capacity(capacity: u64, segment_size: u32, max_payload: u32) -> Result<Self, Error> {
+        let max_record = record_size(max_payload);
+        if segment_size < SEGMENT_HEADER_LEN + 2 * max_record || segment_size % ALIGN != 0 {
+            return Err(Error::BadGeometry);
+        }
+        let per = (segment_size - SEGMENT_HEADER_LEN - max_record) as u64;
+        let count = capacity.div_ceil(per).max(1) + 3;
+        let count = u32::try_from(count).map_err(|_| Error::BadGeometry)?;
+        let g = Geometry {
+            segment_size,
+            segment_count: count,
+            max_record,
+            capacity,
+        };
+        g.validate()?;
+        Ok(g)
+    }
+
+    /// The geometry that fills a region of `region_len` bytes (capacity = the maximum).
+    pub fn for_region(region_len: u64, segment_size: u32, max_payload: u32) -> Result<Self, Error> {
+        if segment_size == 0 {
+            return Err(Error::BadGeometry);
+        }
+        let count = (region_len / segment_size as u64).saturating_sub(1);
+        let mut g = Geometry {
+            segment_size,
+            segment_count: u32::try_from(count).map_err(|_| Error::BadGeometry)?,
+            max_record: record_size(max_payload),
+            capacity: 0,
+        };
+        g.capacity = g.max_capacity();
+        g.validate()?;
+        Ok(g)
+    }
+
+    /// Checks the invariants the ring relies on.
+    pub fn validate(&self) -> Result<(), Error> {
+        let ok = self.segment_size % ALIGN == 0
+            && self.segment_size >= SEGMENT_HEADER_LEN + 2 * self.max_record
+            && self.max_record >= RECORD_OVERHEAD
+            && self.max_record % ALIGN == 0
+            && self.segment_count >= 4
+            && self.capacity > 0
+            && self.capacity <= self.max_capacity()
+            && self.region_len() <= u32::MAX as u64;
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::BadGeometry)
+        }
+    }
+
+    /// Flash offset of segment `i`.
+    pub const fn segment_offset(&self, i: u32) -> u32 {
+        (i + 1) * self.segment_size
+    }
+
+    /// Segment holding flash offset `off` (which must be past the header block).
+    pub const fn segment_of(&self, off: u32) -> u32 {
+        off / self.segment_size - 1
+    }
+}
+
+/// Serialises the store header.
+pub fn encode_store_header(g: &Geometry) -> [u8; STORE_HEADER_LEN] {
+    let mut b = [0u8; STORE_HEADER_LEN];
+    b[0..8].copy_from_slice(&STORE_MAGIC);
+    b[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    b[10..12].copy_from_slice(&0u16.to_le_bytes());
+    b[12..16].copy_from_slice(&g.segment_size.to_le_bytes());
+    b[16..20].copy_from_slice(&g.segment_count.to_le_bytes());
+    b[20..24].copy_from_slice(&g.max_record.to_le_bytes());
+    b[24..32].copy_from_slice(&g.capacity.to_le_bytes());
+    let c = crc32(&b[0..32]);
+    b[32..36].copy_from_slice(&c.to_le_bytes());
+    b
+}
+
+/// Parses and checks the store header: magic, then version, then CRC, then geometry.
+pub fn decode_store_header(b: &[u8; STORE_HEADER_LEN]) -> Result<Geometry, Error> {
+    if b[0..8] != STORE_MAGIC {
+        return Err(Error::NotAStore);
+    }
+    let version = u16::from_le_bytes([b[8], b[9]]);
+    if version == 0 {
+        return Err(Error::NotAStore);
+    }
+    if version > FORMAT_VERSION {
+        return Err(Error::UnsupportedVersion {
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    if crc32(&b[0..32]) != le32(&b[32..36]) {
+        return Err(Error::CorruptHeader);
+    }
+    let g = Geometry {
+        segment_size: le32(&b[12..16]),
+        segment_count: le32(&b[16..20]),
+        max_record: le32(&b[20..24]),
+        capacity: u64::from_le_bytes([b[24], b[25], b[26], b[27], b[28], b[29], b[30], b[31]]),
+    };
+    g.validate().map_err(|_| Error::CorruptHeader)?;
+    Ok(g)
+}
+
+/// A decoded segment header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// Monotonic sequence number of the segment (order of opening).
+    pub seq: u32,
+    /// How many times this segment has been erased by the ring.
+    pub erase_count: u32,
+    /// Sequence of the segment whose records this one received by compaction, or
+    /// [`NO_SOURCE`]. While that segment is still active the compaction is incomplete.
+    pub source: u32,
+}
+
+/// Serialises a segment header.
+pub fn encode_segment_header(h: &SegmentHeader) -> [u8; SEGMENT_HEADER_LEN as usize] {
+    let mut b = [0u8; SEGMENT_HEADER_LEN as usize];
+    b[0..4].copy_from_slice(&SEGMENT_MAGIC);
+    b[4..8].copy_from_slice(&h.seq.to_le_bytes());
+    b[8..12].copy_from_slice(&h.erase_count.to_le_bytes());
+    b[12..16].copy_from_slice(&h.source.to_le_bytes());
+    let c = crc32(&b[0..16]);
+    b[16..20].copy_from_slice(&c.to_le_bytes());
+    b
+}
+
+/// Parses a segment header; `None` when absent, torn or corrupt.
+pub fn decode_segment_header(b: &[u8; SEGMENT_HEADER_LEN as usize]) -> Option<SegmentHeader> {
+    if b[0..4] != SEGMENT_MAGIC || crc32(&b[0..16]) != le32(&b[16..20]) {
+        return None;
+    }
+    Some(SegmentHeader {
+        seq: le32(&b[4..8]),
+        erase_count: le32(&b[8..12]),
+        source: le32(&b[12..16]),
+    })
+}
+
+/// The fields of a record header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// Commit marker byte as read (see [`marker_set`]).
+    pub commit: u8,
+    /// Deletion marker byte as read.
+    pub deleted: u8,
+    /// Record kind.
+    pub kind: Kind,
+    /// Caller flags (data records).
+    pub flags: u8,
+    /// Label id (data, label records) or [`STATE_LABEL`].
+    pub label: u16,
+    /// Store-wide sequence number (kept when a record is moved by compaction).
+    pub seq: u32,
+    /// Payload length in bytes.
+    pub len: u32,
+}
+
+/// What 20 header bytes hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderRead {
+    /// All `0xFF`: free space.
+    Erased,
+    /// Not a valid header (torn write, bit flip, garbage).
+    Invalid,
+    /// A header whose CRC checks.
+    Valid(RecordHeader),
+}
+
+/// Serialises bytes 2..20 of a record header (the markers are not part of the body).
+pub fn encode_record_fields(kind: Kind, flags: u8, label: u16, seq: u32, len: u32) -> [u8; 18] {
+    let mut b = [0u8; 18];
+    b[0] = kind as u8;
+    b[1] = flags;
+    b[2..4].copy_from_slice(&label.to_le_bytes());
+    b[4..6].copy_from_slice(&0u16.to_le_bytes());
+    b[6..10].copy_from_slice(&seq.to_le_bytes());
+    b[10..14].copy_from_slice(&len.to_le_bytes());
+    let c = crc32(&b[0..14]);
+    b[14..18].copy_from_slice(&c.to_le_bytes());
+    b
+}
+
+/// Parses a record header.
+pub fn decode_record_header(b: &[u8; RECORD_HEADER_LEN as usize]) -> HeaderRead {
+    if b.iter().all(|&x| x == 0xFF) {
+        return HeaderRead::Erased;
+    }
+    let f = &b[2..];
+    if crc32(&f[0..14]) != le32(&f[14..18]) || f[4] != 0 || f[5] != 0 {
+        return HeaderRead::Invalid;
+    }
+    let Some(kind) = Kind::from_u8(f[0]) else {
+        return HeaderRead::Invalid;
+    };
+    HeaderRead::Valid(RecordHeader {
+        commit: b[0],
+        deleted: b[1],
+        kind,
+        flags: f[1],
+        label: u16::from_le_bytes([f[2], f[3]]),
+        seq: le32(&f[6..10]),
+        len: le32(&f[10..14]),
+    })
+}
+
+/// CRC of a record: header fields (bytes 2..16 of the record) then the payload.
+pub fn record_crc(fields: &[u8], payload: &[u8]) -> u32 {
+    let mut c = Crc32::new();
+    c.update(&fields[0..14]);
+    c.update(payload);
+    c.finish()
+}
+
+pub(crate) fn le32(b: &[u8]) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip() {
+        let g = Geometry::for_capacity(10_000, 1024, 100).unwrap();
+        assert!(g.capacity <= g.max_capacity());
+        assert_eq!(decode_store_header(&encode_store_header(&g)), Ok(g));
+        let s = SegmentHeader {
+            seq: 9,
+            erase_count: 3,
+            source: NO_SOURCE,
+        };
+        assert_eq!(decode_segment_header(&encode_segment_header(&s)), Some(s));
+        let f = encode_record_fields(Kind::Data, 7, 3, 42, 10);
+        let mut h = [0xFFu8; 20];
+        h[2..].copy_from_slice(&f);
+        match decode_record_header(&h) {
+            HeaderRead::Valid(r) => {
+                assert_eq!(
+                    (r.kind, r.flags, r.label, r.seq, r.len),
+                    (Kind::Data, 7, 3, 42, 10)
+                );
+                assert!(!marker_set(r.commit));
+            }
+            other => panic!("{other:?}"),
+        }
+        h[5] ^= 1;
+        assert_eq!(decode_record_header(&h), HeaderRead::Invalid);
+        assert_eq!(record_size(0), 24);
+        assert_eq!(record_size(1), 28);
+    }
+}

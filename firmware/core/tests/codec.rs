@@ -1,0 +1,164 @@
+//! Codec properties: error falls with k, exact at k = N−1 without quantisation, the
+//! ViT-B/32 record size, and malformed records rejected without panics.
+
+use anytime_core::codec::{decode, encode, encode_scratch_len, encoded_len, CodecParams};
+use anytime_core::rng::SplitMix64;
+
+/// Tokens with rank-`r` structure plus noise, and attention-like weights (CLS = 1, patches a
+/// softmax).
+fn tokens(n: usize, d: usize, r: usize, noise: f32, seed: u64) -> (Vec<f32>, Vec<f32>) {
+    let mut rng = SplitMix64::new(seed);
+    let a: Vec<f32> = (0..n * r).map(|_| rng.normal()).collect();
+    let b: Vec<f32> = (0..r * d).map(|_| rng.normal()).collect();
+    let mut t = vec![0f32; n * d];
+    for i in 0..n {
+        for j in 0..d {
+            let s: f32 = (0..r).map(|q| a[i * r + q] * b[q * d + j]).sum();
+            t[i * d + j] = s + 0.5 + noise * rng.normal();
+        }
+    }
+    let logits: Vec<f32> = (1..n).map(|_| 2.0 * rng.normal()).collect();
+    let m = logits.iter().cloned().fold(f32::MIN, f32::max);
+    let z: f32 = logits.iter().map(|l| (l - m).exp()).sum();
+    let mut w = vec![1.0f32];
+    w.extend(logits.iter().map(|l| (l - m).exp() / z));
+    (t, w)
+}
+
+fn round_trip(t: &[f32], w: &[f32], n: usize, d: usize, p: CodecParams) -> (Vec<f32>, usize) {
+    let mut scratch = vec![0f32; encode_scratch_len(n, d, p.k as usize)];
+    let mut rec = vec![0u8; encoded_len(n, d, &p)];
+    let len = encode(t, w, n, d, &p, &mut scratch, &mut rec).unwrap();
+    assert_eq!(len, rec.len());
+    let mut out = vec![0f32; n * d];
+    assert_eq!(decode(&rec, &mut out).unwrap(), (n, d));
+    (out, len)
+}
+
+fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum();
+    (num / den).sqrt()
+}
+
+#[test]
+fn error_decreases_with_k() {
+    let (n, d) = (50, 64);
+    let (t, w) = tokens(n, d, 12, 0.1, 1);
+    for bits in [32u8, 8] {
+        let mut last = f64::INFINITY;
+        for k in [1u16, 2, 3, 5, 8, 12, 20] {
+            let (out, _) = round_trip(
+                &t,
+                &w,
+                n,
+                d,
+                CodecParams {
+                    k,
+                    bits,
+                    weighted: true,
+                },
+            );
+            let e = rel_err(&t, &out);
+            let slack = if bits == 32 { 1e-6 } else { 5e-3 };
+            assert!(e <= last + slack, "bits {bits} k {k}: {e} after {last}");
+            last = e;
+        }
+        assert!(last < 0.05, "bits {bits}: k = 20 leaves {last}");
+    }
+}
+
+#[test]
+fn exact_at_n_minus_one_without_quantisation() {
+    let (n, d) = (50, 64);
+    let (t, w) = tokens(n, d, 60, 0.3, 2);
+    for weighted in [true, false] {
+        let p = CodecParams {
+            k: n as u16 - 1,
+            bits: 32,
+            weighted,
+        };
+        let (out, _) = round_trip(&t, &w, n, d, p);
+        let max = t
+            .iter()
+            .zip(&out)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(max < 1e-4, "weighted {weighted}: max error {max}");
+    }
+}
+
+#[test]
+fn vit_b32_record_size() {
+    let (n, d) = (50, 768);
+    let p = CodecParams::DEFAULT;
+    assert!(encoded_len(n, d, &p) <= 5400, "{}", encoded_len(n, d, &p));
+    let (t, w) = tokens(n, d, 5, 0.2, 3);
+    let (out, len) = round_trip(&t, &w, n, d, p);
+    assert!(len <= 5400);
+    assert!(rel_err(&t, &out) < 0.5);
+    let p4 = CodecParams { bits: 4, ..p };
+    assert!(encoded_len(n, d, &p4) < 3000);
+}
+
+#[test]
+fn weighting_favours_heavy_tokens() {
+    // The CLS token (weight 1) lies off the patches' main structure: the weighted fit keeps it.
+    let (n, d) = (50, 64);
+    let (mut t, w) = tokens(n, d, 6, 0.05, 4);
+    let mut rng = SplitMix64::new(5);
+    for x in &mut t[..d] {
+        *x = 4.0 * rng.normal();
+    }
+    let cls_err = |weighted| {
+        let (out, _) = round_trip(
+            &t,
+            &w,
+            n,
+            d,
+            CodecParams {
+                k: 3,
+                bits: 32,
+                weighted,
+            },
+        );
+        rel_err(&t[..d], &out[..d])
+    };
+    assert!(
+        cls_err(true) < 0.5 * cls_err(false),
+        "{} vs {}",
+        cls_err(true),
+        cls_err(false)
+    );
+}
+
+#[test]
+fn malformed_records_are_rejected() {
+    let (n, d) = (10, 16);
+    let (t, w) = tokens(n, d, 3, 0.1, 6);
+    let p = CodecParams {
+        k: 3,
+        bits: 4,
+        weighted: true,
+    };
+    let mut scratch = vec![0f32; encode_scratch_len(n, d, 3)];
+    let mut rec = vec![0u8; encoded_len(n, d, &p)];
+    encode(&t, &w, n, d, &p, &mut scratch, &mut rec).unwrap();
+    let mut out = vec![0f32; n * d];
+    assert!(decode(&rec[..rec.len() - 1], &mut out).is_err());
+    assert!(decode(&rec, &mut out[..n * d - 1]).is_err());
+    let mut rng = SplitMix64::new(7);
+    for _ in 0..2000 {
+        let len = rng.below(64) as usize;
+        let mut junk: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+        if len > 0 && rng.below(2) == 0 {
+            junk[0] = 1;
+        }
+        let _ = decode(&junk, &mut out);
+    }
+    // Bad parameters.
+    let bad = CodecParams { k: 11, ..p };
+    assert!(encode(&t, &w, n, d, &bad, &mut scratch, &mut rec).is_err());
+    let bad = CodecParams { bits: 5, ..p };
+    assert!(encode(&t, &w, n, d, &bad, &mut scratch, &mut rec).is_err());
+}
