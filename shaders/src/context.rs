@@ -1,0 +1,220 @@
+//! The one GPU context: instance, adapter, device, queue and what the adapter is.
+
+use wgpu::util::DeviceExt;
+
+use crate::{Dispatch, GpuError};
+
+/// Instance, adapter, device and queue, created once and shared by every kernel.
+#[derive(Debug)]
+pub struct GpuContext {
+    pub instance: wgpu::Instance,
+    pub adapter: wgpu::Adapter,
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    /// Name, backend and device type of the adapter (for logs and benchmark tables).
+    pub info: wgpu::AdapterInfo,
+}
+
+impl GpuContext {
+    /// Finds an adapter (backends from `WGPU_BACKEND`, else all) and opens a device with
+    /// the adapter's buffer size limits. [`GpuError::NoAdapter`] when there is none.
+    pub fn new() -> Result<Self, GpuError> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            ..Default::default()
+        }))
+        .map_err(|e| {
+            log::info!("no GPU adapter: {e}");
+            GpuError::NoAdapter
+        })?;
+        let info = adapter.get_info();
+        let supported = adapter.limits();
+        let required_limits = wgpu::Limits {
+            max_storage_buffer_binding_size: supported.max_storage_buffer_binding_size,
+            max_buffer_size: supported.max_buffer_size,
+            ..wgpu::Limits::default()
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("anytime-edge"),
+            required_limits,
+            ..Default::default()
+        }))
+        .map_err(|e| GpuError::Device(e.to_string()))?;
+        log::info!(
+            "GPU adapter {:?} ({:?}, {:?})",
+            info.name,
+            info.backend,
+            info.device_type
+        );
+        Ok(GpuContext {
+            instance,
+            adapter,
+            device,
+            queue,
+            info,
+        })
+    }
+
+    /// One line describing the adapter, e.g. `llvmpipe (Vulkan, Cpu)`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:?}, {:?})",
+            self.info.name, self.info.backend, self.info.device_type
+        )
+    }
+
+    /// A storage buffer initialised with `data` (also a copy source and destination).
+    pub fn storage_init(&self, label: &str, data: &[f32]) -> wgpu::Buffer {
+        self.storage_init_bytes(label, bytemuck::cast_slice(data))
+    }
+
+    /// A storage buffer initialised with raw bytes (`u32` labels, ...), at least 4 bytes.
+    pub fn storage_init_bytes(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+        let mut padded;
+        let contents = if bytes.len() < 4 {
+            padded = bytes.to_vec();
+            padded.resize(4, 0);
+            &padded[..]
+        } else {
+            bytes
+        };
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage: storage_usage(),
+            })
+    }
+
+    /// A zeroed storage buffer of `len` f32 (at least one).
+    pub fn storage_zeroed(&self, label: &str, len: usize) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: 4 * len.max(1) as u64,
+            usage: storage_usage(),
+            mapped_at_creation: false,
+        })
+    }
+
+    /// A uniform buffer holding `value` (also a copy destination, so it can be rewritten).
+    pub fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::bytes_of(value),
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            })
+    }
+
+    /// Records `dispatches` in order into one compute pass of one command buffer and
+    /// submits it. No read-back.
+    pub fn run(&self, label: &str, dispatches: &[Dispatch]) {
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(label),
+                timestamp_writes: None,
+            });
+            for d in dispatches {
+                d.record(&mut pass);
+            }
+        }
+        self.queue.submit([encoder.finish()]);
+    }
+
+    /// Copies the first `len` f32 of `buffer` back to the host (waits for all submitted
+    /// work). Not for use inside a training step.
+    pub fn read_f32(&self, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>, GpuError> {
+        let bytes = self.read_bytes(buffer, 4 * len as u64)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// Copies the first `size` bytes (a multiple of 4) of `buffer` back to the host.
+    pub fn read_bytes(&self, buffer: &wgpu::Buffer, size: u64) -> Result<Vec<u8>, GpuError> {
+        let what = || buffer_label(buffer);
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        if size > buffer.size() || size % 4 != 0 {
+            return Err(GpuError::Readback {
+                what: what(),
+                message: format!("{size} bytes asked of a {}-byte buffer", buffer.size()),
+            });
+        }
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("readback"),
+            });
+        encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
+        self.queue.submit([encoder.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| GpuError::Readback {
+                what: what(),
+                message: e.to_string(),
+            })?;
+        rx.recv()
+            .map_err(|e| GpuError::Readback {
+                what: what(),
+                message: e.to_string(),
+            })?
+            .map_err(|e| GpuError::Readback {
+                what: what(),
+                message: e.to_string(),
+            })?;
+        let out = {
+            let view = staging
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| GpuError::Readback {
+                    what: what(),
+                    message: e.to_string(),
+                })?;
+            view.to_vec()
+        };
+        staging.unmap();
+        Ok(out)
+    }
+
+    /// Writes `data` at element `offset` of `buffer` (staged; applied before the next submit).
+    pub fn write_f32(&self, buffer: &wgpu::Buffer, offset: usize, data: &[f32]) {
+        if !data.is_empty() {
+            self.queue
+                .write_buffer(buffer, 4 * offset as u64, bytemuck::cast_slice(data));
+        }
+    }
+
+    /// Waits until all submitted work has finished.
+    pub fn wait(&self) -> Result<(), GpuError> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| GpuError::Readback {
+                what: "device".into(),
+                message: e.to_string(),
+            })
+    }
+}
+
+fn storage_usage() -> wgpu::BufferUsages {
+    wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST
+}
+
+fn buffer_label(buffer: &wgpu::Buffer) -> String {
+    format!("buffer of {} bytes", buffer.size())
+}

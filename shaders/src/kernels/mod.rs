@@ -1,0 +1,28 @@
+//! One module per kernel: `name.wgsl` next to `name.rs`.
+
+pub mod adamw;
+pub mod attention_bwd;
+pub mod attention_fwd;
+pub mod col_sum;
+pub mod copy_rows;
+pub mod layer_norm_bwd;
+pub mod layer_norm_fwd;
+pub mod loss_fwd_bwd;
+pub mod matmul;
+pub mod quick_gelu_bwd;
+pub mod quick_gelu_fwd;
+
+/// `(name, WGSL source)` of every kernel, for validation and listings.
+pub const SOURCES: [(&str, &str); 11] = [
+    (adamw::NAME, adamw::SOURCE),
+    (attention_bwd::NAME, attention_bwd::SOURCE),
+    (attention_fwd::NAME, attention_fwd::SOURCE),
+    (col_sum::NAME, col_sum::SOURCE),
+    (copy_rows::NAME, copy_rows::SOURCE),
+    (layer_norm_bwd::NAME, layer_norm_bwd::SOURCE),
+    (layer_norm_fwd::NAME, layer_norm_fwd::SOURCE),
+    (loss_fwd_bwd::NAME, loss_fwd_bwd::SOURCE),
+    (matmul::NAME, matmul::SOURCE),
+    (quick_gelu_bwd::NAME, quick_gelu_bwd::SOURCE),
+    (quick_gelu_fwd::NAME, quick_gelu_fwd::SOURCE),
+];
