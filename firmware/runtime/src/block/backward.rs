@@ -1,0 +1,158 @@
+//! Backward of the last block and its frozen head, from `d loss / d e` (unnormalised
+//! embeddings) to the block's parameter gradients and `d loss / d tokens`.
+//!
+//! The rules mirror [`super::forward::forward`] in reverse; each GEMM's gradient is the
+//! usual pair `dW = dYᵀ·X`, `dX = dY·W` (PyTorch `Linear` layout `y = x Wᵀ + b`).
+
+use super::attention::{cls_attention_backward, AttentionGrads};
+use super::forward::{quick_gelu, recompute_affine, Saved};
+use super::gemm::{matmul_nn, matmul_nt, matmul_tn};
+use super::layernorm::layernorm_backward;
+use super::params::{BlockDims, BlockParams, FrozenHead};
+
+/// Derivative of QuickGELU: `σ(1.702x) + 1.702·x·σ(1.702x)(1 − σ(1.702x))`.
+#[inline]
+fn quick_gelu_grad(x: f32) -> f32 {
+    let s = 1.0 / (1.0 + (-1.702 * x).exp());
+    s + 1.702 * x * s * (1.0 - s)
+}
+
+/// Column sums of `dy` (`[rows, n]`) written to `db` (`[n]`).
+fn bias_grad(dy: &[f32], db: &mut [f32]) {
+    db.fill(0.0);
+    for row in dy.chunks_exact(db.len()) {
+        db.iter_mut().zip(row).for_each(|(g, &x)| *g += x);
+    }
+}
+
+/// Overwrites `grads` with the parameter gradients and `d_tokens` (`[B, N, D]`) with the
+/// input gradient, given `d_embed` (`[B, E]`) and the forward's `saved` activations.
+pub fn backward(
+    dims: &BlockDims,
+    p: &BlockParams,
+    head: &FrozenHead,
+    saved: &Saved,
+    d_embed: &[f32],
+    grads: &mut BlockParams,
+    d_tokens: &mut [f32],
+) {
+    let (n, d, m, e) = (dims.tokens, dims.width, dims.mlp, dims.embed);
+    let batch = saved.batch;
+    let rows = batch * n;
+    assert_eq!(d_embed.len(), batch * e, "d_embed must be [B, E]");
+    assert_eq!(d_tokens.len(), rows * d, "d_tokens must be [B, N, D]");
+    assert!(
+        grads.matches(dims),
+        "gradient buffers do not match the dims"
+    );
+
+    // Head: e = u·proj (frozen), u = ln_post(x3).
+    let mut du = vec![0.0; batch * d];
+    matmul_nt(batch, e, d, d_embed, e, &head.proj, e, &mut du, d, false);
+    let mut dx3 = vec![0.0; batch * d];
+    layernorm_backward(
+        &du,
+        &saved.xhat_post,
+        &saved.rstd_post,
+        &head.ln_post_w,
+        &mut dx3,
+        None,
+    );
+
+    // MLP: x3 = x2 + act·Wpᵀ + bp, act = qgelu(fc), fc = h2·Wfcᵀ + bfc.
+    let act: Vec<f32> = saved.fc.iter().map(|&x| quick_gelu(x)).collect();
+    matmul_tn(d, batch, m, &dx3, d, &act, m, &mut grads.cproj_w, m, false);
+    bias_grad(&dx3, &mut grads.cproj_b);
+    let mut dfc = vec![0.0; batch * m];
+    matmul_nn(batch, d, m, &dx3, d, &p.cproj_w, m, &mut dfc, m, false);
+    dfc.iter_mut()
+        .zip(&saved.fc)
+        .for_each(|(g, &x)| *g *= quick_gelu_grad(x));
+    let h2 = recompute_affine(&saved.xhat2, d, &p.ln_2_w, &p.ln_2_b);
+    matmul_tn(m, batch, d, &dfc, m, &h2, d, &mut grads.fc_w, d, false);
+    bias_grad(&dfc, &mut grads.fc_b);
+    let mut dh2 = vec![0.0; batch * d];
+    matmul_nn(batch, m, d, &dfc, m, &p.fc_w, d, &mut dh2, d, false);
+
+    // LN2 and the first residual: dx2 = dx3 + LN2ᵀ(dh2).
+    let mut dx2 = dx3;
+    grads.ln_2_w.fill(0.0);
+    grads.ln_2_b.fill(0.0);
+    layernorm_backward(
+        &dh2,
+        &saved.xhat2,
+        &saved.rstd2,
+        &p.ln_2_w,
+        &mut dx2,
+        Some((&mut grads.ln_2_w, &mut grads.ln_2_b)),
+    );
+
+    // out_proj: x2 = x + attn·Woᵀ + bo.
+    matmul_tn(
+        d,
+        batch,
+        d,
+        &dx2,
+        d,
+        &saved.attn,
+        d,
+        &mut grads.out_proj_w,
+        d,
+        false,
+    );
+    bias_grad(&dx2, &mut grads.out_proj_b);
+    let mut dattn = vec![0.0; batch * d];
+    matmul_nn(batch, d, d, &dx2, d, &p.out_proj_w, d, &mut dattn, d, false);
+
+    // Attention of the CLS query, then q = h1_cls·Wqᵀ + bq.
+    let h1 = recompute_affine(&saved.xhat1, d, &p.ln_1_w, &p.ln_1_b);
+    let mut dh1 = vec![0.0; rows * d];
+    let mut dq = vec![0.0; batch * d];
+    let (wq, wkv) = p.in_proj_w.split_at(d * d);
+    let (wk, wv) = wkv.split_at(d * d);
+    {
+        let (gq, gkv) = grads.in_proj_w.split_at_mut(d * d);
+        let (gk, gv) = gkv.split_at_mut(d * d);
+        let (gbq, gbkv) = grads.in_proj_b.split_at_mut(d);
+        let (gbk, gbv) = gbkv.split_at_mut(d);
+        let g = AttentionGrads {
+            dq: &mut dq,
+            dwk: gk,
+            dwv: gv,
+            dbk: gbk,
+            dbv: gbv,
+            dh1: &mut dh1,
+        };
+        cls_attention_backward(
+            dims,
+            &h1,
+            &saved.q,
+            wk,
+            wv,
+            &saved.qt,
+            &saved.probs,
+            &saved.av,
+            &dattn,
+            g,
+        );
+        matmul_tn(d, batch, d, &dq, d, &h1, n * d, gq, d, false);
+        bias_grad(&dq, gbq);
+    }
+    matmul_nn(batch, d, d, &dq, d, wq, d, &mut dh1, n * d, true);
+
+    // LN1 and the residual into the CLS rows.
+    d_tokens.fill(0.0);
+    for b in 0..batch {
+        d_tokens[b * n * d..b * n * d + d].copy_from_slice(&dx2[b * d..(b + 1) * d]);
+    }
+    grads.ln_1_w.fill(0.0);
+    grads.ln_1_b.fill(0.0);
+    layernorm_backward(
+        &dh1,
+        &saved.xhat1,
+        &saved.rstd1,
+        &p.ln_1_w,
+        d_tokens,
+        Some((&mut grads.ln_1_w, &mut grads.ln_1_b)),
+    );
+}

@@ -1,0 +1,60 @@
+//! Memory held by one training step of the CPU path.
+
+use super::params::BlockDims;
+
+/// Bytes held, by kind, for a training step at batch `B`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryReport {
+    /// Trainable parameters (f32, `b` included), plus the frozen head.
+    pub weights: usize,
+    /// One gradient per trainable scalar.
+    pub gradients: usize,
+    /// Adam first and second moments.
+    pub optimiser: usize,
+    /// Activations saved by the forward pass for backward (see [`super::Saved`]).
+    pub activations: usize,
+    /// Largest scratch buffers alive at once during backward (`h1`, `dh1`, and
+    /// `d tokens`, which the caller receives).
+    pub backward_scratch: usize,
+}
+
+impl MemoryReport {
+    /// Everything held across the step (weights, grads, moments, saved activations).
+    pub fn total(&self) -> usize {
+        self.weights + self.gradients + self.optimiser + self.activations
+    }
+}
+
+/// The accounting, in f32 scalars × 4, with `R = B·N` token rows and `H` heads:
+/// - saved: `xhat1` R·D, `rstd1` R, `q` B·D, `qt` B·H·D, `probs` B·H·N, `av` B·H·D,
+///   `attn` B·D, `xhat2` B·D, `rstd2` B, `fc` B·M, `xhat_post` B·D, `rstd_post` B,
+///   `embed` B·E;
+/// - recomputed in backward instead of saved: LN outputs `h = xhat·w + b` (one R·D buffer
+///   for LN1), QuickGELU's output;
+/// - never computed: keys and values (folded into `q̃` and `a`), queries, attention and MLP
+///   of the non-CLS tokens, whose outputs never reach the embedding.
+pub fn memory_report(dims: &BlockDims, batch: usize) -> MemoryReport {
+    let (n, d, m, e, h) = (dims.tokens, dims.width, dims.mlp, dims.embed, dims.heads);
+    let (b, r) = (batch, batch * n);
+    let params = 2 * d + 3 * d * d + 3 * d + d * d + d + 2 * d + m * d + m + d * m + d + 1;
+    let head = 2 * d + d * e;
+    let saved = r * d
+        + r
+        + b * d
+        + 2 * b * h * d
+        + b * h * n
+        + b * d
+        + b * d
+        + b
+        + b * m
+        + b * d
+        + b
+        + b * e;
+    MemoryReport {
+        weights: 4 * (params + head),
+        gradients: 4 * params,
+        optimiser: 4 * 2 * params,
+        activations: 4 * saved,
+        backward_scratch: 4 * (3 * r * d),
+    }
+}

@@ -1,0 +1,31 @@
+//! The last transformer block of the CLIP image encoder (original and tuned), on the CPU.
+//!
+//! LN1 → multi-head self-attention → residual → LN2 → MLP (QuickGELU) → residual →
+//! `ln_post` on CLS → `proj`. Only the CLS output feeds the embedding, so the block
+//! computes keys and values for every token but the query, attention output and MLP for
+//! the CLS token only: the embedding (and every gradient) is exactly that of the full block.
+
+mod attention;
+mod backward;
+mod flops;
+mod forward;
+mod gemm;
+mod layernorm;
+mod memory;
+mod model;
+mod params;
+mod weights;
+
+pub use backward::backward;
+pub use flops::{step_flops, StepFlops};
+pub use forward::{cls_attention, forward, l2_normalise, Saved};
+pub use gemm::sgemm_nn;
+pub use memory::{memory_report, MemoryReport};
+pub use model::LastBlock;
+pub use params::{
+    block_tensor_shapes, head_tensor_shapes, is_decayed, BlockDims, BlockParams, FrozenHead,
+};
+pub use weights::{
+    block_named_tensors, load_block, save_block, write_tensors, NamedTensor, TensorFile,
+    WeightsError,
+};

@@ -1,0 +1,696 @@
+//! The anytime learner (SPEC §2–§4): one update per new labelled sample, prediction over
+//! any label set at any time with online class-wise weighting (OCW).
+//!
+//! `learn(x, y)`: encode → OCW update of both models on the new sample (before the step)
+//! → compress the tokens and append them to the store → one training step on the new
+//! sample and up to 31 class-balanced stored samples (decoded) → persist the OCW state
+//! (every call) and the tuned weights (every `checkpoint_every` calls and on
+//! [`Learner::checkpoint`]).
+//!
+//! A learner lives in a folder:
+//! - `learner.json`: the model it belongs to and its codec (checked on open);
+//! - `tokens.store`: the ring buffer of compressed tokens, the label table and the state
+//!   blob (OCW estimates, counters; see [`LearnerState`]);
+//! - `tuned.safetensors`: the tuned block, `b` and the optimiser state, replaced
+//!   atomically (write, fsync, rename).
+//!
+//! After a crash the store holds every acknowledged sample and the OCW state of the last
+//! acknowledged call; the tuned weights are those of the last checkpoint (at most
+//! `checkpoint_every − 1` training steps behind). Both are always readable.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anytime_core::codec::{encoded_len, CodecParams};
+use anytime_core::mixing;
+use anytime_core::ocw::OcwState;
+use serde::{Deserialize, Serialize};
+
+use crate::assets::{ModelAssets, LAST_BLOCK};
+use crate::block::{BlockDims, LastBlock, WeightsError};
+use crate::encoder::{check_label, DynamicImage, EncoderError, LabelError};
+use crate::predict::{dot, LabelSet, PredictError, Prediction, Predictor, LOGIT_SCALE};
+use crate::store::{decode_tokens, encode_tokens, token_weights, Store, StoreConfig, StoreError};
+use crate::train::{
+    load_tuned, save_tuned, Batch, TrainBackend, TrainConfig, TrainError, TunedState,
+};
+
+/// Labels the OCW state can hold.
+pub const OCW_CAPACITY: usize = 4096;
+type Ocw = OcwState<OCW_CAPACITY>;
+
+const STORE_FILE: &str = "tokens.store";
+const TUNED_FILE: &str = "tuned.safetensors";
+const META_FILE: &str = "learner.json";
+const STATE_VERSION: u8 = 1;
+
+/// Errors of the learner.
+#[derive(Debug, thiserror::Error)]
+pub enum LearnError {
+    #[error(transparent)]
+    Predict(#[from] PredictError),
+    #[error(transparent)]
+    Encoder(#[from] EncoderError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error(transparent)]
+    Label(#[from] LabelError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("learner folder {dir} belongs to model `{found}` (tokens {found_tokens}×{found_width}), not `{expected}`")]
+    WrongModel {
+        dir: PathBuf,
+        expected: String,
+        found: String,
+        found_tokens: usize,
+        found_width: usize,
+    },
+    #[error("learner state in {path} is unreadable: {message}")]
+    State { path: PathBuf, message: String },
+    #[error("the OCW state is full ({OCW_CAPACITY} labels)")]
+    TooManyLabels,
+    #[error("token value at index {index} is not finite")]
+    NonFinite { index: usize },
+}
+
+/// How the per-label weight α of SPEC §2 is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub enum Mixing {
+    /// OCW, `α = c_t / (c_t + c_o)` (SPEC §2).
+    #[default]
+    Ocw,
+    /// OCW with the "other" variant `α'` (SPEC §2).
+    OcwOther,
+    /// The tuned model alone (`α = 1` for every label).
+    TunedOnly,
+    /// The original model alone (`α = 0`): zero-shot CLIP.
+    OriginalOnly,
+    /// A fixed α for labels the tuned model was trained on, 0 for the others (the
+    /// "no OCW" ablation uses 0.5).
+    Fixed(f32),
+}
+
+/// Everything a learner is configured with.
+#[derive(Debug, Clone)]
+pub struct LearnerConfig {
+    /// Bytes of compressed tokens kept (the store's capacity).
+    pub store_capacity: u64,
+    /// Token compression (SPEC §5).
+    pub codec: CodecParams,
+    /// Training hyper-parameters (SPEC §4).
+    pub train: TrainConfig,
+    /// Stored samples replayed with each new one (31 for a batch of 32).
+    pub replay: usize,
+    /// Save the tuned weights every this many learned samples (0: only when asked).
+    pub checkpoint_every: u32,
+    /// Seed of the replay sampling.
+    pub seed: u64,
+    /// Use the GPU when an adapter exists (feature `gpu`), else always the CPU.
+    pub gpu: bool,
+}
+
+impl Default for LearnerConfig {
+    fn default() -> Self {
+        Self {
+            store_capacity: 64 << 20,
+            codec: CodecParams::DEFAULT,
+            train: TrainConfig::default(),
+            replay: 31,
+            checkpoint_every: 20,
+            seed: 0,
+            gpu: true,
+        }
+    }
+}
+
+/// What one `learn` call did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LearnReport {
+    pub label: String,
+    pub label_id: u16,
+    /// Store sequence number of the new sample.
+    pub seq: u32,
+    /// Whether each model was right on the new sample before the step (OCW inputs).
+    pub tuned_correct: bool,
+    pub original_correct: bool,
+    /// Loss of the training batch before the update.
+    pub loss: f32,
+    /// Samples in the training batch (1 new + replayed).
+    pub batch: usize,
+    /// Labels in the training label set.
+    pub labels: usize,
+    /// Bytes of the compressed record.
+    pub record_bytes: usize,
+    /// Samples learned so far (this one included).
+    pub learned: u64,
+}
+
+/// Persisted in the store's state blob.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LearnerState {
+    /// Samples learned.
+    pub learned: u64,
+    /// Optimiser step of the newest tuned checkpoint.
+    pub checkpoint_step: u64,
+    ocw: Box<Ocw>,
+}
+
+impl LearnerState {
+    fn new() -> Self {
+        Self {
+            learned: 0,
+            checkpoint_step: 0,
+            ocw: Box::new(Ocw::new()),
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut buf = vec![0u8; 17 + Ocw::MAX_ENCODED_LEN];
+        buf[0] = STATE_VERSION;
+        buf[1..9].copy_from_slice(&self.learned.to_le_bytes());
+        buf[9..17].copy_from_slice(&self.checkpoint_step.to_le_bytes());
+        // MAX_ENCODED_LEN always suffices (see OcwState::to_slice).
+        let n = self.ocw.to_slice(&mut buf[17..]).unwrap_or(0);
+        buf.truncate(17 + n);
+        buf
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.len() < 17 {
+            return Err(format!("state blob of {} bytes is too short", bytes.len()));
+        }
+        if bytes[0] != STATE_VERSION {
+            return Err(format!(
+                "state version {} (this build reads {STATE_VERSION})",
+                bytes[0]
+            ));
+        }
+        let u64_at = |i: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&bytes[i..i + 8]);
+            u64::from_le_bytes(a)
+        };
+        let ocw = Ocw::from_bytes(&bytes[17..]).map_err(|e| format!("OCW state: {e}"))?;
+        Ok(Self {
+            learned: u64_at(1),
+            checkpoint_step: u64_at(9),
+            ocw: Box::new(ocw),
+        })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Meta {
+    model: String,
+    tokens: usize,
+    width: usize,
+    embed: usize,
+    codec_k: u16,
+    codec_bits: u8,
+    codec_weighted: bool,
+}
+
+/// The anytime learner: a frozen encoder and original block, a tuned block that trains
+/// one sample at a time, a store of compressed tokens and the OCW state.
+pub struct Learner {
+    predictor: Predictor,
+    backend: Box<dyn TrainBackend + Send>,
+    store: Store,
+    state: LearnerState,
+    cfg: LearnerConfig,
+    dir: PathBuf,
+    dims: BlockDims,
+    /// The tuned block for inference, refreshed lazily after training.
+    tuned: Option<(LastBlock, f32)>,
+    since_checkpoint: u32,
+}
+
+impl std::fmt::Debug for Learner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Learner")
+            .field("dir", &self.dir)
+            .field("backend", &self.backend.name())
+            .field("learned", &self.state.learned)
+            .finish()
+    }
+}
+
+impl Learner {
+    /// Opens (or creates) the learner folder `dir` for the model `model` (name or path).
+    pub fn open(model: &str, dir: &Path, cfg: LearnerConfig) -> Result<Self, LearnError> {
+        let assets = ModelAssets::find(model).map_err(PredictError::from)?;
+        let predictor = Predictor::from_assets(&assets)?;
+        Self::with_predictor(predictor, &assets, dir, cfg)
+    }
+
+    /// As [`Learner::open`], reusing an already loaded predictor of `assets`.
+    pub fn with_predictor(
+        predictor: Predictor,
+        assets: &ModelAssets,
+        dir: &Path,
+        cfg: LearnerConfig,
+    ) -> Result<Self, LearnError> {
+        let dims = assets.dims().block();
+        fs::create_dir_all(dir).map_err(|source| io_err(dir, source))?;
+        check_meta(dir, &assets.manifest.name, &dims, &cfg.codec)?;
+
+        let record_max = encoded_len(dims.tokens, dims.width, &cfg.codec);
+        let max_payload = (record_max.max(17 + Ocw::MAX_ENCODED_LEN)) as u32;
+        let store_path = dir.join(STORE_FILE);
+        let mut store = Store::open_or_create(
+            &store_path,
+            StoreConfig::new(cfg.store_capacity, max_payload),
+        )?;
+        let state = match store.state()? {
+            Some(blob) => LearnerState::decode(&blob).map_err(|message| LearnError::State {
+                path: store_path.clone(),
+                message,
+            })?,
+            None => LearnerState::new(),
+        };
+
+        let tuned_path = dir.join(TUNED_FILE);
+        let (tuned, head) = if tuned_path.is_file() {
+            load_tuned(&tuned_path, &dims)?
+        } else {
+            let original = &predictor.original;
+            (
+                TunedState::fresh(&dims, original.params.clone()),
+                original.head.clone(),
+            )
+        };
+        if tuned.optim.step != state.checkpoint_step {
+            log::info!(
+                "learner {}: tuned checkpoint at step {}, state blob says {} (the steps between were lost; their samples stay in the store)",
+                dir.display(),
+                tuned.optim.step,
+                state.checkpoint_step
+            );
+        }
+        let backend = make_backend(dims, cfg.train.clone(), head, tuned, cfg.gpu)?;
+        log::info!("learner {}: training on {}", dir.display(), backend.name());
+        Ok(Self {
+            predictor,
+            backend,
+            store,
+            state,
+            cfg,
+            dir: dir.to_path_buf(),
+            dims,
+            tuned: None,
+            since_checkpoint: 0,
+        })
+    }
+
+    /// "cpu" or "wgpu".
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    pub fn predictor(&self) -> &Predictor {
+        &self.predictor
+    }
+
+    pub fn predictor_mut(&mut self) -> &mut Predictor {
+        &mut self.predictor
+    }
+
+    pub fn store(&mut self) -> &mut Store {
+        &mut self.store
+    }
+
+    /// Samples learned so far.
+    pub fn learned(&self) -> u64 {
+        self.state.learned
+    }
+
+    /// The OCW estimates `(c_tuned, c_original, n)` of a label, if it was ever learned.
+    pub fn ocw(&mut self, label: &str) -> Result<Option<(f32, f32, u32)>, LearnError> {
+        let Some(id) = self.store.find_label(label)? else {
+            return Ok(None);
+        };
+        Ok(self
+            .state
+            .ocw
+            .get(id)
+            .map(|s| (s.c_tuned, s.c_original, s.n)))
+    }
+
+    /// Learns one labelled image.
+    pub fn learn_image(
+        &mut self,
+        image: &DynamicImage,
+        label: &str,
+    ) -> Result<LearnReport, LearnError> {
+        let tokens = self
+            .predictor
+            .encoder
+            .encode_images(std::slice::from_ref(image))?;
+        self.learn_tokens(&tokens, label)
+    }
+
+    /// Learns one labelled sample given as trunk tokens `[N, D]`.
+    pub fn learn_tokens(&mut self, tokens: &[f32], label: &str) -> Result<LearnReport, LearnError> {
+        let per = self.dims.tokens_len();
+        if tokens.len() != per {
+            return Err(PredictError::Tokens {
+                found: tokens.len(),
+                tokens: self.dims.tokens,
+                width: self.dims.width,
+            }
+            .into());
+        }
+        if let Some(index) = tokens.iter().position(|v| !v.is_finite()) {
+            return Err(LearnError::NonFinite { index });
+        }
+        let label = check_label(0, label)?.to_string();
+
+        // The training label set: labels in storage, and this one.
+        let y_id = self.store.label_id(&label)?;
+        let mut ids: Vec<u16> = Vec::new();
+        let mut names: Vec<String> = Vec::new();
+        for info in self.store.labels()? {
+            if let Some(name) = info.name {
+                if info.count > 0 || info.id == y_id {
+                    ids.push(info.id);
+                    names.push(name);
+                }
+            }
+        }
+        let y = ids.iter().position(|&i| i == y_id).unwrap_or_else(|| {
+            ids.push(y_id);
+            names.push(label.clone());
+            ids.len() - 1
+        });
+        let text = self.predictor.encoder.encode_texts(&names)?;
+
+        // OCW update on the new sample, before the step (SPEC §3).
+        let z_o = self.predictor.original.forward_embeddings(tokens, 1);
+        let original_correct = argmax_rows(&z_o, &text) == y;
+        let probe = Batch {
+            tokens,
+            labels: &[y as u32],
+            text: &text,
+            n_labels: ids.len(),
+        };
+        let tuned_correct = self.backend.loss(&probe)?.correct == 1;
+        self.state
+            .ocw
+            .observe(y_id, tuned_correct, original_correct)
+            .map_err(|_| LearnError::TooManyLabels)?;
+
+        // Compress and append.
+        let w = token_weights(&self.predictor.original, tokens, 1);
+        let record = encode_tokens(
+            tokens,
+            &w,
+            self.dims.tokens,
+            self.dims.width,
+            &self.cfg.codec,
+        )
+        .map_err(|e| LearnError::State {
+            path: self.dir.join(STORE_FILE),
+            message: format!("codec: {e}"),
+        })?;
+        let seq = self.store.append(y_id, &record)?;
+
+        // One step on the new sample and class-balanced stored ones.
+        let seed = self.cfg.seed ^ self.state.learned.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let replay = self
+            .store
+            .sample_balanced(self.cfg.replay, seed, Some(seq))?;
+        let mut batch_tokens = Vec::with_capacity((1 + replay.len()) * per);
+        batch_tokens.extend_from_slice(tokens);
+        let mut labels = vec![y as u32];
+        for s in &replay {
+            let Some(li) = ids.iter().position(|&i| i == s.label) else {
+                continue; // a record whose label name was lost
+            };
+            let decoded = decode_tokens(&s.payload).ok().filter(|(t, n, d)| {
+                *n == self.dims.tokens && *d == self.dims.width && t.iter().all(|v| v.is_finite())
+            });
+            match decoded {
+                Some((t, _, _)) => {
+                    batch_tokens.extend_from_slice(&t);
+                    labels.push(li as u32);
+                }
+                None => log::warn!("store record {} does not decode to tokens; skipped", s.seq),
+            }
+        }
+        let stats = self.backend.step(&Batch {
+            tokens: &batch_tokens,
+            labels: &labels,
+            text: &text,
+            n_labels: ids.len(),
+        })?;
+        self.tuned = None;
+        self.state.learned += 1;
+        self.since_checkpoint += 1;
+        if self.cfg.checkpoint_every > 0 && self.since_checkpoint >= self.cfg.checkpoint_every {
+            self.checkpoint()?;
+        } else {
+            self.store.set_state(&self.state.encode())?;
+        }
+        Ok(LearnReport {
+            label,
+            label_id: y_id,
+            seq,
+            tuned_correct,
+            original_correct,
+            loss: stats.loss,
+            batch: labels.len(),
+            labels: ids.len(),
+            record_bytes: record.len(),
+            learned: self.state.learned,
+        })
+    }
+
+    /// Saves the tuned weights atomically, then the state blob that names them.
+    pub fn checkpoint(&mut self) -> Result<(), LearnError> {
+        let tuned = self.backend.state()?;
+        let path = self.dir.join(TUNED_FILE);
+        let tmp = self.dir.join(format!("{TUNED_FILE}.tmp"));
+        let head = &self.predictor.original.head;
+        save_tuned(&tmp, &self.dims, &tuned, head)?;
+        sync_file(&tmp)?;
+        fs::rename(&tmp, &path).map_err(|source| io_err(&path, source))?;
+        sync_dir(&self.dir);
+        self.state.checkpoint_step = tuned.optim.step;
+        self.store.set_state(&self.state.encode())?;
+        self.since_checkpoint = 0;
+        Ok(())
+    }
+
+    /// Checks labels and embeds their prompts (cached).
+    pub fn label_set<S: AsRef<str>>(&mut self, labels: &[S]) -> Result<LabelSet, LearnError> {
+        Ok(self.predictor.label_set(labels)?)
+    }
+
+    /// Predicts images over any label set (SPEC §2) with the chosen mixing.
+    pub fn predict_images(
+        &mut self,
+        images: &[DynamicImage],
+        set: &LabelSet,
+        mixing: Mixing,
+    ) -> Result<Vec<Prediction>, LearnError> {
+        let tokens = self.predictor.encoder.encode_images(images)?;
+        self.predict_tokens(&tokens, set, mixing)
+    }
+
+    /// Predicts trunk tokens `[B, N, D]` over any label set (SPEC §2).
+    pub fn predict_tokens(
+        &mut self,
+        tokens: &[f32],
+        set: &LabelSet,
+        mixing: Mixing,
+    ) -> Result<Vec<Prediction>, LearnError> {
+        let z_o = self.predictor.embed(tokens)?;
+        if mixing == Mixing::OriginalOnly {
+            return Ok(self.predictor.predict_tokens(tokens, set)?);
+        }
+        let batch = tokens.len() / self.dims.tokens_len();
+        let (z_t, b) = {
+            let (tuned, b) = self.tuned_block()?;
+            (tuned.forward_embeddings(tokens, batch), *b)
+        };
+        // Store ids of the query's labels (none for labels never learned: α = 0).
+        let mut known: Vec<Option<u16>> = Vec::with_capacity(set.len());
+        for l in &set.labels {
+            known.push(self.store.find_label(l)?);
+        }
+        let e = self.dims.embed;
+        let k = set.len();
+        let mut out = Vec::with_capacity(batch);
+        for (zo, zt) in z_o.chunks(e).zip(z_t.chunks(e)) {
+            let original = crate::predict::zero_shot_probs(zo, &set.text, LOGIT_SCALE);
+            let mut logits: Vec<f32> = set
+                .text
+                .chunks(e)
+                .map(|t| LOGIT_SCALE * dot(zt, t))
+                .collect();
+            logits.push(b);
+            let mut tuned = vec![0f32; k];
+            let p_other = mixing::tuned_probabilities(&logits, &mut tuned).unwrap_or(0.0);
+            let alphas: Vec<f32> = known
+                .iter()
+                .map(|id| match (mixing, id) {
+                    (Mixing::TunedOnly, _) => 1.0,
+                    (_, None) => 0.0,
+                    (Mixing::Ocw, Some(id)) => self.state.ocw.alpha(*id),
+                    (Mixing::OcwOther, Some(id)) => self.state.ocw.alpha_with_other(*id, p_other),
+                    (Mixing::Fixed(a), Some(id)) => {
+                        if self.state.ocw.get(*id).is_some() {
+                            a
+                        } else {
+                            0.0
+                        }
+                    }
+                    (Mixing::OriginalOnly, _) => 0.0,
+                })
+                .collect();
+            let mut mixed = vec![0f32; k];
+            // Lengths agree by construction.
+            let _ = mixing::mix(&tuned, &original, &alphas, &mut mixed);
+            let name = if mixing == Mixing::TunedOnly {
+                "tuned"
+            } else {
+                "mixed"
+            };
+            out.push(Prediction::new(name, mixed, &set.labels, Some(p_other)));
+        }
+        Ok(out)
+    }
+
+    fn tuned_block(&mut self) -> Result<&(LastBlock, f32), LearnError> {
+        if self.tuned.is_none() {
+            let s = self.backend.state()?;
+            let block = LastBlock {
+                dims: self.dims,
+                params: s.params,
+                head: self.predictor.original.head.clone(),
+            };
+            self.tuned = Some((block, s.other_bias));
+        }
+        Ok(self.tuned.as_ref().expect("set above"))
+    }
+}
+
+/// Index of the row of `text` (`[k, E]`) with the largest dot product with `z` (`[E]`).
+fn argmax_rows(z: &[f32], text: &[f32]) -> usize {
+    let scores: Vec<f32> = text.chunks(z.len()).map(|t| dot(z, t)).collect();
+    crate::predict::argmax(&scores)
+}
+
+fn make_backend(
+    dims: BlockDims,
+    cfg: TrainConfig,
+    head: crate::block::FrozenHead,
+    state: TunedState,
+    gpu: bool,
+) -> Result<Box<dyn TrainBackend + Send>, TrainError> {
+    #[cfg(feature = "gpu")]
+    if gpu {
+        return crate::train::gpu::best_backend(dims, cfg, head, state);
+    }
+    let _ = gpu;
+    Ok(Box::new(crate::train::cpu::CpuBackend::new(
+        dims, cfg, head, state,
+    )?))
+}
+
+fn check_meta(
+    dir: &Path,
+    model: &str,
+    dims: &BlockDims,
+    codec: &CodecParams,
+) -> Result<(), LearnError> {
+    let path = dir.join(META_FILE);
+    let meta = Meta {
+        model: model.to_string(),
+        tokens: dims.tokens,
+        width: dims.width,
+        embed: dims.embed,
+        codec_k: codec.k,
+        codec_bits: codec.bits,
+        codec_weighted: codec.weighted,
+    };
+    match fs::read(&path) {
+        Ok(bytes) => {
+            let found: Meta = serde_json::from_slice(&bytes).map_err(|e| LearnError::State {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            if found.model != meta.model || found.tokens != meta.tokens || found.width != meta.width
+            {
+                return Err(LearnError::WrongModel {
+                    dir: dir.to_path_buf(),
+                    expected: meta.model,
+                    found: found.model,
+                    found_tokens: found.tokens,
+                    found_width: found.width,
+                });
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let text = serde_json::to_vec_pretty(&meta).expect("plain struct");
+            let mut f = fs::File::create(&path).map_err(|source| io_err(&path, source))?;
+            f.write_all(&text)
+                .and_then(|()| f.sync_all())
+                .map_err(|source| io_err(&path, source))
+        }
+        Err(source) => Err(io_err(&path, source)),
+    }
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> LearnError {
+    LearnError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn sync_file(path: &Path) -> Result<(), LearnError> {
+    fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|source| io_err(path, source))
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// The original block's file of a model folder (for tools that only need the block).
+pub fn original_block_path(assets: &ModelAssets) -> PathBuf {
+    assets.file(LAST_BLOCK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_blob_round_trips_and_rejects_garbage() {
+        let mut s = LearnerState::new();
+        s.learned = 42;
+        s.checkpoint_step = 40;
+        s.ocw.observe(3, true, false).unwrap();
+        let bytes = s.encode();
+        assert_eq!(LearnerState::decode(&bytes).unwrap(), s);
+        assert!(LearnerState::decode(&bytes[..5]).is_err());
+        let mut bad = bytes.clone();
+        bad[0] = 9;
+        assert!(LearnerState::decode(&bad).unwrap_err().contains("version"));
+    }
+}

@@ -1,0 +1,211 @@
+//! Prediction over any label set (SPEC §2): the original model's `P_o(y|x) =
+//! softmax_y(τ z_o·e_y)`, ranked.
+
+use crate::assets::{AssetsError, ModelAssets, LAST_BLOCK};
+use crate::block::{LastBlock, WeightsError};
+use crate::encoder::{DynamicImage, Encoder, EncoderError};
+
+/// The fixed logit scale τ.
+pub const LOGIT_SCALE: f32 = 100.0;
+
+/// Errors of prediction.
+#[derive(Debug, thiserror::Error)]
+pub enum PredictError {
+    #[error(transparent)]
+    Assets(#[from] AssetsError),
+    #[error(transparent)]
+    Encoder(#[from] EncoderError),
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error("token value at index {index} is not finite")]
+    NonFinite { index: usize },
+    #[error("tokens of length {found} are not a whole batch of [N={tokens}, D={width}] sets")]
+    Tokens {
+        found: usize,
+        tokens: usize,
+        width: usize,
+    },
+}
+
+/// A checked label set with its L2-normalised text embeddings `[k, E]`.
+#[derive(Debug, Clone)]
+pub struct LabelSet {
+    pub labels: Vec<String>,
+    pub text: Vec<f32>,
+}
+
+impl LabelSet {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+}
+
+/// The answer for one image.
+#[derive(Debug, Clone)]
+pub struct Prediction {
+    /// Which model produced the probabilities ("original", or "mixed" with OCW).
+    pub model: &'static str,
+    /// Probabilities in label-set order.
+    pub probs: Vec<f32>,
+    /// `(label, probability)`, most probable first.
+    pub ranked: Vec<(String, f32)>,
+    /// `P_t(other|x)` when a tuned model took part.
+    pub other: Option<f32>,
+}
+
+impl Prediction {
+    pub fn new(
+        model: &'static str,
+        probs: Vec<f32>,
+        labels: &[String],
+        other: Option<f32>,
+    ) -> Self {
+        let mut ranked: Vec<(String, f32)> =
+            labels.iter().cloned().zip(probs.iter().copied()).collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Self {
+            model,
+            probs,
+            ranked,
+            other,
+        }
+    }
+
+    /// Index (in label-set order) of the most probable label.
+    pub fn best(&self) -> usize {
+        argmax(&self.probs)
+    }
+}
+
+/// Zero-shot CLIP: the frozen encoder and the original last block.
+#[derive(Debug)]
+pub struct Predictor {
+    pub encoder: Encoder,
+    pub original: LastBlock,
+}
+
+impl Predictor {
+    /// Finds and loads a model by name or path.
+    pub fn load(name_or_path: &str) -> Result<Self, PredictError> {
+        let assets = ModelAssets::find(name_or_path)?;
+        Self::from_assets(&assets)
+    }
+
+    pub fn from_assets(assets: &ModelAssets) -> Result<Self, PredictError> {
+        assets.verify_file(LAST_BLOCK)?;
+        let encoder = Encoder::load(assets)?;
+        let original = LastBlock::load(&assets.file(LAST_BLOCK), assets.dims().block())?;
+        Ok(Self { encoder, original })
+    }
+
+    /// Checks labels and embeds their prompts (cached).
+    pub fn label_set<S: AsRef<str>>(&mut self, labels: &[S]) -> Result<LabelSet, PredictError> {
+        let text = self.encoder.encode_texts(labels)?;
+        let labels = crate::encoder::check_labels(labels).map_err(EncoderError::from)?;
+        Ok(LabelSet { labels, text })
+    }
+
+    /// `P_o` for images.
+    pub fn predict(
+        &self,
+        images: &[DynamicImage],
+        set: &LabelSet,
+    ) -> Result<Vec<Prediction>, PredictError> {
+        let tokens = self.encoder.encode_images(images)?;
+        self.predict_tokens(&tokens, set)
+    }
+
+    /// `P_o` for trunk tokens `[B, N, D]`.
+    pub fn predict_tokens(
+        &self,
+        tokens: &[f32],
+        set: &LabelSet,
+    ) -> Result<Vec<Prediction>, PredictError> {
+        let z = self.embed(tokens)?;
+        let e = self.encoder.dims().embed_dim;
+        Ok(z.chunks(e)
+            .map(|zi| {
+                let p = zero_shot_probs(zi, &set.text, LOGIT_SCALE);
+                Prediction::new("original", p, &set.labels, None)
+            })
+            .collect())
+    }
+
+    /// L2-normalised original-model embeddings `[B, E]` for tokens `[B, N, D]`.
+    pub fn embed(&self, tokens: &[f32]) -> Result<Vec<f32>, PredictError> {
+        let d = self.encoder.dims();
+        let per = d.tokens() * d.width;
+        if tokens.is_empty() || tokens.len() % per != 0 {
+            return Err(PredictError::Tokens {
+                found: tokens.len(),
+                tokens: d.tokens(),
+                width: d.width,
+            });
+        }
+        if let Some(index) = tokens.iter().position(|v| !v.is_finite()) {
+            return Err(PredictError::NonFinite { index });
+        }
+        Ok(self.original.forward_embeddings(tokens, tokens.len() / per))
+    }
+}
+
+/// `softmax_y(τ z·e_y)` over the rows of `text` (`[k, E]`).
+pub fn zero_shot_probs(z: &[f32], text: &[f32], scale: f32) -> Vec<f32> {
+    let logits: Vec<f32> = text.chunks(z.len()).map(|e| scale * dot(z, e)).collect();
+    softmax(&logits)
+}
+
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Numerically stable softmax.
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let ex: Vec<f32> = logits.iter().map(|l| (l - m).exp()).collect();
+    let s: f32 = ex.iter().sum();
+    ex.iter().map(|x| x / s).collect()
+}
+
+/// Index of the largest value (the first one on ties).
+pub fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &x)| {
+            if x > best.1 {
+                (i, x)
+            } else {
+                best
+            }
+        })
+        .0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_shot_prefers_the_closest_text() {
+        let z = [0.6, 0.8];
+        let text = [1.0, 0.0, 0.0, 1.0, -1.0, 0.0];
+        let p = zero_shot_probs(&z, &text, LOGIT_SCALE);
+        assert_eq!(argmax(&p), 1);
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        // τ = 100: a cosine gap of 0.2 is a factor e^20.
+        assert!((p[1] / p[0] - 20f32.exp()).abs() / 20f32.exp() < 1e-3);
+    }
+
+    #[test]
+    fn ranking_is_by_probability() {
+        let labels = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        let p = Prediction::new("original", vec![0.2, 0.5, 0.3], &labels, None);
+        let order: Vec<&str> = p.ranked.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(order, ["b", "c", "a"]);
+        assert_eq!(p.best(), 1);
+    }
+}

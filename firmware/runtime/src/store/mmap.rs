@@ -1,0 +1,116 @@
+//! A memory-mapped file as [`Flash`]: erase fills with `0xFF`, writes AND bytes in (NOR
+//! semantics), `flush` syncs the dirty range to disk before an append is acknowledged.
+
+use std::fs::File;
+use std::path::Path;
+
+use anytime_core::flash::Flash;
+use anytime_core::Error;
+use memmap2::MmapMut;
+
+/// Erase unit of the file backend (a page).
+pub const FILE_ERASE_SIZE: u32 = 4096;
+
+/// A store file mapped read-write.
+#[derive(Debug)]
+pub struct MmapFlash {
+    map: MmapMut,
+    _file: File,
+    /// Byte range written since the last flush.
+    dirty: Option<(usize, usize)>,
+}
+
+impl MmapFlash {
+    /// Maps `file` (already sized, at most 4 GiB, not empty).
+    ///
+    /// The mapping assumes that no other process changes the file while it is open; the
+    /// store is single-writer by design.
+    pub fn map(file: File) -> std::io::Result<Self> {
+        // SAFETY: the map is only read and written through this type's bounds-checked methods;
+        // concurrent modification of the file by another process is excluded by contract (see
+        // above), which is the condition memmap2 needs.
+        let map = unsafe { MmapMut::map_mut(&file)? };
+        Ok(MmapFlash {
+            map,
+            _file: file,
+            dirty: None,
+        })
+    }
+
+    /// Creates (or truncates) `path` with `len` bytes and maps it.
+    pub fn create(path: &Path, len: u64) -> std::io::Result<Self> {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        file.set_len(len)?;
+        Self::map(file)
+    }
+
+    fn range(&self, offset: u32, len: usize) -> Result<std::ops::Range<usize>, Error> {
+        let start = offset as usize;
+        let end = start.checked_add(len).filter(|&e| e <= self.map.len());
+        match end {
+            Some(end) => Ok(start..end),
+            None => Err(Error::OutOfBounds {
+                offset,
+                len: len.min(u32::MAX as usize) as u32,
+            }),
+        }
+    }
+
+    fn touch(&mut self, r: &std::ops::Range<usize>) {
+        self.dirty = Some(match self.dirty {
+            None => (r.start, r.end),
+            Some((a, b)) => (a.min(r.start), b.max(r.end)),
+        });
+    }
+}
+
+impl Flash for MmapFlash {
+    fn capacity(&self) -> u32 {
+        self.map.len().min(u32::MAX as usize) as u32
+    }
+
+    fn erase_size(&self) -> u32 {
+        FILE_ERASE_SIZE
+    }
+
+    fn read(&mut self, offset: u32, buf: &mut [u8]) -> Result<(), Error> {
+        let r = self.range(offset, buf.len())?;
+        buf.copy_from_slice(&self.map[r]);
+        Ok(())
+    }
+
+    fn write(&mut self, offset: u32, data: &[u8]) -> Result<(), Error> {
+        let r = self.range(offset, data.len())?;
+        for (m, &d) in self.map[r.clone()].iter_mut().zip(data) {
+            *m &= d;
+        }
+        self.touch(&r);
+        Ok(())
+    }
+
+    fn erase(&mut self, offset: u32, len: u32) -> Result<(), Error> {
+        if offset % FILE_ERASE_SIZE != 0 || len % FILE_ERASE_SIZE != 0 {
+            return Err(Error::OutOfBounds { offset, len });
+        }
+        let r = self.range(offset, len as usize)?;
+        self.map[r.clone()].fill(0xFF);
+        self.touch(&r);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), Error> {
+        if let Some((a, b)) = self.dirty.take() {
+            if let Err(e) = self.map.flush_range(a, b - a) {
+                log::error!("store: msync failed: {e}");
+                self.dirty = Some((a, b));
+                return Err(Error::FlashFailure);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,103 @@
+//! AdamW (decoupled weight decay), PyTorch's update order:
+//! `p ← p − lr·wd·p` (decayed tensors only), `m ← β1 m + (1−β1) g`, `v ← β2 v + (1−β2) g²`,
+//! `p ← p − lr · (m / (1−β1ᵗ)) / (sqrt(v / (1−β2ᵗ)) + eps)`.
+
+use super::TrainConfig;
+use crate::block::{block_tensor_shapes, is_decayed, BlockDims, BlockParams};
+
+/// First and second moments of every trainable scalar, and the step count.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdamState {
+    /// Number of updates applied so far.
+    pub step: u64,
+    pub m: BlockParams,
+    pub v: BlockParams,
+    /// Moments of the "other" bias `b`.
+    pub m_bias: f32,
+    pub v_bias: f32,
+}
+
+impl AdamState {
+    /// Zero moments, step 0.
+    pub fn zeros(dims: &BlockDims) -> Self {
+        AdamState {
+            step: 0,
+            m: BlockParams::zeros(dims),
+            v: BlockParams::zeros(dims),
+            m_bias: 0.0,
+            v_bias: 0.0,
+        }
+    }
+}
+
+/// Bias-corrected scalars of step `t` (1-based): `(lr / (1−β1ᵗ), 1 / sqrt(1−β2ᵗ))`.
+fn corrections(cfg: &TrainConfig, t: u64) -> (f32, f32) {
+    let t = t.min(i32::MAX as u64) as i32;
+    let c1 = 1.0 - (cfg.beta1 as f64).powi(t);
+    let c2 = 1.0 - (cfg.beta2 as f64).powi(t);
+    ((cfg.lr as f64 / c1) as f32, (1.0 / c2.sqrt()) as f32)
+}
+
+/// One update of a tensor in place.
+#[allow(clippy::too_many_arguments)]
+fn update_tensor(
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    cfg: &TrainConfig,
+    decay: bool,
+    step_size: f32,
+    inv_sqrt_c2: f32,
+) {
+    let keep = if decay {
+        1.0 - cfg.lr * cfg.weight_decay
+    } else {
+        1.0
+    };
+    let (b1, b2) = (cfg.beta1, cfg.beta2);
+    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        *p *= keep;
+        *m = b1 * *m + (1.0 - b1) * g;
+        *v = b2 * *v + (1.0 - b2) * g * g;
+        let denom = v.sqrt() * inv_sqrt_c2 + cfg.eps;
+        *p -= step_size * *m / denom;
+    }
+}
+
+/// Applies one AdamW update to the parameters and `b` (the bias is never decayed).
+pub fn adamw_update(
+    dims: &BlockDims,
+    cfg: &TrainConfig,
+    state: &mut AdamState,
+    params: &mut BlockParams,
+    other_bias: &mut f32,
+    grads: &BlockParams,
+    grad_bias: f32,
+) {
+    state.step += 1;
+    let (step_size, inv_sqrt_c2) = corrections(cfg, state.step);
+    let names = block_tensor_shapes(dims);
+    let iter = params
+        .tensors_mut()
+        .into_iter()
+        .zip(grads.tensors())
+        .zip(state.m.tensors_mut())
+        .zip(state.v.tensors_mut())
+        .zip(names.iter());
+    for ((((p, g), m), v), (name, _)) in iter {
+        update_tensor(p, g, m, v, cfg, is_decayed(name), step_size, inv_sqrt_c2);
+    }
+    let (mut p, mut m, mut v) = ([*other_bias], [state.m_bias], [state.v_bias]);
+    update_tensor(
+        &mut p,
+        &[grad_bias],
+        &mut m,
+        &mut v,
+        cfg,
+        false,
+        step_size,
+        inv_sqrt_c2,
+    );
+    (*other_bias, state.m_bias, state.v_bias) = (p[0], m[0], v[0]);
+}

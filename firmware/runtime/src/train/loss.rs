@@ -1,0 +1,116 @@
+//! The SPEC §4 loss, forward and backward, from unnormalised embeddings.
+//!
+//! For sample `i` with embedding `e`, `z = e/‖e‖`, label `y` and the `K = |Y|` text rows
+//! `t_j`: logits `l = [τ z·t_0, …, τ z·t_{K−1}, b]` (the last one is "other"),
+//! `L_i = CE(y; all K+1) + β·CE(other; all but y)`, and the loss is the batch mean.
+//! With a single label the second term is over {other} alone and is 0.
+
+use super::{StepStats, TrainConfig};
+
+/// Loss value, statistics and the gradients w.r.t. the unnormalised embeddings
+/// (`[B, E]`) and `b`.
+#[derive(Clone, Debug)]
+pub struct LossOutput {
+    pub stats: StepStats,
+    pub d_embed: Vec<f32>,
+    pub d_bias: f32,
+}
+
+/// `log Σ exp(l_j)` over the given values.
+fn logsumexp(l: impl Iterator<Item = f64> + Clone) -> f64 {
+    let max = l.clone().fold(f64::NEG_INFINITY, f64::max);
+    max + l.map(|v| (v - max).exp()).sum::<f64>().ln()
+}
+
+/// Computes the loss of `embed` (`[B, E]`, unnormalised) against `labels` and `text`
+/// (`[K, E]`, normalised) and its gradients. Lengths are checked by the caller.
+pub fn loss_forward_backward(
+    cfg: &TrainConfig,
+    embed: &[f32],
+    e: usize,
+    labels: &[u32],
+    text: &[f32],
+    n_labels: usize,
+    other_bias: f32,
+) -> LossOutput {
+    let batch = labels.len();
+    let k = n_labels;
+    let tau = cfg.logit_scale as f64;
+    let beta = cfg.beta_other as f64;
+    let mut d_embed = vec![0.0f32; batch * e];
+    let (mut sum1, mut sum2, mut d_bias, mut correct) = (0.0f64, 0.0f64, 0.0f64, 0usize);
+    let mut logits = vec![0.0f64; k + 1];
+    let mut dl = vec![0.0f64; k + 1];
+    for (i, &y) in labels.iter().enumerate() {
+        let y = y as usize;
+        let er = &embed[i * e..(i + 1) * e];
+        let norm = er
+            .iter()
+            .map(|&v| (v as f64).powi(2))
+            .sum::<f64>()
+            .sqrt()
+            .max(1e-12);
+        let z: Vec<f64> = er.iter().map(|&v| v as f64 / norm).collect();
+        for (j, l) in logits[..k].iter_mut().enumerate() {
+            *l = tau
+                * text[j * e..(j + 1) * e]
+                    .iter()
+                    .zip(&z)
+                    .map(|(&t, &zv)| t as f64 * zv)
+                    .sum::<f64>();
+        }
+        logits[k] = other_bias as f64;
+        let best = (0..k).fold(0, |b, j| if logits[j] > logits[b] { j } else { b });
+        correct += usize::from(best == y);
+
+        // CE(y; all K+1)
+        let lse1 = logsumexp(logits.iter().copied());
+        sum1 += lse1 - logits[y];
+        // CE(other; all but y)
+        let others = logits
+            .iter()
+            .enumerate()
+            .filter(|&(j, _)| j != y)
+            .map(|(_, &v)| v);
+        let lse2 = logsumexp(others);
+        sum2 += lse2 - logits[k];
+
+        for j in 0..=k {
+            let p1 = (logits[j] - lse1).exp();
+            let p2 = if j == y {
+                0.0
+            } else {
+                (logits[j] - lse2).exp()
+            };
+            let g1 = p1 - f64::from(u8::from(j == y));
+            let g2 = p2 - f64::from(u8::from(j == k));
+            dl[j] = (g1 + beta * g2) / batch as f64;
+        }
+        d_bias += dl[k];
+        // dz = τ Σ_j dl_j t_j; de = (dz − z (z·dz)) / ‖e‖
+        let mut dz = vec![0.0f64; e];
+        for j in 0..k {
+            let t = &text[j * e..(j + 1) * e];
+            dz.iter_mut()
+                .zip(t)
+                .for_each(|(g, &tv)| *g += tau * dl[j] * tv as f64);
+        }
+        let zdz: f64 = z.iter().zip(&dz).map(|(a, b)| a * b).sum();
+        for c in 0..e {
+            d_embed[i * e + c] = ((dz[c] - z[c] * zdz) / norm) as f32;
+        }
+    }
+    let (l1, l2) = (sum1 / batch as f64, sum2 / batch as f64);
+    LossOutput {
+        stats: StepStats {
+            loss: (l1 + beta * l2) as f32,
+            loss_label: l1 as f32,
+            loss_other: l2 as f32,
+            correct,
+            batch,
+            step: 0,
+        },
+        d_embed,
+        d_bias: d_bias as f32,
+    }
+}

@@ -1,0 +1,218 @@
+//! Training engine of the tuned last block: one trait, two backends.
+//!
+//! [`TrainBackend`] is implemented by the CPU reference ([`cpu::CpuBackend`], always
+//! available, and the fallback) and by the wgpu backend (`gpu`, behind the `gpu` feature).
+//! A backend that cannot find an adapter returns [`TrainError::NoAdapter`] from its
+//! constructor; the caller then builds the CPU backend instead.
+//!
+//! One step (SPEC §4): forward of the tuned block with saved activations, the loss
+//! `CE(y; Y ∪ {other}) + β·CE(other; (Y ∪ {other}) \ {y})` averaged over the batch, backward,
+//! and an AdamW update of the block's parameters and the "other" bias `b`; `ln_post` and
+//! `proj` stay frozen.
+//!
+//! Trait stability: this trait is implemented in two places. Changes are recorded here.
+//! - v1 (07:24 UTC): initial version.
+
+pub mod adamw;
+pub mod cpu;
+#[cfg(feature = "gpu")]
+pub mod gpu;
+pub mod loss;
+pub mod state;
+
+use crate::block::{BlockDims, BlockParams, WeightsError};
+
+pub use adamw::AdamState;
+pub use cpu::CpuBackend;
+pub use state::{load_tuned, save_tuned};
+
+/// Every hyper-parameter of a training step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainConfig {
+    /// AdamW learning rate (SPEC: 9.375e-6).
+    pub lr: f32,
+    /// Decoupled weight decay, applied to the four weight matrices only: not to
+    /// LayerNorm scales/shifts, biases or `b` (see [`crate::block::is_decayed`]).
+    pub weight_decay: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// Weight `β` of the "other" term of the loss (0.1).
+    pub beta_other: f32,
+    /// Fixed logit scale `τ` (100).
+    pub logit_scale: f32,
+    /// Nominal batch size `B` (32); a step accepts any batch ≥ 1.
+    pub batch: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            lr: 9.375e-6,
+            weight_decay: 0.05,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            beta_other: 0.1,
+            logit_scale: 100.0,
+            batch: 32,
+        }
+    }
+}
+
+/// One training batch: `B` token sets and their labels, and the label set `Y`.
+#[derive(Clone, Copy, Debug)]
+pub struct Batch<'a> {
+    /// `[B, N, D]` input tokens of the last block.
+    pub tokens: &'a [f32],
+    /// `[B]`, each an index into the rows of `text` (`< n_labels`).
+    pub labels: &'a [u32],
+    /// `[|Y|, E]` L2-normalised text embeddings of the training label set.
+    pub text: &'a [f32],
+    /// `|Y|`.
+    pub n_labels: usize,
+}
+
+impl Batch<'_> {
+    /// Batch size `B`.
+    pub fn size(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Checks every length against `dims`; returns `B`.
+    pub fn check(&self, dims: &BlockDims) -> Result<usize, TrainError> {
+        let b = self.labels.len();
+        let shape = |what: &'static str, expected: usize, found: usize| {
+            if expected == found {
+                Ok(())
+            } else {
+                Err(TrainError::Shape {
+                    what,
+                    expected,
+                    found,
+                })
+            }
+        };
+        if b == 0 {
+            return Err(TrainError::Shape {
+                what: "batch size",
+                expected: 1,
+                found: 0,
+            });
+        }
+        if self.n_labels == 0 {
+            return Err(TrainError::Shape {
+                what: "label set size",
+                expected: 1,
+                found: 0,
+            });
+        }
+        shape("tokens (B·N·D)", b * dims.tokens_len(), self.tokens.len())?;
+        shape("text (|Y|·E)", self.n_labels * dims.embed, self.text.len())?;
+        if let Some(&label) = self.labels.iter().find(|&&l| l as usize >= self.n_labels) {
+            return Err(TrainError::Label {
+                label,
+                n_labels: self.n_labels,
+            });
+        }
+        Ok(b)
+    }
+}
+
+/// What one forward (and step) measured.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StepStats {
+    /// Total loss, mean over the batch.
+    pub loss: f32,
+    /// Mean of `CE(y; Y ∪ {other})`.
+    pub loss_label: f32,
+    /// Mean of `CE(other; (Y ∪ {other}) \ {y})` (before the factor β).
+    pub loss_other: f32,
+    /// Samples whose argmax over `Y` (without "other") is their label, before the update.
+    pub correct: usize,
+    /// Batch size.
+    pub batch: usize,
+    /// Optimiser step count after this call (unchanged by forward-only calls).
+    pub step: u64,
+}
+
+/// Gradients of the mean loss (for checks and for the data-free generator).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gradients {
+    /// Same layout as the parameters.
+    pub params: BlockParams,
+    /// d loss / d b.
+    pub other_bias: f32,
+    /// d loss / d tokens, `[B, N, D]`.
+    pub tokens: Vec<f32>,
+}
+
+/// Everything a tuned run is: parameters, `b`, optimiser state. Saving and reloading it
+/// continues a run bit-for-bit on the CPU path.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TunedState {
+    pub params: BlockParams,
+    /// The "other" logit `b`.
+    pub other_bias: f32,
+    pub optim: AdamState,
+}
+
+impl TunedState {
+    /// A fresh run from the shipped block: `b = 0`, zero moments, step 0.
+    pub fn fresh(dims: &BlockDims, params: BlockParams) -> Self {
+        TunedState {
+            params,
+            other_bias: 0.0,
+            optim: AdamState::zeros(dims),
+        }
+    }
+}
+
+/// Errors of the training engine.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// No GPU adapter: the caller falls back to the CPU backend.
+    #[error("no GPU adapter available")]
+    NoAdapter,
+    #[error("{what}: expected {expected}, found {found}")]
+    Shape {
+        what: &'static str,
+        expected: usize,
+        found: usize,
+    },
+    #[error("label index {label} out of range for a label set of {n_labels}")]
+    Label { label: u32, n_labels: usize },
+    #[error("state does not match the block dims {0:?}")]
+    StateDims(BlockDims),
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    /// A GPU failure, with the kernel (or operation) it happened in.
+    #[error("GPU error in {kernel}: {message}")]
+    Gpu { kernel: String, message: String },
+}
+
+/// A training backend of the tuned block. The frozen head (`ln_post`, `proj`) and the
+/// dims are given to the backend's constructor.
+///
+/// Numeric contract (tested on the CPU path, and against it for other backends):
+/// `loss`, `gradients` and `step` compute the same loss; `gradients` is the exact gradient
+/// of that loss; `step` applies AdamW with the backend's [`TrainConfig`] and returns the
+/// stats of the forward pass before the update.
+pub trait TrainBackend {
+    /// Short name for logs and tables ("cpu", "wgpu").
+    fn name(&self) -> &'static str;
+    /// Shapes of the block being trained.
+    fn dims(&self) -> BlockDims;
+    /// The hyper-parameters in use.
+    fn config(&self) -> &TrainConfig;
+    /// One training step: forward, loss, backward, AdamW update.
+    fn step(&mut self, batch: &Batch<'_>) -> Result<StepStats, TrainError>;
+    /// Forward and loss only; no update.
+    fn loss(&mut self, batch: &Batch<'_>) -> Result<StepStats, TrainError>;
+    /// Forward, loss and backward, no update: the gradients of the mean loss.
+    fn gradients(&mut self, batch: &Batch<'_>) -> Result<(StepStats, Gradients), TrainError>;
+    /// Reads the current parameters, `b` and optimiser state back.
+    fn state(&mut self) -> Result<TunedState, TrainError>;
+    /// Replaces parameters, `b` and optimiser state (resume, or reset to the original block).
+    fn set_state(&mut self, state: &TunedState) -> Result<(), TrainError>;
+}

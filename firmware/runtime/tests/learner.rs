@@ -1,0 +1,142 @@
+//! The anytime learner on the tiny model: OCW picks the tuned model for what it learned and
+//! the original for the rest; a reopened learner continues where it stopped.
+use anytime_runtime::assets::{bundled_models_dir, ModelAssets};
+use anytime_runtime::encoder::load_image;
+use anytime_runtime::learner::{Learner, LearnerConfig, Mixing};
+use anytime_runtime::predict::Predictor;
+
+fn config() -> LearnerConfig {
+    let mut cfg = LearnerConfig {
+        store_capacity: 1 << 20,
+        checkpoint_every: 1,
+        gpu: false,
+        ..LearnerConfig::default()
+    };
+    // The tiny random model needs a larger step than ViT-B/32's 9.375e-6 to move in a test.
+    cfg.train.lr = 2e-3;
+    cfg
+}
+
+fn tiny_tokens(image: &str) -> Vec<f32> {
+    let p = Predictor::load("tiny-clip").unwrap();
+    let img = load_image(&bundled_models_dir().join("tiny-clip/images").join(image)).unwrap();
+    p.encoder.encode_images(&[img]).unwrap()
+}
+
+#[test]
+fn ocw_uses_the_tuned_model_for_learned_labels_and_the_original_for_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut learner = Learner::open("tiny-clip", dir.path(), config()).unwrap();
+    let tokens = tiny_tokens("red_square.png");
+
+    // Teach the label the original model does NOT pick, so it is always wrong on it:
+    // c_o = 0 exactly, and α → 1 once the tuned model gets it right.
+    let pair = learner.label_set(&["alpha", "beta"]).unwrap();
+    let zero_shot = &learner
+        .predict_tokens(&tokens, &pair, Mixing::OriginalOnly)
+        .unwrap()[0];
+    let taught = pair.labels[1 - zero_shot.best()].clone();
+    let other = pair.labels[zero_shot.best()].clone();
+    // A second label in storage makes the training set {taught, other}.
+    let other_tokens = tiny_tokens("green_circle.png");
+    learner.learn_tokens(&other_tokens, &other).unwrap();
+    let mut reports = Vec::new();
+    for _ in 0..40 {
+        reports.push(learner.learn_tokens(&tokens, &taught).unwrap());
+    }
+    assert!(
+        reports.iter().all(|r| !r.original_correct),
+        "the original model is frozen"
+    );
+    assert!(
+        reports.last().unwrap().tuned_correct,
+        "the tuned model learned the sample"
+    );
+    assert!(reports.last().unwrap().loss < reports[0].loss);
+    let (c_t, c_o, n) = learner.ocw(&taught).unwrap().unwrap();
+    assert_eq!(c_o, 0.0);
+    assert!(c_t > 0.0);
+    assert_eq!(n, 40);
+
+    let query = learner.label_set(&[taught.as_str(), "gamma"]).unwrap();
+    let mixed = &learner
+        .predict_tokens(&tokens, &query, Mixing::Ocw)
+        .unwrap()[0];
+    let tuned = &learner
+        .predict_tokens(&tokens, &query, Mixing::TunedOnly)
+        .unwrap()[0];
+    let original = &learner
+        .predict_tokens(&tokens, &query, Mixing::OriginalOnly)
+        .unwrap()[0];
+    // Learned label: α = c_t / (c_t + 0 + 1e-8) ≈ 1, so the tuned probability.
+    assert!(
+        (mixed.probs[0] - tuned.probs[0]).abs() < 1e-5,
+        "{mixed:?} vs {tuned:?}"
+    );
+    // Never-learned label: α = 0, exactly the original probability.
+    assert_eq!(mixed.probs[1], original.probs[1]);
+    assert_eq!(mixed.ranked[0].0, taught);
+    assert!(mixed.other.is_some());
+}
+
+#[test]
+fn a_reopened_learner_continues_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let red = tiny_tokens("red_square.png");
+    let green = tiny_tokens("green_circle.png");
+    let (before, learned) = {
+        let mut l = Learner::open("tiny-clip", dir.path(), config()).unwrap();
+        for i in 0..6 {
+            if i % 2 == 0 {
+                l.learn_tokens(&red, "red").unwrap();
+            } else {
+                l.learn_tokens(&green, "green").unwrap();
+            }
+        }
+        let set = l.label_set(&["red", "green", "blue"]).unwrap();
+        (
+            l.predict_tokens(&red, &set, Mixing::Ocw).unwrap(),
+            l.learned(),
+        )
+    };
+    let mut l = Learner::open("tiny-clip", dir.path(), config()).unwrap();
+    assert_eq!(l.learned(), learned);
+    assert_eq!(l.ocw("red").unwrap().unwrap().2, 3);
+    assert_eq!(l.store().len(), 6);
+    let set = l.label_set(&["red", "green", "blue"]).unwrap();
+    let after = l.predict_tokens(&red, &set, Mixing::Ocw).unwrap();
+    assert_eq!(
+        before[0].probs, after[0].probs,
+        "same weights and OCW state after reopening"
+    );
+    // And it keeps learning.
+    let r = l.learn_tokens(&green, "green").unwrap();
+    assert_eq!(r.learned, learned + 1);
+    assert_eq!(r.batch, 7);
+}
+
+#[test]
+fn a_folder_of_another_model_and_bad_samples_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = Learner::open("tiny-clip", dir.path(), config()).unwrap();
+    let mut t = tiny_tokens("red_square.png");
+    assert!(l.learn_tokens(&t[1..], "red").is_err());
+    assert!(l.learn_tokens(&t, "").is_err());
+    assert!(l.learn_tokens(&t, &"x".repeat(10_000)).is_err());
+    t[7] = f32::NAN;
+    assert!(l.learn_tokens(&t, "red").is_err());
+    assert_eq!(l.learned(), 0);
+    assert_eq!(l.store().len(), 0, "nothing stored for refused samples");
+    drop(l);
+    std::fs::write(
+        dir.path().join("learner.json"),
+        r#"{"model":"other","tokens":197,"width":768,"embed":512,"codec_k":5,"codec_bits":8,"codec_weighted":true}"#,
+    )
+    .unwrap();
+    let err = Learner::open("tiny-clip", dir.path(), config()).unwrap_err();
+    assert!(
+        err.to_string().contains("belongs to model `other`"),
+        "{err}"
+    );
+    let _ = ModelAssets::find("tiny-clip").unwrap();
+}

@@ -1,0 +1,113 @@
+//! The CPU backend against the shared numeric checks (`train_common`), plus CPU-only
+//! properties: determinism and bit-exact resume from a saved tuned state.
+
+mod train_common;
+
+use anytime_runtime::assets::ModelAssets;
+use anytime_runtime::block::{load_block, BlockDims, BlockParams, FrozenHead};
+use anytime_runtime::train::{
+    load_tuned, save_tuned, CpuBackend, TrainBackend, TrainConfig, TunedState,
+};
+use train_common::*;
+
+const CPU: Make<CpuBackend> = CpuBackend::new;
+
+#[test]
+fn train_cpu_param_gradients_match_finite_differences() {
+    check_param_gradients(CPU, TrainConfig::default());
+}
+
+#[test]
+fn train_cpu_param_gradients_match_finite_differences_at_small_logit_scale() {
+    check_param_gradients(
+        CPU,
+        TrainConfig {
+            logit_scale: 10.0,
+            ..TrainConfig::default()
+        },
+    );
+}
+
+#[test]
+fn train_cpu_token_gradients_match_finite_differences() {
+    check_token_gradients(CPU, TrainConfig::default());
+}
+
+#[test]
+fn train_cpu_step_contract() {
+    check_step_contract(CPU);
+}
+
+/// The tiny fixture's block when it is present, else random weights of the same dims.
+fn tiny_block() -> (BlockDims, BlockParams, FrozenHead) {
+    let dir = anytime_runtime::assets::bundled_models_dir().join("tiny-clip");
+    if let Ok(assets) = ModelAssets::open(&dir) {
+        let dims = assets.dims().block();
+        let (p, h) = load_block(&assets.file("last_block.safetensors"), &dims).expect("tiny block");
+        return (dims, p, h);
+    }
+    eprintln!("tiny-clip fixture absent: random weights of its dims");
+    let dims = BlockDims {
+        width: 64,
+        heads: 4,
+        mlp: 256,
+        tokens: 50,
+        embed: 32,
+    };
+    (
+        dims,
+        BlockParams::random(&dims, 61),
+        FrozenHead::random(&dims, 62),
+    )
+}
+
+#[test]
+fn train_cpu_learns_a_fixed_batch_on_the_tiny_model() {
+    let (dims, p, h) = tiny_block();
+    check_learning(CPU, dims, p, h, 60);
+}
+
+#[test]
+fn train_cpu_resume_is_bit_exact() {
+    let dims = SMALL;
+    let cfg = TrainConfig {
+        lr: 1e-3,
+        ..TrainConfig::default()
+    };
+    let head = FrozenHead::random(&dims, 71);
+    let start = TunedState::fresh(&dims, BlockParams::random(&dims, 70));
+    let batches: Vec<Data> = (0..6).map(|i| random_data(&dims, 3, 4, 80 + i)).collect();
+
+    let mut straight = CpuBackend::new(dims, cfg.clone(), head.clone(), start.clone()).unwrap();
+    for d in &batches {
+        straight.step(&d.batch()).unwrap();
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tuned.safetensors");
+    let mut first = CpuBackend::new(dims, cfg.clone(), head.clone(), start).unwrap();
+    for d in &batches[..3] {
+        first.step(&d.batch()).unwrap();
+    }
+    save_tuned(&path, &dims, &first.state().unwrap(), &head).unwrap();
+    let (loaded, head2) = load_tuned(&path, &dims).unwrap();
+    assert_eq!(head2, head);
+    assert_eq!(loaded.optim.step, 3);
+    let mut resumed = CpuBackend::new(dims, cfg, head2, loaded).unwrap();
+    for d in &batches[3..] {
+        resumed.step(&d.batch()).unwrap();
+    }
+    let (a, b) = (straight.state().unwrap(), resumed.state().unwrap());
+    let bits = |s: &TunedState| -> Vec<u32> {
+        s.params
+            .tensors()
+            .iter()
+            .flat_map(|t| t.iter().map(|x| x.to_bits()))
+            .collect()
+    };
+    assert_eq!(bits(&a), bits(&b));
+    assert_eq!(a, b);
+    // The saved file is also a valid last_block.safetensors.
+    let (p, _) = load_block(&path, &dims).unwrap();
+    assert_eq!(p, first.state().unwrap().params);
+}
