@@ -1,0 +1,115 @@
+//! `anytime-edge learn`: one update per labelled image, from arguments or a folder of
+//! `label/image` files.
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use anytime_runtime::encoder::load_image;
+use serde_json::json;
+
+use super::LearnerArgs;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    learner: LearnerArgs,
+    /// Label of the images given as arguments.
+    #[arg(long, required_unless_present = "folder")]
+    label: Option<String>,
+    /// A folder of `label/image` files (every image learned under its folder's name).
+    #[arg(long, conflicts_with = "label")]
+    folder: Option<PathBuf>,
+    /// One JSON object per sample on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Images to learn (with --label).
+    images: Vec<PathBuf>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let samples: Vec<(PathBuf, String)> = match (&a.folder, &a.label) {
+        (Some(root), _) => folder_samples(root)?,
+        (None, Some(label)) => {
+            if a.images.is_empty() {
+                bail!("no images given to learn");
+            }
+            a.images
+                .iter()
+                .map(|p| (p.clone(), label.clone()))
+                .collect()
+        }
+        (None, None) => bail!("give --label with images, or --folder"),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("installing signal handlers")?;
+    }
+    let mut learner = a.learner.open()?;
+    eprintln!("training on {}", learner.backend_name());
+    let mut failed = 0usize;
+    for (path, label) in &samples {
+        if stop.load(Ordering::Relaxed) {
+            eprintln!("stopping on signal");
+            break;
+        }
+        let shown = path.to_string_lossy();
+        let result = load_image(path)
+            .map_err(anyhow::Error::from)
+            .and_then(|img| Ok(learner.learn_image(&img, label)?));
+        match (result, a.json) {
+            (Ok(r), true) => println!(
+                "{}",
+                json!({"image": shown, "label": r.label, "learned": r.learned, "loss": r.loss,
+                       "batch": r.batch, "tuned_correct": r.tuned_correct,
+                       "original_correct": r.original_correct, "record_bytes": r.record_bytes})
+            ),
+            (Ok(r), false) => println!(
+                "{shown}: learned `{}` (sample {}, batch {}, loss {:.4})",
+                r.label, r.learned, r.batch, r.loss
+            ),
+            (Err(e), true) => {
+                failed += 1;
+                println!("{}", json!({"image": shown, "error": format!("{e:#}")}));
+            }
+            (Err(e), false) => {
+                failed += 1;
+                eprintln!("error: {shown}: {e:#}");
+            }
+        }
+    }
+    learner.checkpoint().context("saving the tuned weights")?;
+    if failed > 0 {
+        bail!("{failed} of {} images could not be learned", samples.len());
+    }
+    Ok(())
+}
+
+/// `root/label/*` image files, sorted for a reproducible order.
+fn folder_samples(root: &Path) -> Result<Vec<(PathBuf, String)>> {
+    let mut out = Vec::new();
+    let mut dirs: Vec<_> = std::fs::read_dir(root)
+        .with_context(|| format!("reading {}", root.display()))?
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("reading {}", root.display()))?;
+    dirs.sort_by_key(|e| e.file_name());
+    for d in dirs {
+        if !d.file_type()?.is_dir() {
+            continue;
+        }
+        let label = d.file_name().to_string_lossy().into_owned();
+        let mut files: Vec<_> = std::fs::read_dir(d.path())?
+            .collect::<std::io::Result<Vec<_>>>()?
+            .into_iter()
+            .filter(|f| f.file_type().map(|t| t.is_file()).unwrap_or(false))
+            .map(|f| f.path())
+            .collect();
+        files.sort();
+        out.extend(files.into_iter().map(|f| (f, label.clone())));
+    }
+    if out.is_empty() {
+        bail!("{} holds no label/image files", root.display());
+    }
+    Ok(out)
+}

@@ -1,0 +1,159 @@
+//! `anytime-edge predict`: ranked labels with probabilities for each image: zero-shot
+//! (`P_o`), or with `--state` the learner's OCW mixture (SPEC §2).
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use anytime_runtime::encoder::{load_image, DynamicImage};
+use anytime_runtime::learner::{Learner, Mixing};
+use anytime_runtime::predict::{LabelSet, Prediction, Predictor};
+use serde_json::json;
+
+use super::{parse_mixing, LearnerArgs};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Model name (under $ANYTIME_EDGE_ASSETS/models or bundled) or model folder.
+    #[arg(long, default_value = "tiny-clip")]
+    model: String,
+    /// Learner folder: predict with the tuned model mixed in by OCW (default: zero-shot).
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// With --state: ocw, ocw-other, tuned, original, or fixed:A.
+    #[arg(long, default_value = "ocw", value_parser = parse_mixing)]
+    mixing: Mixing,
+    /// With --state: answer "none" when P_t(other|x) exceeds this.
+    #[arg(long)]
+    none_threshold: Option<f32>,
+    /// Comma-separated candidate labels, e.g. "cat,dog,car".
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
+    /// Labels shown per image (0 = all).
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+    /// One JSON object per image on stdout, for machines.
+    #[arg(long)]
+    json: bool,
+    /// Train on the CPU even when a GPU adapter exists (with --state).
+    #[arg(long)]
+    cpu: bool,
+    /// Images to classify.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+}
+
+/// Zero-shot or learner-backed prediction.
+enum Model {
+    ZeroShot(Box<Predictor>),
+    Learner(Box<Learner>, Mixing),
+}
+
+impl Model {
+    fn label_set(&mut self, labels: &[String]) -> Result<LabelSet> {
+        Ok(match self {
+            Model::ZeroShot(p) => p.label_set(labels)?,
+            Model::Learner(l, _) => l.label_set(labels)?,
+        })
+    }
+
+    fn predict(&mut self, img: DynamicImage, set: &LabelSet) -> Result<Prediction> {
+        let imgs = [img];
+        let mut out = match self {
+            Model::ZeroShot(p) => p.predict(&imgs, set)?,
+            Model::Learner(l, mixing) => l.predict_images(&imgs, set, *mixing)?,
+        };
+        Ok(out.remove(0))
+    }
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let mut model = match &a.state {
+        None => Model::ZeroShot(Box::new(
+            Predictor::load(&a.model).with_context(|| format!("loading model `{}`", a.model))?,
+        )),
+        Some(state) => {
+            let args = LearnerArgs {
+                model: a.model.clone(),
+                state: state.clone(),
+                capacity: 64 << 20,
+                checkpoint_every: 0,
+                cpu: a.cpu,
+                lr: None,
+            };
+            if !state.join("learner.json").is_file() {
+                bail!(
+                    "{} is not a learner folder (no learner.json)",
+                    state.display()
+                );
+            }
+            Model::Learner(Box::new(args.open()?), a.mixing)
+        }
+    };
+    let set = model.label_set(&a.labels).context("checking the labels")?;
+    let mut failed = 0usize;
+    for path in &a.images {
+        let shown = path.to_string_lossy();
+        let result = load_image(path)
+            .map_err(anyhow::Error::from)
+            .and_then(|img| model.predict(img, &set));
+        match result {
+            Ok(p) => print_prediction(&shown, &p, a.top, a.none_threshold, a.json),
+            Err(e) => {
+                failed += 1;
+                if a.json {
+                    println!("{}", json!({"image": shown, "error": format!("{e:#}")}));
+                } else {
+                    eprintln!("error: {shown}: {e:#}");
+                }
+            }
+        }
+    }
+    if failed > 0 {
+        bail!(
+            "{failed} of {} images could not be classified",
+            a.images.len()
+        );
+    }
+    Ok(())
+}
+
+/// The answer: the best label, or "none" when `P_t(other|x)` exceeds the threshold.
+pub fn answer(p: &Prediction, none_threshold: Option<f32>) -> String {
+    match (p.other, none_threshold) {
+        (Some(o), Some(t)) if o > t => "none".to_string(),
+        _ => p.ranked[0].0.clone(),
+    }
+}
+
+fn print_prediction(path: &str, p: &Prediction, top: usize, none: Option<f32>, as_json: bool) {
+    let n = if top == 0 {
+        p.ranked.len()
+    } else {
+        top.min(p.ranked.len())
+    };
+    if as_json {
+        println!("{}", prediction_json(path, p, n, none));
+    } else {
+        let other = p
+            .other
+            .map(|o| format!(", P(other) {o:.4}"))
+            .unwrap_or_default();
+        println!("{path}: {} ({} model{other})", answer(p, none), p.model);
+        for (label, prob) in &p.ranked[..n] {
+            println!("  {prob:>7.4}  {label}");
+        }
+    }
+}
+
+/// The JSON answer for one image (also used by `serve`).
+pub fn prediction_json(
+    path: &str,
+    p: &Prediction,
+    n: usize,
+    none: Option<f32>,
+) -> serde_json::Value {
+    let ranked: Vec<_> = p.ranked[..n.min(p.ranked.len())]
+        .iter()
+        .map(|(label, prob)| json!({"label": label, "p": prob}))
+        .collect();
+    json!({"image": path, "answer": answer(p, none), "model": p.model, "ranked": ranked, "other": p.other})
+}
