@@ -1,0 +1,293 @@
+//! `bench-train`: one training step of the tuned block on the CPU path, against the SGEMM
+//! roofline of the same GEMM library measured in the same run, and against the same step
+//! in PyTorch CPU (`host/bench/train_step_torch.py`, same shapes, same threads) when torch
+//! is installed. Prints a table and writes `target/bench/train_step.json`.
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use anytime_runtime::block::{
+    memory_report, sgemm_nn, step_flops, BlockDims, BlockParams, FrozenHead,
+};
+use anytime_runtime::train::{Batch, CpuBackend, TrainBackend, TrainConfig, TunedState};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde_json::json;
+
+use super::bench_out;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Shapes: `vit-b32` (N=50, D=768, 12 heads, MLP 3072, E=512) or `tiny` (50, 64, 4, 256, 32).
+    #[arg(long, default_value = "vit-b32")]
+    shapes: String,
+    /// Batch size B.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Label set size |Y|.
+    #[arg(long, default_value_t = 100)]
+    labels: usize,
+    /// Timed steps (after one warm-up step).
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// GEMM threads (sets MATMUL_NUM_THREADS; default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// The PyTorch reference script.
+    #[arg(long, default_value = "host/bench/train_step_torch.py")]
+    script: PathBuf,
+    /// Python interpreter for the reference.
+    #[arg(long, default_value = "python3")]
+    python: String,
+}
+
+fn dims_of(name: &str) -> Result<BlockDims> {
+    Ok(match name {
+        "vit-b32" => BlockDims::VIT_B32,
+        "tiny" => BlockDims {
+            width: 64,
+            heads: 4,
+            mlp: 256,
+            tokens: 50,
+            embed: 32,
+        },
+        other => bail!("unknown shapes `{other}` (vit-b32 or tiny)"),
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Best-of-5 SGEMM GFLOP/s of `[m,k]·[k,n]` through the same library and threads.
+fn sgemm_gflops(m: usize, k: usize, n: usize) -> f64 {
+    let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
+    let mut c = vec![0.0f32; m * n];
+    sgemm_nn(m, k, n, &a, &b, &mut c);
+    let best = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            sgemm_nn(m, k, n, &a, &b, &mut c);
+            std::hint::black_box(&c);
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    2.0 * (m * k * n) as f64 / best / 1e9
+}
+
+fn torch_reference(
+    a: &Args,
+    dims: &BlockDims,
+    threads: usize,
+    mode: &str,
+) -> Option<serde_json::Value> {
+    let out = Command::new(&a.python)
+        .arg(&a.script)
+        .args(["--mode", mode])
+        .args([
+            "--batch",
+            &a.batch.to_string(),
+            "--labels",
+            &a.labels.to_string(),
+        ])
+        .args([
+            "--tokens",
+            &dims.tokens.to_string(),
+            "--width",
+            &dims.width.to_string(),
+        ])
+        .args([
+            "--heads",
+            &dims.heads.to_string(),
+            "--mlp",
+            &dims.mlp.to_string(),
+        ])
+        .args([
+            "--embed",
+            &dims.embed.to_string(),
+            "--steps",
+            &a.steps.to_string(),
+        ])
+        .args(["--threads", &threads.to_string()])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout).ok(),
+        Ok(o) => {
+            log::warn!(
+                "PyTorch reference ({mode}) failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            None
+        }
+        Err(e) => {
+            log::warn!("cannot run {}: {e}", a.python);
+            None
+        }
+    }
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let dims = dims_of(&a.shapes)?;
+    let threads = a.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    // matrixmultiply reads this once, at its first threaded call.
+    std::env::set_var("MATMUL_NUM_THREADS", threads.to_string());
+
+    let roofline = sgemm_gflops(1600, 768, 3072);
+    let kv_gemm = sgemm_gflops(a.batch * dims.tokens, dims.width, 2 * dims.width);
+
+    let mut rng = StdRng::seed_from_u64(0);
+    let tokens: Vec<f32> = (0..a.batch * dims.tokens_len())
+        .map(|_| rng.gen_range(-1.0..1.0))
+        .collect();
+    let labels: Vec<u32> = (0..a.batch).map(|i| (i % a.labels) as u32).collect();
+    let mut text: Vec<f32> = (0..a.labels * dims.embed)
+        .map(|_| rng.gen_range(-1.0..1.0))
+        .collect();
+    anytime_runtime::block::l2_normalise(&mut text, dims.embed);
+    let batch = Batch {
+        tokens: &tokens,
+        labels: &labels,
+        text: &text,
+        n_labels: a.labels,
+    };
+
+    let state = TunedState::fresh(&dims, BlockParams::random(&dims, 1));
+    let cfg = TrainConfig {
+        batch: a.batch,
+        ..TrainConfig::default()
+    };
+    let mut cpu = CpuBackend::new(dims, cfg, FrozenHead::random(&dims, 2), state)
+        .context("building the CPU backend")?;
+    cpu.step(&batch)?; // warm-up
+    let mut fwd = Vec::new();
+    let mut step = Vec::new();
+    for _ in 0..a.steps.max(1) {
+        let t = Instant::now();
+        std::hint::black_box(cpu.loss(&batch)?);
+        fwd.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        std::hint::black_box(cpu.step(&batch)?);
+        step.push(t.elapsed().as_secs_f64());
+    }
+    let (fwd_s, step_s) = (median(fwd), median(step));
+    let flops = step_flops(&dims, a.batch, a.labels);
+    let gflops = flops.executed as f64 / step_s / 1e9;
+    let mem = memory_report(&dims, a.batch);
+
+    let modes = [
+        ("same", "PyTorch CPU, same algorithm"),
+        ("pruned", "PyTorch CPU, CLS-only but keys/values"),
+        ("dense", "PyTorch CPU, dense block"),
+    ];
+    let torch: Vec<(&str, &str, Option<serde_json::Value>)> = modes
+        .iter()
+        .map(|&(m, label)| (m, label, torch_reference(&a, &dims, threads, m)))
+        .collect();
+    let t_step = |r: &Option<serde_json::Value>| r.as_ref().and_then(|r| r["step_s"].as_f64());
+
+    println!(
+        "training step, shapes {} (N={}, D={}, heads {}, MLP {}, E={}), B={}, |Y|={}, {} threads",
+        a.shapes,
+        dims.tokens,
+        dims.width,
+        dims.heads,
+        dims.mlp,
+        dims.embed,
+        a.batch,
+        a.labels,
+        threads
+    );
+    println!(
+        "FLOPs per step: {:.3} G executed (CLS-only, keys/values folded), {:.2} G dense equivalent",
+        flops.executed as f64 / 1e9,
+        flops.dense as f64 / 1e9
+    );
+    println!("{:<44} {:>10} {:>10}", "", "ms", "GFLOP/s");
+    println!(
+        "{:<44} {:>10} {:>10.1}",
+        "SGEMM 1600x768 . 768x3072 (matrixmultiply)", "", roofline
+    );
+    println!(
+        "{:<44} {:>10} {:>10.1}",
+        format!(
+            "SGEMM {}x{} . {}x{} (k/v shape)",
+            a.batch * dims.tokens,
+            dims.width,
+            dims.width,
+            2 * dims.width
+        ),
+        "",
+        kv_gemm
+    );
+    println!(
+        "{:<44} {:>10.1} {:>10}",
+        "CPU path: forward + loss",
+        fwd_s * 1e3,
+        ""
+    );
+    println!(
+        "{:<44} {:>10.1} {:>10.1}",
+        "CPU path: step (fwd, bwd, AdamW)",
+        step_s * 1e3,
+        gflops
+    );
+    println!(
+        "{:<44} {:>10.2}",
+        "roofline ratio (step / SGEMM)",
+        gflops / roofline
+    );
+    for (_, label, r) in &torch {
+        match t_step(r) {
+            Some(t) => {
+                println!("{:<44} {:>10.1}", label, t * 1e3);
+                println!("{:<44} {:>10.2}", "  ratio ours / that", step_s / t);
+            }
+            None => println!("{label}: not available (see warning)"),
+        }
+    }
+    println!("wgpu path: not measured by this build (the GPU backend plugs in here)");
+    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "memory (MiB): weights {:.1}, gradients {:.1}, optimiser {:.1}, saved activations {:.1}, backward scratch {:.1}",
+        mib(mem.weights), mib(mem.gradients), mib(mem.optimiser), mib(mem.activations), mib(mem.backward_scratch)
+    );
+
+    let report = json!({
+        "shapes": a.shapes,
+        "dims": {"tokens": dims.tokens, "width": dims.width, "heads": dims.heads, "mlp": dims.mlp, "embed": dims.embed},
+        "batch": a.batch,
+        "labels": a.labels,
+        "threads": threads,
+        "steps_timed": a.steps.max(1),
+        "flops_executed": flops.executed,
+        "flops_dense": flops.dense,
+        "sgemm_1600x768x3072_gflops": roofline,
+        "sgemm_kv_shape_gflops": kv_gemm,
+        "cpu_forward_loss_s": fwd_s,
+        "cpu_step_s": step_s,
+        "cpu_step_gflops": gflops,
+        "roofline_ratio": gflops / roofline,
+        "torch": torch.iter().map(|(m, _, r)| json!({
+            "mode": m,
+            "result": r,
+            "ratio_ours_over_torch": t_step(r).map(|t| step_s / t),
+        })).collect::<Vec<_>>(),
+        "wgpu": null,
+        "memory_bytes": {
+            "weights": mem.weights,
+            "gradients": mem.gradients,
+            "optimiser": mem.optimiser,
+            "saved_activations": mem.activations,
+            "backward_scratch": mem.backward_scratch,
+        },
+    });
+    let path = bench_out("train_step.json", &report)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}

@@ -1,0 +1,419 @@
+//! Metrics of a simulator run (SPEC §9): per stage and method the accuracy on all,
+//! seen and unseen labels and per evaluation group, stored bytes per sample,
+//! training steps, wall time per update and peak memory; per method the average
+//! over stages, the final accuracy and forgetting. Written as JSON and CSV.
+//!
+//! Forgetting follows Chaudhry et al. (2018): for every evaluation group trained
+//! on before the last stage, the best accuracy it had at any stage from the one
+//! that trained it up to the one before last, minus its final accuracy; averaged
+//! over those groups. It is negative when the groups improved (backward transfer).
+//! Held-out groups are left out of "all", "seen" and "unseen" and of forgetting.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::protocol::Plan;
+
+/// Correct / total counter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Tally {
+    pub correct: u64,
+    pub total: u64,
+}
+
+impl Tally {
+    pub fn add(&mut self, correct: bool) {
+        self.correct += u64::from(correct);
+        self.total += 1;
+    }
+
+    /// Accuracy in percent, `None` when nothing was counted.
+    pub fn percent(&self) -> Option<f64> {
+        (self.total > 0).then(|| 100.0 * self.correct as f64 / self.total as f64)
+    }
+}
+
+/// Accumulates one method's predictions at one stage.
+#[derive(Debug, Clone)]
+pub struct StageScore {
+    pub all: Tally,
+    pub seen: Tally,
+    pub unseen: Tally,
+    pub groups: Vec<Tally>,
+}
+
+impl StageScore {
+    pub fn new(num_groups: usize) -> Self {
+        Self {
+            all: Tally::default(),
+            seen: Tally::default(),
+            unseen: Tally::default(),
+            groups: vec![Tally::default(); num_groups],
+        }
+    }
+
+    /// Records one test prediction of group `group` (held out or not) whose true
+    /// label was (`seen`) or was not trained on yet.
+    pub fn record(&mut self, group: usize, held_out: bool, seen: bool, correct: bool) {
+        self.groups[group].add(correct);
+        if !held_out {
+            self.all.add(correct);
+            if seen {
+                self.seen.add(correct);
+            } else {
+                self.unseen.add(correct);
+            }
+        }
+    }
+}
+
+/// One row: a method after one stage.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageResult {
+    pub method: String,
+    pub stage: usize,
+    pub stage_name: String,
+    /// Training samples observed so far (cumulative).
+    pub samples_seen: u64,
+    pub acc_all: Option<f64>,
+    pub acc_seen: Option<f64>,
+    pub acc_unseen: Option<f64>,
+    /// Accuracy per evaluation group, in the plan's group order.
+    pub acc_groups: Vec<Option<f64>>,
+    pub bytes_per_sample: f64,
+    /// Training steps so far (cumulative).
+    pub train_steps: u64,
+    /// Mean wall time of one `observe` in this stage, in milliseconds.
+    pub update_ms: Option<f64>,
+    /// Wall time of this stage's evaluation, in seconds.
+    pub eval_s: f64,
+    /// Peak resident memory of the process so far, in KiB (Linux only).
+    pub peak_rss_kib: Option<u64>,
+}
+
+impl StageResult {
+    /// Fills the accuracy fields from a score.
+    pub fn set_score(&mut self, score: &StageScore) {
+        self.acc_all = score.all.percent();
+        self.acc_seen = score.seen.percent();
+        self.acc_unseen = score.unseen.percent();
+        self.acc_groups = score.groups.iter().map(Tally::percent).collect();
+    }
+}
+
+/// One method over the whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub method: String,
+    /// Mean over stages of the overall accuracy.
+    pub average_acc: Option<f64>,
+    pub final_acc: Option<f64>,
+    pub final_seen: Option<f64>,
+    pub final_unseen: Option<f64>,
+    pub forgetting: Option<f64>,
+    /// Final accuracy of held-out groups (zero-shot retention), by group name.
+    pub held_out: Vec<(String, Option<f64>)>,
+    pub mean_update_ms: Option<f64>,
+    pub train_steps: u64,
+    pub bytes_per_sample: f64,
+}
+
+/// Summarises one method's rows (in stage order) against the plan's groups.
+pub fn summarise(plan: &Plan, rows: &[&StageResult]) -> Option<Summary> {
+    let last = rows.last()?;
+    let accs: Vec<f64> = rows.iter().filter_map(|r| r.acc_all).collect();
+    let average_acc = (!accs.is_empty()).then(|| accs.iter().sum::<f64>() / accs.len() as f64);
+    let final_stage = rows.len() - 1;
+    let mut drops = Vec::new();
+    for (g, group) in plan.groups.iter().enumerate() {
+        let Some(learned) = group.learned_at.filter(|&l| l < final_stage) else {
+            continue;
+        };
+        let best = rows[learned..final_stage]
+            .iter()
+            .filter_map(|r| r.acc_groups.get(g).copied().flatten())
+            .fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.max(a))));
+        if let (Some(best), Some(Some(fin))) = (best, last.acc_groups.get(g)) {
+            drops.push(best - fin);
+        }
+    }
+    let forgetting = (!drops.is_empty()).then(|| drops.iter().sum::<f64>() / drops.len() as f64);
+    let updates: Vec<f64> = rows.iter().filter_map(|r| r.update_ms).collect();
+    Some(Summary {
+        method: last.method.clone(),
+        average_acc,
+        final_acc: last.acc_all,
+        final_seen: last.acc_seen,
+        final_unseen: last.acc_unseen,
+        forgetting,
+        held_out: plan
+            .groups
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| g.held_out)
+            .map(|(i, g)| (g.name.clone(), last.acc_groups.get(i).copied().flatten()))
+            .collect(),
+        mean_update_ms: (!updates.is_empty())
+            .then(|| updates.iter().sum::<f64>() / updates.len() as f64),
+        train_steps: last.train_steps,
+        bytes_per_sample: last.bytes_per_sample,
+    })
+}
+
+/// Everything a run writes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The command line's settings (datasets, model, protocol, seed, limits, …).
+    pub config: serde_json::Value,
+    pub plan: Plan,
+    pub rows: Vec<StageResult>,
+    pub summaries: Vec<Summary>,
+    pub wall_s: f64,
+    pub peak_rss_kib: Option<u64>,
+}
+
+impl Report {
+    /// Builds the summaries from the rows.
+    pub fn new(config: serde_json::Value, plan: Plan, rows: Vec<StageResult>, wall_s: f64) -> Self {
+        let mut methods: Vec<&str> = Vec::new();
+        for r in &rows {
+            if !methods.contains(&r.method.as_str()) {
+                methods.push(&r.method);
+            }
+        }
+        let summaries = methods
+            .iter()
+            .filter_map(|m| {
+                let mine: Vec<&StageResult> = rows.iter().filter(|r| r.method == *m).collect();
+                summarise(&plan, &mine)
+            })
+            .collect();
+        Self {
+            config,
+            plan,
+            rows,
+            summaries,
+            wall_s,
+            peak_rss_kib: peak_rss_kib(),
+        }
+    }
+
+    pub fn write_json(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// One line per method and stage; one `acc_<group>` column per evaluation group.
+    pub fn stages_csv(&self) -> String {
+        let mut s = String::from(
+            "method,stage,stage_name,samples_seen,acc_all,acc_seen,acc_unseen,\
+             bytes_per_sample,train_steps,update_ms,eval_s,peak_rss_kib",
+        );
+        for g in &self.plan.groups {
+            let _ = write!(s, ",{}", csv_field(&format!("acc_{}", g.name)));
+        }
+        s.push('\n');
+        for r in &self.rows {
+            let _ = write!(
+                s,
+                "{},{},{},{},{},{},{},{:.1},{},{},{:.3},{}",
+                csv_field(&r.method),
+                r.stage,
+                csv_field(&r.stage_name),
+                r.samples_seen,
+                opt(r.acc_all),
+                opt(r.acc_seen),
+                opt(r.acc_unseen),
+                r.bytes_per_sample,
+                r.train_steps,
+                opt(r.update_ms),
+                r.eval_s,
+                r.peak_rss_kib.map(|v| v.to_string()).unwrap_or_default()
+            );
+            for a in &r.acc_groups {
+                let _ = write!(s, ",{}", opt(*a));
+            }
+            s.push('\n');
+        }
+        s
+    }
+
+    /// One line per method.
+    pub fn summary_csv(&self) -> String {
+        let mut s = String::from(
+            "method,average_acc,final_acc,final_seen,final_unseen,forgetting,\
+             mean_update_ms,train_steps,bytes_per_sample\n",
+        );
+        for m in &self.summaries {
+            let _ = writeln!(
+                s,
+                "{},{},{},{},{},{},{},{},{:.1}",
+                csv_field(&m.method),
+                opt(m.average_acc),
+                opt(m.final_acc),
+                opt(m.final_seen),
+                opt(m.final_unseen),
+                opt(m.forgetting),
+                opt(m.mean_update_ms),
+                m.train_steps,
+                m.bytes_per_sample
+            );
+        }
+        s
+    }
+
+    /// Writes `stages.csv` and `summary.csv` into `dir`.
+    pub fn write_csv(&self, dir: &Path) -> Result<()> {
+        for (name, text) in [
+            ("stages.csv", self.stages_csv()),
+            ("summary.csv", self.summary_csv()),
+        ] {
+            let path = dir.join(name);
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.3}")).unwrap_or_default()
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+/// Peak resident set size of this process (`VmHWM` of `/proc/self/status`), in KiB.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_vm_hwm(&status)
+}
+
+fn parse_vm_hwm(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line["VmHWM:".len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::protocol::{plan, PlanOptions, ProtocolKind, SourceInfo};
+
+    fn class_plan() -> Plan {
+        let labels: Vec<u16> = (0..4).flat_map(|c| [c, c]).collect();
+        let src = SourceInfo {
+            name: "d".into(),
+            num_classes: 4,
+            train_labels: labels.clone(),
+            test_labels: labels,
+        };
+        let opts = PlanOptions {
+            kind: ProtocolKind::Class,
+            groups: 2,
+            ..PlanOptions::default()
+        };
+        plan(&[src], &opts).unwrap()
+    }
+
+    fn row(stage: usize, all: f64, groups: [f64; 2]) -> StageResult {
+        StageResult {
+            method: "m,x".into(),
+            stage,
+            stage_name: format!("group {}", stage + 1),
+            samples_seen: 4 * (stage as u64 + 1),
+            acc_all: Some(all),
+            acc_seen: Some(all),
+            acc_unseen: None,
+            acc_groups: groups.iter().map(|&g| Some(g)).collect(),
+            bytes_per_sample: 10.0,
+            train_steps: stage as u64,
+            update_ms: Some(2.0),
+            eval_s: 0.1,
+            peak_rss_kib: None,
+        }
+    }
+
+    #[test]
+    fn tallies_and_scores() {
+        let mut s = StageScore::new(2);
+        s.record(0, false, true, true);
+        s.record(0, false, false, false);
+        s.record(1, true, false, true);
+        assert_eq!(
+            s.all,
+            Tally {
+                correct: 1,
+                total: 2
+            }
+        );
+        assert_eq!(s.seen.percent(), Some(100.0));
+        assert_eq!(s.unseen.percent(), Some(0.0));
+        assert_eq!(s.groups[1].percent(), Some(100.0));
+        assert_eq!(Tally::default().percent(), None);
+    }
+
+    #[test]
+    fn summary_average_final_forgetting() {
+        let plan = class_plan();
+        let rows = [row(0, 40.0, [80.0, 0.0]), row(1, 60.0, [50.0, 70.0])];
+        let refs: Vec<&StageResult> = rows.iter().collect();
+        let s = summarise(&plan, &refs).unwrap();
+        assert_eq!(s.average_acc, Some(50.0));
+        assert_eq!(s.final_acc, Some(60.0));
+        // group 1 learned at stage 0: best 80 before the end, 50 at the end
+        assert_eq!(s.forgetting, Some(30.0));
+        assert_eq!(s.train_steps, 1);
+        assert!(summarise(&plan, &[]).is_none());
+    }
+
+    #[test]
+    fn csv_and_json() {
+        let plan = class_plan();
+        let rows = vec![row(0, 40.0, [80.0, 0.0]), row(1, 60.0, [50.0, 70.0])];
+        let report = Report::new(serde_json::json!({"seed": 0}), plan, rows, 1.5);
+        let csv = report.stages_csv();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].ends_with(",acc_group 1,acc_group 2"));
+        assert!(lines[1].starts_with("\"m,x\",0,group 1,4,40.000,40.000,,10.0,0,2.000,"));
+        let cols = lines[0].split(',').count();
+        assert!(lines
+            .iter()
+            .skip(1)
+            .all(|l| l.replace("\"m,x\"", "m").split(',').count() == cols));
+        assert!(report.summary_csv().contains("\"m,x\",50.000,60.000"));
+        let tmp = tempfile::tempdir().unwrap();
+        report.write_json(&tmp.path().join("r.json")).unwrap();
+        report.write_csv(tmp.path()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(tmp.path().join("r.json")).unwrap())
+                .unwrap();
+        assert_eq!(v["summaries"][0]["forgetting"], 30.0);
+        assert_eq!(v["plan"]["kind"], "class");
+        assert!(tmp.path().join("summary.csv").is_file());
+    }
+
+    #[test]
+    fn vm_hwm() {
+        assert_eq!(
+            parse_vm_hwm("VmPeak:\t 10 kB\nVmHWM:\t    1234 kB\n"),
+            Some(1234)
+        );
+        assert_eq!(parse_vm_hwm("nothing"), None);
+        if cfg!(target_os = "linux") {
+            assert!(peak_rss_kib().unwrap() > 0);
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The host simulator: datasets, token cache, evaluation protocols, methods,
+//! metrics and plots. `cmd/simulate.rs` drives them.
+
+pub mod cache;
+pub mod dataset;
+pub mod features;
+pub mod method;
+pub mod metrics;
+pub mod plot;
+pub mod protocol;
+pub mod runner;
+pub mod synthetic;

@@ -1,0 +1,503 @@
+//! Evaluation protocols of SPEC §9 as plans: which training samples arrive at each
+//! stage, and which test samples are scored against which candidate labels.
+//!
+//! A plan only needs labels, never pixels. Several datasets ("sources") share one
+//! global label space: source `s`'s local label `l` is global label
+//! `offset[s] + l`, in the order the sources are given (the held-out source last).
+//!
+//! - **data**: the training set in one seeded order, stage `k` holding the samples
+//!   up to `ceil(p_k% · n)` (cumulative 2, 4, 8, 16, 32, 64, 100 % by default).
+//!   One evaluation group, the whole test set, scored over all labels.
+//! - **class**: classes in a seeded order, split into `G` groups as even as possible
+//!   (the first `C mod G` groups get one more); stage `g` trains on the samples of
+//!   group `g` in seeded order. Every test sample is scored over **all** labels; one
+//!   evaluation group per class group, so seen and unseen accuracy and forgetting
+//!   can be read off.
+//! - **task**: one stage per source, in order; each source's test set is scored
+//!   over its own labels; an optional held-out source is never trained on and
+//!   measures zero-shot retention.
+//!
+//! `--limit-*` subsampling is class-stratified (round robin over classes in a
+//! seeded order) and applies to each source separately.
+
+use anyhow::{ensure, Result};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::Serialize;
+
+/// Which protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtocolKind {
+    /// Data-incremental: growing fractions of one training set.
+    Data,
+    /// Class-incremental: classes arrive in groups.
+    Class,
+    /// Task-incremental: one dataset after another, with a held-out one.
+    Task,
+}
+
+/// Default data-incremental stages, in percent of the training set.
+pub const DEFAULT_PERCENTS: [u32; 7] = [2, 4, 8, 16, 32, 64, 100];
+
+/// What a plan needs to know of one dataset.
+#[derive(Debug, Clone)]
+pub struct SourceInfo {
+    pub name: String,
+    pub num_classes: u16,
+    pub train_labels: Vec<u16>,
+    pub test_labels: Vec<u16>,
+}
+
+/// One sample of one source's split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SampleRef {
+    pub source: u16,
+    pub index: u32,
+}
+
+/// The samples that arrive at one stage.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stage {
+    pub name: String,
+    /// New training samples, in arrival order (serialised as their number).
+    #[serde(rename = "num_train", serialize_with = "serialize_len")]
+    pub train: Vec<SampleRef>,
+    /// Global labels trained on up to and including this stage, sorted.
+    pub seen: Vec<u16>,
+}
+
+/// Test samples scored together over one candidate label set.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalGroup {
+    pub name: String,
+    /// Test samples (serialised as their number).
+    #[serde(rename = "num_samples", serialize_with = "serialize_len")]
+    pub samples: Vec<SampleRef>,
+    /// Candidate global labels; a prediction is an index into this list.
+    pub candidates: Vec<u16>,
+    /// The stage whose training covers this group (`None`: never trained on).
+    pub learned_at: Option<usize>,
+    /// A held-out dataset (zero-shot retention), left out of the overall accuracy.
+    pub held_out: bool,
+}
+
+fn serialize_len<S: serde::Serializer>(v: &[SampleRef], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(v.len() as u64)
+}
+
+/// A whole protocol run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub kind: ProtocolKind,
+    pub seed: u64,
+    /// Global label of local label 0 of each source.
+    pub label_offsets: Vec<u16>,
+    pub num_labels: u16,
+    /// Class-incremental only: the class order the groups were cut from.
+    pub class_order: Vec<u16>,
+    pub stages: Vec<Stage>,
+    pub groups: Vec<EvalGroup>,
+}
+
+/// Options of [`plan`].
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    pub kind: ProtocolKind,
+    pub seed: u64,
+    /// Data-incremental stages in percent (increasing, last ≤ 100).
+    pub percents: Vec<u32>,
+    /// Class-incremental: number of class groups.
+    pub groups: usize,
+    /// Task-incremental: the last source is held out (never trained on).
+    pub held_out_last: bool,
+    pub limit_train: Option<usize>,
+    pub limit_test: Option<usize>,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        Self {
+            kind: ProtocolKind::Data,
+            seed: 0,
+            percents: DEFAULT_PERCENTS.to_vec(),
+            groups: 5,
+            held_out_last: false,
+            limit_train: None,
+            limit_test: None,
+        }
+    }
+}
+
+/// Class-stratified, seeded subsample of `labels`' indices: classes are visited
+/// round robin (each class's samples in a seeded order) until `limit` are taken.
+/// Returns the kept indices sorted; all of them when `limit` is `None`.
+pub fn stratified_subset(labels: &[u16], limit: Option<usize>, seed: u64) -> Vec<u32> {
+    let all: Vec<u32> = (0..labels.len() as u32).collect();
+    let Some(limit) = limit.filter(|&l| l < labels.len()) else {
+        return all;
+    };
+    let mut rng = StdRng::seed_from_u64(seed);
+    let max_label = labels.iter().copied().max().map_or(0, usize::from);
+    let mut per_class: Vec<Vec<u32>> = vec![Vec::new(); max_label + 1];
+    for &i in &all {
+        per_class[usize::from(labels[i as usize])].push(i);
+    }
+    for c in per_class.iter_mut() {
+        c.shuffle(&mut rng);
+    }
+    let mut order: Vec<usize> = (0..per_class.len()).collect();
+    order.shuffle(&mut rng);
+    let mut kept = Vec::with_capacity(limit);
+    let mut depth = 0;
+    while kept.len() < limit {
+        for &c in &order {
+            if let Some(&i) = per_class[c].get(depth) {
+                if kept.len() < limit {
+                    kept.push(i);
+                }
+            }
+        }
+        depth += 1;
+    }
+    kept.sort_unstable();
+    kept
+}
+
+fn refs(source: u16, indices: impl IntoIterator<Item = u32>) -> Vec<SampleRef> {
+    indices
+        .into_iter()
+        .map(|index| SampleRef { source, index })
+        .collect()
+}
+
+/// Builds the plan of `opts.kind` over `sources` (task: in order; data and class:
+/// the first source only).
+pub fn plan(sources: &[SourceInfo], opts: &PlanOptions) -> Result<Plan> {
+    ensure!(!sources.is_empty(), "a protocol needs at least one dataset");
+    let mut label_offsets = Vec::with_capacity(sources.len());
+    let mut next = 0u32;
+    for s in sources {
+        label_offsets.push(u16::try_from(next)?);
+        next += u32::from(s.num_classes);
+    }
+    let num_labels = u16::try_from(next)
+        .map_err(|_| anyhow::anyhow!("{next} labels in all, more than {}", u16::MAX))?;
+    for s in sources {
+        let bad = s
+            .train_labels
+            .iter()
+            .chain(&s.test_labels)
+            .find(|&&l| l >= s.num_classes);
+        ensure!(
+            bad.is_none(),
+            "dataset `{}` has a label ≥ its {} classes",
+            s.name,
+            s.num_classes
+        );
+    }
+    // seeds derived per purpose and source, so limits do not change the orders
+    let sub_seed = |s: usize, k: u64| opts.seed ^ (0x9E37_79B9 * (s as u64 + 1)) ^ (k << 32);
+    let kept_train: Vec<Vec<u32>> = sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| stratified_subset(&s.train_labels, opts.limit_train, sub_seed(i, 1)))
+        .collect();
+    let kept_test: Vec<Vec<u32>> = sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| stratified_subset(&s.test_labels, opts.limit_test, sub_seed(i, 2)))
+        .collect();
+    let mut rng = StdRng::seed_from_u64(opts.seed);
+    let all_labels = |s: usize| -> Vec<u16> {
+        (0..sources[s].num_classes)
+            .map(|l| label_offsets[s] + l)
+            .collect()
+    };
+
+    let mut class_order = Vec::new();
+    let (stages, groups) = match opts.kind {
+        ProtocolKind::Data => {
+            let mut pct = opts.percents.clone();
+            ensure!(
+                !pct.is_empty()
+                    && pct.windows(2).all(|w| w[0] < w[1])
+                    && pct[pct.len() - 1] <= 100
+                    && pct[0] > 0,
+                "data-incremental stages must be increasing percentages in 1..=100, got {pct:?}"
+            );
+            let mut order = kept_train[0].clone();
+            order.shuffle(&mut rng);
+            let n = order.len();
+            let mut stages = Vec::new();
+            let mut start = 0;
+            for p in pct.drain(..) {
+                let end = (n * p as usize).div_ceil(100).max(start);
+                stages.push((format!("{p}%"), refs(0, order[start..end].iter().copied())));
+                start = end;
+            }
+            let groups = vec![EvalGroup {
+                name: sources[0].name.clone(),
+                samples: refs(0, kept_test[0].iter().copied()),
+                candidates: all_labels(0),
+                learned_at: Some(0),
+                held_out: false,
+            }];
+            (stages, groups)
+        }
+        ProtocolKind::Class => {
+            let c = usize::from(sources[0].num_classes);
+            ensure!(
+                (1..=c).contains(&opts.groups),
+                "class-incremental needs 1 to {c} groups, got {}",
+                opts.groups
+            );
+            class_order = (0..sources[0].num_classes).collect();
+            class_order.shuffle(&mut rng);
+            let (base, extra) = (c / opts.groups, c % opts.groups);
+            let mut stages = Vec::new();
+            let mut groups = Vec::new();
+            let mut start = 0;
+            let src = &sources[0];
+            for g in 0..opts.groups {
+                let size = base + usize::from(g < extra);
+                let mut members = class_order[start..start + size].to_vec();
+                start += size;
+                members.sort_unstable();
+                let in_group = |l: &u16| members.binary_search(l).is_ok();
+                let mut train: Vec<u32> = kept_train[0]
+                    .iter()
+                    .copied()
+                    .filter(|&i| in_group(&src.train_labels[i as usize]))
+                    .collect();
+                train.shuffle(&mut rng);
+                let test = kept_test[0]
+                    .iter()
+                    .copied()
+                    .filter(|&i| in_group(&src.test_labels[i as usize]));
+                let name = format!("group {}", g + 1);
+                groups.push(EvalGroup {
+                    name: name.clone(),
+                    samples: refs(0, test),
+                    candidates: all_labels(0),
+                    learned_at: Some(g),
+                    held_out: false,
+                });
+                stages.push((name, refs(0, train)));
+            }
+            (stages, groups)
+        }
+        ProtocolKind::Task => {
+            let trained = sources.len() - usize::from(opts.held_out_last);
+            ensure!(
+                trained >= 1,
+                "task-incremental needs at least one dataset to train on besides the held-out one"
+            );
+            let mut stages = Vec::new();
+            let mut groups = Vec::new();
+            for (s, src) in sources.iter().enumerate() {
+                let held_out = s >= trained;
+                if !held_out {
+                    let mut train = kept_train[s].clone();
+                    train.shuffle(&mut rng);
+                    stages.push((src.name.clone(), refs(s as u16, train)));
+                }
+                groups.push(EvalGroup {
+                    name: src.name.clone(),
+                    samples: refs(s as u16, kept_test[s].iter().copied()),
+                    candidates: all_labels(s),
+                    learned_at: (!held_out).then_some(s),
+                    held_out,
+                });
+            }
+            (stages, groups)
+        }
+    };
+
+    let mut seen = std::collections::BTreeSet::new();
+    let stages = stages
+        .into_iter()
+        .map(|(name, train)| {
+            for r in &train {
+                let s = usize::from(r.source);
+                seen.insert(label_offsets[s] + sources[s].train_labels[r.index as usize]);
+            }
+            Stage {
+                name,
+                train,
+                seen: seen.iter().copied().collect(),
+            }
+        })
+        .collect();
+    Ok(Plan {
+        kind: opts.kind,
+        seed: opts.seed,
+        label_offsets,
+        num_labels,
+        class_order,
+        stages,
+        groups,
+    })
+}
+
+impl Plan {
+    /// Global label of a sample given its local label.
+    pub fn global_label(&self, source: u16, local: u16) -> u16 {
+        self.label_offsets[usize::from(source)] + local
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(
+        name: &str,
+        classes: u16,
+        train_per_class: usize,
+        test_per_class: usize,
+    ) -> SourceInfo {
+        let labels = |per: usize| {
+            (0..classes)
+                .flat_map(|c| std::iter::repeat_n(c, per))
+                .collect()
+        };
+        SourceInfo {
+            name: name.to_owned(),
+            num_classes: classes,
+            train_labels: labels(train_per_class),
+            test_labels: labels(test_per_class),
+        }
+    }
+
+    #[test]
+    fn data_incremental_stages_are_cumulative_and_cover_everything() {
+        let src = source("d", 4, 25, 5);
+        let opts = PlanOptions {
+            seed: 7,
+            ..PlanOptions::default()
+        };
+        let p = plan(std::slice::from_ref(&src), &opts).unwrap();
+        assert_eq!(p.stages.len(), 7);
+        let sizes: Vec<usize> = p.stages.iter().map(|s| s.train.len()).collect();
+        // cumulative 2, 4, 8, 16, 32, 64, 100 of 100 samples
+        assert_eq!(sizes, [2, 2, 4, 8, 16, 32, 36]);
+        let mut all: Vec<u32> = p
+            .stages
+            .iter()
+            .flat_map(|s| s.train.iter().map(|r| r.index))
+            .collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..100).collect::<Vec<_>>());
+        assert_eq!(p.stages[6].seen, [0, 1, 2, 3]);
+        assert_eq!(p.groups.len(), 1);
+        assert_eq!(p.groups[0].samples.len(), 20);
+        assert_eq!(p.groups[0].candidates, [0, 1, 2, 3]);
+        // seeded: same seed, same plan; other seed, other order
+        let q = plan(std::slice::from_ref(&src), &opts).unwrap();
+        assert_eq!(p.stages[6].train, q.stages[6].train);
+        let r = plan(&[src], &PlanOptions { seed: 8, ..opts }).unwrap();
+        assert_ne!(p.stages[6].train, r.stages[6].train);
+    }
+
+    #[test]
+    fn class_incremental_groups() {
+        let src = source("c", 10, 3, 2);
+        let opts = PlanOptions {
+            kind: ProtocolKind::Class,
+            groups: 3,
+            seed: 1,
+            ..PlanOptions::default()
+        };
+        let p = plan(std::slice::from_ref(&src), &opts).unwrap();
+        let sizes: Vec<usize> = p.groups.iter().map(|g| g.samples.len() / 2).collect();
+        assert_eq!(sizes, [4, 3, 3]);
+        let mut order = p.class_order.clone();
+        order.sort_unstable();
+        assert_eq!(order, (0..10).collect::<Vec<u16>>());
+        for (g, stage) in p.stages.iter().enumerate() {
+            // a stage trains exactly on its group's classes
+            let mut classes: Vec<u16> = stage
+                .train
+                .iter()
+                .map(|r| src.train_labels[r.index as usize])
+                .collect();
+            classes.sort_unstable();
+            classes.dedup();
+            let mut group_classes: Vec<u16> = p.groups[g]
+                .samples
+                .iter()
+                .map(|r| src.test_labels[r.index as usize])
+                .collect();
+            group_classes.sort_unstable();
+            group_classes.dedup();
+            assert_eq!(classes, group_classes);
+            assert_eq!(p.groups[g].candidates.len(), 10);
+            assert_eq!(p.groups[g].learned_at, Some(g));
+        }
+        assert_eq!(p.stages[0].seen.len(), 4);
+        assert_eq!(p.stages[2].seen.len(), 10);
+        assert!(plan(&[src], &PlanOptions { groups: 11, ..opts }).is_err());
+    }
+
+    #[test]
+    fn task_incremental_with_held_out() {
+        let sources = [
+            source("a", 3, 2, 1),
+            source("b", 2, 2, 1),
+            source("z", 4, 2, 2),
+        ];
+        let opts = PlanOptions {
+            kind: ProtocolKind::Task,
+            held_out_last: true,
+            ..PlanOptions::default()
+        };
+        let p = plan(&sources, &opts).unwrap();
+        assert_eq!(p.label_offsets, [0, 3, 5]);
+        assert_eq!(p.num_labels, 9);
+        assert_eq!(p.stages.len(), 2);
+        assert!(p.stages[1].train.iter().all(|r| r.source == 1));
+        assert_eq!(p.stages[1].seen, [0, 1, 2, 3, 4]);
+        assert_eq!(p.groups.len(), 3);
+        assert_eq!(p.groups[1].candidates, [3, 4]);
+        assert!(p.groups[2].held_out && p.groups[2].learned_at.is_none());
+        assert_eq!(p.groups[2].candidates, [5, 6, 7, 8]);
+        assert_eq!(p.global_label(2, 1), 6);
+    }
+
+    #[test]
+    fn limits_are_stratified() {
+        let labels: Vec<u16> = (0..5).flat_map(|c| std::iter::repeat_n(c, 20)).collect();
+        let kept = stratified_subset(&labels, Some(10), 3);
+        assert_eq!(kept.len(), 10);
+        for c in 0..5 {
+            assert_eq!(kept.iter().filter(|&&i| labels[i as usize] == c).count(), 2);
+        }
+        assert_eq!(
+            stratified_subset(&labels, Some(7), 3),
+            stratified_subset(&labels, Some(7), 3)
+        );
+        assert_eq!(stratified_subset(&labels, None, 3).len(), 100);
+        assert_eq!(stratified_subset(&labels, Some(1000), 3).len(), 100);
+        // uneven classes: small ones run out, the others fill up
+        let uneven = [0u16, 1, 1, 1, 1, 1];
+        assert_eq!(stratified_subset(&uneven, Some(4), 0).len(), 4);
+        assert!(stratified_subset(&uneven, Some(4), 0).contains(&0));
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let mut src = source("d", 2, 2, 2);
+        assert!(plan(&[], &PlanOptions::default()).is_err());
+        for pct in [vec![], vec![50, 20], vec![0, 10], vec![10, 120]] {
+            let opts = PlanOptions {
+                percents: pct,
+                ..PlanOptions::default()
+            };
+            assert!(plan(std::slice::from_ref(&src), &opts).is_err());
+        }
+        src.train_labels.push(2);
+        assert!(plan(&[src], &PlanOptions::default()).is_err());
+    }
+}

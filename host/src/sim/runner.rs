@@ -1,0 +1,120 @@
+//! Replays a plan: at every stage each method observes the stage's new samples
+//! (timed), then predicts every evaluation group's test samples; one
+//! [`StageResult`] per method and stage.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use indicatif::ProgressBar;
+
+use super::dataset::Split;
+use super::features::FeatureTable;
+use super::method::{Features, Method};
+use super::metrics::{peak_rss_kib, StageResult, StageScore};
+use super::protocol::{Plan, SourceInfo};
+
+/// Units of work [`run`] reports to its progress bar.
+pub fn work(plan: &Plan, methods: usize) -> u64 {
+    let per_stage: usize = plan.groups.iter().map(|g| g.samples.len()).sum();
+    let train: usize = plan.stages.iter().map(|s| s.train.len()).sum();
+    (methods * (train + plan.stages.len() * per_stage)) as u64
+}
+
+/// Runs every stage of `plan` for every method, in lockstep stage by stage.
+pub fn run(
+    plan: &Plan,
+    sources: &[SourceInfo],
+    table: &mut FeatureTable,
+    methods: &mut [Box<dyn Method>],
+    progress: &ProgressBar,
+) -> Result<Vec<StageResult>> {
+    let mut rows = Vec::new();
+    let mut observed = vec![0u64; methods.len()];
+    let label_of = |source: u16, split: Split, index: u32| -> Result<u16> {
+        let s = &sources[usize::from(source)];
+        let local = match split {
+            Split::Train => s.train_labels.get(index as usize),
+            Split::Test => s.test_labels.get(index as usize),
+        };
+        let local = *local.with_context(|| format!("no label for image {index} of {}", s.name))?;
+        Ok(plan.global_label(source, local))
+    };
+    for (k, stage) in plan.stages.iter().enumerate() {
+        for (m, method) in methods.iter_mut().enumerate() {
+            progress.set_message(format!("{} · {}", stage.name, method.name()));
+            let mut update_s = 0.0;
+            for r in &stage.train {
+                let label = label_of(r.source, Split::Train, r.index)?;
+                let tokens = if method.needs_tokens() {
+                    Some(table.tokens(r.source, Split::Train, r.index)?)
+                } else {
+                    None
+                };
+                let x = Features {
+                    tokens: tokens.as_deref(),
+                    embedding: table.embedding(r.source, Split::Train, r.index)?,
+                };
+                let t = Instant::now();
+                method
+                    .observe(&x, label)
+                    .with_context(|| format!("{} observing image {}", method.name(), r.index))?;
+                update_s += t.elapsed().as_secs_f64();
+                progress.inc(1);
+            }
+            observed[m] += stage.train.len() as u64;
+
+            let t_eval = Instant::now();
+            let mut score = StageScore::new(plan.groups.len());
+            for (g, group) in plan.groups.iter().enumerate() {
+                for r in &group.samples {
+                    let truth = label_of(r.source, Split::Test, r.index)?;
+                    let tokens = if method.needs_tokens() {
+                        Some(table.tokens(r.source, Split::Test, r.index)?)
+                    } else {
+                        None
+                    };
+                    let x = Features {
+                        tokens: tokens.as_deref(),
+                        embedding: table.embedding(r.source, Split::Test, r.index)?,
+                    };
+                    let pick = method.predict(&x, &group.candidates)?;
+                    let correct = group.candidates.get(pick) == Some(&truth);
+                    let seen = stage.seen.binary_search(&truth).is_ok();
+                    score.record(g, group.held_out, seen, correct);
+                    progress.inc(1);
+                }
+            }
+            let n_new = stage.train.len();
+            let mut row = StageResult {
+                method: method.name().to_owned(),
+                stage: k,
+                stage_name: stage.name.clone(),
+                samples_seen: observed[m],
+                acc_all: None,
+                acc_seen: None,
+                acc_unseen: None,
+                acc_groups: Vec::new(),
+                bytes_per_sample: if observed[m] > 0 {
+                    method.stored_bytes() as f64 / observed[m] as f64
+                } else {
+                    0.0
+                },
+                train_steps: method.train_steps(),
+                update_ms: (n_new > 0).then(|| 1e3 * update_s / n_new as f64),
+                eval_s: t_eval.elapsed().as_secs_f64(),
+                peak_rss_kib: peak_rss_kib(),
+            };
+            row.set_score(&score);
+            log::debug!(
+                "{} after {}: {:?} % all ({:?} seen, {:?} unseen)",
+                row.method,
+                row.stage_name,
+                row.acc_all,
+                row.acc_seen,
+                row.acc_unseen
+            );
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
