@@ -1,0 +1,314 @@
+//! The device binary as a learner: `learn`, `predict --state`, `serve` (stdin and Unix
+//! socket), a clean stop on SIGTERM and a consistent state after SIGKILL.
+#![cfg(unix)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use serde_json::{json, Value};
+
+const LABELS: [&str; 3] = ["red square", "green circle", "blue triangle"];
+const FILES: [&str; 3] = ["red_square.png", "green_circle.png", "blue_triangle.png"];
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_anytime-edge"))
+}
+
+fn image(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/tiny-clip/images")
+        .join(name)
+}
+
+fn img(i: usize) -> String {
+    image(FILES[i]).to_str().unwrap().to_string()
+}
+
+/// `serve --cpu` on a learner folder, talking over stdin/stdout.
+struct Server {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Server {
+    fn start(state: &Path, extra: &[&str]) -> Self {
+        let mut child = bin()
+            .args(["serve", "--cpu", "--state"])
+            .arg(state)
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Self {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    fn ask(&mut self, req: &str) -> Value {
+        writeln!(self.stdin, "{req}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert!(!line.is_empty(), "server closed its output on {req}");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+    }
+
+    fn learn(&mut self, i: usize) -> Value {
+        let r = self.ask(&json!({"learn": img(i), "label": LABELS[i]}).to_string());
+        assert_eq!(r["ok"], true, "{r}");
+        r
+    }
+
+    fn stats(&mut self) -> Value {
+        self.ask(r#"{"stats": true}"#)
+    }
+
+    /// Closes the input, waits for the exit and returns (success, status and stderr).
+    fn finish(self) -> (bool, String) {
+        let Self { child, stdin, .. } = self;
+        drop(stdin);
+        Self::exit(child)
+    }
+
+    /// Waits for the exit with the input still open (a signal must end it).
+    fn wait(self) -> (bool, String) {
+        let Self { child, stdin, .. } = self;
+        let r = Self::exit(child);
+        drop(stdin);
+        r
+    }
+
+    fn exit(mut child: Child) -> (bool, String) {
+        let status = child.wait().unwrap();
+        let ok = status.success();
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut s).unwrap();
+        (ok, format!("{status:?}; stderr: {s}"))
+    }
+}
+
+fn stored(stats: &Value, label: &str) -> u64 {
+    stats["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["label"] == label)
+        .map(|l| l["stored"].as_u64().unwrap())
+        .unwrap_or(0)
+}
+
+#[test]
+fn learn_a_folder_then_predict_with_the_learner() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("samples");
+    for (label, file) in LABELS.iter().zip(FILES) {
+        std::fs::create_dir_all(root.join(label)).unwrap();
+        std::fs::copy(image(file), root.join(label).join(file)).unwrap();
+    }
+    let state = dir.path().join("learner");
+    let o = bin()
+        .args(["learn", "--cpu", "--json", "--state"])
+        .arg(&state)
+        .arg("--folder")
+        .arg(&root)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("training on cpu"), "{err}");
+    let lines: Vec<Value> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    // Folders are taken in name order: blue, green, red.
+    let learned: Vec<(&str, u64)> = lines
+        .iter()
+        .map(|l| (l["label"].as_str().unwrap(), l["learned"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        learned,
+        [("blue triangle", 1), ("green circle", 2), ("red square", 3)]
+    );
+    for l in &lines {
+        assert!(l["loss"].as_f64().unwrap().is_finite(), "{l}");
+    }
+
+    let o = bin()
+        .args(["predict", "--cpu", "--json", "--mixing", "ocw", "--state"])
+        .arg(&state)
+        .args(["--labels", &LABELS.join(","), &img(0), &img(2)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let preds: Vec<Value> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(preds.len(), 2);
+    for p in &preds {
+        let other = p["other"].as_f64().expect("the learner reports P(other)");
+        assert!((0.0..=1.0).contains(&other), "{p}");
+        let ranked = p["ranked"].as_array().unwrap();
+        assert_eq!(ranked.len(), 3, "{p}");
+    }
+
+    // A state folder that is not a learner is refused, and nothing is created in it.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let o = bin()
+        .args(["predict", "--state"])
+        .arg(&empty)
+        .args(["--labels", "a,b", &img(0)])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a learner folder"));
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
+}
+
+#[test]
+fn serve_answers_every_request_line_and_saves_on_eof() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("learner");
+    let mut s = Server::start(&state, &[]);
+    for i in 0..3 {
+        let r = s.learn(i);
+        assert_eq!(r["learned"], (i + 1) as u64, "{r}");
+    }
+    let r = s.ask(
+        &json!({"id": 7, "predict": img(1), "labels": LABELS, "none_threshold": 1.0}).to_string(),
+    );
+    assert_eq!(r["id"], 7, "{r}");
+    assert_eq!(r["ranked"].as_array().unwrap().len(), 3, "{r}");
+    assert_ne!(r["answer"], "none", "{r}");
+    // Bad requests get an error line each and the loop goes on.
+    for bad in [
+        "not json",
+        "[1, 2]",
+        r#"{"learn": "/no/such/image.png", "label": "x"}"#,
+        &json!({"learn": img(0), "label": ""}).to_string(),
+        &json!({"predict": img(0), "labels": []}).to_string(),
+        r#"{"dance": true}"#,
+    ] {
+        let r = s.ask(bad);
+        assert!(r["error"].is_string(), "{bad} -> {r}");
+    }
+    let st = s.stats();
+    assert_eq!(st["learned"], 3, "{st}");
+    assert_eq!(st["training"], "cpu", "{st}");
+    for l in LABELS {
+        assert_eq!(stored(&st, l), 1, "{st}");
+    }
+    assert!(s.finish().0);
+    assert!(state.join("tuned.safetensors").is_file());
+}
+
+#[test]
+fn sigterm_saves_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("learner");
+    let mut s = Server::start(&state, &["--checkpoint-every", "100"]);
+    s.learn(0);
+    s.learn(1);
+    let pid = s.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let (ok, err) = s.wait();
+    assert!(ok, "{err}");
+    assert!(err.contains("stopped on signal"), "{err}");
+
+    // The tuned weights were saved on the signal: a new server starts from two steps
+    // without any warning about lost steps.
+    let mut s = Server::start(&state, &[]);
+    let st = s.stats();
+    assert_eq!(st["learned"], 2, "{st}");
+    let (ok, err) = s.finish();
+    assert!(ok, "{err}");
+    assert!(!err.contains("were lost"), "{err}");
+}
+
+#[test]
+fn sigkill_leaves_a_consistent_learner() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("learner");
+    let mut s = Server::start(&state, &["--checkpoint-every", "2"]);
+    for i in [0, 1, 2, 0, 1] {
+        s.learn(i);
+    }
+    s.child.kill().unwrap(); // SIGKILL
+    s.child.wait().unwrap();
+
+    // Every acknowledged sample is in the store and counted; the tuned weights are
+    // the last checkpoint's, and the learner goes on learning and predicting.
+    let mut s = Server::start(&state, &[]);
+    let st = s.stats();
+    assert_eq!(st["learned"], 5, "{st}");
+    assert_eq!(stored(&st, "red square"), 2, "{st}");
+    assert_eq!(stored(&st, "green circle"), 2, "{st}");
+    assert_eq!(stored(&st, "blue triangle"), 1, "{st}");
+    let r = s.learn(2);
+    assert_eq!(r["learned"], 6, "{r}");
+    let r = s.ask(&json!({"predict": img(2), "labels": LABELS}).to_string());
+    assert!(r["ranked"].is_array(), "{r}");
+    let (ok, err) = s.finish();
+    assert!(ok, "{err}");
+}
+
+#[test]
+fn serve_on_a_unix_socket() {
+    use std::os::unix::net::UnixStream;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("learner");
+    let sock = dir.path().join("edge.sock");
+    let mut child = bin()
+        .args(["serve", "--cpu", "--state"])
+        .arg(&state)
+        .arg("--socket")
+        .arg(&sock)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut conn = None;
+    for _ in 0..600 {
+        if let Ok(c) = UnixStream::connect(&sock) {
+            conn = Some(c);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut conn = conn.expect("the server never listened");
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut ask = |req: String| {
+        writeln!(conn, "{req}").unwrap();
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        serde_json::from_str::<Value>(&line).unwrap()
+    };
+    let r = ask(json!({"learn": img(0), "label": "red square", "id": "a"}).to_string());
+    assert_eq!(
+        (r["ok"].clone(), r["id"].clone()),
+        (json!(true), json!("a"))
+    );
+    let r = ask(json!({"stats": true}).to_string());
+    assert_eq!(r["learned"], 1, "{r}");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(!sock.exists(), "the socket file is removed on exit");
+}
