@@ -45,15 +45,7 @@ fn gpu_available() -> bool {
     }
 }
 
-/// Ignored: at τ = 100 the SMALL fixture's loss is ≈ 92, and `StepStats::loss` is an f32
-/// (ulp 7.6e-6), so the central difference for `b` (step 3e-3) carries ±1.3e-3 of
-/// quantisation noise against a tolerance of 6e-4: this run gets fd −0.09918 vs analytic
-/// −0.09999, the CPU run fd −0.10045 vs the same analytic value (it passes by luck). Both
-/// backends' analytic `∂loss/∂b` agree to 1e-7 (`train_gpu_gradients_match_the_cpu_path`
-/// checks it), and the τ = 10 variant below passes. Needs a larger step for `b` in
-/// `train_common` (owned by the CPU path).
 #[test]
-#[ignore = "f32 loss quantisation makes the b finite difference noisier than its tolerance at τ = 100"]
 fn train_gpu_param_gradients_match_finite_differences() {
     if gpu_available() {
         check_param_gradients(GPU, TrainConfig::default());

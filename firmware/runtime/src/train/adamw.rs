@@ -101,3 +101,96 @@ pub fn adamw_update(
     );
     (*other_bias, state.m_bias, state.v_bias) = (p[0], m[0], v[0]);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// PyTorch's `torch.optim.AdamW` for one scalar, in f64.
+    struct Reference {
+        p: f64,
+        m: f64,
+        v: f64,
+    }
+
+    impl Reference {
+        fn step(&mut self, g: f64, t: i32, cfg: &TrainConfig, decay: bool) {
+            let (lr, b1, b2) = (cfg.lr as f64, cfg.beta1 as f64, cfg.beta2 as f64);
+            if decay {
+                self.p *= 1.0 - lr * cfg.weight_decay as f64;
+            }
+            self.m = b1 * self.m + (1.0 - b1) * g;
+            self.v = b2 * self.v + (1.0 - b2) * g * g;
+            let m_hat = self.m / (1.0 - b1.powi(t));
+            let v_hat = self.v / (1.0 - b2.powi(t));
+            self.p -= lr * m_hat / (v_hat.sqrt() + cfg.eps as f64);
+        }
+    }
+
+    #[test]
+    fn adamw_matches_pytorch_and_decays_only_the_weight_matrices() {
+        let dims = BlockDims {
+            width: 4,
+            heads: 2,
+            mlp: 8,
+            tokens: 3,
+            embed: 2,
+        };
+        // A large lr and decay so that decay is visible in f32.
+        let cfg = TrainConfig {
+            lr: 1e-2,
+            weight_decay: 0.5,
+            ..TrainConfig::default()
+        };
+        let mut params = BlockParams::random(&dims, 5);
+        let start = params.clone();
+        let mut bias = 0.25f32;
+        let mut state = AdamState::zeros(&dims);
+        let grads: Vec<BlockParams> = (0..3).map(|s| BlockParams::random(&dims, 10 + s)).collect();
+        let g_bias = [0.3f32, -0.1, 0.2];
+        for (g, &gb) in grads.iter().zip(&g_bias) {
+            adamw_update(&dims, &cfg, &mut state, &mut params, &mut bias, g, gb);
+        }
+        assert_eq!(state.step, 3);
+        let names = block_tensor_shapes(&dims);
+        for (t, (name, _)) in names.iter().enumerate() {
+            let decay = is_decayed(name);
+            for i in 0..start.tensors()[t].len() {
+                let mut r = Reference {
+                    p: start.tensors()[t][i] as f64,
+                    m: 0.0,
+                    v: 0.0,
+                };
+                for (s, g) in grads.iter().enumerate() {
+                    r.step(g.tensors()[t][i] as f64, s as i32 + 1, &cfg, decay);
+                }
+                let got = params.tensors()[t][i] as f64;
+                assert!((got - r.p).abs() < 1e-6, "{name}[{i}]: {got} vs {}", r.p);
+            }
+        }
+        let mut r = Reference {
+            p: 0.25,
+            m: 0.0,
+            v: 0.0,
+        };
+        for (s, &g) in g_bias.iter().enumerate() {
+            r.step(g as f64, s as i32 + 1, &cfg, false);
+        }
+        assert!((bias as f64 - r.p).abs() < 1e-6, "b: {bias} vs {}", r.p);
+        // The choice itself: decay on the four weight matrices only.
+        let decayed: Vec<&str> = names
+            .iter()
+            .filter(|(n, _)| is_decayed(n))
+            .map(|(n, _)| *n)
+            .collect();
+        assert_eq!(
+            decayed,
+            [
+                "attn.in_proj_weight",
+                "attn.out_proj.weight",
+                "mlp.c_fc.weight",
+                "mlp.c_proj.weight"
+            ]
+        );
+    }
+}

@@ -114,3 +114,59 @@ pub fn loss_forward_backward(
         d_bias: d_bias as f32,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `-log softmax(l)[i]` in f64, written directly.
+    fn ce(l: &[f64], i: usize) -> f64 {
+        let s: f64 = l.iter().map(|v| v.exp()).sum();
+        -(l[i].exp() / s).ln()
+    }
+
+    #[test]
+    fn loss_is_the_spec_formula_with_other_once() {
+        // E = 2, three labels on the unit circle; embeddings of different norms.
+        let cfg = TrainConfig {
+            logit_scale: 2.0,
+            ..TrainConfig::default()
+        };
+        let text = [1.0f32, 0.0, 0.0, 1.0, -0.6, 0.8];
+        let embed = [3.0f32, 4.0, -1.0, 0.0];
+        let labels = [1u32, 2];
+        let b = 0.7f32;
+        let out = loss_forward_backward(&cfg, &embed, 2, &labels, &text, 3, b);
+        let (tau, beta) = (2.0f64, 0.1f64);
+        let mut l1 = 0.0;
+        let mut l2 = 0.0;
+        for (i, &y) in labels.iter().enumerate() {
+            let (x, z) = (embed[2 * i] as f64, embed[2 * i + 1] as f64);
+            let n = (x * x + z * z).sqrt();
+            let mut l: Vec<f64> = (0..3)
+                .map(|j| tau * (text[2 * j] as f64 * x + text[2 * j + 1] as f64 * z) / n)
+                .collect();
+            l.push(b as f64); // "other", once
+            l1 += ce(&l, y as usize);
+            let without_y: Vec<f64> = (0..4).filter(|&j| j != y as usize).map(|j| l[j]).collect();
+            l2 += ce(&without_y, 2); // "other" is last of the three left
+        }
+        let (l1, l2) = (l1 / 2.0, l2 / 2.0);
+        assert!((out.stats.loss_label as f64 - l1).abs() < 1e-6, "{out:?}");
+        assert!((out.stats.loss_other as f64 - l2).abs() < 1e-6, "{out:?}");
+        assert!((out.stats.loss as f64 - (l1 + beta * l2)).abs() < 1e-6);
+        // Sample 0 (direction (0.6, 0.8)) is closest to label 1; sample 1 to label 2.
+        assert_eq!(out.stats.correct, 2);
+        assert_eq!(out.stats.batch, 2);
+    }
+
+    #[test]
+    fn with_one_label_the_other_term_is_zero() {
+        let cfg = TrainConfig::default();
+        let out = loss_forward_backward(&cfg, &[1.0, 2.0], 2, &[0], &[0.6, 0.8], 1, 0.3);
+        assert_eq!(out.stats.loss_other, 0.0);
+        // CE(y; {y, other}) with logit τ·1 = 100 against b = 0.3.
+        let expect = (1.0f64 + (0.3f64 - 100.0).exp()).ln();
+        assert!((out.stats.loss_label as f64 - expect).abs() < 1e-9);
+    }
+}
