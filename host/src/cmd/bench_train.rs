@@ -1,7 +1,9 @@
 //! `bench-train`: one training step of the tuned block on the CPU path, against the SGEMM
 //! roofline of the same GEMM library measured in the same run, and against the same step
 //! in PyTorch CPU (`host/bench/train_step_torch.py`, same shapes, same threads) when torch
-//! is installed. Prints a table and writes `target/bench/train_step.json`.
+//! is installed, and the wgpu path on whatever adapter exists (its time includes reading
+//! the per-sample loss statistics back, which ends every step). Prints a table and writes
+//! `target/bench/train_step.json`.
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
@@ -10,7 +12,10 @@ use anyhow::{bail, Context, Result};
 use anytime_runtime::block::{
     memory_report, sgemm_nn, step_flops, BlockDims, BlockParams, FrozenHead,
 };
-use anytime_runtime::train::{Batch, CpuBackend, TrainBackend, TrainConfig, TunedState};
+use anytime_runtime::train::gpu::GpuBackend;
+use anytime_runtime::train::{
+    Batch, CpuBackend, TrainBackend, TrainConfig, TrainError, TunedState,
+};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::json;
 
@@ -39,6 +44,9 @@ pub struct Args {
     /// Python interpreter for the reference.
     #[arg(long, default_value = "python3")]
     python: String,
+    /// Skip the wgpu path.
+    #[arg(long)]
+    no_gpu: bool,
 }
 
 fn dims_of(name: &str) -> Result<BlockDims> {
@@ -128,6 +136,56 @@ fn torch_reference(
     }
 }
 
+/// Median forward and step seconds of `be` over `steps` (after one warm-up step).
+fn time_backend(
+    be: &mut dyn TrainBackend,
+    batch: &Batch<'_>,
+    steps: usize,
+) -> Result<(f64, f64), TrainError> {
+    be.step(batch)?; // warm-up (and, on the GPU, pipeline and plan creation)
+    let mut fwd = Vec::new();
+    let mut step = Vec::new();
+    for _ in 0..steps.max(1) {
+        let t = Instant::now();
+        std::hint::black_box(be.loss(batch)?);
+        fwd.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        std::hint::black_box(be.step(batch)?);
+        step.push(t.elapsed().as_secs_f64());
+    }
+    Ok((median(fwd), median(step)))
+}
+
+/// What the wgpu path measured.
+struct GpuRun {
+    adapter: String,
+    fwd_s: f64,
+    step_s: f64,
+    memory: anytime_runtime::train::gpu::GpuMemory,
+}
+
+fn wgpu_run(
+    dims: BlockDims,
+    cfg: TrainConfig,
+    head: FrozenHead,
+    state: TunedState,
+    batch: &Batch<'_>,
+    steps: usize,
+) -> Result<Option<GpuRun>> {
+    let mut gpu = match GpuBackend::new(dims, cfg, head, state) {
+        Ok(g) => g,
+        Err(TrainError::NoAdapter) => return Ok(None),
+        Err(e) => return Err(e).context("building the wgpu backend"),
+    };
+    let (fwd_s, step_s) = time_backend(&mut gpu, batch, steps)?;
+    Ok(Some(GpuRun {
+        adapter: gpu.adapter(),
+        fwd_s,
+        step_s,
+        memory: gpu.memory(),
+    }))
+}
+
 pub fn run(a: Args) -> Result<()> {
     let dims = dims_of(&a.shapes)?;
     let threads = a.threads.unwrap_or_else(|| {
@@ -158,24 +216,15 @@ pub fn run(a: Args) -> Result<()> {
     };
 
     let state = TunedState::fresh(&dims, BlockParams::random(&dims, 1));
+    let head = FrozenHead::random(&dims, 2);
     let cfg = TrainConfig {
         batch: a.batch,
         ..TrainConfig::default()
     };
-    let mut cpu = CpuBackend::new(dims, cfg, FrozenHead::random(&dims, 2), state)
+    let mut cpu = CpuBackend::new(dims, cfg.clone(), head.clone(), state.clone())
         .context("building the CPU backend")?;
-    cpu.step(&batch)?; // warm-up
-    let mut fwd = Vec::new();
-    let mut step = Vec::new();
-    for _ in 0..a.steps.max(1) {
-        let t = Instant::now();
-        std::hint::black_box(cpu.loss(&batch)?);
-        fwd.push(t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        std::hint::black_box(cpu.step(&batch)?);
-        step.push(t.elapsed().as_secs_f64());
-    }
-    let (fwd_s, step_s) = (median(fwd), median(step));
+    let (fwd_s, step_s) = time_backend(&mut cpu, &batch, a.steps)?;
+    drop(cpu);
     let flops = step_flops(&dims, a.batch, a.labels);
     let gflops = flops.executed as f64 / step_s / 1e9;
     let mem = memory_report(&dims, a.batch);
@@ -190,6 +239,11 @@ pub fn run(a: Args) -> Result<()> {
         .map(|&(m, label)| (m, label, torch_reference(&a, &dims, threads, m)))
         .collect();
     let t_step = |r: &Option<serde_json::Value>| r.as_ref().and_then(|r| r["step_s"].as_f64());
+    let gpu = if a.no_gpu {
+        None
+    } else {
+        wgpu_run(dims, cfg, head, state, &batch, a.steps)?
+    };
 
     println!(
         "training step, shapes {} (N={}, D={}, heads {}, MLP {}, E={}), B={}, |Y|={}, {} threads",
@@ -251,12 +305,39 @@ pub fn run(a: Args) -> Result<()> {
             None => println!("{label}: not available (see warning)"),
         }
     }
-    println!("wgpu path: not measured by this build (the GPU backend plugs in here)");
+    let gpu_gflops = gpu.as_ref().map(|g| flops.executed as f64 / g.step_s / 1e9);
+    match (&gpu, gpu_gflops) {
+        (Some(g), Some(gf)) => {
+            println!(
+                "{:<44} {:>10.1} {:>10}",
+                "wgpu path: forward + loss",
+                g.fwd_s * 1e3,
+                ""
+            );
+            println!(
+                "{:<44} {:>10.1} {:>10.1}",
+                "wgpu path: step (fwd, bwd, AdamW)",
+                g.step_s * 1e3,
+                gf
+            );
+            println!("  adapter: {}", g.adapter);
+        }
+        _ if a.no_gpu => println!("wgpu path: skipped (--no-gpu)"),
+        _ => println!("wgpu path: no GPU adapter"),
+    }
     let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
     println!(
-        "memory (MiB): weights {:.1}, gradients {:.1}, optimiser {:.1}, saved activations {:.1}, backward scratch {:.1}",
+        "CPU memory (MiB): weights {:.1}, gradients {:.1}, optimiser {:.1}, saved activations {:.1}, backward scratch {:.1}",
         mib(mem.weights), mib(mem.gradients), mib(mem.optimiser), mib(mem.activations), mib(mem.backward_scratch)
     );
+    if let Some(g) = &gpu {
+        let m = &g.memory;
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        println!(
+            "GPU buffers (MiB): weights {:.1}, gradients {:.1}, optimiser {:.1}, batch plan (inputs, activations, backward) {:.1}",
+            mib(m.weights), mib(m.gradients), mib(m.optimiser), mib(m.plan)
+        );
+    }
 
     let report = json!({
         "shapes": a.shapes,
@@ -278,7 +359,18 @@ pub fn run(a: Args) -> Result<()> {
             "result": r,
             "ratio_ours_over_torch": t_step(r).map(|t| step_s / t),
         })).collect::<Vec<_>>(),
-        "wgpu": null,
+        "wgpu": gpu.as_ref().map(|g| json!({
+            "adapter": g.adapter,
+            "forward_loss_s": g.fwd_s,
+            "step_s": g.step_s,
+            "step_gflops": gpu_gflops,
+            "memory_bytes": {
+                "weights": g.memory.weights,
+                "gradients": g.memory.gradients,
+                "optimiser": g.memory.optimiser,
+                "plan": g.memory.plan,
+            },
+        })),
         "memory_bytes": {
             "weights": mem.weights,
             "gradients": mem.gradients,

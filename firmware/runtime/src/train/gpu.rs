@@ -49,6 +49,19 @@ impl From<GpuError> for TrainError {
     }
 }
 
+/// Bytes of the GPU buffers a [`GpuBackend`] holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuMemory {
+    /// Trainable parameters (`b` included) and the frozen head.
+    pub weights: u64,
+    pub gradients: u64,
+    /// Both Adam moments.
+    pub optimiser: u64,
+    /// Inputs, forward activations and backward buffers of the current batch shape
+    /// (0 before the first call).
+    pub plan: u64,
+}
+
 /// Trains the tuned block on a GPU adapter through wgpu.
 #[derive(Debug)]
 pub struct GpuBackend {
@@ -139,6 +152,16 @@ impl GpuBackend {
     /// The shared GPU context.
     pub fn context(&self) -> &Arc<GpuContext> {
         &self.ctx
+    }
+
+    /// Bytes held in GPU buffers, by kind.
+    pub fn memory(&self) -> GpuMemory {
+        GpuMemory {
+            weights: self.params.size() + self.head.size(),
+            gradients: self.grads.size(),
+            optimiser: self.m.size() + self.v.size(),
+            plan: self.plan.as_ref().map_or(0, |p| p.bytes),
+        }
     }
 
     /// Uploads the batch into the plan for its shape (built on first use of a shape).

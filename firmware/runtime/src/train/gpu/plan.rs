@@ -70,6 +70,8 @@ pub(crate) struct Plan {
     pub backward: Vec<Dispatch>,
     /// AdamW over every tensor and `b`.
     pub update: Vec<Dispatch>,
+    /// Bytes of every buffer the plan allocated (inputs, activations, backward buffers).
+    pub bytes: u64,
     /// Activations, kept alive with the plan.
     _activations: Vec<wgpu::Buffer>,
 }
@@ -669,6 +671,15 @@ impl Plan {
         };
         update.push(k.adamw.bind(ctx, bias, &bufs)?);
 
+        let activations = vec![
+            h1, stats1, q, qt, probs, av, attn, x1, h2, stats2, fc, act, x2, hp, statsp, emb, demb,
+            dhp, dx2, dact, dfc, dh2, dx1, dattn, dav, dscores, dqt, dq, dh1,
+        ];
+        let bytes = [&tokens, &labels, &text, &scratch, &dtokens]
+            .into_iter()
+            .chain(&activations)
+            .map(wgpu::Buffer::size)
+            .sum();
         Ok(Plan {
             batch,
             n_labels,
@@ -680,10 +691,8 @@ impl Plan {
             forward,
             backward,
             update,
-            _activations: vec![
-                h1, stats1, q, qt, probs, av, attn, x1, h2, stats2, fc, act, x2, hp, statsp, emb,
-                demb, dhp, dx2, dact, dfc, dh2, dx1, dattn, dav, dscores, dqt, dq, dh1,
-            ],
+            bytes,
+            _activations: activations,
         })
     }
 }
