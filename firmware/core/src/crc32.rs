@@ -3,7 +3,8 @@
 
 const POLY: u32 = 0xEDB8_8320;
 
-const TABLE: [u32; 256] = build_table();
+// A `static`, not a `const`: an unoptimised build would copy a `const` table on every use.
+static TABLE: [u32; 256] = build_table();
 
 const fn build_table() -> [u32; 256] {
     let mut table = [0u32; 256];
@@ -41,9 +42,12 @@ impl Crc32 {
 
     /// Feeds bytes.
     pub fn update(&mut self, bytes: &[u8]) {
+        // A plain `while` loop: unoptimised builds (tests, qemu) pay a call per iterator step.
         let mut c = self.state;
-        for &b in bytes {
-            c = TABLE[((c ^ b as u32) & 0xFF) as usize] ^ (c >> 8);
+        let mut i = 0;
+        while i < bytes.len() {
+            c = TABLE[((c ^ bytes[i] as u32) & 0xFF) as usize] ^ (c >> 8);
+            i += 1;
         }
         self.state = c;
     }

@@ -22,17 +22,36 @@ pub(crate) enum Step {
 impl<F: Flash, R: Slots<RecordRef>, L: Slots<LabelRef>> Ring<F, R, L> {
     /// Evicts one data record by the balance rule (see [`Ring::append`]).
     pub fn evict_one(&mut self, incoming: Option<u16>) -> Result<(), Error> {
+        // Plain loops: this runs on every append of a full store, and unoptimised builds
+        // (tests, qemu) pay a call per iterator step or closure.
         let labels = self.labels.as_slice();
-        let eff = |l: u16| labels[l as usize].count + u32::from(incoming == Some(l));
-        let top = (0..labels.len() as u16).map(eff).max().unwrap_or(0);
         let recs = self.records.as_slice();
-        let victim = recs.iter().position(|r| eff(r.label) == top).or_else(|| {
+        let inc = incoming.map_or(usize::MAX, usize::from);
+        let mut top = 0;
+        let mut l = 0;
+        while l < labels.len() {
+            top = top.max(labels[l].count + u32::from(l == inc));
+            l += 1;
+        }
+        // The oldest record of a label reaching `top` (the records are sorted by sequence).
+        let mut victim = None;
+        let mut i = 0;
+        while i < recs.len() {
+            let rl = recs[i].label as usize;
+            if labels[rl].count + u32::from(rl == inc) == top {
+                victim = Some(i);
+                break;
+            }
+            i += 1;
+        }
+        if victim.is_none() {
             // Only the incoming label reaches `top` and it has no stored record: fall back
             // to the largest stored label.
             let top = labels.iter().map(|l| l.count).max().unwrap_or(0);
-            recs.iter()
-                .position(|r| labels[r.label as usize].count == top)
-        });
+            victim = recs
+                .iter()
+                .position(|r| labels[r.label as usize].count == top);
+        }
         match victim {
             Some(i) => self.delete_at(i),
             None => Err(Error::NoSpace),
@@ -227,8 +246,12 @@ impl<F: Flash, R: Slots<RecordRef>, L: Slots<LabelRef>> Ring<F, R, L> {
         while p < len {
             let n = (len - p).min(64) as usize;
             self.flash.read(off + p, &mut chunk[..n])?;
-            if chunk[..n].iter().any(|&b| b != 0xFF) {
-                return Ok(false);
+            let mut i = 0;
+            while i < n {
+                if chunk[i] != 0xFF {
+                    return Ok(false);
+                }
+                i += 1;
             }
             p += n as u32;
         }
