@@ -1,0 +1,129 @@
+//! `anytime-host inspect-store` on stores made with the runtime API: it prints the header,
+//! the labels with their counts and the bytes used, verifies every CRC, reports a flipped bit
+//! (with a logged warning and a failing exit status), refuses a file that is not a store, and
+//! never modifies the file.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use anytime_runtime::store::{Store, StoreConfig};
+
+fn inspect(path: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_anytime-host"))
+        .args(["inspect-store", "--records"])
+        .arg(path)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("running anytime-host")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A store with 3 labels (7 cat, 4 dog, 0 emu records) and a state blob; returns the bytes
+/// used and the offset of the first record.
+fn make_store(path: &Path) -> (u64, u32) {
+    let config = StoreConfig {
+        capacity: 64 * 1024,
+        max_payload: 512,
+        segment_size: Some(4096),
+    };
+    let mut s = Store::create(path, config).unwrap();
+    let cat = s.label_id("cat").unwrap();
+    let dog = s.label_id("dog").unwrap();
+    s.label_id("emu").unwrap();
+    for i in 0..11u32 {
+        let l = if i % 3 == 1 { dog } else { cat };
+        s.append(l, &i.to_le_bytes().repeat(20)).unwrap();
+    }
+    s.set_state(b"ocw state").unwrap();
+    assert_eq!(s.counts(), vec![7, 4, 0]);
+    (s.live_bytes(), s.records()[0].offset)
+}
+
+#[test]
+fn inspect_store_prints_and_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.store");
+    let (live, _) = make_store(&path);
+    let before = std::fs::read(&path).unwrap();
+
+    let out = inspect(&path);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("magic          ANYTSTOR"), "{stdout}");
+    assert!(stdout.contains("format version 1"), "{stdout}");
+    assert!(stdout.contains(&format!("live {live} bytes")), "{stdout}");
+    assert!(stdout.contains("records        11"), "{stdout}");
+    assert!(stdout.contains("state blob     9 bytes"), "{stdout}");
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    for (id, count, name) in [("0", "7", "cat"), ("1", "4", "dog"), ("2", "0", "emu")] {
+        assert!(
+            rows.iter().any(|r| r[..] == [id, count, name]),
+            "label row {id} {count} {name} missing:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("11 live records re-read, 0 fail; at open: 0 corrupt skipped"),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "inspect modified the file"
+    );
+}
+
+#[test]
+fn inspect_store_reports_a_flipped_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flipped.store");
+    let (_, first) = make_store(&path);
+    let mut bytes = std::fs::read(&path).unwrap();
+    // One bit of the first record's payload (after its 20-byte header).
+    bytes[first as usize + 20 + 3] ^= 0x08;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let out = inspect(&path);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(
+        !out.status.success(),
+        "a corrupt record must fail:\n{stdout}"
+    );
+    assert!(
+        stderr.contains("skipping corrupt record"),
+        "no warning logged:\n{stderr}"
+    );
+    assert!(stdout.contains("records        10"), "{stdout}");
+    assert!(stdout.contains("1 corrupt skipped"), "{stdout}");
+    assert!(stderr.contains("1 corrupt records"), "{stderr}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bytes,
+        "inspect modified the file"
+    );
+}
+
+#[test]
+fn inspect_store_refuses_other_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("junk.bin");
+    let junk = vec![0x42u8; 8192];
+    std::fs::write(&path, &junk).unwrap();
+    let out = inspect(&path);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("not an anytime-edge store"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), junk);
+
+    let missing = inspect(&dir.path().join("missing.store"));
+    assert!(!missing.status.success());
+    assert!(text(&missing.stderr).contains("missing.store"));
+}
