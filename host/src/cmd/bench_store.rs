@@ -1,7 +1,8 @@
 //! `bench-store`: the token codec and the mmap store. Codec figures at ViT-B/32 shapes
 //! (N = 50, D = 768) on synthetic tokens (low-rank structure plus noise, weights from a
-//! random-weight original block's CLS→patch attention), and on the tiny model's real trunk
-//! tokens when it is present: bytes per record, encode/decode time, reconstruction error, and
+//! random-weight original block's CLS→patch attention), and on the trunk tokens of each
+//! `--model` found (the tiny fixture by default; `target/models/vit-b32-random` from
+//! `models/make_tiny_clip.py --preset vit-b32` gives real ViT-B/32 shapes, random weights): bytes per record, encode/decode time, reconstruction error, and
 //! the cosine between the original block's embedding of T̂ and of T. Store figures: append,
 //! sample and reopen throughput of a memory-mapped store with flush-before-ack. Prints tables
 //! and writes `target/bench/store.json`.
@@ -34,9 +35,11 @@ pub struct Args {
     /// Balanced samples of 31 drawn for the sampling figure.
     #[arg(long, default_value_t = 300)]
     samples: usize,
-    /// The tiny model (name or path) for real-token figures; skipped when not found.
-    #[arg(long, default_value = "models/tiny-clip")]
-    model: String,
+    /// Models (name or path) whose trunk tokens and original block give real-token figures,
+    /// e.g. `--model models/tiny-clip --model target/models/vit-b32-random`; each is skipped
+    /// with a message when not found.
+    #[arg(long = "model", default_value = "models/tiny-clip")]
+    models: Vec<String>,
     /// Directory for the temporary store file (default: a fresh temp dir).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -186,17 +189,19 @@ pub fn run(args: Args) -> Result<()> {
         args.images,
     )?;
 
-    // Codec on the tiny model's trunk tokens (demo images + random-pixel images).
-    match tiny_tokens(&args.model, args.images, &mut rng) {
-        Ok((block, tokens, batch)) => {
-            rows.extend(codec_rows(
-                "tiny-clip trunk tokens",
-                &block,
-                &tokens,
-                batch,
-            )?);
+    // Codec on each model's trunk tokens (demo images + random-pixel images).
+    for model in &args.models {
+        match trunk_tokens(model, args.images, &mut rng) {
+            Ok((name, block, tokens, batch)) => {
+                rows.extend(codec_rows(
+                    &format!("{name} trunk tokens"),
+                    &block,
+                    &tokens,
+                    batch,
+                )?);
+            }
+            Err(e) => println!("\nmodel {model} skipped: {e:#}"),
         }
-        Err(e) => println!("\ntiny model skipped: {e:#}"),
     }
     report.insert("codec".into(), Value::Array(rows));
     report.insert("store".into(), store_figures(&args, &mut rng)?);
@@ -205,11 +210,13 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn tiny_tokens(
+/// The trunk tokens of `images` images (the model's demo images, then random pixels) and the
+/// model's original last block.
+fn trunk_tokens(
     model: &str,
     images: usize,
     rng: &mut StdRng,
-) -> Result<(LastBlock, Vec<f32>, usize)> {
+) -> Result<(String, LastBlock, Vec<f32>, usize)> {
     use anytime_runtime::assets::ModelAssets;
     use anytime_runtime::encoder::Encoder;
     let assets = ModelAssets::find(model).with_context(|| format!("finding model {model}"))?;
@@ -236,8 +243,13 @@ fn tiny_tokens(
         }
         pics.push(image::DynamicImage::ImageRgb8(img));
     }
+    pics.truncate(images.max(1));
     let tokens = encoder.encode_images(&pics).context("running the trunk")?;
-    Ok((block, tokens, pics.len()))
+    let name = assets
+        .dir
+        .file_name()
+        .map_or_else(|| model.to_string(), |n| n.to_string_lossy().into_owned());
+    Ok((name, block, tokens, pics.len()))
 }
 
 fn store_figures(args: &Args, rng: &mut StdRng) -> Result<Value> {
