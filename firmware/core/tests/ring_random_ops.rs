@@ -1,6 +1,7 @@
 //! Bounded random-operations test: the fuzz harness (`fuzz/harness.rs`) on inputs from a
-//! seeded generator, so the same invariants run in every `cargo test` (the fuzz target
-//! itself needs nightly and cargo-fuzz; `.ci/run` gives it a short run when they exist).
+//! seeded generator, so the same invariants run in every `cargo test`. The fuzz target itself
+//! needs nightly and cargo-fuzz, which CI does not have; by hand:
+//! `cd firmware/core/fuzz && cargo +nightly fuzz run ring_ops -- -max_total_time=60`.
 
 #[path = "../fuzz/harness.rs"]
 mod harness;

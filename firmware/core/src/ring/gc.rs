@@ -101,6 +101,10 @@ impl<F: Flash, R: Slots<RecordRef>, L: Slots<LabelRef>> Ring<F, R, L> {
         let erase_count = retired_erase_count(&hb).map_or(0, |c| c.wrapping_add(1));
         if !self.is_erased(base, self.geo.segment_size)? {
             self.flash.erase(base, self.geo.segment_size)?;
+            // The erase is durable before the header that makes the segment active: a backend
+            // that writes pages back in any order (a memory-mapped file) could otherwise keep
+            // the new header over stale records.
+            self.flash.flush()?;
         }
         let h = SegmentHeader {
             seq: self.next_segment_seq,
