@@ -8,8 +8,11 @@
         --checkpoint my.pt --licence "..." --name my-clip
 
 It needs the network (or open_clip's cache) for the weights. It writes
-`visual_trunk.onnx`, `last_block.safetensors`, `textual.onnx`, `tokenizer.json`
-and `manifest.toml` into `--out` (default `$ANYTIME_EDGE_ASSETS/models/<name>/`).
+`visual_trunk.onnx`, `last_block.safetensors`, `textual.onnx`, `tokenizer.json`,
+`reference.safetensors` (fixed inputs and open_clip's outputs for the runtime's
+golden test), `images/` (with `--images DIR`: real pictures named
+`<label>.jpg|png` for its zero-shot check) and `manifest.toml` into `--out`
+(default `$ANYTIME_EDGE_ASSETS/models/<name>/`).
 
 How: torch and open_clip only load the checkpoint and compute the reference
 outputs. The ONNX graphs are built from the state dict by `onnx_graph.py`, the
@@ -29,6 +32,7 @@ ViT-B-32 use GELU, not QuickGELU: they are refused.
 
 import argparse
 import gzip
+import json
 import os
 import shutil
 import sys
@@ -56,6 +60,18 @@ CHECK_TEXTS = [
     "a photo of a Golden Retriever, 2 years old!",
 ]
 MODEL_FILES = ["visual_trunk.onnx", "last_block.safetensors", "textual.onnx", "tokenizer.json"]
+REFERENCE = "reference.safetensors"
+IMAGES = "images"
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+# Labels prompted in reference.safetensors when no --images are given.
+DEFAULT_LABELS = ["airplane", "bird", "car", "cat", "dog"]
+# Texts checked beyond the label prompts: capitals, punctuation, non-ASCII, and one
+# longer than any CLIP context (truncated to `<SOT> ... <EOT>`).
+EXTRA_TEXTS = [
+    "a photo of a Golden Retriever, 2 years old!",
+    "une crème brûlée, s'il vous plaît",
+    " ".join(["a very long caption that keeps going"] * 12),
+]
 
 
 class Refused(SystemExit):
@@ -175,14 +191,17 @@ def report(name, got, want, tol=TOL):
     return ok
 
 
+def fixed_pixels(s):
+    """The seeded normal pixels `[2, 3, S, S]` of the checks and of reference.safetensors."""
+    return np.random.default_rng(0).standard_normal((2, 3, s, s)).astype(np.float32)
+
+
 def verify(model, open_clip, model_name, out, dims, sd):
     """Split model vs open_clip's forward; returns True when everything agrees."""
     import torch
 
     ok = True
-    rng = np.random.default_rng(0)
-    s = dims["image_size"]
-    pixels = rng.standard_normal((2, 3, s, s)).astype(np.float32)
+    pixels = fixed_pixels(dims["image_size"])
     captured = {}
     last = model.visual.transformer.resblocks[-1]
     hook = last.register_forward_pre_hook(lambda mod, args: captured.setdefault("x", args[0]))
@@ -228,6 +247,93 @@ def verify(model, open_clip, model_name, out, dims, sd):
     return bool(ok)
 
 
+def find_images(folder):
+    """`(label, path)` of the pictures `<label>.<jpg|jpeg|png>` in `folder`, by label."""
+    found = {}
+    for entry in sorted(os.listdir(folder)):
+        path = os.path.join(folder, entry)
+        stem, ext = os.path.splitext(entry)
+        if not os.path.isfile(path) or ext.lower() not in IMAGE_EXTS:
+            continue
+        if not stem.strip() or stem != stem.strip():
+            refuse(f"--images: {entry!r}: the label (file stem) is empty or has outer spaces")
+        if stem in found:
+            refuse(f"--images: two pictures for the label {stem!r}")
+        found[stem] = path
+    if len(found) < 2:
+        refuse(f"--images {folder}: zero-shot needs at least 2 pictures named <label>{IMAGE_EXTS}")
+    return sorted(found.items())
+
+
+def write_reference(model, open_clip, model_name, out, dims, weights, images):
+    """Writes reference.safetensors (fixed inputs and open_clip's outputs) and copies
+    `images` (from `find_images`) to `<out>/images/`; returns the written files'
+    names, relative to `out`."""
+    import torch
+    from PIL import Image
+    from safetensors.numpy import save_file
+
+    labels = [label for label, _ in images] or DEFAULT_LABELS
+    texts = [f"a photo of a {label}." for label in labels] + EXTRA_TEXTS
+    pixels = fixed_pixels(dims["image_size"])
+    input_ids = open_clip.get_tokenizer(model_name)(texts).numpy().astype(np.int64)
+    with torch.no_grad():
+        image_embeds = model.encode_image(torch.from_numpy(pixels)).float().numpy()
+        text_embeds = model.encode_text(torch.from_numpy(input_ids)).float().numpy()
+    tensors = {"pixels": pixels, "image_embeds": image_embeds,
+               "input_ids": input_ids, "text_embeds": text_embeds}
+    written = [REFERENCE]
+    folder = os.path.join(out, IMAGES)
+    if os.path.isdir(folder):
+        shutil.rmtree(folder)  # no stale pictures from an earlier export
+    names = []
+    if images:
+        from open_clip.transform import PreprocessCfg, image_transform_v2
+
+        cfg = PreprocessCfg(**open_clip.get_model_preprocess_cfg(model))
+        if cfg.resize_mode != "shortest" or cfg.interpolation != "bicubic":
+            print(f"  note   open_clip preprocesses with resize_mode={cfg.resize_mode}, "
+                  f"interpolation={cfg.interpolation}; the runtime resizes the shortest "
+                  "side, bicubic")
+        preprocess = image_transform_v2(cfg, is_train=False)
+        os.makedirs(folder)
+        batch = []
+        for label, path in images:
+            name = label + os.path.splitext(path)[1].lower()
+            shutil.copyfile(path, os.path.join(folder, name))
+            names.append(name)
+            written.append(f"{IMAGES}/{name}")
+            with Image.open(path) as img:
+                batch.append(preprocess(img.convert("RGB")).numpy())
+        image_pixels = np.stack(batch).astype(np.float32)
+        with torch.no_grad():
+            emb = model.encode_image(torch.from_numpy(image_pixels)).float().numpy()
+        tensors["image_pixels"] = image_pixels
+        tensors["image_pixels_embeds"] = emb
+        # open_clip's own zero-shot on its own preprocessing, over the picture labels.
+        cos = cn.l2_normalise(emb) @ cn.l2_normalise(text_embeds[: len(labels)]).T
+        wrong = [(names[i], labels[j]) for i, j in enumerate(cos.argmax(1)) if j != i]
+        for name, label in wrong:
+            print(f"  {'note' if weights == 'random-init' else 'FAILED':6} open_clip ranks "
+                  f"{label!r} first for {name}")
+        if wrong and weights != "random-init":
+            raise SystemExit("open_clip itself misclassifies a reference picture: use a "
+                             "clearer one; manifest not written")
+        if not wrong:
+            print(f"  ok     open_clip ranks each of the {len(names)} pictures' own label first")
+    metadata = {
+        "model": model_name,
+        "weights": weights,
+        "texts": json.dumps(texts, ensure_ascii=False),
+        "labels": json.dumps(labels, ensure_ascii=False),
+        "images": json.dumps(names, ensure_ascii=False),
+        "logit_scale": repr(float(model.logit_scale.detach().exp())),
+    }
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
+              os.path.join(out, REFERENCE), metadata=metadata)
+    return written
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="ViT-B-32", help="open_clip model name")
@@ -240,7 +346,12 @@ def main():
     p.add_argument("--name", help="model folder name (default: <model>-<pretrained>)")
     p.add_argument("--licence", help="licence of the weights (default: MIT for openai)")
     p.add_argument("--out", help="output folder (default: $ANYTIME_EDGE_ASSETS/models/<name>)")
+    p.add_argument("--images", metavar="DIR",
+                   help="a folder of a few real pictures named <label>.jpg|png, copied to "
+                   "<out>/images/ for the runtime's zero-shot check (each must be ranked "
+                   "first among all the labels by open_clip)")
     args = p.parse_args()
+    images = find_images(args.images) if args.images else []
 
     import open_clip
     import torch
@@ -263,6 +374,7 @@ def main():
         out = os.path.join(root, "models", name)
     os.makedirs(out, exist_ok=True)
 
+    torch.manual_seed(0)  # --random-init: the same weights from run to run
     model = open_clip.create_model(args.model, pretrained=tag, device="cpu", precision="fp32")
     model.eval()
     if args.random_init:
@@ -288,10 +400,14 @@ def main():
     if not verify(model, open_clip, args.model, out, dims, sd):
         raise SystemExit("the split model does not equal open_clip's; manifest not written")
 
+    weights = "random-init" if args.random_init else "checkpoint" if args.checkpoint \
+        else f"pretrained:{args.pretrained}"
+    extra = write_reference(model, open_clip, args.model, out, dims, weights, images)
+
     v = model.visual
     mean = tuple(getattr(v, "image_mean", None) or OPENAI_MEAN)
     std = tuple(getattr(v, "image_std", None) or OPENAI_STD)
-    files = OrderedDict((f, fio.sha256(os.path.join(out, f))) for f in MODEL_FILES)
+    files = OrderedDict((f, fio.sha256(os.path.join(out, f))) for f in MODEL_FILES + extra)
     version = getattr(open_clip, "__version__", "?")
     source = f"open_clip {version}: create_model({args.model!r}, pretrained={tag!r}); " \
              "exported by models/export_open_clip.py"
