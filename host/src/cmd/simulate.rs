@@ -1,6 +1,10 @@
 //! `anytime-host simulate`: replays labelled image datasets as a stream under one of
 //! the SPEC §9 protocols and evaluates every method after every stage.
 //!
+//! The trunk runs once per image (its tokens go to the token cache); every method then
+//! learns from and predicts on cached tokens or embeddings: zero-shot CLIP, nearest class
+//! mean, and the anytime learner's full method and ablations (see [`crate::sim::learner`]).
+//!
 //! Writes into `--out`: `report.json` (settings, plan, every row and summary),
 //! `stages.csv`, `summary.csv` and `accuracy.svg` (accuracy against stage, one line
 //! per method), and prints the summary table.
@@ -13,10 +17,13 @@ use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use anytime_core::codec::CodecParams;
+use anytime_runtime::assets::ModelAssets;
+use anytime_runtime::train::TrainConfig;
 
 use crate::sim::cache::Encoding;
 use crate::sim::dataset::{self, Dataset};
 use crate::sim::features::{Backbone, ClipBackbone, FeatureTable, PixelBackbone};
+use crate::sim::learner::{self, LearnerSettings, LearnerSpec, LEARNER_METHODS};
 use crate::sim::method::{LabelEmbeddings, Method, NearestClassMean, ZeroShot};
 use crate::sim::metrics::Report;
 use crate::sim::plot::{accuracy_svg, Curve};
@@ -24,10 +31,19 @@ use crate::sim::protocol::{plan, PlanOptions, ProtocolKind, SourceInfo, DEFAULT_
 use crate::sim::runner;
 use crate::sim::synthetic::{write_image_folder, SyntheticSpec};
 
-/// Methods that run today.
-const AVAILABLE: [&str; 2] = ["zero-shot", "ncm"];
-/// Methods that need the anytime learner (`anytime_runtime::learner`), not wired yet.
-const PENDING: [&str; 6] = ["full", "tuned", "no-ocw", "no-other", "raw", "alpha-other"];
+/// Baselines that need no learner.
+const BASELINES: [&str; 2] = ["zero-shot", "ncm"];
+/// Methods run when `--methods` is not given (SPEC §9's list); with `--model pixels`
+/// only the baselines.
+const DEFAULT_METHODS: [&str; 7] = [
+    "zero-shot",
+    "ncm",
+    "tuned",
+    "full",
+    "no-ocw",
+    "no-other",
+    "raw",
+];
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -59,15 +75,35 @@ pub struct Args {
     pub groups: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Methods to compare (comma-separated): zero-shot, ncm; the learner's
-    /// full, tuned, no-ocw, no-other, raw, alpha-other are skipped with a warning until
-    /// it lands.
-    #[arg(long, value_delimiter = ',', default_value = "zero-shot,ncm")]
-    pub methods: Vec<String>,
+    /// Methods to compare (comma-separated): the baselines zero-shot and ncm; the
+    /// learner's full (OCW), tuned (tuned model alone), no-ocw (fixed α = 0.5),
+    /// alpha-other (OCW with α'), no-other (β = 0), raw (store keeps all N directions
+    /// unquantised) and kKbB (full, storing with codec k = K, bits = B, e.g. k2b4).
+    /// Default: zero-shot,ncm,tuned,full,no-ocw,no-other,raw (only the baselines with
+    /// `--model pixels`).
+    #[arg(long, value_delimiter = ',')]
+    pub methods: Option<Vec<String>>,
+    /// Learner: AdamW learning rate (SPEC §4: 9.375e-6 for ViT-B/32; the tiny random
+    /// model needs about 2e-3 to move within a short run).
+    #[arg(long, default_value_t = TrainConfig::default().lr)]
+    pub lr: f32,
+    /// Learner: stored samples replayed with each new one (SPEC §4: 31).
+    #[arg(long, default_value_t = 31)]
+    pub replay: usize,
+    /// Learner: train on the GPU when an adapter exists (default: the CPU backend, which
+    /// is deterministic).
+    #[arg(long)]
+    pub gpu: bool,
+    /// Learner store codec of the full method: principal directions kept per image.
+    #[arg(long, default_value_t = CodecParams::DEFAULT.k)]
+    pub store_k: u16,
+    /// Learner store codec of the full method: bits per value (8, 4, or 32).
+    #[arg(long, default_value_t = CodecParams::DEFAULT.bits)]
+    pub store_bits: u8,
     /// Output directory.
     #[arg(long, default_value = "target/sim")]
     pub out: PathBuf,
-    /// Token cache directory (default: $ANYTIME_EDGE_ASSETS/cache, else <out>/cache).
+    /// Token cache directory (default: <out>/cache).
     #[arg(long)]
     pub cache: Option<PathBuf>,
     /// Do not read or write the token cache.
@@ -185,42 +221,61 @@ pub fn simulate(args: &Args) -> Result<crate::sim::metrics::Report> {
     };
     let plan = plan(&sources, &opts)?;
 
-    let mut method_names = Vec::new();
-    for m in &args.methods {
-        let m = m.trim();
-        if AVAILABLE.contains(&m) {
-            method_names.push(m.to_owned());
-        } else if PENDING.contains(&m) {
-            log::warn!(
-                "method `{m}` needs the anytime learner, which is not wired in yet: skipped"
+    let pixels = args.model == "pixels";
+    let requested: Vec<String> = match &args.methods {
+        Some(m) => m.iter().map(|m| m.trim().to_owned()).collect(),
+        None if pixels => BASELINES.iter().map(|m| m.to_string()).collect(),
+        None => DEFAULT_METHODS.iter().map(|m| m.to_string()).collect(),
+    };
+    let assets = if pixels {
+        None
+    } else {
+        Some(ModelAssets::find(&args.model)?)
+    };
+    let tokens_per_image = assets.as_ref().map_or(1, |a| a.dims().tokens());
+    let store_codec = CodecParams {
+        k: args.store_k,
+        bits: args.store_bits,
+        weighted: true,
+    };
+    let mut method_names: Vec<String> = Vec::new();
+    let mut learner_specs: Vec<LearnerSpec> = Vec::new();
+    for m in &requested {
+        ensure!(!method_names.contains(m), "method `{m}` is listed twice");
+        if BASELINES.contains(&m.as_str()) {
+            method_names.push(m.clone());
+        } else if let Some(spec) = learner::parse_method(m, store_codec, tokens_per_image)? {
+            ensure!(
+                !pixels,
+                "method `{m}` needs the anytime learner, which needs a CLIP model, not `--model pixels`"
             );
+            ensure!(
+                !args.no_cache,
+                "method `{m}` learns from cached tokens: drop --no-cache"
+            );
+            if m == "raw" && args.token_cache == TokenCacheKind::Codec {
+                log::warn!("the token cache is compressed, so `raw` learns from decoded tokens, not the trunk's");
+            }
+            method_names.push(m.clone());
+            learner_specs.push(spec);
         } else {
             bail!(
-                "unknown method `{m}`; known: {}, {}",
-                AVAILABLE.join(", "),
-                PENDING.join(", ")
+                "unknown method `{m}`; known: {}, {}, kKbB",
+                BASELINES.join(", "),
+                LEARNER_METHODS.join(", ")
             );
         }
     }
-    ensure!(
-        !method_names.is_empty(),
-        "no runnable method among {:?}",
-        args.methods
-    );
+    ensure!(!method_names.is_empty(), "no method to run");
 
-    let mut backbone: Box<dyn Backbone> = if args.model == "pixels" {
-        Box::new(PixelBackbone)
-    } else {
-        Box::new(ClipBackbone::load(&args.model)?)
+    let mut backbone: Box<dyn Backbone> = match &assets {
+        None => Box::new(PixelBackbone),
+        Some(a) => Box::new(ClipBackbone::from_assets(a)?),
     };
-    let cache_dir = (!args.no_cache).then(|| {
-        args.cache
-            .clone()
-            .unwrap_or_else(|| match std::env::var_os(dataset::ASSETS_ENV) {
-                Some(a) => PathBuf::from(a).join("cache"),
-                None => args.out.join("cache"),
-            })
-    });
+    // Never under $ANYTIME_EDGE_ASSETS by default: the assets folder is shared and
+    // may be read-only; pass --cache to reuse a cache between output folders.
+    let cache_dir =
+        (!args.no_cache).then(|| args.cache.clone().unwrap_or_else(|| args.out.join("cache")));
 
     // the images the plan touches, per source
     let mut needed: Vec<(Vec<u32>, Vec<u32>)> = vec![Default::default(); datasets.len()];
@@ -263,15 +318,42 @@ pub fn simulate(args: &Args) -> Result<crate::sim::metrics::Report> {
         );
     }
     let text = Arc::new(LabelEmbeddings::new(backbone.embed_dim(), rows)?);
-    let mut methods: Vec<Box<dyn Method>> = method_names
-        .iter()
-        .map(|m| -> Box<dyn Method> {
-            match m.as_str() {
-                "ncm" => Box::new(NearestClassMean::new(text.clone())),
-                _ => Box::new(ZeroShot::new(text.clone())),
-            }
-        })
-        .collect();
+    // label names by global label, for the learner (its labels are names)
+    let mut label_names = vec![String::new(); usize::from(plan.num_labels)];
+    for (s, d) in datasets.iter().enumerate() {
+        for l in 0..d.classes.len() as u16 {
+            let g = usize::from(plan.global_label(u16::try_from(s)?, l));
+            label_names[g] = d.prompt_name(l);
+        }
+    }
+    let settings = LearnerSettings {
+        lr: args.lr,
+        replay: args.replay,
+        seed: args.seed,
+        gpu: args.gpu,
+        max_samples: plan.stages.iter().map(|s| s.train.len()).sum(),
+        max_labels: usize::from(plan.num_labels),
+    };
+    let learners = match &assets {
+        Some(a) if !learner_specs.is_empty() => learner::build(
+            &learner_specs,
+            a,
+            &args.out.join("learners"),
+            &settings,
+            Arc::new(label_names),
+        )?,
+        _ => Vec::new(),
+    };
+    let backend = learners.first().map(|l| l.backend_name().to_owned());
+    let mut learners = learners.into_iter();
+    let mut methods: Vec<Box<dyn Method>> = Vec::with_capacity(method_names.len());
+    for m in &method_names {
+        methods.push(match m.as_str() {
+            "ncm" => Box::new(NearestClassMean::new(text.clone())),
+            "zero-shot" => Box::new(ZeroShot::new(text.clone())),
+            _ => Box::new(learners.next().context("one learner method per spec")?),
+        });
+    }
 
     let pb = bar(runner::work(&plan, methods.len()), quiet);
     let results = runner::run(&plan, &sources, &mut table, &mut methods, &pb)?;
@@ -292,7 +374,18 @@ pub fn simulate(args: &Args) -> Result<crate::sim::metrics::Report> {
         "stages": args.stages,
         "groups": args.groups,
         "methods": method_names,
-        "methods_requested": args.methods,
+        "learner": (!learner_specs.is_empty()).then(|| serde_json::json!({
+            "lr": args.lr,
+            "replay": args.replay,
+            "backend": backend,
+            "store_codec": {"k": args.store_k, "bits": args.store_bits, "weighted": true},
+            "trainings": learner_specs.iter().map(|s| serde_json::json!({
+                "method": s.name,
+                "mixing": format!("{:?}", s.mixing),
+                "codec": {"k": s.training.codec.k, "bits": s.training.codec.bits},
+                "beta_other": s.training.beta_other,
+            })).collect::<Vec<_>>(),
+        })),
         "cache": cache_dir,
         "token_cache": encoding.tag(),
     });
@@ -436,7 +529,7 @@ mod tests {
             "--out",
             out.to_str().unwrap(),
             "--methods",
-            "ncm,full",
+            "ncm",
             "--no-cache",
             "--limit-train",
             "24",
@@ -505,6 +598,8 @@ mod tests {
             "12",
             "--limit-test",
             "6",
+            "--methods",
+            "zero-shot,ncm",
         ]);
         let report = simulate(&a).unwrap();
         assert_eq!(report.rows.len(), 4);
@@ -567,6 +662,44 @@ mod tests {
         assert!(err.contains("unknown method"), "{err}");
         let err = simulate(&args(&[
             "--dataset",
+            &ds,
+            "--model",
+            "pixels",
+            "--out",
+            o,
+            "--methods",
+            "zero-shot,full",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("needs a CLIP model"), "{err}");
+        let err = simulate(&args(&[
+            "--dataset",
+            &ds,
+            "--out",
+            o,
+            "--methods",
+            "full",
+            "--no-cache",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("drop --no-cache"), "{err}");
+        let err = simulate(&args(&[
+            "--dataset",
+            &ds,
+            "--model",
+            "pixels",
+            "--out",
+            o,
+            "--methods",
+            "ncm,ncm",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("twice"), "{err}");
+        let err = simulate(&args(&[
+            "--dataset",
             &format!("{ds},{ds}"),
             "--model",
             "pixels",
@@ -585,5 +718,262 @@ mod tests {
             o
         ]))
         .is_err());
+    }
+
+    /// Classes `first..first + count` of the synthetic shapes (distinct names for
+    /// distinct ranges), written to `<dir>/<name>`.
+    fn shape_range(
+        dir: &std::path::Path,
+        name: &str,
+        first: usize,
+        count: usize,
+        seed: u64,
+    ) -> String {
+        let spec = SyntheticSpec {
+            classes: first + count,
+            train_per_class: 6,
+            test_per_class: 3,
+            size: 24,
+            seed,
+        };
+        let root = write_image_folder(dir, name, &spec).unwrap();
+        for class in &crate::sim::synthetic::class_names(first) {
+            for split in ["train", "test"] {
+                std::fs::remove_dir_all(root.join(split).join(class)).unwrap();
+            }
+        }
+        root.to_string_lossy().into_owned()
+    }
+
+    fn rows<'a>(report: &'a Report, method: &str) -> Vec<&'a crate::sim::metrics::StageResult> {
+        report.rows.iter().filter(|r| r.method == method).collect()
+    }
+
+    fn summary<'a>(report: &'a Report, method: &str) -> &'a crate::sim::metrics::Summary {
+        report
+            .summaries
+            .iter()
+            .find(|s| s.method == method)
+            .unwrap()
+    }
+
+    /// Checks what every run must satisfy and that the files it wrote parse.
+    fn check_outputs(report: &Report, out: &std::path::Path, methods: &[&str]) {
+        let stages = report.plan.stages.len();
+        for m in methods {
+            let mine = rows(report, m);
+            assert_eq!(mine.len(), stages, "{m}: one row per stage");
+            for (k, r) in mine.iter().enumerate() {
+                assert_eq!(r.stage, k);
+                assert!(r.acc_all.is_some(), "{m} {k}");
+                assert!(r.peak_rss_kib.unwrap() > 0);
+            }
+        }
+        // zero-shot learns nothing, so its accuracy is the same at every stage
+        let zs: Vec<_> = rows(report, "zero-shot")
+            .iter()
+            .map(|r| r.acc_groups.clone())
+            .collect();
+        assert!(zs.windows(2).all(|w| w[0] == w[1]), "{zs:?}");
+
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            json["rows"].as_array().unwrap().len(),
+            methods.len() * stages
+        );
+        assert_eq!(json["config"]["seed"], report.config["seed"]);
+        assert!(json["plan"]["seed"].is_u64());
+        let csv = std::fs::read_to_string(out.join("stages.csv")).unwrap();
+        let mut lines = csv.lines();
+        let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+        for line in lines.clone() {
+            assert_eq!(line.split(',').count(), header.len(), "{line}");
+        }
+        assert_eq!(lines.count(), methods.len() * stages);
+        let summary_csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+        assert_eq!(summary_csv.lines().count(), 1 + methods.len());
+        let svg = std::fs::read_to_string(out.join("accuracy.svg")).unwrap();
+        assert!(svg.starts_with("<svg"));
+        for m in methods {
+            assert!(svg.lines().any(|l| l.trim() == *m), "{m} in the legend");
+        }
+    }
+
+    /// The learner's methods and ablations on the tiny model, data-incremental: the
+    /// tiny random CLIP cannot zero-shot the shapes; one update per sample teaches
+    /// the tuned block.
+    #[test]
+    fn data_protocol_learner_methods_on_tiny_clip() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ds = shape_range(tmp.path(), "shapes", 0, 3, 11);
+        let out = tmp.path().join("out");
+        let methods = [
+            "zero-shot",
+            "ncm",
+            "tuned",
+            "full",
+            "no-ocw",
+            "alpha-other",
+            "no-other",
+            "raw",
+            "k2b4",
+        ];
+        let a = args(&[
+            "--dataset",
+            &ds,
+            "--out",
+            out.to_str().unwrap(),
+            "--stages",
+            "50,100",
+            "--limit-train",
+            "12",
+            "--limit-test",
+            "9",
+            "--methods",
+            &methods.join(","),
+            "--lr",
+            "2e-3",
+            "--replay",
+            "3",
+            "--seed",
+            "5",
+        ]);
+        let report = simulate(&a).unwrap();
+        check_outputs(&report, &out, &methods);
+        assert_eq!(report.config["seed"], 5);
+        assert_eq!(report.config["learner"]["backend"], "cpu");
+
+        let zs = summary(&report, "zero-shot").final_acc.unwrap();
+        let ncm = summary(&report, "ncm").final_acc.unwrap();
+        let full = summary(&report, "full").final_acc.unwrap();
+        let tuned = summary(&report, "tuned").final_acc.unwrap();
+        assert!(zs < 50.0, "the tiny CLIP is near chance on shapes: {zs}");
+        assert!(ncm >= 66.0, "class means separate the shapes: {ncm}");
+        assert!(full >= zs + 30.0, "full {full} vs zero-shot {zs}");
+        assert!(tuned >= zs + 30.0, "tuned {tuned} vs zero-shot {zs}");
+
+        let last = |m: &str| *rows(&report, m).last().unwrap();
+        // 12 samples, one training step each
+        for m in &methods[2..] {
+            assert_eq!(last(m).samples_seen, 12);
+            assert_eq!(last(m).train_steps, 12, "{m}");
+            assert!(last(m).update_ms.unwrap() > 0.0, "{m}");
+        }
+        // methods sharing one learner report its time and bytes
+        for m in ["tuned", "no-ocw", "alpha-other"] {
+            assert_eq!(last(m).update_ms, last("full").update_ms, "{m}");
+            assert_eq!(last(m).bytes_per_sample, last("full").bytes_per_sample);
+        }
+        // SPEC §5 records (k 5, 8 bits) of [50, 64] tokens vs all 50 directions in f32
+        let bytes = |m: &str| last(m).bytes_per_sample;
+        assert!(bytes("full") < 1500.0, "{}", bytes("full"));
+        assert!(bytes("raw") > 4.0 * 50.0 * 64.0, "{}", bytes("raw"));
+        assert!(bytes("k2b4") < 0.6 * bytes("full"), "{}", bytes("k2b4"));
+        assert_eq!(bytes("zero-shot"), 0.0);
+        // one learner per distinct training, named after its first method
+        let learners = out.join("learners");
+        for m in ["tuned", "no-other", "raw", "k2b4"] {
+            assert!(learners.join(m).join("tokens.store").is_file(), "{m}");
+        }
+        assert!(
+            !learners.join("full").exists(),
+            "full shares the tuned learner"
+        );
+
+        // the same seed gives the same run
+        let again = simulate(&a).unwrap();
+        for (x, y) in report.rows.iter().zip(&again.rows) {
+            assert_eq!((&x.method, x.acc_all), (&y.method, y.acc_all));
+        }
+    }
+
+    /// Class-incremental: before a group arrives its classes are unseen; the
+    /// learner is only taught seen classes.
+    #[test]
+    fn class_protocol_learner_on_tiny_clip() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ds = shape_range(tmp.path(), "shapes", 0, 4, 12);
+        let out = tmp.path().join("out");
+        let methods = ["zero-shot", "ncm", "full", "tuned"];
+        let report = simulate(&args(&[
+            "--dataset",
+            &ds,
+            "--protocol",
+            "class",
+            "--groups",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+            "--methods",
+            &methods.join(","),
+            "--lr",
+            "2e-3",
+            "--replay",
+            "7",
+            "--limit-test",
+            "12",
+        ]))
+        .unwrap();
+        check_outputs(&report, &out, &methods);
+        assert_eq!(report.plan.stages.len(), 2);
+        for m in methods {
+            let r = rows(&report, m);
+            assert!(r[0].acc_seen.is_some() && r[0].acc_unseen.is_some(), "{m}");
+            assert!(
+                r[1].acc_unseen.is_none(),
+                "{m}: every class seen at the end"
+            );
+            assert_eq!(r[0].samples_seen, 12);
+        }
+        // the tiny CLIP cannot zero-shot the shapes; after both groups the learner can
+        let zs = summary(&report, "zero-shot").final_acc.unwrap();
+        for m in ["full", "tuned"] {
+            let acc = summary(&report, m).final_acc.unwrap();
+            assert!(acc >= zs + 30.0, "{m} {acc} vs zero-shot {zs}");
+            assert!(summary(&report, m).forgetting.is_some());
+        }
+    }
+
+    /// Task-incremental with a held-out dataset: the full method never trains on the
+    /// held-out labels, so OCW gives them α = 0 and its held-out accuracy is exactly
+    /// zero-shot's at every stage (retention), while it learns the tasks.
+    #[test]
+    fn task_protocol_learner_on_tiny_clip_keeps_zero_shot_on_held_out() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a1 = shape_range(tmp.path(), "first", 0, 2, 13);
+        let a2 = shape_range(tmp.path(), "second", 2, 2, 14);
+        let held = shape_range(tmp.path(), "held", 4, 3, 15);
+        let out = tmp.path().join("out");
+        let methods = ["zero-shot", "full"];
+        let report = simulate(&args(&[
+            "--dataset",
+            &format!("{a1},{a2}"),
+            "--held-out",
+            &held,
+            "--protocol",
+            "task",
+            "--out",
+            out.to_str().unwrap(),
+            "--methods",
+            &methods.join(","),
+            "--lr",
+            "2e-3",
+            "--replay",
+            "7",
+        ]))
+        .unwrap();
+        check_outputs(&report, &out, &methods);
+        let g = report.plan.groups.iter().position(|g| g.held_out).unwrap();
+        let zs = rows(&report, "zero-shot");
+        let full = rows(&report, "full");
+        for k in 0..2 {
+            assert!(full[k].acc_groups[g].is_some());
+            assert_eq!(full[k].acc_groups[g], zs[k].acc_groups[g], "stage {k}");
+        }
+        assert_eq!(full[1].samples_seen, 24);
+        assert!(full[1].acc_all.unwrap() > zs[1].acc_all.unwrap());
+        assert_eq!(summary(&report, "full").held_out.len(), 1);
     }
 }

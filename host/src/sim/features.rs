@@ -64,10 +64,10 @@ impl std::fmt::Debug for ClipBackbone {
 }
 
 impl ClipBackbone {
-    /// Finds the model (name or path) and loads its encoder and original last block.
-    pub fn load(name_or_path: &str) -> Result<Self> {
-        let assets = ModelAssets::find(name_or_path)?;
-        let encoder = Encoder::load(&assets)
+    /// Loads the encoder and original last block of a model found with
+    /// [`ModelAssets::find`].
+    pub fn from_assets(assets: &ModelAssets) -> Result<Self> {
+        let encoder = Encoder::load(assets)
             .with_context(|| format!("loading the encoder of {}", assets.dir.display()))?;
         assets.verify_file(LAST_BLOCK)?;
         let original = LastBlock::load(&assets.file(LAST_BLOCK), assets.dims().block())

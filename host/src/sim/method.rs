@@ -13,7 +13,6 @@ use anytime_core::mixing::argmax;
 #[derive(Debug, Clone, Copy)]
 pub struct Features<'a> {
     /// Trunk tokens `[N, D]`, filled for methods that ask ([`Method::needs_tokens`]).
-    #[allow(dead_code)] // read by the learner's methods, not by the baselines
     pub tokens: Option<&'a [f32]>,
     /// Image embedding of the original model, L2-normalised `[E]`.
     pub embedding: &'a [f32],
@@ -38,6 +37,11 @@ pub trait Method {
     /// Whether [`Features::tokens`] must be filled (read from the token cache).
     fn needs_tokens(&self) -> bool {
         false
+    }
+    /// Total seconds spent learning so far, for methods that account it themselves
+    /// (methods sharing one learner); `None`: the runner times [`Method::observe`].
+    fn update_seconds(&self) -> Option<f64> {
+        None
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod dataset;
 pub mod features;
+pub mod learner;
 pub mod method;
 pub mod metrics;
 pub mod plot;

@@ -43,6 +43,7 @@ pub fn run(
         for (m, method) in methods.iter_mut().enumerate() {
             progress.set_message(format!("{} · {}", stage.name, method.name()));
             let mut update_s = 0.0;
+            let accounted = method.update_seconds();
             for r in &stage.train {
                 let label = label_of(r.source, Split::Train, r.index)?;
                 let tokens = if method.needs_tokens() {
@@ -62,6 +63,9 @@ pub fn run(
                 progress.inc(1);
             }
             observed[m] += stage.train.len() as u64;
+            if let (Some(before), Some(after)) = (accounted, method.update_seconds()) {
+                update_s = after - before;
+            }
 
             let t_eval = Instant::now();
             let mut score = StageScore::new(plan.groups.len());

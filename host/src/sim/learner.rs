@@ -1,0 +1,424 @@
+//! The anytime learner's methods in the simulator: the full method (OCW mixing), the
+//! tuned model alone, and the ablations of SPEC §9 (no OCW, no "other" loss, the α'
+//! variant, raw tokens and other codec settings), all on top of
+//! [`anytime_runtime::learner::Learner`] fed with cached trunk tokens.
+//!
+//! Methods that differ only in how they predict (full, tuned, no-ocw, alpha-other)
+//! share one learner: it trains once per sample, and each method reads the same tuned
+//! block and OCW state with its own [`Mixing`]. Methods that train differently
+//! (no-other, raw, `kKbB`) get their own learner. Every learner lives in its own
+//! folder, wiped at the start of a run.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use anytime_core::codec::{encoded_len, CodecParams};
+use anytime_runtime::assets::ModelAssets;
+use anytime_runtime::learner::{Learner, LearnerConfig, Mixing};
+use anytime_runtime::predict::{LabelSet, Predictor};
+use anytime_runtime::train::TrainConfig;
+
+use super::method::{Features, Method};
+
+/// How a learner trains: what differs between learners that cannot be shared.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Training {
+    /// Codec of the learner's store.
+    pub codec: CodecParams,
+    /// Weight `β` of the "other" term of the loss.
+    pub beta_other: f32,
+}
+
+/// A learner method as named on the command line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LearnerSpec {
+    pub name: String,
+    pub training: Training,
+    pub mixing: Mixing,
+}
+
+/// Names of the learner's methods (besides `kKbB`, the full method storing with codec
+/// `k = K`, `bits = B`).
+pub const LEARNER_METHODS: [&str; 6] =
+    ["full", "tuned", "no-ocw", "alpha-other", "no-other", "raw"];
+
+/// The fixed α of the "no OCW" ablation (SPEC §9): an even mix for every learned label.
+pub const NO_OCW_ALPHA: f32 = 0.5;
+
+/// Parses one learner method name, or `None` when it is not one.
+///
+/// `codec` is the store codec of the full method (SPEC §5 by default), `tokens` the
+/// model's `N` (the "raw" store keeps all `N` directions unquantised, which
+/// reconstructs the tokens exactly up to f32 rounding).
+pub fn parse_method(name: &str, codec: CodecParams, tokens: usize) -> Result<Option<LearnerSpec>> {
+    let base = Training {
+        codec,
+        beta_other: TrainConfig::default().beta_other,
+    };
+    let (training, mixing) = match name {
+        "full" => (base, Mixing::Ocw),
+        "tuned" => (base, Mixing::TunedOnly),
+        "no-ocw" => (base, Mixing::Fixed(NO_OCW_ALPHA)),
+        "alpha-other" => (base, Mixing::OcwOther),
+        "no-other" => (
+            Training {
+                beta_other: 0.0,
+                ..base
+            },
+            Mixing::Ocw,
+        ),
+        "raw" => (
+            Training {
+                codec: CodecParams {
+                    k: u16::try_from(tokens).context("too many tokens")?,
+                    bits: 32,
+                    weighted: codec.weighted,
+                },
+                ..base
+            },
+            Mixing::Ocw,
+        ),
+        other => {
+            let Some(kb) = other.strip_prefix('k') else {
+                return Ok(None);
+            };
+            let Some((k, b)) = kb.split_once('b') else {
+                return Ok(None);
+            };
+            let (Ok(k), Ok(bits)) = (k.parse::<u16>(), b.parse::<u8>()) else {
+                return Ok(None);
+            };
+            ensure!(
+                (1..=tokens).contains(&usize::from(k)),
+                "method `{other}`: k must be 1..={tokens}"
+            );
+            ensure!(
+                matches!(bits, 4 | 8 | 32),
+                "method `{other}`: bits must be 4, 8 or 32"
+            );
+            (
+                Training {
+                    codec: CodecParams {
+                        k,
+                        bits,
+                        weighted: codec.weighted,
+                    },
+                    ..base
+                },
+                Mixing::Ocw,
+            )
+        }
+    };
+    Ok(Some(LearnerSpec {
+        name: name.to_owned(),
+        training,
+        mixing,
+    }))
+}
+
+/// Settings shared by every learner of a run.
+#[derive(Debug, Clone)]
+pub struct LearnerSettings {
+    /// AdamW learning rate.
+    pub lr: f32,
+    /// Stored samples replayed with each new one.
+    pub replay: usize,
+    pub seed: u64,
+    /// Train on the GPU when an adapter exists.
+    pub gpu: bool,
+    /// Upper bound of the samples a learner will learn (sizes its store so that nothing
+    /// is evicted).
+    pub max_samples: usize,
+    /// Upper bound of the labels it will learn.
+    pub max_labels: usize,
+}
+
+/// One learner and what its methods need to share it.
+pub struct SharedLearner {
+    learner: Learner,
+    /// Labels learned so far, in order (methods sharing the learner must feed the same
+    /// stream; the first to reach a sample trains on it).
+    stream: Vec<u16>,
+    /// `learn_s[i]`: seconds spent learning the first `i + 1` samples.
+    learn_s: Vec<f64>,
+    /// `store_bytes[i]`: record bytes stored for the first `i + 1` samples.
+    store_bytes: Vec<u64>,
+    dims: (usize, usize),
+}
+
+impl std::fmt::Debug for SharedLearner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedLearner")
+            .field("learned", &self.stream.len())
+            .finish()
+    }
+}
+
+impl SharedLearner {
+    /// Creates a fresh learner in `dir` (whatever was there is removed).
+    pub fn create(
+        assets: &ModelAssets,
+        dir: &Path,
+        training: Training,
+        settings: &LearnerSettings,
+    ) -> Result<Self> {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)
+                .with_context(|| format!("removing the old learner {}", dir.display()))?;
+        }
+        let dims = assets.dims().block();
+        let predictor = Predictor::from_assets(assets)
+            .with_context(|| format!("loading {}", assets.dir.display()))?;
+        let train = TrainConfig {
+            lr: settings.lr,
+            beta_other: training.beta_other,
+            ..TrainConfig::default()
+        };
+        // Room for every record and every state blob written on the way (the ring
+        // keeps dead state copies until it wraps), so the store never evicts.
+        let record = encoded_len(dims.tokens, dims.width, &training.codec) as u64 + 64;
+        let state = 64 + 24 * settings.max_labels as u64;
+        let capacity = (settings.max_samples as u64 + 1) * (record + state) * 5 / 4 + (4 << 20);
+        let cfg = LearnerConfig {
+            store_capacity: capacity,
+            codec: training.codec,
+            train,
+            replay: settings.replay,
+            checkpoint_every: 0,
+            seed: settings.seed,
+            gpu: settings.gpu,
+        };
+        let learner = Learner::with_predictor(predictor, assets, dir, cfg)
+            .with_context(|| format!("creating the learner in {}", dir.display()))?;
+        log::info!(
+            "learner {} trains on {} (codec k{} b{}, β {})",
+            dir.display(),
+            learner.backend_name(),
+            training.codec.k,
+            training.codec.bits,
+            training.beta_other
+        );
+        Ok(Self {
+            learner,
+            stream: Vec::new(),
+            learn_s: Vec::new(),
+            store_bytes: Vec::new(),
+            dims: (dims.tokens, dims.width),
+        })
+    }
+
+    /// Learns the sample at position `at` of the stream unless it was learned already.
+    fn learn(&mut self, at: usize, tokens: &[f32], label: u16, name: &str) -> Result<()> {
+        if at < self.stream.len() {
+            ensure!(
+                self.stream[at] == label,
+                "methods sharing a learner were fed different streams"
+            );
+            return Ok(());
+        }
+        ensure!(
+            at == self.stream.len(),
+            "a sample of the stream was skipped"
+        );
+        let t = Instant::now();
+        let report = self.learner.learn_tokens(tokens, name)?;
+        let total_s = self.learn_s.last().copied().unwrap_or(0.0);
+        self.learn_s.push(total_s + t.elapsed().as_secs_f64());
+        let total_b = self.store_bytes.last().copied().unwrap_or(0);
+        self.store_bytes.push(total_b + report.record_bytes as u64);
+        self.stream.push(label);
+        let stored = self.learner.store().len();
+        ensure!(
+            stored == self.stream.len(),
+            "the learner's store evicted samples ({stored} kept of {})",
+            self.stream.len()
+        );
+        Ok(())
+    }
+}
+
+/// One of the learner's methods (see the module documentation).
+pub struct LearnerMethod {
+    name: String,
+    mixing: Mixing,
+    shared: Rc<RefCell<SharedLearner>>,
+    /// Global label → label name (the prompt's class name).
+    names: Arc<Vec<String>>,
+    sets: HashMap<Vec<u16>, LabelSet>,
+    observed: usize,
+}
+
+impl std::fmt::Debug for LearnerMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LearnerMethod")
+            .field("name", &self.name)
+            .field("mixing", &self.mixing)
+            .finish()
+    }
+}
+
+impl LearnerMethod {
+    pub fn new(
+        name: &str,
+        mixing: Mixing,
+        shared: Rc<RefCell<SharedLearner>>,
+        names: Arc<Vec<String>>,
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            mixing,
+            shared,
+            names,
+            sets: HashMap::new(),
+            observed: 0,
+        }
+    }
+
+    /// The training backend of the learner ("cpu" or "wgpu").
+    pub fn backend_name(&self) -> &'static str {
+        self.shared.borrow().learner.backend_name()
+    }
+
+    fn name_of(&self, label: u16) -> Result<&str> {
+        self.names
+            .get(usize::from(label))
+            .map(String::as_str)
+            .with_context(|| format!("no name for label {label}"))
+    }
+}
+
+impl Method for LearnerMethod {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn observe(&mut self, x: &Features<'_>, label: u16) -> Result<()> {
+        let Some(tokens) = x.tokens else {
+            bail!("the learner needs the sample's tokens");
+        };
+        let name = self.name_of(label)?.to_owned();
+        self.shared
+            .borrow_mut()
+            .learn(self.observed, tokens, label, &name)?;
+        self.observed += 1;
+        Ok(())
+    }
+
+    fn predict(&mut self, x: &Features<'_>, candidates: &[u16]) -> Result<usize> {
+        let Some(tokens) = x.tokens else {
+            bail!("the learner needs the sample's tokens");
+        };
+        let mut shared = self.shared.borrow_mut();
+        if !self.sets.contains_key(candidates) {
+            let names = candidates
+                .iter()
+                .map(|&l| self.name_of(l).map(str::to_owned))
+                .collect::<Result<Vec<_>>>()?;
+            let set = shared.learner.label_set(&names)?;
+            self.sets.insert(candidates.to_vec(), set);
+        }
+        let set = &self.sets[candidates];
+        let (n, d) = shared.dims;
+        ensure!(tokens.len() == n * d, "tokens are not [{n}, {d}]");
+        let p = shared.learner.predict_tokens(tokens, set, self.mixing)?;
+        Ok(p[0].best())
+    }
+
+    /// Bytes of the records in the learner's store (payloads, without the ring's
+    /// record headers) for the samples this method observed.
+    fn stored_bytes(&self) -> u64 {
+        let s = self.shared.borrow();
+        self.observed.checked_sub(1).map_or(0, |i| s.store_bytes[i])
+    }
+
+    /// One step per observed sample (SPEC §4).
+    fn train_steps(&self) -> u64 {
+        self.observed as u64
+    }
+
+    fn needs_tokens(&self) -> bool {
+        true
+    }
+
+    /// The shared learner's time on the samples this method observed, so every
+    /// method of one learner reports the same time per update.
+    fn update_seconds(&self) -> Option<f64> {
+        let s = self.shared.borrow();
+        Some(self.observed.checked_sub(1).map_or(0.0, |i| s.learn_s[i]))
+    }
+}
+
+/// Builds the learner methods of `specs`, one learner per distinct [`Training`], each in
+/// `<root>/<name of its first method>`.
+pub fn build(
+    specs: &[LearnerSpec],
+    assets: &ModelAssets,
+    root: &Path,
+    settings: &LearnerSettings,
+    names: Arc<Vec<String>>,
+) -> Result<Vec<LearnerMethod>> {
+    let mut learners: Vec<(Training, Rc<RefCell<SharedLearner>>, PathBuf)> = Vec::new();
+    let mut out = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let shared = match learners.iter().find(|(t, _, _)| *t == spec.training) {
+            Some((_, s, _)) => s.clone(),
+            None => {
+                let dir = root.join(&spec.name);
+                let s = Rc::new(RefCell::new(SharedLearner::create(
+                    assets,
+                    &dir,
+                    spec.training,
+                    settings,
+                )?));
+                learners.push((spec.training, s.clone(), dir));
+                s
+            }
+        };
+        out.push(LearnerMethod::new(
+            &spec.name,
+            spec.mixing,
+            shared,
+            names.clone(),
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_names_parse_into_trainings_and_mixings() {
+        let c = CodecParams::DEFAULT;
+        let full = parse_method("full", c, 50).unwrap().unwrap();
+        assert_eq!(full.mixing, Mixing::Ocw);
+        assert_eq!(full.training.codec, c);
+        assert!((full.training.beta_other - 0.1).abs() < 1e-9);
+        let tuned = parse_method("tuned", c, 50).unwrap().unwrap();
+        assert_eq!(
+            tuned.training, full.training,
+            "tuned shares the full learner"
+        );
+        assert_eq!(tuned.mixing, Mixing::TunedOnly);
+        assert_eq!(
+            parse_method("no-ocw", c, 50).unwrap().unwrap().mixing,
+            Mixing::Fixed(0.5)
+        );
+        let no_other = parse_method("no-other", c, 50).unwrap().unwrap();
+        assert_eq!(no_other.training.beta_other, 0.0);
+        let raw = parse_method("raw", c, 50).unwrap().unwrap();
+        assert_eq!((raw.training.codec.k, raw.training.codec.bits), (50, 32));
+        let k2 = parse_method("k2b4", c, 50).unwrap().unwrap();
+        assert_eq!((k2.training.codec.k, k2.training.codec.bits), (2, 4));
+        assert!(parse_method("k99b8", c, 50).is_err());
+        assert!(parse_method("k2b5", c, 50).is_err());
+        assert!(parse_method("ncm", c, 50).unwrap().is_none());
+        assert!(parse_method("kx", c, 50).unwrap().is_none());
+    }
+}
