@@ -1,11 +1,10 @@
 //! The device binary on bad input: a clear message, a failing exit code, no crash.
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_anytime-edge"))
-}
+mod common;
+use common::bin;
 
 fn image(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

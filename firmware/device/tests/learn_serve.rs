@@ -11,9 +11,8 @@ use serde_json::{json, Value};
 const LABELS: [&str; 3] = ["red square", "green circle", "blue triangle"];
 const FILES: [&str; 3] = ["red_square.png", "green_circle.png", "blue_triangle.png"];
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_anytime-edge"))
-}
+mod common;
+use common::bin;
 
 fn image(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
