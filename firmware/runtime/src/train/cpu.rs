@@ -24,7 +24,7 @@ impl CpuBackend {
         head: FrozenHead,
         state: TunedState,
     ) -> Result<Self, TrainError> {
-        check_state(&dims, &state)?;
+        state.check(&dims)?;
         if head.ln_post_w.len() != dims.width || head.proj.len() != dims.width * dims.embed {
             return Err(TrainError::StateDims(dims));
         }
@@ -87,17 +87,6 @@ impl CpuBackend {
     }
 }
 
-fn check_state(dims: &BlockDims, s: &TunedState) -> Result<(), TrainError> {
-    if !dims.is_valid()
-        || !s.params.matches(dims)
-        || !s.optim.m.matches(dims)
-        || !s.optim.v.matches(dims)
-    {
-        return Err(TrainError::StateDims(*dims));
-    }
-    Ok(())
-}
-
 impl TrainBackend for CpuBackend {
     fn name(&self) -> &'static str {
         "cpu"
@@ -141,7 +130,7 @@ impl TrainBackend for CpuBackend {
     }
 
     fn set_state(&mut self, state: &TunedState) -> Result<(), TrainError> {
-        check_state(&self.dims, state)?;
+        state.check(&self.dims)?;
         self.state = state.clone();
         Ok(())
     }

@@ -102,7 +102,7 @@ impl GpuBackend {
         head: FrozenHead,
         state: TunedState,
     ) -> Result<Self, TrainError> {
-        check_state(&dims, &state)?;
+        state.check(&dims)?;
         if head.ln_post_w.len() != dims.width
             || head.ln_post_b.len() != dims.width
             || head.proj.len() != dims.width * dims.embed
@@ -278,17 +278,6 @@ impl GpuBackend {
     }
 }
 
-fn check_state(dims: &BlockDims, s: &TunedState) -> Result<(), TrainError> {
-    if !dims.is_valid()
-        || !s.params.matches(dims)
-        || !s.optim.m.matches(dims)
-        || !s.optim.v.matches(dims)
-    {
-        return Err(TrainError::StateDims(*dims));
-    }
-    Ok(())
-}
-
 impl TrainBackend for GpuBackend {
     fn name(&self) -> &'static str {
         "wgpu"
@@ -365,7 +354,7 @@ impl TrainBackend for GpuBackend {
     }
 
     fn set_state(&mut self, state: &TunedState) -> Result<(), TrainError> {
-        check_state(&self.dims, state)?;
+        state.check(&self.dims)?;
         let l = &self.layout;
         self.ctx
             .write_f32(&self.params, 0, &l.flatten(&state.params, state.other_bias));

@@ -158,6 +158,18 @@ pub struct TunedState {
 }
 
 impl TunedState {
+    /// Refuses a state whose tensors do not have the shapes of `dims` (both backends).
+    pub(crate) fn check(&self, dims: &BlockDims) -> Result<(), TrainError> {
+        if !dims.is_valid()
+            || !self.params.matches(dims)
+            || !self.optim.m.matches(dims)
+            || !self.optim.v.matches(dims)
+        {
+            return Err(TrainError::StateDims(*dims));
+        }
+        Ok(())
+    }
+
     /// A fresh run from the shipped block: `b = 0`, zero moments, step 0.
     pub fn fresh(dims: &BlockDims, params: BlockParams) -> Self {
         TunedState {
