@@ -3,8 +3,7 @@
 
 mod train_common;
 
-use anytime_runtime::assets::ModelAssets;
-use anytime_runtime::block::{load_block, BlockDims, BlockParams, FrozenHead};
+use anytime_runtime::block::{load_block, BlockParams, FrozenHead};
 use anytime_runtime::train::{
     load_tuned, save_tuned, CpuBackend, TrainBackend, TrainConfig, TunedState,
 };
@@ -36,29 +35,6 @@ fn train_cpu_token_gradients_match_finite_differences() {
 #[test]
 fn train_cpu_step_contract() {
     check_step_contract(CPU);
-}
-
-/// The tiny fixture's block when it is present, else random weights of the same dims.
-fn tiny_block() -> (BlockDims, BlockParams, FrozenHead) {
-    let dir = anytime_runtime::assets::bundled_models_dir().join("tiny-clip");
-    if let Ok(assets) = ModelAssets::open(&dir) {
-        let dims = assets.dims().block();
-        let (p, h) = load_block(&assets.file("last_block.safetensors"), &dims).expect("tiny block");
-        return (dims, p, h);
-    }
-    eprintln!("tiny-clip fixture absent: random weights of its dims");
-    let dims = BlockDims {
-        width: 64,
-        heads: 4,
-        mlp: 256,
-        tokens: 50,
-        embed: 32,
-    };
-    (
-        dims,
-        BlockParams::random(&dims, 61),
-        FrozenHead::random(&dims, 62),
-    )
 }
 
 #[test]

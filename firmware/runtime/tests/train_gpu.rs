@@ -17,8 +17,7 @@
 
 mod train_common;
 
-use anytime_runtime::assets::ModelAssets;
-use anytime_runtime::block::{block_tensor_shapes, load_block, BlockDims, BlockParams, FrozenHead};
+use anytime_runtime::block::{block_tensor_shapes, BlockDims, BlockParams, FrozenHead};
 use anytime_runtime::train::gpu::GpuBackend;
 use anytime_runtime::train::{CpuBackend, TrainBackend, TrainConfig, TrainError, TunedState};
 use train_common::*;
@@ -77,30 +76,6 @@ fn train_gpu_step_contract() {
     if gpu_available() {
         check_step_contract(GPU);
     }
-}
-
-/// The tiny fixture's dims (D = 64, 4 heads, N = 50, M = 256, E = 32) with its weights
-/// when present, else random weights.
-fn tiny_block() -> (BlockDims, BlockParams, FrozenHead) {
-    let dir = anytime_runtime::assets::bundled_models_dir().join("tiny-clip");
-    if let Ok(assets) = ModelAssets::open(&dir) {
-        let dims = assets.dims().block();
-        let (p, h) = load_block(&assets.file("last_block.safetensors"), &dims).expect("tiny block");
-        return (dims, p, h);
-    }
-    eprintln!("tiny-clip fixture absent: random weights of its dims");
-    let dims = BlockDims {
-        width: 64,
-        heads: 4,
-        mlp: 256,
-        tokens: 50,
-        embed: 32,
-    };
-    (
-        dims,
-        BlockParams::random(&dims, 61),
-        FrozenHead::random(&dims, 62),
-    )
 }
 
 #[test]

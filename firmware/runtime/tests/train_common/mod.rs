@@ -15,7 +15,8 @@
 //! ≈ 4e-5.
 #![allow(dead_code)]
 
-use anytime_runtime::block::{block_tensor_shapes, BlockDims, BlockParams, FrozenHead};
+use anytime_runtime::assets::ModelAssets;
+use anytime_runtime::block::{block_tensor_shapes, load_block, BlockDims, BlockParams, FrozenHead};
 use anytime_runtime::train::{Batch, TrainBackend, TrainConfig, TrainError, TunedState};
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 
@@ -262,4 +263,13 @@ pub fn check_learning<B: TrainBackend>(
         end.correct, batch,
         "not every sample predicts its label: {end:?}"
     );
+}
+
+/// The bundled tiny CLIP's last block (D = 64, 4 heads, N = 50, M = 256, E = 32).
+pub fn tiny_block() -> (BlockDims, BlockParams, FrozenHead) {
+    let dir = anytime_runtime::assets::bundled_models_dir().join("tiny-clip");
+    let assets = ModelAssets::open(&dir).expect("the bundled tiny-clip fixture");
+    let dims = assets.dims().block();
+    let (p, h) = load_block(&assets.file("last_block.safetensors"), &dims).expect("tiny block");
+    (dims, p, h)
 }
