@@ -35,7 +35,7 @@ pub struct Args {
     /// Timed steps (after one warm-up step).
     #[arg(long, default_value_t = 5)]
     steps: usize,
-    /// GEMM threads (sets MATMUL_NUM_THREADS; default: all cores).
+    /// Threads of the CPU path (the rayon pool) and of PyTorch (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
     /// The PyTorch reference script.
@@ -193,8 +193,10 @@ pub fn run(a: Args) -> Result<()> {
             .map(|n| n.get())
             .unwrap_or(1)
     });
-    // matrixmultiply reads this once, at its first threaded call.
-    std::env::set_var("MATMUL_NUM_THREADS", threads.to_string());
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .context("starting the thread pool")?;
 
     let roofline = sgemm_gflops(1600, 768, 3072);
     let kv_gemm = sgemm_gflops(a.batch * dims.tokens, dims.width, 2 * dims.width);

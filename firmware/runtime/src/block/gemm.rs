@@ -4,6 +4,7 @@
 //! rows or columns inside a larger buffer (the CLS rows of a batch, the k/v columns of a
 //! fused projection) is used in place; transposed operands are expressed as swapped
 //! strides, never copied. `acc = false` overwrites `C`, `acc = true` adds to it.
+//! Large products run on the rayon pool (see [`gemm`]).
 
 /// Elements a strided `rows × cols` matrix spans (0 when empty).
 fn span(rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> usize {
@@ -14,7 +15,43 @@ fn span(rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> usize
     }
 }
 
+/// GEMMs smaller than this (FLOPs, 2 per multiply-add) run on the calling thread: below
+/// it, handing work to another thread costs more than it saves.
+const PAR_MIN_FLOP: usize = 1 << 22;
+
+/// Columns or rows of `C` per parallel part are a multiple of this (the kernels' tile).
+const PAR_ALIGN: usize = 16;
+
+/// `C`'s base pointer, shared by the parts of one split GEMM, each writing its own
+/// disjoint block of rows or columns.
+#[derive(Clone, Copy)]
+struct SharedC(*mut f32);
+// SAFETY: only used inside `gemm`, where every part writes a disjoint block of C.
+unsafe impl Send for SharedC {}
+unsafe impl Sync for SharedC {}
+
+impl SharedC {
+    /// The pointer (a method, so that closures capture the whole `SharedC`).
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `[start, end)` of part `i` of `len` split into `parts` aligned pieces.
+fn part(len: usize, parts: usize, i: usize) -> (usize, usize) {
+    let per = len.div_ceil(parts).div_ceil(PAR_ALIGN) * PAR_ALIGN;
+    ((i * per).min(len), ((i + 1) * per).min(len))
+}
+
 /// `C[m×n] (+)= op(A)[m×k] · op(B)[k×n]` with general strides `(row, col)` per operand.
+///
+/// Large products are split across the rayon pool along the longer side of `C` (the
+/// output columns of a batch × weight product, the rows of a weight gradient), each part
+/// one `sgemm` call over its own block of `C`. A product with few rows (the batch's CLS
+/// rows times a weight) is computed as `Cᵀ = op(B)ᵀ·op(A)ᵀ`, so that the library packs
+/// the weight in row panels and the few rows once. Every element of `C` is the same sum
+/// of the same products however the work is split or transposed, so results do not
+/// depend on the number of threads.
 #[allow(clippy::too_many_arguments)]
 fn gemm(
     m: usize,
@@ -41,7 +78,6 @@ fn gemm(
     if m == 0 || n == 0 {
         return;
     }
-    let beta = if acc { 1.0 } else { 0.0 };
     if k == 0 {
         if !acc {
             for r in 0..m {
@@ -50,27 +86,108 @@ fn gemm(
         }
         return;
     }
-    let is = |x: usize| x as isize;
-    // SAFETY: the asserts above bound every element sgemm reads in A and B and writes in
-    // C by the slices' lengths; C's rows do not overlap (n <= ldc), and C is a unique
+    let a = Operand {
+        ptr: a.as_ptr() as usize,
+        strides: a_strides,
+    };
+    let b = Operand {
+        ptr: b.as_ptr() as usize,
+        strides: b_strides,
+    };
+    let c = SharedC(c.as_mut_ptr());
+    let beta = if acc { 1.0 } else { 0.0 };
+    // SAFETY: the asserts above bound every element read in A and B and written in C by
+    // the slices' lengths; C's rows do not overlap (n <= ldc); C comes from a unique
     // borrow, so it aliases neither A nor B.
     unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.as_ptr(),
-            is(a_strides.0),
-            is(a_strides.1),
-            b.as_ptr(),
-            is(b_strides.0),
-            is(b_strides.1),
-            beta,
-            c.as_mut_ptr(),
-            is(ldc),
-            1,
-        );
+        if m < SWAP_BELOW && n >= 4 * m {
+            let t = |o: Operand| Operand {
+                ptr: o.ptr,
+                strides: (o.strides.1, o.strides.0),
+            };
+            split_gemm(n, k, m, t(b), t(a), c, (1, ldc), beta);
+        } else {
+            split_gemm(m, k, n, a, b, c, (ldc, 1), beta);
+        }
+    }
+}
+
+/// A read-only operand: its address (as an integer, to cross threads) and strides.
+#[derive(Clone, Copy)]
+struct Operand {
+    ptr: usize,
+    strides: (usize, usize),
+}
+
+/// Products with fewer rows than this (and at least four times as many columns) are
+/// computed transposed.
+const SWAP_BELOW: usize = 64;
+
+/// `C (+)= A·B` split along C's longer side into one `sgemm` call per part.
+///
+/// # Safety
+/// `a`, `b` must be valid for reads and `c` for writes of every element the strides
+/// address for these sizes; `c`'s elements are distinct and alias neither operand.
+#[allow(clippy::too_many_arguments)]
+unsafe fn split_gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: Operand,
+    b: Operand,
+    c: SharedC,
+    c_strides: (usize, usize),
+    beta: f32,
+) {
+    let by_rows = m >= n;
+    let long = if by_rows { m } else { n };
+    let parts = if 2 * m * k * n >= PAR_MIN_FLOP {
+        rayon::current_num_threads().min(long / PAR_ALIGN).max(1)
+    } else {
+        1
+    };
+    let is = |x: usize| x as isize;
+    let run = |i: usize| {
+        let (lo, hi) = part(long, parts, i);
+        if lo == hi {
+            return;
+        }
+        // Rows [lo, hi) of A and C, or columns [lo, hi) of B and C.
+        let (rows, cols, a_off, b_off, c_off) = if by_rows {
+            (hi - lo, n, lo * a.strides.0, 0, lo * c_strides.0)
+        } else {
+            (m, hi - lo, 0, lo * b.strides.1, lo * c_strides.1)
+        };
+        // SAFETY: a part only narrows the caller's ranges, and the parts write disjoint
+        // row or column blocks of C.
+        unsafe {
+            matrixmultiply::sgemm(
+                rows,
+                k,
+                cols,
+                1.0,
+                (a.ptr as *const f32).add(a_off),
+                is(a.strides.0),
+                is(a.strides.1),
+                (b.ptr as *const f32).add(b_off),
+                is(b.strides.0),
+                is(b.strides.1),
+                beta,
+                c.ptr().add(c_off),
+                is(c_strides.0),
+                is(c_strides.1),
+            );
+        }
+    };
+    if parts == 1 {
+        run(0);
+    } else {
+        rayon::scope(|s| {
+            for i in 1..parts {
+                s.spawn(move |_| run(i));
+            }
+            run(0);
+        });
     }
 }
 
@@ -125,7 +242,8 @@ pub(crate) fn matmul_tn(
     gemm(m, k, n, a, (1, lda), b, (ldb, 1), c, ldc, acc);
 }
 
-/// Public entry for benchmarks: `C = A · B`, all contiguous row-major.
+/// Public entry for benchmarks: `C = A · B`, all contiguous row-major, split across the
+/// rayon pool as the training step's GEMMs are.
 pub fn sgemm_nn(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
     matmul_nn(m, k, n, a, k, b, n, c, n, false);
 }
@@ -171,5 +289,42 @@ mod tests {
             .iter()
             .zip(c.iter().zip(&want2))
             .all(|(x, (c, y))| (x - c - y).abs() < 1e-5));
+    }
+
+    /// The split and transposed paths (sizes above the parallel threshold, strided and
+    /// accumulating operands) against a plain loop, and bit-identical on 1 and 3 threads.
+    #[test]
+    fn block_gemm_split_and_transposed_paths_match_naive_on_any_thread_count() {
+        let cases = [
+            (20, 300, 700),
+            (300, 40, 400),
+            (700, 32, 300),
+            (64, 128, 512),
+        ];
+        for (m, k, n) in cases {
+            assert!(2 * m * k * n >= PAR_MIN_FLOP);
+            let lda = k + 3;
+            let a: Vec<f32> = (0..m * lda).map(|i| (i as f32 * 0.37).sin()).collect();
+            let bt: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos()).collect();
+            let c0: Vec<f32> = (0..m * n).map(|i| (i as f32 * 0.05).sin()).collect();
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut c = c0.clone();
+                pool.install(|| matmul_nt(m, k, n, &a, lda, &bt, k, &mut c, n, true));
+                c
+            };
+            let (one, three) = (run(1), run(3));
+            assert_eq!(
+                one, three,
+                "thread count changed the result for {m}x{k}x{n}"
+            );
+            let want = naive(m, k, n, |i, p| a[i * lda + p], |p, j| bt[j * k + p]);
+            for ((x, w), c) in three.iter().zip(&want).zip(&c0) {
+                assert!((x - c - w).abs() < 1e-3 * (1.0 + w.abs()), "{m}x{k}x{n}");
+            }
+        }
     }
 }
