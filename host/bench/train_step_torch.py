@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """One training step of the tuned last block in PyTorch CPU: the reference of
 `anytime-host bench-train`. Same shapes, same loss (SPEC section 4), same AdamW settings
-(decay on the four weight matrices only), input-token gradients computed as ours are.
+(decay on the four weight matrices only). As in ours, the input tokens (outputs of the
+frozen trunk) get no gradient.
 
---mode same: the CPU path's algorithm (LN1 on every token; query, attention, MLP and head
-for the CLS token only; keys and values never materialised: the query is folded through
-W_k, the values through a = sum_j p_j h1_j). The embedding is that of the full block.
+--mode same: the CPU path's algorithm (LN1 normalisation of every token; query,
+attention, MLP and head for the CLS token only; keys, values and the LN1 output of the
+patch tokens never materialised: the query is folded through W_k and the LN1 scale,
+u = w1 * (W_k^T q), and the values through abar = sum_j p_j xhat_j, a = w1 * abar + b1).
+The embedding is that of the full block.
 --mode pruned: CLS-only query, attention and MLP, but keys and values of every token.
 --mode dense: the block as a framework writes it (every token through attention and MLP).
 
@@ -59,7 +62,7 @@ def main():
         [{"params": decayed, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}],
         lr=9.375e-6, betas=(0.9, 0.999), eps=1e-8,
     )
-    tokens = (2 * torch.rand(B, N, D) - 1).requires_grad_(True)
+    tokens = 2 * torch.rand(B, N, D) - 1
     labels = torch.arange(B) % K
     text = F.normalize(2 * torch.rand(K, E) - 1, dim=-1)
 
@@ -67,7 +70,7 @@ def main():
         return x * torch.sigmoid(1.702 * x)
 
     def embed(x):
-        h1 = F.layer_norm(x, (D,), ln1_w, ln1_b, 1e-5)
+        h1 = F.layer_norm(x, (D,), ln1_w, ln1_b, 1e-5) if a.mode != "same" else None
         if a.mode == "dense":
             qkv = F.linear(h1, w_in, b_in).view(B, N, 3, H, dh).permute(2, 0, 3, 1, 4)
             q, k, v = qkv[0], qkv[1], qkv[2]
@@ -77,10 +80,12 @@ def main():
             x3 = x2 + F.linear(qgelu(F.linear(F.layer_norm(x2, (D,), ln2_w, ln2_b, 1e-5), w_fc, b_fc)), w_pr, b_pr)
             cls = x3[:, 0]
         elif a.mode == "same":
-            q = F.linear(h1[:, 0], w_in[:D], b_in[:D]).view(B, H, dh).transpose(0, 1)
+            xhat = F.layer_norm(x, (D,), None, None, 1e-5)  # no gradient: x is constant
+            h1c = xhat[:, 0] * ln1_w + ln1_b
+            q = F.linear(h1c, w_in[:D], b_in[:D]).view(B, H, dh).transpose(0, 1)
             qt = (q @ w_in[D:2 * D].view(H, dh, D)).transpose(0, 1) / dh**0.5  # [B, H, D]
-            att = torch.softmax(qt @ h1.transpose(1, 2), dim=-1)  # [B, H, N]
-            av = (att @ h1).transpose(0, 1)  # [H, B, D]
+            att = torch.softmax((qt * ln1_w) @ xhat.transpose(1, 2), dim=-1)  # [B, H, N]
+            av = ((att @ xhat) * ln1_w + ln1_b).transpose(0, 1)  # [H, B, D]
             o = (av @ w_in[2 * D:].view(H, dh, D).transpose(1, 2)).transpose(0, 1).reshape(B, D)
             x2 = x[:, 0] + F.linear(o + b_in[2 * D:], w_out, b_out)
             cls = x2 + F.linear(qgelu(F.linear(F.layer_norm(x2, (D,), ln2_w, ln2_b, 1e-5), w_fc, b_fc)), w_pr, b_pr)
@@ -95,7 +100,6 @@ def main():
 
     def step():
         opt.zero_grad(set_to_none=True)
-        tokens.grad = None
         z = F.normalize(embed(tokens), dim=-1)
         logits = torch.cat([100.0 * z @ text.T, other.expand(B, 1)], dim=1)
         l1 = F.cross_entropy(logits, labels)

@@ -3,7 +3,7 @@
 
 mod train_common;
 
-use anytime_runtime::block::{load_block, BlockParams, FrozenHead};
+use anytime_runtime::block::{load_block, BlockDims, BlockParams, FrozenHead};
 use anytime_runtime::train::{
     load_tuned, save_tuned, CpuBackend, TrainBackend, TrainConfig, TunedState,
 };
@@ -86,4 +86,46 @@ fn train_cpu_resume_is_bit_exact() {
     // The saved file is also a valid last_block.safetensors.
     let (p, _) = load_block(&path, &dims).unwrap();
     assert_eq!(p, first.state().unwrap().params);
+}
+
+/// Shapes large enough that the MLP and weight-gradient GEMMs are split across threads.
+const WIDE: BlockDims = BlockDims {
+    width: 128,
+    heads: 4,
+    mlp: 512,
+    tokens: 10,
+    embed: 32,
+};
+
+#[test]
+fn train_cpu_steps_do_not_depend_on_the_thread_count() {
+    let cfg = TrainConfig {
+        lr: 1e-3,
+        ..TrainConfig::default()
+    };
+    let head = FrozenHead::random(&WIDE, 91);
+    let start = TunedState::fresh(&WIDE, BlockParams::random(&WIDE, 90));
+    let batches: Vec<Data> = (0..3).map(|i| random_data(&WIDE, 40, 6, 92 + i)).collect();
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut be = CpuBackend::new(WIDE, cfg.clone(), head.clone(), start.clone()).unwrap();
+            let stats: Vec<f32> = batches
+                .iter()
+                .map(|d| be.step(&d.batch()).unwrap().loss)
+                .collect();
+            let (_, g) = be.gradients(&batches[0].batch()).unwrap();
+            (stats, be.state().unwrap(), g)
+        })
+    };
+    let (one, three) = (run(1), run(3));
+    assert_eq!(one.0, three.0, "losses");
+    assert!(
+        one.1 == three.1,
+        "tuned states differ between 1 and 3 threads"
+    );
+    assert!(one.2 == three.2, "gradients differ between 1 and 3 threads");
 }

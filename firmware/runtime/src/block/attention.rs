@@ -1,22 +1,31 @@
 //! Attention of the CLS query (the only query the embedding depends on), forward and
-//! backward, without materialising keys or values.
+//! backward, without materialising keys, values or the LN1 output of the patch tokens.
 //!
-//! For image `b` and head `h` (rows `h·dh..(h+1)·dh` of `W_k`, `W_v`, with `s = 1/sqrt(dh)`):
-//! - scores `s_j = s·q_h·(W_k,h h1_j + b_k,h) = h1_j·q̃_h + const` with `q̃_h = s·W_k,hᵀ q_h`
-//!   (`[D]`); the constant is the same for every `j` and cancels in the softmax, so `b_k`
-//!   has no effect (its gradient is exactly zero);
-//! - output `o_h = Σ_j p_j (W_v,h h1_j + b_v,h) = W_v,h a_h + b_v,h` with `a_h = Σ_j p_j h1_j`.
+//! For image `b` and head `h` (rows `h·dh..(h+1)·dh` of `W_k`, `W_v`, with `s = 1/sqrt(dh)`),
+//! LN1 output `h1_j = x̂_j ⊙ w1 + b1` of token `j`:
+//! - scores `s_j = s·q_h·(W_k,h h1_j + b_k,h) = x̂_j·u_h + const` with `q̃_h = s·W_k,hᵀ q_h`
+//!   and `u_h = w1 ⊙ q̃_h` (`[D]`); the constant (`b1·q̃_h` and the `b_k` term) is the same
+//!   for every `j` and cancels in the softmax, so `b_k` has no effect (its gradient is
+//!   exactly zero);
+//! - output `o_h = Σ_j p_j (W_v,h h1_j + b_v,h) = W_v,h a_h + b_v,h` with
+//!   `a_h = ā_h ⊙ w1 + b1` and `ā_h = Σ_j p_j x̂_j` (the `p_j` sum to 1).
 //!
-//! Per image this costs `O(heads·N·D)` for the scores and `a`, and `O(D²)` for `q̃` and `o`,
+//! Per image this costs `O(heads·N·D)` for the scores and `ā`, and `O(D²)` for `q̃` and `o`,
 //! instead of `O(N·D²)` for keys and values of every token; backward has the same shape.
-//! Layouts: `h1` `[B·N, D]`; `q`, `o` `[B, D]`; `qt` (q̃), `av` (a) `[B, heads, D]`;
-//! `probs` `[B, heads, N]`.
+//! The gradients of `w1` and `b1` come out of the same small products, so backward needs
+//! no `[B·N, D]` buffer at all unless the input tokens' gradient is asked for.
+//!
+//! Layouts (`H` heads): `x̂` `[B·N, D]`; `q`, `o` `[B, D]`; `q̃`, `u`, and the per-head
+//! products `[H, B, D]` (one contiguous block per head, written in parallel); `ā`
+//! `[B, H, D]` and `probs` `[B, H, N]` (one contiguous block per image).
+
+use rayon::prelude::*;
 
 use super::gemm::{matmul_nn, matmul_nt, matmul_tn};
 use super::params::BlockDims;
 
 /// Softmax of each row of width `n`, in place (max-subtracted).
-fn softmax_rows(s: &mut [f32], n: usize) {
+pub(crate) fn softmax_rows(s: &mut [f32], n: usize) {
     for row in s.chunks_exact_mut(n) {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0f32;
@@ -29,90 +38,115 @@ fn softmax_rows(s: &mut [f32], n: usize) {
     }
 }
 
-/// `q̃ = s·W_kᵀ q` per head: `qt` `[B, heads, D]` from `q` `[B, D]` and `W_k` `[D, D]`.
-fn folded_queries(dims: &BlockDims, q: &[f32], wk: &[f32], qt: &mut [f32]) {
-    let (d, dh, heads) = (dims.width, dims.head_dim(), dims.heads);
-    let batch = q.len() / d;
-    for h in 0..heads {
-        let (a, w) = (&q[h * dh..], &wk[h * dh * d..(h + 1) * dh * d]);
-        matmul_nn(batch, dh, d, a, d, w, d, &mut qt[h * d..], heads * d, false);
+/// `out[r] = x[r] ⊙ w` for every row of width `w.len()`.
+pub(crate) fn scale_rows(x: &[f32], w: &[f32], out: &mut [f32]) {
+    out.par_chunks_mut(w.len())
+        .zip(x.par_chunks(w.len()))
+        .for_each(|(o, x)| {
+            o.iter_mut()
+                .zip(x)
+                .zip(w)
+                .for_each(|((o, &x), &w)| *o = x * w)
+        });
+}
+
+/// Writes `[H, B, dh]` per-head blocks into `[B, D]` rows (heads concatenated), times `scale`.
+fn heads_to_rows(dims: &BlockDims, blocks: &[f32], scale: f32, out: &mut [f32]) {
+    let (d, dh) = (dims.width, dims.head_dim());
+    let batch = out.len() / d;
+    for (b, row) in out.chunks_exact_mut(d).enumerate() {
+        for (h, seg) in row.chunks_exact_mut(dh).enumerate() {
+            let src = &blocks[(h * batch + b) * dh..(h * batch + b + 1) * dh];
+            seg.iter_mut().zip(src).for_each(|(o, &v)| *o = v * scale);
+        }
     }
+}
+
+/// `q̃ = s·W_kᵀ q` per head: `qt` `[H, B, D]` from `q` `[B, D]` and `W_k` `[D, D]`.
+pub(crate) fn folded_queries(dims: &BlockDims, q: &[f32], wk: &[f32], qt: &mut [f32]) {
+    let (d, dh) = (dims.width, dims.head_dim());
+    let batch = q.len() / d;
     let scale = 1.0 / (dh as f32).sqrt();
-    qt.iter_mut().for_each(|v| *v *= scale);
+    qt.par_chunks_mut(batch * d)
+        .enumerate()
+        .for_each(|(h, out)| {
+            let w = &wk[h * dh * d..(h + 1) * dh * d];
+            matmul_nn(batch, dh, d, &q[h * dh..], d, w, d, out, d, false);
+            out.iter_mut().for_each(|v| *v *= scale);
+        });
 }
 
-/// Scores `[B, heads, N]` (softmax not applied) from `h1` and `qt`.
-fn scores(dims: &BlockDims, h1: &[f32], qt: &[f32], s: &mut [f32]) {
-    let (n, d, heads) = (dims.tokens, dims.width, dims.heads);
-    for (b, sb) in s.chunks_exact_mut(heads * n).enumerate() {
-        let (qb, hb) = (
-            &qt[b * heads * d..(b + 1) * heads * d],
-            &h1[b * n * d..(b + 1) * n * d],
-        );
-        matmul_nt(heads, d, n, qb, d, hb, d, sb, n, false);
-    }
-}
-
-/// Forward: writes `qt`, `probs`, `av` and the attention output `o` (`[B, D]`, heads
-/// concatenated, before `out_proj`). `wk`, `wv` are `[D, D]`, `bv` is `[D]`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn cls_attention_forward(
+/// Scores of image `b` (`[H, N]`, softmax not applied) from its `x̂` rows and `u` (`[H, B, D]`).
+fn image_scores(
     dims: &BlockDims,
-    h1: &[f32],
-    q: &[f32],
-    wk: &[f32],
-    wv: &[f32],
-    bv: &[f32],
-    qt: &mut [f32],
-    probs: &mut [f32],
-    av: &mut [f32],
-    o: &mut [f32],
+    b: usize,
+    batch: usize,
+    xhat_b: &[f32],
+    u: &[f32],
+    s: &mut [f32],
 ) {
-    let (n, d, dh, heads) = (dims.tokens, dims.width, dims.head_dim(), dims.heads);
-    let batch = q.len() / d;
-    assert!(h1.len() == batch * n * d && o.len() == q.len());
-    assert!(
-        qt.len() == batch * heads * d && av.len() == qt.len() && probs.len() == batch * heads * n
-    );
-    folded_queries(dims, q, wk, qt);
-    scores(dims, h1, qt, probs);
-    softmax_rows(probs, n);
-    for b in 0..batch {
-        let (pb, hb) = (
-            &probs[b * heads * n..(b + 1) * heads * n],
-            &h1[b * n * d..(b + 1) * n * d],
-        );
-        matmul_nn(
-            heads,
-            n,
-            d,
-            pb,
-            n,
-            hb,
-            d,
-            &mut av[b * heads * d..(b + 1) * heads * d],
-            d,
-            false,
-        );
-    }
+    let (n, d, heads) = (dims.tokens, dims.width, dims.heads);
+    matmul_nt(heads, d, n, &u[b * d..], batch * d, xhat_b, d, s, n, false);
+}
+
+/// Forward of the attention core: `probs` (`[B, H, N]`) and `ā` (`[B, H, D]`) from the LN1
+/// normalised tokens `xhat` and `u = w1 ⊙ q̃` (`[H, B, D]`).
+pub(crate) fn attention_core_forward(
+    dims: &BlockDims,
+    xhat: &[f32],
+    u: &[f32],
+    probs: &mut [f32],
+    abar: &mut [f32],
+) {
+    let (n, d, heads) = (dims.tokens, dims.width, dims.heads);
+    let batch = xhat.len() / (n * d);
+    assert!(u.len() == heads * batch * d && abar.len() == u.len());
+    assert_eq!(probs.len(), batch * heads * n);
+    probs
+        .par_chunks_mut(heads * n)
+        .zip(abar.par_chunks_mut(heads * d))
+        .enumerate()
+        .for_each(|(b, (pb, ab))| {
+            let xb = &xhat[b * n * d..(b + 1) * n * d];
+            image_scores(dims, b, batch, xb, u, pb);
+            softmax_rows(pb, n);
+            matmul_nn(heads, n, d, pb, n, xb, d, ab, d, false);
+        });
+}
+
+/// `o` (`[B, D]`, heads concatenated, before `out_proj`) from `a` (`[B, H, D]`), `W_v`
+/// (`[D, D]`) and `b_v` (`[D]`).
+pub(crate) fn value_output(dims: &BlockDims, a: &[f32], wv: &[f32], bv: &[f32], o: &mut [f32]) {
+    let (d, dh, heads) = (dims.width, dims.head_dim(), dims.heads);
+    let batch = o.len() / d;
+    let mut blocks = vec![0.0f32; heads * batch * dh];
+    blocks
+        .par_chunks_mut(batch * dh)
+        .enumerate()
+        .for_each(|(h, out)| {
+            let w = &wv[h * dh * d..(h + 1) * dh * d];
+            matmul_nt(batch, d, dh, &a[h * d..], heads * d, w, d, out, dh, false);
+        });
+    heads_to_rows(dims, &blocks, 1.0, o);
     for row in o.chunks_exact_mut(d) {
-        row.copy_from_slice(bv);
+        row.iter_mut().zip(bv).for_each(|(x, &b)| *x += b);
     }
-    for h in 0..heads {
-        let w = &wv[h * dh * d..(h + 1) * dh * d];
-        matmul_nt(
-            batch,
-            d,
-            dh,
-            &av[h * d..],
-            heads * d,
-            w,
-            d,
-            &mut o[h * dh..],
-            d,
-            true,
-        );
-    }
+}
+
+/// Inputs of [`cls_attention_backward`] saved or recomputed from the forward.
+pub(crate) struct AttentionSaved<'a> {
+    /// LN1 normalised tokens `[B·N, D]`.
+    pub xhat: &'a [f32],
+    /// LN1 scale `w1` `[D]`.
+    pub w1: &'a [f32],
+    /// CLS queries `[B, D]`.
+    pub q: &'a [f32],
+    /// `q̃` `[H, B, D]`.
+    pub qt: &'a [f32],
+    /// `[B, H, N]`.
+    pub probs: &'a [f32],
+    /// `ā` `[B, H, D]`.
+    pub abar: &'a [f32],
 }
 
 /// Gradients produced by [`cls_attention_backward`].
@@ -125,151 +159,179 @@ pub(crate) struct AttentionGrads<'a> {
     /// `[D]` each, written (`dbk` is zero).
     pub dbk: &'a mut [f32],
     pub dbv: &'a mut [f32],
-    /// `[B·N, D]`, **added to**.
-    pub dh1: &'a mut [f32],
+    /// `[D]` each, **added to**: the LN1 scale and shift through `a` and the scores.
+    pub dw1: &'a mut [f32],
+    pub db1: &'a mut [f32],
+    /// When given, `[B·N, D]`, **added to**: `d loss / d x̂` through the attention.
+    pub dxhat: Option<&'a mut [f32]>,
 }
 
-/// Backward from `d_o` (`[B, D]`) given the forward's inputs and saved `qt`, `probs`, `av`.
-#[allow(clippy::too_many_arguments)]
+/// Sums the rows of `parts` (`[P, D]`, one partial per head or image) into `out`, in order.
+fn add_partials(parts: &[f32], out: &mut [f32]) {
+    for p in parts.chunks_exact(out.len()) {
+        out.iter_mut().zip(p).for_each(|(o, &v)| *o += v);
+    }
+}
+
+/// Backward from `d_o` (`[B, D]`) given the forward's saved values (`s.q`, `q̃`, `probs`, `ā`)
+/// and the weights `W_k`, `W_v`.
 pub(crate) fn cls_attention_backward(
     dims: &BlockDims,
-    h1: &[f32],
-    q: &[f32],
+    s: &AttentionSaved<'_>,
     wk: &[f32],
     wv: &[f32],
-    qt: &[f32],
-    probs: &[f32],
-    av: &[f32],
+    b1: &[f32],
     d_o: &[f32],
     g: AttentionGrads<'_>,
 ) {
     let (n, d, dh, heads) = (dims.tokens, dims.width, dims.head_dim(), dims.heads);
-    let batch = q.len() / d;
-    assert!(d_o.len() == q.len() && g.dq.len() == q.len() && g.dh1.len() == h1.len());
+    let batch = s.q.len() / d;
+    let w1 = s.w1;
+    assert!(d_o.len() == s.q.len() && g.dq.len() == s.q.len());
     let scale = 1.0 / (dh as f32).sqrt();
 
-    // o_h = W_v,h a_h + b_v,h
-    let mut dav = vec![0.0f32; batch * heads * d];
-    for h in 0..heads {
-        let (w, gw) = (
-            &wv[h * dh * d..(h + 1) * dh * d],
-            &mut g.dwv[h * dh * d..(h + 1) * dh * d],
-        );
-        matmul_tn(
-            dh,
-            batch,
-            d,
-            &d_o[h * dh..],
-            d,
-            &av[h * d..],
-            heads * d,
-            gw,
-            d,
-            false,
-        );
-        matmul_nn(
-            batch,
-            dh,
-            d,
-            &d_o[h * dh..],
-            d,
-            w,
-            d,
-            &mut dav[h * d..],
-            heads * d,
-            false,
-        );
-    }
+    // a = ā ⊙ w1 + b1 again, `[B, H, D]`.
+    let mut a = vec![0.0f32; s.abar.len()];
+    a.par_chunks_mut(d)
+        .zip(s.abar.par_chunks(d))
+        .for_each(|(a, ab)| {
+            for i in 0..d {
+                a[i] = ab[i] * w1[i] + b1[i];
+            }
+        });
+
+    // o_h = W_v,h a_h + b_v,h: dW_v,h = d_o,hᵀ a_h and da_h = d_o,h W_v,h (`[H, B, D]`);
+    // w1, b1 partials Σ_b da ⊙ ā, Σ_b da per head.
+    let mut dabar = vec![0.0f32; heads * batch * d];
+    let mut part_w = vec![0.0f32; heads * d];
+    let mut part_b = vec![0.0f32; heads * d];
+    g.dwv
+        .par_chunks_mut(dh * d)
+        .zip(dabar.par_chunks_mut(batch * d))
+        .zip(part_w.par_chunks_mut(d).zip(part_b.par_chunks_mut(d)))
+        .enumerate()
+        .for_each(|(h, ((gw, da), (pw, pb)))| {
+            let (dout, ah) = (&d_o[h * dh..], &a[h * d..]);
+            matmul_tn(dh, batch, d, dout, d, ah, heads * d, gw, d, false);
+            let w = &wv[h * dh * d..(h + 1) * dh * d];
+            matmul_nn(batch, dh, d, dout, d, w, d, da, d, false);
+            for (b, dar) in da.chunks_exact_mut(d).enumerate() {
+                let abr = &s.abar[(b * heads + h) * d..(b * heads + h + 1) * d];
+                for i in 0..d {
+                    pw[i] += dar[i] * abr[i];
+                    pb[i] += dar[i];
+                    dar[i] *= w1[i];
+                }
+            }
+        });
+    add_partials(&part_w, g.dw1);
+    add_partials(&part_b, g.db1);
     g.dbv.fill(0.0);
     for row in d_o.chunks_exact(d) {
         g.dbv.iter_mut().zip(row).for_each(|(x, &v)| *x += v);
     }
     g.dbk.fill(0.0);
 
-    // a_h = Σ_j p_j h1_j and scores s_j = h1_j·q̃_h, per image.
-    let mut dqt = vec![0.0f32; batch * heads * d];
-    let mut ds = vec![0.0f32; heads * n];
-    for b in 0..batch {
-        let (hr, pr, vr) = (
-            b * n * d..(b + 1) * n * d,
-            b * heads * n..(b + 1) * heads * n,
-            b * heads * d..(b + 1) * heads * d,
-        );
-        let (hb, pb) = (&h1[hr.clone()], &probs[pr]);
-        // dp = da·h1ᵀ, then the softmax rule ds = p (dp − Σ p dp).
-        matmul_nt(heads, d, n, &dav[vr.clone()], d, hb, d, &mut ds, n, false);
-        for (dsr, pr) in ds.chunks_exact_mut(n).zip(pb.chunks_exact(n)) {
-            let pdp: f32 = dsr.iter().zip(pr).map(|(a, b)| a * b).sum();
-            dsr.iter_mut()
-                .zip(pr)
-                .for_each(|(x, &p)| *x = p * (*x - pdp));
-        }
-        // dh1 += pᵀ·da + dsᵀ·q̃ ; dq̃ = ds·h1
-        let dh1b = &mut g.dh1[hr];
-        matmul_tn(n, heads, d, pb, n, &dav[vr.clone()], d, dh1b, d, true);
-        matmul_tn(n, heads, d, &ds, n, &qt[vr.clone()], d, dh1b, d, true);
-        matmul_nn(heads, n, d, &ds, n, hb, d, &mut dqt[vr], d, false);
-    }
+    // Per image: dp = dā·x̂ᵀ, the softmax rule ds = p (dp − Σ p dp), du = ds·x̂
+    // (`[B, H, D]`), the w1 partial Σ_h du ⊙ q̃, and dq̃ = du ⊙ w1 in place.
+    let mut ds = vec![0.0f32; batch * heads * n];
+    let mut du = vec![0.0f32; batch * heads * d];
+    let mut part_w = vec![0.0f32; batch * d];
+    ds.par_chunks_mut(heads * n)
+        .zip(du.par_chunks_mut(heads * d))
+        .zip(part_w.par_chunks_mut(d))
+        .enumerate()
+        .for_each(|(b, ((dsb, dub), pw))| {
+            let xb = &s.xhat[b * n * d..(b + 1) * n * d];
+            let pb = &s.probs[b * heads * n..(b + 1) * heads * n];
+            matmul_nt(
+                heads,
+                d,
+                n,
+                &dabar[b * d..],
+                batch * d,
+                xb,
+                d,
+                dsb,
+                n,
+                false,
+            );
+            for (dsr, pr) in dsb.chunks_exact_mut(n).zip(pb.chunks_exact(n)) {
+                let pdp: f32 = dsr.iter().zip(pr).map(|(a, b)| a * b).sum();
+                dsr.iter_mut()
+                    .zip(pr)
+                    .for_each(|(x, &p)| *x = p * (*x - pdp));
+            }
+            matmul_nn(heads, n, d, dsb, n, xb, d, dub, d, false);
+            for (h, dur) in dub.chunks_exact_mut(d).enumerate() {
+                let qr = &s.qt[(h * batch + b) * d..(h * batch + b + 1) * d];
+                for i in 0..d {
+                    pw[i] += dur[i] * qr[i];
+                    dur[i] *= w1[i];
+                }
+            }
+        });
+    add_partials(&part_w, g.dw1);
+    let dqt = du;
 
-    // q̃_h = s·W_k,hᵀ q_h
-    for h in 0..heads {
-        let (w, gw) = (
-            &wk[h * dh * d..(h + 1) * dh * d],
-            &mut g.dwk[h * dh * d..(h + 1) * dh * d],
-        );
-        matmul_tn(
-            dh,
-            batch,
-            d,
-            &q[h * dh..],
-            d,
-            &dqt[h * d..],
-            heads * d,
-            gw,
-            d,
-            false,
-        );
-        gw.iter_mut().for_each(|v| *v *= scale);
-        matmul_nt(
-            batch,
-            d,
-            dh,
-            &dqt[h * d..],
-            heads * d,
-            w,
-            d,
-            &mut g.dq[h * dh..],
-            d,
-            false,
-        );
+    // q̃_h = s·W_k,hᵀ q_h: dW_k,h = s·q_hᵀ dq̃_h, dq_h = s·dq̃_h W_k,hᵀ (`[H, B, dh]`).
+    let mut dq_blocks = vec![0.0f32; heads * batch * dh];
+    g.dwk
+        .par_chunks_mut(dh * d)
+        .zip(dq_blocks.par_chunks_mut(batch * dh))
+        .enumerate()
+        .for_each(|(h, (gw, dqh))| {
+            let dq_tilde = &dqt[h * d..];
+            matmul_tn(
+                dh,
+                batch,
+                d,
+                &s.q[h * dh..],
+                d,
+                dq_tilde,
+                heads * d,
+                gw,
+                d,
+                false,
+            );
+            gw.iter_mut().for_each(|v| *v *= scale);
+            let w = &wk[h * dh * d..(h + 1) * dh * d];
+            matmul_nt(batch, d, dh, dq_tilde, heads * d, w, d, dqh, dh, false);
+        });
+    heads_to_rows(dims, &dq_blocks, scale, g.dq);
+
+    // d x̂_j = Σ_h p_hj dā_h + ds_hj u_h, with u = w1 ⊙ q̃.
+    if let Some(dxhat) = g.dxhat {
+        let mut u = vec![0.0f32; s.qt.len()];
+        scale_rows(s.qt, w1, &mut u);
+        dxhat
+            .par_chunks_mut(n * d)
+            .enumerate()
+            .for_each(|(b, dxb)| {
+                let pb = &s.probs[b * heads * n..(b + 1) * heads * n];
+                let dsb = &ds[b * heads * n..(b + 1) * heads * n];
+                matmul_tn(n, heads, d, pb, n, &dabar[b * d..], batch * d, dxb, d, true);
+                matmul_tn(n, heads, d, dsb, n, &u[b * d..], batch * d, dxb, d, true);
+            });
     }
-    g.dq.iter_mut().for_each(|v| *v *= scale);
 }
 
 /// SPEC §5 weights of the patches: per head, softmax over the `N−1` patch keys of the CLS
 /// query's scores (the CLS key left out), then the mean over heads. `[B, N−1]`, each row
-/// sums to 1. `qt` as computed by the forward.
-pub(crate) fn cls_patch_weights(dims: &BlockDims, h1: &[f32], qt: &[f32]) -> Vec<f32> {
-    let (n, heads) = (dims.tokens, dims.heads);
-    let batch = qt.len() / (heads * dims.width);
-    let mut s = vec![0.0f32; batch * heads * n];
-    scores(dims, h1, qt, &mut s);
+/// sums to 1. `u = w1 ⊙ q̃` (`[H, B, D]`) as computed by the forward.
+pub(crate) fn cls_patch_weights(dims: &BlockDims, xhat: &[f32], u: &[f32]) -> Vec<f32> {
+    let (n, d, heads) = (dims.tokens, dims.width, dims.heads);
+    let batch = xhat.len() / (n * d);
     let mut out = vec![0.0f32; batch * (n - 1)];
-    for (b, w) in out.chunks_exact_mut(n - 1).enumerate() {
-        for h in 0..heads {
-            let row = &mut s[(b * heads + h) * n..(b * heads + h + 1) * n];
+    out.par_chunks_mut(n - 1).enumerate().for_each(|(b, w)| {
+        let mut s = vec![0.0f32; heads * n];
+        image_scores(dims, b, batch, &xhat[b * n * d..(b + 1) * n * d], u, &mut s);
+        for row in s.chunks_exact_mut(n) {
             softmax_rows(&mut row[1..], n - 1);
             for (x, &p) in w.iter_mut().zip(&row[1..]) {
                 *x += p / heads as f32;
             }
         }
-    }
+    });
     out
-}
-
-/// `q̃` for the CLS→patch weights without the rest of the forward.
-pub(crate) fn folded(dims: &BlockDims, q: &[f32], wk: &[f32]) -> Vec<f32> {
-    let mut qt = vec![0.0f32; q.len() / dims.width * dims.heads * dims.width];
-    folded_queries(dims, q, wk, &mut qt);
-    qt
 }

@@ -4,10 +4,12 @@
 //! The rules mirror [`super::forward::forward`] in reverse; each GEMM's gradient is the
 //! usual pair `dW = dYᵀ·X`, `dX = dY·W` (PyTorch `Linear` layout `y = x Wᵀ + b`).
 
-use super::attention::{cls_attention_backward, AttentionGrads};
+use rayon::prelude::*;
+
+use super::attention::{cls_attention_backward, AttentionGrads, AttentionSaved};
 use super::forward::{quick_gelu, recompute_affine, Saved};
 use super::gemm::{matmul_nn, matmul_nt, matmul_tn};
-use super::layernorm::layernorm_backward;
+use super::layernorm::{layernorm_backward, normalise_backward};
 use super::params::{BlockDims, BlockParams, FrozenHead};
 
 /// Derivative of QuickGELU: `σ(1.702x) + 1.702·x·σ(1.702x)(1 − σ(1.702x))`.
@@ -25,8 +27,11 @@ fn bias_grad(dy: &[f32], db: &mut [f32]) {
     }
 }
 
-/// Overwrites `grads` with the parameter gradients and `d_tokens` (`[B, N, D]`) with the
-/// input gradient, given `d_embed` (`[B, E]`) and the forward's `saved` activations.
+/// Overwrites `grads` with the parameter gradients given `d_embed` (`[B, E]`) and the
+/// forward's `saved` activations, and, when `d_tokens` (`[B, N, D]`) is given, overwrites
+/// it with the input tokens' gradient. A training step leaves it out: the tokens come
+/// from the frozen trunk, and without it backward touches no `[B·N, D]` buffer but the
+/// saved LN1 output.
 pub fn backward(
     dims: &BlockDims,
     p: &BlockParams,
@@ -34,13 +39,15 @@ pub fn backward(
     saved: &Saved,
     d_embed: &[f32],
     grads: &mut BlockParams,
-    d_tokens: &mut [f32],
+    d_tokens: Option<&mut [f32]>,
 ) {
     let (n, d, m, e) = (dims.tokens, dims.width, dims.mlp, dims.embed);
     let batch = saved.batch;
     let rows = batch * n;
     assert_eq!(d_embed.len(), batch * e, "d_embed must be [B, E]");
-    assert_eq!(d_tokens.len(), rows * d, "d_tokens must be [B, N, D]");
+    if let Some(dt) = &d_tokens {
+        assert_eq!(dt.len(), rows * d, "d_tokens must be [B, N, D]");
+    }
     assert!(
         grads.matches(dims),
         "gradient buffers do not match the dims"
@@ -105,11 +112,12 @@ pub fn backward(
     matmul_nn(batch, d, d, &dx2, d, &p.out_proj_w, d, &mut dattn, d, false);
 
     // Attention of the CLS query, then q = h1_cls·Wqᵀ + bq.
-    let h1 = recompute_affine(&saved.xhat1, d, &p.ln_1_w, &p.ln_1_b);
-    let mut dh1 = vec![0.0; rows * d];
+    let mut dxhat = d_tokens.as_ref().map(|_| vec![0.0f32; rows * d]);
     let mut dq = vec![0.0; batch * d];
     let (wq, wkv) = p.in_proj_w.split_at(d * d);
     let (wk, wv) = wkv.split_at(d * d);
+    grads.ln_1_w.fill(0.0);
+    grads.ln_1_b.fill(0.0);
     {
         let (gq, gkv) = grads.in_proj_w.split_at_mut(d * d);
         let (gk, gv) = gkv.split_at_mut(d * d);
@@ -121,38 +129,51 @@ pub fn backward(
             dwv: gv,
             dbk: gbk,
             dbv: gbv,
-            dh1: &mut dh1,
+            dw1: &mut grads.ln_1_w,
+            db1: &mut grads.ln_1_b,
+            dxhat: dxhat.as_deref_mut(),
         };
-        cls_attention_backward(
-            dims,
-            &h1,
-            &saved.q,
-            wk,
-            wv,
-            &saved.qt,
-            &saved.probs,
-            &saved.av,
-            &dattn,
-            g,
-        );
-        matmul_tn(d, batch, d, &dq, d, &h1, n * d, gq, d, false);
+        let s = AttentionSaved {
+            xhat: &saved.xhat1,
+            w1: &p.ln_1_w,
+            q: &saved.q,
+            qt: &saved.qt,
+            probs: &saved.probs,
+            abar: &saved.abar,
+        };
+        cls_attention_backward(dims, &s, wk, wv, &p.ln_1_b, &dattn, g);
+        matmul_tn(d, batch, d, &dq, d, &saved.h1_cls, d, gq, d, false);
         bias_grad(&dq, gbq);
     }
-    matmul_nn(batch, d, d, &dq, d, wq, d, &mut dh1, n * d, true);
+    let mut dh1_cls = vec![0.0; batch * d];
+    matmul_nn(batch, d, d, &dq, d, wq, d, &mut dh1_cls, d, false);
 
-    // LN1 and the residual into the CLS rows.
-    d_tokens.fill(0.0);
-    for b in 0..batch {
-        d_tokens[b * n * d..b * n * d + d].copy_from_slice(&dx2[b * d..(b + 1) * d]);
+    // LN1 of the CLS rows (the queries' input): h1 = x̂ ⊙ w1 + b1.
+    for (b, dh) in dh1_cls.chunks_exact(d).enumerate() {
+        let xr = &saved.xhat1[b * n * d..b * n * d + d];
+        for i in 0..d {
+            grads.ln_1_w[i] += dh[i] * xr[i];
+            grads.ln_1_b[i] += dh[i];
+        }
     }
-    grads.ln_1_w.fill(0.0);
-    grads.ln_1_b.fill(0.0);
-    layernorm_backward(
-        &dh1,
-        &saved.xhat1,
-        &saved.rstd1,
-        &p.ln_1_w,
-        d_tokens,
-        Some((&mut grads.ln_1_w, &mut grads.ln_1_b)),
-    );
+
+    // Input tokens: d x̂ of the CLS rows gains the query's part, LN1's normalisation
+    // backward, and the residual into the CLS rows.
+    if let (Some(d_tokens), Some(mut dxhat)) = (d_tokens, dxhat) {
+        for (b, dh) in dh1_cls.chunks_exact(d).enumerate() {
+            let row = &mut dxhat[b * n * d..b * n * d + d];
+            for i in 0..d {
+                row[i] += dh[i] * p.ln_1_w[i];
+            }
+        }
+        d_tokens.fill(0.0);
+        for b in 0..batch {
+            d_tokens[b * n * d..b * n * d + d].copy_from_slice(&dx2[b * d..(b + 1) * d]);
+        }
+        d_tokens
+            .par_chunks_mut(n * d)
+            .zip(dxhat.par_chunks(n * d))
+            .zip(saved.xhat1.par_chunks(n * d).zip(saved.rstd1.par_chunks(n)))
+            .for_each(|((dt, g), (xh, rs))| normalise_backward(g, xh, rs, dt));
+    }
 }

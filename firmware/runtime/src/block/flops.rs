@@ -5,10 +5,13 @@ use super::params::BlockDims;
 /// FLOPs (2 per multiply-add) of one training step at batch `B` and `|Y|` labels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StepFlops {
-    /// What the CPU path executes (see [`super::forward`]): GEMMs of the forward and the
-    /// backward, and the loss logits; element-wise work (LayerNorm, softmax, QuickGELU,
-    /// AdamW) is not counted.
+    /// What the CPU path executes in a training step (see [`super::forward`]): GEMMs of
+    /// the forward and the backward, and the loss logits; element-wise work (LayerNorm,
+    /// softmax, QuickGELU, AdamW) is not counted. The input tokens' gradient is not part
+    /// of a step (the trunk is frozen).
     pub executed: u64,
+    /// Added when the input tokens' gradient is asked for too (two products per image).
+    pub token_grad: u64,
     /// The same step computed densely (every token through attention and MLP, keys and
     /// values materialised, as a straightforward framework implementation does).
     pub dense: u64,
@@ -34,9 +37,9 @@ pub fn step_flops(dims: &BlockDims, batch: usize, n_labels: usize) -> StepFlops 
         + mac(b * d * e)
         + mac(b * k * e);
     // Backward: dW and dX of each of those GEMMs (dX only through proj and the logits);
-    // the attention core (scores, a) has four GEMMs for its two (dp, dh1 twice, dq̃).
+    // the attention core (scores, ā) has two: dp = dā·x̂ᵀ and du = ds·x̂.
     let bwd = 2 * mac(b * d * d) * 3
-        + mac(4 * b * h * n * d)
+        + mac(2 * b * h * n * d)
         + 2 * mac(b * d * d)
         + 2 * mac(2 * b * d * m)
         + mac(b * d * e)
@@ -53,6 +56,7 @@ pub fn step_flops(dims: &BlockDims, batch: usize, n_labels: usize) -> StepFlops 
         + mac(b * k * e);
     StepFlops {
         executed: fwd + bwd,
+        token_grad: mac(2 * b * h * n * d),
         dense: dense_fwd + dense_bwd,
     }
 }

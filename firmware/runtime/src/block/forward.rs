@@ -1,29 +1,37 @@
 //! Batched forward of the last block and its head, keeping what backward needs.
 //!
-//! Only the CLS output reaches the embedding, so LN1 runs on every token, and the query,
-//! attention (see [`super::attention`]: keys and values are never materialised),
-//! residuals, MLP and head run on the CLS rows only.
+//! Only the CLS output reaches the embedding, so LN1 normalises every token, and the
+//! query, attention (see [`super::attention`]: keys, values and the LN1 output of the
+//! patch tokens are never materialised), residuals, MLP and head run on the CLS rows only.
+//! Work is spread over the rayon pool (per image, per head, and inside large GEMMs).
 
-use super::attention::{cls_attention_forward, cls_patch_weights, folded};
+use rayon::prelude::*;
+
+use super::attention::{
+    attention_core_forward, cls_patch_weights, folded_queries, scale_rows, value_output,
+};
 use super::gemm::{matmul_nn, matmul_nt};
-use super::layernorm::{layernorm_affine, layernorm_forward};
+use super::layernorm::{layernorm_affine, layernorm_forward, layernorm_normalise};
 use super::params::{BlockDims, BlockParams, FrozenHead};
 
-/// Activations saved by the forward pass for backward (`R = B·N` rows of all tokens).
+/// Activations saved by the forward pass for backward (`R = B·N` rows of all tokens,
+/// `H` heads). Reused across steps by [`forward_into`].
 #[derive(Clone, Debug, Default)]
 pub struct Saved {
     pub batch: usize,
     /// LN1 normalised input, `[R, D]`, and its `1/σ`, `[R]`.
     pub xhat1: Vec<f32>,
     pub rstd1: Vec<f32>,
+    /// LN1 output of the CLS rows, `[B, D]` (the queries' input).
+    pub h1_cls: Vec<f32>,
     /// CLS queries `[B, D]`.
     pub q: Vec<f32>,
-    /// Queries folded through the keys' weights, `q̃ = W_kᵀ q / sqrt(dh)`, `[B, heads, D]`.
+    /// Queries folded through the keys' weights, `q̃ = W_kᵀ q / sqrt(dh)`, `[H, B, D]`.
     pub qt: Vec<f32>,
-    /// CLS attention probabilities `[B, heads, N]`.
+    /// CLS attention probabilities `[B, H, N]`.
     pub probs: Vec<f32>,
-    /// Attention-weighted LN1 outputs `a = Σ_j p_j h1_j`, `[B, heads, D]`.
-    pub av: Vec<f32>,
+    /// Attention-weighted normalised tokens `ā = Σ_j p_j x̂_j`, `[B, H, D]`.
+    pub abar: Vec<f32>,
     /// Attention output before `out_proj`, `[B, D]`.
     pub attn: Vec<f32>,
     /// LN2 normalised CLS rows `[B, D]`, `[B]`.
@@ -51,37 +59,56 @@ pub(crate) fn broadcast_rows(c: &mut [f32], bias: &[f32]) {
     }
 }
 
-/// LN1 of every token and the CLS queries. Returns `(xhat1, rstd1, h1, q)`.
-#[allow(clippy::type_complexity)]
-pub(crate) fn attention_inputs(
+/// `v` resized to `len` (contents unspecified: every user overwrites it).
+fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    v.resize(len, 0.0);
+    v
+}
+
+/// LN1 of every token, the CLS rows' LN1 output and the CLS queries, into `s`.
+fn attention_inputs(
     dims: &BlockDims,
     p: &BlockParams,
     tokens: &[f32],
     batch: usize,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    s: &mut Saved,
+) {
     let (n, d) = (dims.tokens, dims.width);
     let rows = batch * n;
     assert_eq!(tokens.len(), rows * d, "tokens must be [B, N, D]");
-    let (mut xhat1, mut rstd1, mut h1) =
-        (vec![0.0; rows * d], vec![0.0; rows], vec![0.0; rows * d]);
-    layernorm_forward(
-        tokens, d, &p.ln_1_w, &p.ln_1_b, &mut xhat1, &mut rstd1, &mut h1,
-    );
-    let mut q = vec![0.0; batch * d];
-    broadcast_rows(&mut q, &p.in_proj_b[..d]);
+    let xhat1 = sized(&mut s.xhat1, rows * d);
+    let rstd1 = sized(&mut s.rstd1, rows);
+    xhat1
+        .par_chunks_mut(n * d)
+        .zip(rstd1.par_chunks_mut(n))
+        .zip(tokens.par_chunks(n * d))
+        .for_each(|((xh, rs), x)| layernorm_normalise(x, d, xh, rs));
+    let h1_cls = sized(&mut s.h1_cls, batch * d);
+    for (b, row) in h1_cls.chunks_exact_mut(d).enumerate() {
+        layernorm_affine(
+            &s.xhat1[b * n * d..b * n * d + d],
+            d,
+            &p.ln_1_w,
+            &p.ln_1_b,
+            row,
+        );
+    }
+    let q = sized(&mut s.q, batch * d);
+    broadcast_rows(q, &p.in_proj_b[..d]);
     matmul_nt(
         batch,
         d,
         d,
-        &h1,
-        n * d,
+        &s.h1_cls,
+        d,
         &p.in_proj_w[..d * d],
         d,
-        &mut q,
+        q,
         d,
         true,
     );
-    (xhat1, rstd1, h1, q)
+    let qt = sized(&mut s.qt, dims.heads * batch * d);
+    folded_queries(dims, &s.q, &p.in_proj_w[d * d..2 * d * d], qt);
 }
 
 /// Forward of `batch` token sets (`[B, N, D]`): the saved activations, whose `embed`
@@ -93,18 +120,44 @@ pub fn forward(
     tokens: &[f32],
     batch: usize,
 ) -> Saved {
-    let (n, d, m, e, heads) = (dims.tokens, dims.width, dims.mlp, dims.embed, dims.heads);
-    let (xhat1, rstd1, h1, q) = attention_inputs(dims, p, tokens, batch);
+    let mut s = Saved::default();
+    forward_into(dims, p, head, tokens, batch, &mut s);
+    s
+}
 
-    let (mut qt, mut av) = (vec![0.0; batch * heads * d], vec![0.0; batch * heads * d]);
-    let mut probs = vec![0.0; batch * heads * n];
-    let mut attn = vec![0.0; batch * d];
-    let (wk, wv) = (&p.in_proj_w[d * d..2 * d * d], &p.in_proj_w[2 * d * d..]);
-    let bv = &p.in_proj_b[2 * d..];
-    cls_attention_forward(
-        dims, &h1, &q, wk, wv, bv, &mut qt, &mut probs, &mut av, &mut attn,
+/// [`forward`] into `s`, reusing its buffers.
+pub fn forward_into(
+    dims: &BlockDims,
+    p: &BlockParams,
+    head: &FrozenHead,
+    tokens: &[f32],
+    batch: usize,
+    s: &mut Saved,
+) {
+    let (n, d, m, e, heads) = (dims.tokens, dims.width, dims.mlp, dims.embed, dims.heads);
+    s.batch = batch;
+    attention_inputs(dims, p, tokens, batch, s);
+
+    let mut u = vec![0.0; heads * batch * d];
+    scale_rows(&s.qt, &p.ln_1_w, &mut u);
+    let probs = sized(&mut s.probs, batch * heads * n);
+    let abar = sized(&mut s.abar, batch * heads * d);
+    attention_core_forward(dims, &s.xhat1, &u, probs, abar);
+    // a = ā ⊙ w1 + b1 (the probabilities sum to 1), then o = W_v a + b_v per head.
+    let mut a = u;
+    for (a, ab) in a.chunks_exact_mut(d).zip(s.abar.chunks_exact(d)) {
+        for i in 0..d {
+            a[i] = ab[i] * p.ln_1_w[i] + p.ln_1_b[i];
+        }
+    }
+    let attn = sized(&mut s.attn, batch * d);
+    value_output(
+        dims,
+        &a,
+        &p.in_proj_w[2 * d * d..],
+        &p.in_proj_b[2 * d..],
+        attn,
     );
-    drop(h1);
 
     // x2 = x + attn·Woᵀ + bo (CLS rows)
     let mut x2 = vec![0.0; batch * d];
@@ -117,17 +170,22 @@ pub fn forward(
             *x = t + bo;
         }
     }
-    matmul_nt(batch, d, d, &attn, d, &p.out_proj_w, d, &mut x2, d, true);
+    matmul_nt(batch, d, d, &s.attn, d, &p.out_proj_w, d, &mut x2, d, true);
 
-    let (mut xhat2, mut rstd2, mut h2) =
-        (vec![0.0; batch * d], vec![0.0; batch], vec![0.0; batch * d]);
+    let mut h2 = vec![0.0; batch * d];
     layernorm_forward(
-        &x2, d, &p.ln_2_w, &p.ln_2_b, &mut xhat2, &mut rstd2, &mut h2,
+        &x2,
+        d,
+        &p.ln_2_w,
+        &p.ln_2_b,
+        sized(&mut s.xhat2, batch * d),
+        sized(&mut s.rstd2, batch),
+        &mut h2,
     );
-    let mut fc = vec![0.0; batch * m];
-    broadcast_rows(&mut fc, &p.fc_b);
-    matmul_nt(batch, d, m, &h2, d, &p.fc_w, d, &mut fc, m, true);
-    let act: Vec<f32> = fc.iter().map(|&x| quick_gelu(x)).collect();
+    let fc = sized(&mut s.fc, batch * m);
+    broadcast_rows(fc, &p.fc_b);
+    matmul_nt(batch, d, m, &h2, d, &p.fc_w, d, fc, m, true);
+    let act: Vec<f32> = s.fc.iter().map(|&x| quick_gelu(x)).collect();
 
     // x3 = x2 + act·Wpᵀ + bp
     let mut x3 = x2;
@@ -136,36 +194,18 @@ pub fn forward(
     }
     matmul_nt(batch, m, d, &act, m, &p.cproj_w, m, &mut x3, d, true);
 
-    let (mut xhat_post, mut rstd_post, mut u) =
-        (vec![0.0; batch * d], vec![0.0; batch], vec![0.0; batch * d]);
+    let mut u_post = vec![0.0; batch * d];
     layernorm_forward(
         &x3,
         d,
         &head.ln_post_w,
         &head.ln_post_b,
-        &mut xhat_post,
-        &mut rstd_post,
-        &mut u,
+        sized(&mut s.xhat_post, batch * d),
+        sized(&mut s.rstd_post, batch),
+        &mut u_post,
     );
-    let mut embed = vec![0.0; batch * e];
-    matmul_nn(batch, d, e, &u, d, &head.proj, e, &mut embed, e, false);
-
-    Saved {
-        batch,
-        xhat1,
-        rstd1,
-        q,
-        qt,
-        probs,
-        av,
-        attn,
-        xhat2,
-        rstd2,
-        fc,
-        xhat_post,
-        rstd_post,
-        embed,
-    }
+    let embed = sized(&mut s.embed, batch * e);
+    matmul_nn(batch, d, e, &u_post, d, &head.proj, e, embed, e, false);
 }
 
 /// `h = xhat·w + b` recomputed from a saved LayerNorm output.
@@ -188,8 +228,9 @@ pub fn l2_normalise(x: &mut [f32], e: usize) {
 
 /// SPEC §5 CLS→patch weights (`[B, N−1]`), computed without the rest of the block.
 pub fn cls_attention(dims: &BlockDims, p: &BlockParams, tokens: &[f32], batch: usize) -> Vec<f32> {
-    let d = dims.width;
-    let (_, _, h1, q) = attention_inputs(dims, p, tokens, batch);
-    let qt = folded(dims, &q, &p.in_proj_w[d * d..2 * d * d]);
-    cls_patch_weights(dims, &h1, &qt)
+    let mut s = Saved::default();
+    attention_inputs(dims, p, tokens, batch, &mut s);
+    let mut u = vec![0.0; s.qt.len()];
+    scale_rows(&s.qt, &p.ln_1_w, &mut u);
+    cls_patch_weights(dims, &s.xhat1, &u)
 }

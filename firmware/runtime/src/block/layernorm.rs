@@ -1,10 +1,31 @@
 //! LayerNorm over the last axis (eps 1e-5): forward, and its backward rule.
 
+use super::sums;
+
 /// LayerNorm epsilon of CLIP.
 pub(crate) const LN_EPS: f32 = 1e-5;
 
-/// Normalises each of the `rows` rows of `x` (`[rows, d]`): writes `xhat = (x − μ)·rstd`,
-/// `rstd = 1/sqrt(var + eps)` and `y = xhat·w + b`. Statistics accumulate in f64.
+/// Normalises each row of `x` (`[rows, d]`): writes `xhat = (x − μ)·rstd` and
+/// `rstd = 1/sqrt(var + eps)`. Statistics accumulate in f64 (see [`sums`]).
+pub(crate) fn layernorm_normalise(x: &[f32], d: usize, xhat: &mut [f32], rstd: &mut [f32]) {
+    let rows = rstd.len();
+    assert!(x.len() == rows * d && xhat.len() == rows * d);
+    for ((xr, xh), rs) in x
+        .chunks_exact(d)
+        .zip(xhat.chunks_exact_mut(d))
+        .zip(rstd.iter_mut())
+    {
+        let mean = sums::sum(xr) / d as f64;
+        let var = sums::sum_sq_dev(xr, mean) / d as f64;
+        let r = 1.0 / (var + LN_EPS as f64).sqrt();
+        *rs = r as f32;
+        for (h, &v) in xh.iter_mut().zip(xr) {
+            *h = ((v as f64 - mean) * r) as f32;
+        }
+    }
+}
+
+/// [`layernorm_normalise`], and `y = xhat·w + b`.
 pub(crate) fn layernorm_forward(
     x: &[f32],
     d: usize,
@@ -14,22 +35,9 @@ pub(crate) fn layernorm_forward(
     rstd: &mut [f32],
     y: &mut [f32],
 ) {
-    let rows = rstd.len();
-    assert!(x.len() == rows * d && xhat.len() == rows * d && y.len() == rows * d);
-    assert!(w.len() == d && b.len() == d);
-    for r in 0..rows {
-        let xr = &x[r * d..(r + 1) * d];
-        let mean = xr.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
-        let var = xr.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
-        let rs = 1.0 / (var + LN_EPS as f64).sqrt();
-        rstd[r] = rs as f32;
-        let (xh, yr) = (&mut xhat[r * d..(r + 1) * d], &mut y[r * d..(r + 1) * d]);
-        for i in 0..d {
-            let h = ((xr[i] as f64 - mean) * rs) as f32;
-            xh[i] = h;
-            yr[i] = h * w[i] + b[i];
-        }
-    }
+    assert!(w.len() == d && b.len() == d && y.len() == xhat.len());
+    layernorm_normalise(x, d, xhat, rstd);
+    layernorm_affine(xhat, d, w, b, y);
 }
 
 /// `y = xhat·w + b` again from saved `xhat` (rows of width `d`).
@@ -41,8 +49,28 @@ pub(crate) fn layernorm_affine(xhat: &[f32], d: usize, w: &[f32], b: &[f32], y: 
     }
 }
 
+/// Backward through the normalisation alone: given `ĝ = d loss / d xhat` (`[rows, d]`),
+/// **adds** `dx = rstd·(ĝ − mean(ĝ) − xhat·mean(ĝ·xhat))` to `dx`.
+pub(crate) fn normalise_backward(g: &[f32], xhat: &[f32], rstd: &[f32], dx: &mut [f32]) {
+    let d = g.len() / rstd.len().max(1);
+    assert!(g.len() == rstd.len() * d && xhat.len() == g.len() && dx.len() == g.len());
+    for (((gr, xr), dxr), &rs) in g
+        .chunks_exact(d)
+        .zip(xhat.chunks_exact(d))
+        .zip(dx.chunks_exact_mut(d))
+        .zip(rstd)
+    {
+        let sg = sums::sum(gr);
+        let sgx = sums::fold8(d, |i| (gr[i] * xr[i]) as f64);
+        let (mg, mgx) = ((sg / d as f64) as f32, (sgx / d as f64) as f32);
+        for i in 0..d {
+            dxr[i] += rs * (gr[i] - mg - xr[i] * mgx);
+        }
+    }
+}
+
 /// Backward of LayerNorm. Given `dy`, saved `xhat` and `rstd` and the scale `w`:
-/// **adds** `dx = rstd·(ĝ − mean(ĝ) − xhat·mean(ĝ·xhat))` with `ĝ = dy·w` to `dx`, and,
+/// **adds** the input gradient (see [`normalise_backward`], with `ĝ = dy·w`) to `dx`, and,
 /// when `dwb` is given, **adds** `Σ dy·xhat` and `Σ dy` to the scale and shift gradients.
 pub(crate) fn layernorm_backward(
     dy: &[f32],
@@ -50,26 +78,20 @@ pub(crate) fn layernorm_backward(
     rstd: &[f32],
     w: &[f32],
     dx: &mut [f32],
-    mut dwb: Option<(&mut [f32], &mut [f32])>,
+    dwb: Option<(&mut [f32], &mut [f32])>,
 ) {
     let d = w.len();
     let rows = rstd.len();
     assert!(dy.len() == rows * d && xhat.len() == rows * d && dx.len() == rows * d);
-    let mut g = vec![0.0f32; d];
-    for r in 0..rows {
-        let (dyr, xr) = (&dy[r * d..(r + 1) * d], &xhat[r * d..(r + 1) * d]);
-        let (mut sg, mut sgx) = (0.0f64, 0.0f64);
+    let mut g = vec![0.0f32; dy.len()];
+    for (gr, dyr) in g.chunks_exact_mut(d).zip(dy.chunks_exact(d)) {
         for i in 0..d {
-            g[i] = dyr[i] * w[i];
-            sg += g[i] as f64;
-            sgx += (g[i] * xr[i]) as f64;
+            gr[i] = dyr[i] * w[i];
         }
-        let (mg, mgx) = ((sg / d as f64) as f32, (sgx / d as f64) as f32);
-        let dxr = &mut dx[r * d..(r + 1) * d];
-        for i in 0..d {
-            dxr[i] += rstd[r] * (g[i] - mg - xr[i] * mgx);
-        }
-        if let Some((dw, db)) = dwb.as_mut() {
+    }
+    normalise_backward(&g, xhat, rstd, dx);
+    if let Some((dw, db)) = dwb {
+        for (dyr, xr) in dy.chunks_exact(d).zip(xhat.chunks_exact(d)) {
             for i in 0..d {
                 dw[i] += dyr[i] * xr[i];
                 db[i] += dyr[i];

@@ -13,8 +13,8 @@ pub struct MemoryReport {
     pub optimiser: usize,
     /// Activations saved by the forward pass for backward (see [`super::Saved`]).
     pub activations: usize,
-    /// Largest scratch buffers alive at once during backward (`h1`, `dh1`, and
-    /// `d tokens`, which the caller receives).
+    /// Largest scratch buffers alive at once during the backward of a step (in the
+    /// attention: `a`, `dā`, `du` and `ds`, and partial sums).
     pub backward_scratch: usize,
 }
 
@@ -26,13 +26,15 @@ impl MemoryReport {
 }
 
 /// The accounting, in f32 scalars × 4, with `R = B·N` token rows and `H` heads:
-/// - saved: `xhat1` R·D, `rstd1` R, `q` B·D, `qt` B·H·D, `probs` B·H·N, `av` B·H·D,
-///   `attn` B·D, `xhat2` B·D, `rstd2` B, `fc` B·M, `xhat_post` B·D, `rstd_post` B,
-///   `embed` B·E;
-/// - recomputed in backward instead of saved: LN outputs `h = xhat·w + b` (one R·D buffer
-///   for LN1), QuickGELU's output;
-/// - never computed: keys and values (folded into `q̃` and `a`), queries, attention and MLP
-///   of the non-CLS tokens, whose outputs never reach the embedding.
+/// - saved: `xhat1` R·D, `rstd1` R, `h1_cls` B·D, `q` B·D, `qt` H·B·D, `probs` B·H·N,
+///   `abar` B·H·D, `attn` B·D, `xhat2` B·D, `rstd2` B, `fc` B·M, `xhat_post` B·D,
+///   `rstd_post` B, `embed` B·E;
+/// - recomputed in backward instead of saved: `a = ā ⊙ w1 + b1`, LN2's output,
+///   QuickGELU's output;
+/// - never computed: keys and values (folded into `q̃` and `ā`), the LN1 output of the
+///   patch tokens (its scale and shift are folded into `u = w1 ⊙ q̃` and `a`), queries,
+///   attention and MLP of the non-CLS tokens, whose outputs never reach the embedding;
+///   and, in a step, the input tokens' gradient (with it, two more R·D buffers).
 pub fn memory_report(dims: &BlockDims, batch: usize) -> MemoryReport {
     let (n, d, m, e, h) = (dims.tokens, dims.width, dims.mlp, dims.embed, dims.heads);
     let (b, r) = (batch, batch * n);
@@ -40,7 +42,7 @@ pub fn memory_report(dims: &BlockDims, batch: usize) -> MemoryReport {
     let head = 2 * d + d * e;
     let saved = r * d
         + r
-        + b * d
+        + 2 * b * d
         + 2 * b * h * d
         + b * h * n
         + b * d
@@ -55,6 +57,6 @@ pub fn memory_report(dims: &BlockDims, batch: usize) -> MemoryReport {
         gradients: 4 * params,
         optimiser: 4 * 2 * params,
         activations: 4 * saved,
-        backward_scratch: 4 * (3 * r * d),
+        backward_scratch: 4 * (3 * b * h * d + b * h * n + 2 * h * d + 2 * b * d),
     }
 }

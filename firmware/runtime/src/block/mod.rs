@@ -14,11 +14,12 @@ mod layernorm;
 mod memory;
 mod model;
 mod params;
+pub(crate) mod sums;
 mod weights;
 
 pub use backward::backward;
 pub use flops::{step_flops, StepFlops};
-pub use forward::{cls_attention, forward, l2_normalise, Saved};
+pub use forward::{cls_attention, forward, forward_into, l2_normalise, Saved};
 pub use gemm::sgemm_nn;
 pub use memory::{memory_report, MemoryReport};
 pub use model::LastBlock;

@@ -2,6 +2,8 @@
 //! `p ← p − lr·wd·p` (decayed tensors only), `m ← β1 m + (1−β1) g`, `v ← β2 v + (1−β2) g²`,
 //! `p ← p − lr · (m / (1−β1ᵗ)) / (sqrt(v / (1−β2ᵗ)) + eps)`.
 
+use rayon::prelude::*;
+
 use super::TrainConfig;
 use crate::block::{block_tensor_shapes, is_decayed, BlockDims, BlockParams};
 
@@ -29,6 +31,9 @@ impl AdamState {
         }
     }
 }
+
+/// Elements per parallel task of the update.
+const CHUNK: usize = 1 << 15;
 
 /// Bias-corrected scalars of step `t` (1-based): `(lr / (1−β1ᵗ), 1 / sqrt(1−β2ᵗ))`.
 fn corrections(cfg: &TrainConfig, t: u64) -> (f32, f32) {
@@ -86,7 +91,14 @@ pub fn adamw_update(
         .zip(state.v.tensors_mut())
         .zip(names.iter());
     for ((((p, g), m), v), (name, _)) in iter {
-        update_tensor(p, g, m, v, cfg, is_decayed(name), step_size, inv_sqrt_c2);
+        let decay = is_decayed(name);
+        // Element-wise, so chunks in parallel give the serial result exactly.
+        p.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+            .for_each(|((p, g), (m, v))| {
+                update_tensor(p, g, m, v, cfg, decay, step_size, inv_sqrt_c2)
+            });
     }
     let (mut p, mut m, mut v) = ([*other_bias], [state.m_bias], [state.v_bias]);
     update_tensor(

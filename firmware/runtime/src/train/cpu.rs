@@ -3,7 +3,7 @@
 use super::adamw::adamw_update;
 use super::loss::{loss_forward_backward, LossOutput};
 use super::{Batch, Gradients, StepStats, TrainBackend, TrainConfig, TrainError, TunedState};
-use crate::block::{backward, forward, BlockDims, FrozenHead, Saved};
+use crate::block::{backward, forward_into, BlockDims, FrozenHead, Saved};
 
 /// Trains the tuned block on the CPU (f32, GEMMs through `matrixmultiply`).
 /// Deterministic: the same state and batches give bit-identical results.
@@ -14,6 +14,8 @@ pub struct CpuBackend {
     head: FrozenHead,
     state: TunedState,
     grads: Gradients,
+    /// The forward's activations, kept to reuse their buffers from step to step.
+    saved: Saved,
 }
 
 impl CpuBackend {
@@ -39,6 +41,7 @@ impl CpuBackend {
             head,
             state,
             grads,
+            saved: Saved::default(),
         })
     }
 
@@ -52,12 +55,14 @@ impl CpuBackend {
         &self.head
     }
 
-    fn forward_loss(&self, batch: &Batch<'_>) -> Result<(Saved, LossOutput), TrainError> {
+    /// Forward into `self.saved`, then the loss and its gradient by the embeddings.
+    fn forward_loss(&mut self, batch: &Batch<'_>) -> Result<LossOutput, TrainError> {
         let b = batch.check(&self.dims)?;
-        let saved = forward(&self.dims, &self.state.params, &self.head, batch.tokens, b);
+        let p = &self.state.params;
+        forward_into(&self.dims, p, &self.head, batch.tokens, b, &mut self.saved);
         let mut out = loss_forward_backward(
             &self.cfg,
-            &saved.embed,
+            &self.saved.embed,
             self.dims.embed,
             batch.labels,
             batch.text,
@@ -65,26 +70,62 @@ impl CpuBackend {
             self.state.other_bias,
         );
         out.stats.step = self.state.optim.step;
-        Ok((saved, out))
+        Ok(out)
     }
 
-    /// Fills `self.grads` for `batch`; returns the stats.
-    fn compute_gradients(&mut self, batch: &Batch<'_>) -> Result<StepStats, TrainError> {
-        let (saved, out) = self.forward_loss(batch)?;
+    /// Fills `self.grads` for `batch` (the input tokens' gradient only when `tokens`);
+    /// returns the stats.
+    fn compute_gradients(
+        &mut self,
+        batch: &Batch<'_>,
+        tokens: bool,
+    ) -> Result<StepStats, TrainError> {
+        let out = self.forward_loss(batch)?;
         let g = &mut self.grads;
-        g.tokens.resize(batch.tokens.len(), 0.0);
+        let d_tokens = if tokens {
+            g.tokens.resize(batch.tokens.len(), 0.0);
+            Some(&mut g.tokens[..])
+        } else {
+            g.tokens.clear();
+            None
+        };
         backward(
             &self.dims,
             &self.state.params,
             &self.head,
-            &saved,
+            &self.saved,
             &out.d_embed,
             &mut g.params,
-            &mut g.tokens,
+            d_tokens,
         );
         g.other_bias = out.d_bias;
         Ok(out.stats)
     }
+
+    /// Forward, loss, backward (no input-token gradient) and the AdamW update.
+    fn step_here(&mut self, batch: &Batch<'_>) -> Result<StepStats, TrainError> {
+        let mut stats = self.compute_gradients(batch, false)?;
+        let s = &mut self.state;
+        adamw_update(
+            &self.dims,
+            &self.cfg,
+            &mut s.optim,
+            &mut s.params,
+            &mut s.other_bias,
+            &self.grads.params,
+            self.grads.other_bias,
+        );
+        stats.step = s.optim.step;
+        Ok(stats)
+    }
+}
+
+/// Runs `f` on a worker of the rayon pool, so that the many parallel sections of a step
+/// start from inside the pool rather than each being handed to it from outside.
+fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let mut out = None;
+    rayon::scope(|_| out = Some(f()));
+    out.expect("the scope ran its body")
 }
 
 impl TrainBackend for CpuBackend {
@@ -101,27 +142,15 @@ impl TrainBackend for CpuBackend {
     }
 
     fn step(&mut self, batch: &Batch<'_>) -> Result<StepStats, TrainError> {
-        let mut stats = self.compute_gradients(batch)?;
-        let s = &mut self.state;
-        adamw_update(
-            &self.dims,
-            &self.cfg,
-            &mut s.optim,
-            &mut s.params,
-            &mut s.other_bias,
-            &self.grads.params,
-            self.grads.other_bias,
-        );
-        stats.step = s.optim.step;
-        Ok(stats)
+        on_pool(|| self.step_here(batch))
     }
 
     fn loss(&mut self, batch: &Batch<'_>) -> Result<StepStats, TrainError> {
-        Ok(self.forward_loss(batch)?.1.stats)
+        on_pool(|| Ok(self.forward_loss(batch)?.stats))
     }
 
     fn gradients(&mut self, batch: &Batch<'_>) -> Result<(StepStats, Gradients), TrainError> {
-        let stats = self.compute_gradients(batch)?;
+        let stats = on_pool(|| self.compute_gradients(batch, true))?;
         Ok((stats, self.grads.clone()))
     }
 

@@ -5,7 +5,10 @@
 //! `L_i = CE(y; all K+1) + β·CE(other; all but y)`, and the loss is the batch mean.
 //! With a single label the second term is over {other} alone and is 0.
 
+use rayon::prelude::*;
+
 use super::{StepStats, TrainConfig};
+use crate::block::sums;
 
 /// Loss value, statistics and the gradients w.r.t. the unnormalised embeddings
 /// (`[B, E]`) and `b`.
@@ -22,8 +25,86 @@ fn logsumexp(l: impl Iterator<Item = f64> + Clone) -> f64 {
     max + l.map(|v| (v - max).exp()).sum::<f64>().ln()
 }
 
+/// One sample's terms: `CE(y; all)`, `CE(other; all but y)`, `d L / d b`, and whether the
+/// argmax over `Y` is `y`.
+struct SampleTerms {
+    ce_label: f64,
+    ce_other: f64,
+    d_bias: f64,
+    correct: bool,
+}
+
+/// The loss terms of one sample with unnormalised embedding `er`, and its gradient by
+/// `er` written to `d_er` (already divided by the batch size).
+#[allow(clippy::too_many_arguments)]
+fn sample_terms(
+    cfg: &TrainConfig,
+    er: &[f32],
+    y: usize,
+    text: &[f32],
+    k: usize,
+    other_bias: f32,
+    batch: usize,
+    d_er: &mut [f32],
+) -> SampleTerms {
+    let e = er.len();
+    let tau = cfg.logit_scale as f64;
+    let beta = cfg.beta_other as f64;
+    let norm = sums::sum_sq_dev(er, 0.0).sqrt().max(1e-12);
+    let z: Vec<f64> = er.iter().map(|&v| v as f64 / norm).collect();
+    let mut logits = vec![0.0f64; k + 1];
+    for (j, l) in logits[..k].iter_mut().enumerate() {
+        *l = tau * sums::dot(&text[j * e..(j + 1) * e], &z);
+    }
+    logits[k] = other_bias as f64;
+    let best = (0..k).fold(0, |b, j| if logits[j] > logits[b] { j } else { b });
+
+    // CE(y; all K+1)
+    let lse1 = logsumexp(logits.iter().copied());
+    // CE(other; all but y)
+    let others = logits
+        .iter()
+        .enumerate()
+        .filter(|&(j, _)| j != y)
+        .map(|(_, &v)| v);
+    let lse2 = logsumexp(others);
+
+    let mut dl = vec![0.0f64; k + 1];
+    for (j, g) in dl.iter_mut().enumerate() {
+        let p1 = (logits[j] - lse1).exp();
+        let p2 = if j == y {
+            0.0
+        } else {
+            (logits[j] - lse2).exp()
+        };
+        let g1 = p1 - f64::from(u8::from(j == y));
+        let g2 = p2 - f64::from(u8::from(j == k));
+        *g = (g1 + beta * g2) / batch as f64;
+    }
+    // dz = τ Σ_j dl_j t_j; de = (dz − z (z·dz)) / ‖e‖
+    let mut dz = vec![0.0f64; e];
+    for j in 0..k {
+        let t = &text[j * e..(j + 1) * e];
+        let c = tau * dl[j];
+        dz.iter_mut()
+            .zip(t)
+            .for_each(|(g, &tv)| *g += c * tv as f64);
+    }
+    let zdz: f64 = z.iter().zip(&dz).map(|(a, b)| a * b).sum();
+    for c in 0..e {
+        d_er[c] = ((dz[c] - z[c] * zdz) / norm) as f32;
+    }
+    SampleTerms {
+        ce_label: lse1 - logits[y],
+        ce_other: lse2 - logits[k],
+        d_bias: dl[k],
+        correct: best == y,
+    }
+}
+
 /// Computes the loss of `embed` (`[B, E]`, unnormalised) against `labels` and `text`
-/// (`[K, E]`, normalised) and its gradients. Lengths are checked by the caller.
+/// (`[K, E]`, normalised) and its gradients. Lengths are checked by the caller. Samples
+/// run in parallel; their terms are summed in order.
 pub fn loss_forward_backward(
     cfg: &TrainConfig,
     embed: &[f32],
@@ -34,71 +115,22 @@ pub fn loss_forward_backward(
     other_bias: f32,
 ) -> LossOutput {
     let batch = labels.len();
-    let k = n_labels;
-    let tau = cfg.logit_scale as f64;
     let beta = cfg.beta_other as f64;
     let mut d_embed = vec![0.0f32; batch * e];
+    let terms: Vec<SampleTerms> = d_embed
+        .par_chunks_mut(e)
+        .zip(embed.par_chunks(e))
+        .zip(labels.par_iter())
+        .map(|((d_er, er), &y)| {
+            sample_terms(cfg, er, y as usize, text, n_labels, other_bias, batch, d_er)
+        })
+        .collect();
     let (mut sum1, mut sum2, mut d_bias, mut correct) = (0.0f64, 0.0f64, 0.0f64, 0usize);
-    let mut logits = vec![0.0f64; k + 1];
-    let mut dl = vec![0.0f64; k + 1];
-    for (i, &y) in labels.iter().enumerate() {
-        let y = y as usize;
-        let er = &embed[i * e..(i + 1) * e];
-        let norm = er
-            .iter()
-            .map(|&v| (v as f64).powi(2))
-            .sum::<f64>()
-            .sqrt()
-            .max(1e-12);
-        let z: Vec<f64> = er.iter().map(|&v| v as f64 / norm).collect();
-        for (j, l) in logits[..k].iter_mut().enumerate() {
-            *l = tau
-                * text[j * e..(j + 1) * e]
-                    .iter()
-                    .zip(&z)
-                    .map(|(&t, &zv)| t as f64 * zv)
-                    .sum::<f64>();
-        }
-        logits[k] = other_bias as f64;
-        let best = (0..k).fold(0, |b, j| if logits[j] > logits[b] { j } else { b });
-        correct += usize::from(best == y);
-
-        // CE(y; all K+1)
-        let lse1 = logsumexp(logits.iter().copied());
-        sum1 += lse1 - logits[y];
-        // CE(other; all but y)
-        let others = logits
-            .iter()
-            .enumerate()
-            .filter(|&(j, _)| j != y)
-            .map(|(_, &v)| v);
-        let lse2 = logsumexp(others);
-        sum2 += lse2 - logits[k];
-
-        for j in 0..=k {
-            let p1 = (logits[j] - lse1).exp();
-            let p2 = if j == y {
-                0.0
-            } else {
-                (logits[j] - lse2).exp()
-            };
-            let g1 = p1 - f64::from(u8::from(j == y));
-            let g2 = p2 - f64::from(u8::from(j == k));
-            dl[j] = (g1 + beta * g2) / batch as f64;
-        }
-        d_bias += dl[k];
-        // dz = τ Σ_j dl_j t_j; de = (dz − z (z·dz)) / ‖e‖
-        let mut dz = vec![0.0f64; e];
-        for j in 0..k {
-            let t = &text[j * e..(j + 1) * e];
-            dz.iter_mut()
-                .zip(t)
-                .for_each(|(g, &tv)| *g += tau * dl[j] * tv as f64);
-        }
-        let zdz: f64 = z.iter().zip(&dz).map(|(a, b)| a * b).sum();
-        for c in 0..e {
-            d_embed[i * e + c] = ((dz[c] - z[c] * zdz) / norm) as f32;
-        }
+    for t in &terms {
+        sum1 += t.ce_label;
+        sum2 += t.ce_other;
+        d_bias += t.d_bias;
+        correct += usize::from(t.correct);
     }
     let (l1, l2) = (sum1 / batch as f64, sum2 / batch as f64);
     LossOutput {
