@@ -1,5 +1,6 @@
 //! Every kernel against a plain CPU reference on small shapes, on whatever adapter exists
-//! (Mesa lavapipe in CI). Without an adapter each test prints a skip reason and passes.
+//! (Mesa lavapipe in CI). Without an adapter each test prints a skip reason and passes,
+//! unless `ANYTIME_EDGE_REQUIRE_GPU` is set (`.ci/run` sets it): then it fails.
 //!
 //! Tolerance: `|gpu − ref| ≤ 1e-5 + 1e-4·|ref|` elementwise (f32 kernels against f64 or
 //! f32 references with a different summation order; the sums here have ≤ 100 terms).
@@ -18,6 +19,11 @@ fn gpu() -> Option<(GpuContext, Kernels)> {
             Some((ctx, k))
         }
         Err(GpuError::NoAdapter) => {
+            assert!(
+                std::env::var("ANYTIME_EDGE_REQUIRE_GPU")
+                    .map_or(true, |v| v.is_empty() || v == "0"),
+                "no GPU adapter, and ANYTIME_EDGE_REQUIRE_GPU is set (CI installs lavapipe)"
+            );
             eprintln!("skipped: no GPU adapter (install mesa-vulkan-drivers for lavapipe)");
             None
         }

@@ -1,7 +1,8 @@
 //! The wgpu backend against the shared numeric checks (`train_common`, the same bodies the
 //! CPU backend runs) and against the CPU backend itself (parity of gradients, of one step
 //! and of ten steps). Runs on whatever adapter exists (Mesa lavapipe in CI); without one
-//! every test prints a skip reason and passes.
+//! every test prints a skip reason and passes, unless `ANYTIME_EDGE_REQUIRE_GPU` is set
+//! (`.ci/run` sets it), which makes a missing adapter a failure.
 //!
 //! Parity tolerances (f32 on both sides, different summation orders, LayerNorm statistics
 //! and the loss in f64 on the CPU and f32 on the GPU):
@@ -37,6 +38,11 @@ fn gpu_available() -> bool {
     ) {
         Ok(_) => true,
         Err(TrainError::NoAdapter) => {
+            assert!(
+                std::env::var("ANYTIME_EDGE_REQUIRE_GPU")
+                    .map_or(true, |v| v.is_empty() || v == "0"),
+                "no GPU adapter, and ANYTIME_EDGE_REQUIRE_GPU is set (CI installs lavapipe)"
+            );
             eprintln!("skipped: no GPU adapter (install mesa-vulkan-drivers for lavapipe)");
             false
         }
