@@ -260,8 +260,9 @@ pub fn run(a: Args) -> Result<()> {
         threads
     );
     println!(
-        "FLOPs per step: {:.3} G executed (CLS-only, keys/values folded), {:.2} G dense equivalent",
+        "FLOPs per step: {:.3} G executed (CLS-only, keys/values folded; {:.3} G more with the input tokens' gradient), {:.2} G dense equivalent",
         flops.executed as f64 / 1e9,
+        flops.token_grad as f64 / 1e9,
         flops.dense as f64 / 1e9
     );
     println!("{:<44} {:>10} {:>10}", "", "ms", "GFLOP/s");
@@ -349,6 +350,7 @@ pub fn run(a: Args) -> Result<()> {
         "threads": threads,
         "steps_timed": a.steps.max(1),
         "flops_executed": flops.executed,
+        "flops_token_grad_extra": flops.token_grad,
         "flops_dense": flops.dense,
         "sgemm_1600x768x3072_gflops": roofline,
         "sgemm_kv_shape_gflops": kv_gemm,

@@ -21,6 +21,7 @@
 
 use rayon::prelude::*;
 
+use super::forward::recompute_affine;
 use super::gemm::{matmul_nn, matmul_nt, matmul_tn};
 use super::params::BlockDims;
 
@@ -191,14 +192,7 @@ pub(crate) fn cls_attention_backward(
     let scale = 1.0 / (dh as f32).sqrt();
 
     // a = ā ⊙ w1 + b1 again, `[B, H, D]`.
-    let mut a = vec![0.0f32; s.abar.len()];
-    a.par_chunks_mut(d)
-        .zip(s.abar.par_chunks(d))
-        .for_each(|(a, ab)| {
-            for i in 0..d {
-                a[i] = ab[i] * w1[i] + b1[i];
-            }
-        });
+    let a = recompute_affine(s.abar, d, w1, b1);
 
     // o_h = W_v,h a_h + b_v,h: dW_v,h = d_o,hᵀ a_h and da_h = d_o,h W_v,h (`[H, B, D]`);
     // w1, b1 partials Σ_b da ⊙ ā, Σ_b da per head.

@@ -144,12 +144,7 @@ pub fn forward_into(
     let abar = sized(&mut s.abar, batch * heads * d);
     attention_core_forward(dims, &s.xhat1, &u, probs, abar);
     // a = ā ⊙ w1 + b1 (the probabilities sum to 1), then o = W_v a + b_v per head.
-    let mut a = u;
-    for (a, ab) in a.chunks_exact_mut(d).zip(s.abar.chunks_exact(d)) {
-        for i in 0..d {
-            a[i] = ab[i] * p.ln_1_w[i] + p.ln_1_b[i];
-        }
-    }
+    let a = recompute_affine(&s.abar, d, &p.ln_1_w, &p.ln_1_b);
     let attn = sized(&mut s.attn, batch * d);
     value_output(
         dims,

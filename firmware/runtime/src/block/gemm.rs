@@ -26,7 +26,7 @@ const PAR_ALIGN: usize = 16;
 /// disjoint block of rows or columns.
 #[derive(Clone, Copy)]
 struct SharedC(*mut f32);
-// SAFETY: only used inside `gemm`, where every part writes a disjoint block of C.
+// SAFETY: only used inside `split_gemm`, where every part writes a disjoint block of C.
 unsafe impl Send for SharedC {}
 unsafe impl Sync for SharedC {}
 
