@@ -3,15 +3,18 @@
 //! in PyTorch CPU (`host/bench/train_step_torch.py`, same shapes, same threads) when torch
 //! is installed, and the wgpu path on whatever adapter exists (its time includes reading
 //! the per-sample loss statistics back, which ends every step). Prints a table and writes
-//! `target/bench/train_step.json`.
+//! `target/bench/train_step.json`. The CPU step also gets an A/B in alternating rounds
+//! with the thin-GEMM kernel on and off, and its AdamW update is timed on its own.
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use anytime_runtime::block::{
-    memory_report, sgemm_nn, step_flops, BlockDims, BlockParams, FrozenHead,
+    memory_report, set_thin_kernels, sgemm_nn, step_flops, thin_kernels_active, BlockDims,
+    BlockParams, FrozenHead,
 };
+use anytime_runtime::train::adamw::adamw_update;
 use anytime_runtime::train::gpu::GpuBackend;
 use anytime_runtime::train::{
     Batch, CpuBackend, TrainBackend, TrainConfig, TrainError, TunedState,
@@ -156,6 +159,61 @@ fn time_backend(
     Ok((median(fwd), median(step)))
 }
 
+/// Step times (s) with the thin-GEMM kernel on and off, interleaved in one run.
+struct ThinAb {
+    on_s: f64,
+    off_s: f64,
+    rounds: usize,
+}
+
+/// When the thin-GEMM kernel is in use (x86-64 with AVX2 and FMA), times the step with it
+/// on and off (every product on matrixmultiply) in alternating rounds of 3 steps, so
+/// both see the same machine state; the medians over the rounds. Leaves it on.
+fn thin_kernel_ab(cpu: &mut CpuBackend, batch: &Batch<'_>) -> Result<Option<ThinAb>> {
+    if !thin_kernels_active() {
+        return Ok(None);
+    }
+    const ROUNDS: usize = 8;
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        for (flag, out) in [(true, &mut on), (false, &mut off)] {
+            set_thin_kernels(flag);
+            let r = time_backend(cpu, batch, 3);
+            set_thin_kernels(true);
+            out.push(r?.1);
+        }
+    }
+    Ok(Some(ThinAb {
+        on_s: median(on),
+        off_s: median(off),
+        rounds: ROUNDS,
+    }))
+}
+
+/// Median seconds of the AdamW update alone (a copy of the state, zero gradients):
+/// element-wise over 7 arrays of every trainable parameter, so it measures how fast
+/// the machine streams them.
+fn time_adamw(dims: &BlockDims, cfg: &TrainConfig, state: &TunedState, steps: usize) -> f64 {
+    let mut s = state.clone();
+    let grads = BlockParams::zeros(dims);
+    let times = (0..steps.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            adamw_update(
+                dims,
+                cfg,
+                &mut s.optim,
+                &mut s.params,
+                &mut s.other_bias,
+                &grads,
+                0.0,
+            );
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    median(times)
+}
+
 /// What the wgpu path measured.
 struct GpuRun {
     adapter: String,
@@ -226,6 +284,8 @@ pub fn run(a: Args) -> Result<()> {
     let mut cpu = CpuBackend::new(dims, cfg.clone(), head.clone(), state.clone())
         .context("building the CPU backend")?;
     let (fwd_s, step_s) = time_backend(&mut cpu, &batch, a.steps)?;
+    let thin = thin_kernel_ab(&mut cpu, &batch)?;
+    let adamw_s = time_adamw(&dims, &cfg, cpu.state_ref(), a.steps);
     drop(cpu);
     let flops = step_flops(&dims, a.batch, a.labels);
     let gflops = flops.executed as f64 / step_s / 1e9;
@@ -295,10 +355,31 @@ pub fn run(a: Args) -> Result<()> {
         gflops
     );
     println!(
+        "{:<44} {:>10.1} {:>10}",
+        "  of which AdamW alone (timed apart)",
+        adamw_s * 1e3,
+        ""
+    );
+    println!(
         "{:<44} {:>10.2}",
         "roofline ratio (step / SGEMM)",
         gflops / roofline
     );
+    match &thin {
+        Some(t) => {
+            println!(
+                "{:<44} {:>10.1}",
+                format!("  A/B, {} alternating rounds: thin kernel on", t.rounds),
+                t.on_s * 1e3
+            );
+            println!(
+                "{:<44} {:>10.1}",
+                "  A/B: off (every product on matrixmultiply)",
+                t.off_s * 1e3
+            );
+        }
+        None => println!("thin-GEMM kernel: not in use on this CPU (matrixmultiply only)"),
+    }
     for (_, label, r) in &torch {
         match t_step(r) {
             Some(t) => {
@@ -357,7 +438,14 @@ pub fn run(a: Args) -> Result<()> {
         "cpu_forward_loss_s": fwd_s,
         "cpu_step_s": step_s,
         "cpu_step_gflops": gflops,
+        "cpu_adamw_alone_s": adamw_s,
         "roofline_ratio": gflops / roofline,
+        "thin_kernel_ab": thin.as_ref().map(|t| json!({
+            "rounds": t.rounds,
+            "steps_per_round": 3,
+            "step_s_on": t.on_s,
+            "step_s_off": t.off_s,
+        })),
         "torch": torch.iter().map(|(m, _, r)| json!({
             "mode": m,
             "result": r,

@@ -95,10 +95,14 @@ fn gemm(
         strides: b_strides,
     };
     let c = SharedC(c.as_mut_ptr());
+    // SAFETY (both calls): the asserts above bound every element read in A and B and
+    // written in C by the slices' lengths; C's rows do not overlap (n <= ldc); C comes
+    // from a unique borrow, so it aliases neither A nor B.
+    #[cfg(target_arch = "x86_64")]
+    if unsafe { thin_gemm(m, k, n, a, b, c, ldc, acc) } {
+        return;
+    }
     let beta = if acc { 1.0 } else { 0.0 };
-    // SAFETY: the asserts above bound every element read in A and B and written in C by
-    // the slices' lengths; C's rows do not overlap (n <= ldc); C comes from a unique
-    // borrow, so it aliases neither A nor B.
     unsafe {
         if m < SWAP_BELOW && n >= 4 * m {
             let t = |o: Operand| Operand {
@@ -110,6 +114,68 @@ fn gemm(
             split_gemm(m, k, n, a, b, c, (ldc, 1), beta);
         }
     }
+}
+
+/// Products `A·Wᵀ` with at most this many rows use the thin kernel where the CPU has it.
+#[cfg(target_arch = "x86_64")]
+const THIN_MAX: usize = 64;
+
+/// Runs `C (+)= A·B` on the thin kernel ([`super::thin`]) when the CPU has it and the
+/// product is `A·Wᵀ` (A and W both contiguous along `k`) with few rows; returns whether
+/// it did.
+///
+/// # Safety
+/// As for [`split_gemm`], with `C` row-major (row stride `ldc`).
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn thin_gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: Operand,
+    b: Operand,
+    c: SharedC,
+    ldc: usize,
+    acc: bool,
+) -> bool {
+    use super::thin::{self, Mat};
+    if m > THIN_MAX || a.strides.1 != 1 || b.strides.0 != 1 || !thin::available() {
+        return false;
+    }
+    // W = Bᵀ is [n, k] row-major.
+    let a = Mat {
+        ptr: a.ptr as *const f32,
+        ld: a.strides.0,
+    };
+    let w = Mat {
+        ptr: b.ptr as *const f32,
+        ld: b.strides.1,
+    };
+    // SAFETY: the caller's guarantees; the parts write disjoint column blocks of C.
+    for_parts(n, 2 * m * k * n, |cols| unsafe {
+        thin::nt(m, k, a, w, c.ptr(), ldc, acc, cols)
+    });
+    true
+}
+
+/// Runs `run(lo, hi)` over `0..len` split into aligned parts, one per rayon thread when
+/// the product has at least [`PAR_MIN_FLOP`] FLOPs (else in one part, on this thread).
+fn for_parts(len: usize, flops: usize, run: impl Fn((usize, usize)) + Sync) {
+    let parts = if flops >= PAR_MIN_FLOP {
+        rayon::current_num_threads().min(len / PAR_ALIGN).max(1)
+    } else {
+        1
+    };
+    if parts == 1 {
+        return run((0, len));
+    }
+    let run = &run;
+    rayon::scope(|s| {
+        for i in 1..parts {
+            s.spawn(move |_| run(part(len, parts, i)));
+        }
+        run(part(len, parts, 0));
+    });
 }
 
 /// A read-only operand: its address (as an integer, to cross threads) and strides.
@@ -141,14 +207,8 @@ unsafe fn split_gemm(
 ) {
     let by_rows = m >= n;
     let long = if by_rows { m } else { n };
-    let parts = if 2 * m * k * n >= PAR_MIN_FLOP {
-        rayon::current_num_threads().min(long / PAR_ALIGN).max(1)
-    } else {
-        1
-    };
     let is = |x: usize| x as isize;
-    let run = |i: usize| {
-        let (lo, hi) = part(long, parts, i);
+    for_parts(long, 2 * m * k * n, |(lo, hi)| {
         if lo == hi {
             return;
         }
@@ -178,17 +238,7 @@ unsafe fn split_gemm(
                 is(c_strides.1),
             );
         }
-    };
-    if parts == 1 {
-        run(0);
-    } else {
-        rayon::scope(|s| {
-            for i in 1..parts {
-                s.spawn(move |_| run(i));
-            }
-            run(0);
-        });
-    }
+    });
 }
 
 /// `C (+)= A · B`: `A` is `[m, k]` (row stride `lda`), `B` is `[k, n]` (row stride `ldb`).
@@ -240,6 +290,24 @@ pub(crate) fn matmul_tn(
     acc: bool,
 ) {
     gemm(m, k, n, a, (1, lda), b, (ldb, 1), c, ldc, acc);
+}
+
+/// Turns the thin-GEMM kernels ([`super::thin`], x86-64 with AVX2 and FMA) on or off for
+/// the whole process (on by default), so that a benchmark can compare them with
+/// `matrixmultiply` in one run. No effect where they do not exist.
+pub fn set_thin_kernels(on: bool) {
+    #[cfg(target_arch = "x86_64")]
+    super::thin::set_enabled(on);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = on;
+}
+
+/// Whether the thin-GEMM kernels are in use (on, and the CPU has them).
+pub fn thin_kernels_active() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return super::thin::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// Public entry for benchmarks: `C = A · B`, all contiguous row-major, split across the
@@ -324,6 +392,54 @@ mod tests {
             let want = naive(m, k, n, |i, p| a[i * lda + p], |p, j| bt[j * k + p]);
             for ((x, w), c) in three.iter().zip(&want).zip(&c0) {
                 assert!((x - c - w).abs() < 1e-3 * (1.0 + w.abs()), "{m}x{k}x{n}");
+            }
+        }
+    }
+
+    /// The thin kernel's shape `A·Wᵀ` with few rows (matrixmultiply where the CPU lacks
+    /// it), with row, column and reduction tails, strided and accumulating operands,
+    /// small and split across threads: against a plain loop, and bit-identical on 1 and
+    /// 3 threads.
+    #[test]
+    fn block_gemm_thin_shape_matches_naive_on_any_thread_count() {
+        if !thin_kernels_active() {
+            println!("thin kernel not in use on this CPU: testing the fallback");
+        }
+        let data = |len: usize, f: f32| (0..len).map(|i| (i as f32 * f).sin()).collect::<Vec<_>>();
+        for (m, k, n) in [
+            (13, 77, 50),
+            (4, 9, 31),
+            (30, 301, 500),
+            (64, 300, 519),
+            (1, 5, 7),
+        ] {
+            let (lda, ldw, ldc) = (k + 2, k + 1, n + 1);
+            let a = data(m * lda, 0.37);
+            let w = data(n * ldw, 0.11); // [n, k]
+            let c0 = data(m * ldc, 0.05);
+            let want = naive(m, k, n, |i, p| a[i * lda + p], |p, j| w[j * ldw + p]);
+            for acc in [false, true] {
+                let run = |threads: usize| {
+                    let mut c = c0.clone();
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    pool.install(|| matmul_nt(m, k, n, &a, lda, &w, ldw, &mut c, ldc, acc));
+                    c
+                };
+                let (one, three) = (run(1), run(3));
+                assert_eq!(one, three, "{m}x{k}x{n}: thread count changed the result");
+                for i in 0..m {
+                    for j in 0..n {
+                        let base = if acc { c0[i * ldc + j] } else { 0.0 };
+                        let (got, w) = (one[i * ldc + j] - base, want[i * n + j]);
+                        assert!(
+                            (got - w).abs() < 1e-4 * (1.0 + w.abs()),
+                            "{m}x{k}x{n} acc={acc}"
+                        );
+                    }
+                }
             }
         }
     }

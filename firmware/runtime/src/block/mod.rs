@@ -15,12 +15,14 @@ mod memory;
 mod model;
 mod params;
 pub(crate) mod sums;
+#[cfg(target_arch = "x86_64")]
+mod thin;
 mod weights;
 
 pub use backward::backward;
 pub use flops::{step_flops, StepFlops};
 pub use forward::{cls_attention, forward, forward_into, l2_normalise, Saved};
-pub use gemm::sgemm_nn;
+pub use gemm::{set_thin_kernels, sgemm_nn, thin_kernels_active};
 pub use memory::{memory_report, MemoryReport};
 pub use model::LastBlock;
 pub use params::{
