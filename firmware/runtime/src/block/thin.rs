@@ -8,9 +8,10 @@
 //! order, so an element's value does not depend on the tile or parallel part it falls
 //! in, nor on the thread count. [`available`] says whether the CPU has the instructions;
 //! the caller falls back to `matrixmultiply` when it does not (and on other
-//! architectures), and for every other shape: the broadcast-form products (`dY·W`,
-//! `dYᵀ·X`) written the same way ran slower than `matrixmultiply` in the training step,
-//! because a weight's column strip is read across rows a page or more apart.
+//! architectures), and for every other shape: broadcast-form kernels for `dY·W` and
+//! `dYᵀ·X` written the same way ran slower than `matrixmultiply` in the training step
+//! (`dY·W` reads a weight's column strip across rows a page or more apart, which the
+//! prefetchers do not follow; the `dYᵀ·X` tiles spilled registers).
 
 use std::arch::x86_64::*;
 use std::sync::atomic::{AtomicBool, Ordering};
