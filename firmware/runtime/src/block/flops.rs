@@ -5,7 +5,7 @@ use super::params::BlockDims;
 /// FLOPs (2 per multiply-add) of one training step at batch `B` and `|Y|` labels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StepFlops {
-    /// What the CPU path executes in a training step (see [`super::forward`]): GEMMs of
+    /// What the CPU path executes in a training step (see [`super::forward()`]): GEMMs of
     /// the forward and the backward, and the loss logits; element-wise work (LayerNorm,
     /// softmax, QuickGELU, AdamW) is not counted. The input tokens' gradient is not part
     /// of a step (the trunk is frozen).

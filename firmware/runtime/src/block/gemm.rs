@@ -1,4 +1,5 @@
-//! The one safe wrapper over `matrixmultiply::sgemm`.
+//! The one safe wrapper over the GEMMs: `matrixmultiply::sgemm`, and on x86-64 with AVX2
+//! and FMA our thin kernel ([`super::thin`]) for `A·Wᵀ` with few rows.
 //!
 //! Matrices are row-major with an explicit row stride (`ld*`, in elements), so a block of
 //! rows or columns inside a larger buffer (the CLS rows of a batch, the k/v columns of a
@@ -292,9 +293,9 @@ pub(crate) fn matmul_tn(
     gemm(m, k, n, a, (1, lda), b, (ldb, 1), c, ldc, acc);
 }
 
-/// Turns the thin-GEMM kernels ([`super::thin`], x86-64 with AVX2 and FMA) on or off for
+/// Turns the thin-GEMM kernel (`block/thin.rs`, x86-64 with AVX2 and FMA) on or off for
 /// the whole process (on by default), so that a benchmark can compare them with
-/// `matrixmultiply` in one run. No effect where they do not exist.
+/// `matrixmultiply` in one run. No effect where it does not exist.
 pub fn set_thin_kernels(on: bool) {
     #[cfg(target_arch = "x86_64")]
     super::thin::set_enabled(on);
@@ -302,7 +303,7 @@ pub fn set_thin_kernels(on: bool) {
     let _ = on;
 }
 
-/// Whether the thin-GEMM kernels are in use (on, and the CPU has them).
+/// Whether the thin-GEMM kernel is in use (on, and the CPU has AVX2 and FMA).
 pub fn thin_kernels_active() -> bool {
     #[cfg(target_arch = "x86_64")]
     return super::thin::available();

@@ -22,12 +22,12 @@ const L: usize = 8;
 /// Off switch for same-run comparisons (see [`super::gemm::set_thin_kernels`]).
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
-/// Turns the kernels on or off for the whole process.
+/// Turns the kernel on or off for the whole process.
 pub(crate) fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
 }
 
-/// Whether the kernels are on and the CPU has AVX2 and FMA (detected once by `std`).
+/// Whether the kernel is on and the CPU has AVX2 and FMA (detected once by `std`).
 pub(crate) fn available() -> bool {
     ENABLED.load(Ordering::Relaxed)
         && is_x86_feature_detected!("avx2")

@@ -5,7 +5,8 @@ use super::loss::{loss_forward_backward, LossOutput};
 use super::{Batch, Gradients, StepStats, TrainBackend, TrainConfig, TrainError, TunedState};
 use crate::block::{backward, forward_into, BlockDims, FrozenHead, Saved};
 
-/// Trains the tuned block on the CPU (f32, GEMMs through `matrixmultiply`).
+/// Trains the tuned block on the CPU (f32, GEMMs through `matrixmultiply` and, on x86-64
+/// with AVX2 and FMA, the thin kernel of `block::thin`).
 /// Deterministic: the same state and batches give bit-identical results.
 #[derive(Debug)]
 pub struct CpuBackend {
