@@ -7,17 +7,10 @@
 use rayon::prelude::*;
 
 use super::attention::{cls_attention_backward, AttentionGrads, AttentionSaved};
-use super::forward::{quick_gelu, recompute_affine, Saved};
+use super::forward::{recompute_affine, Saved};
 use super::gemm::{matmul_nn, matmul_nt, matmul_tn};
 use super::layernorm::{layernorm_backward, normalise_backward};
 use super::params::{BlockDims, BlockParams, FrozenHead};
-
-/// Derivative of QuickGELU: `σ(1.702x) + 1.702·x·σ(1.702x)(1 − σ(1.702x))`.
-#[inline]
-fn quick_gelu_grad(x: f32) -> f32 {
-    let s = 1.0 / (1.0 + (-1.702 * x).exp());
-    s + 1.702 * x * s * (1.0 - s)
-}
 
 /// Column sums of `dy` (`[rows, n]`) written to `db` (`[n]`).
 fn bias_grad(dy: &[f32], db: &mut [f32]) {
@@ -67,14 +60,22 @@ pub fn backward(
     );
 
     // MLP: x3 = x2 + act·Wpᵀ + bp, act = qgelu(fc), fc = h2·Wfcᵀ + bfc.
-    let act: Vec<f32> = saved.fc.iter().map(|&x| quick_gelu(x)).collect();
-    matmul_tn(d, batch, m, &dx3, d, &act, m, &mut grads.cproj_w, m, false);
+    matmul_tn(
+        d,
+        batch,
+        m,
+        &dx3,
+        d,
+        &saved.act,
+        m,
+        &mut grads.cproj_w,
+        m,
+        false,
+    );
     bias_grad(&dx3, &mut grads.cproj_b);
     let mut dfc = vec![0.0; batch * m];
     matmul_nn(batch, d, m, &dx3, d, &p.cproj_w, m, &mut dfc, m, false);
-    dfc.iter_mut()
-        .zip(&saved.fc)
-        .for_each(|(g, &x)| *g *= quick_gelu_grad(x));
+    dfc.iter_mut().zip(&saved.dact).for_each(|(g, &s)| *g *= s);
     let h2 = recompute_affine(&saved.xhat2, d, &p.ln_2_w, &p.ln_2_b);
     matmul_tn(m, batch, d, &dfc, m, &h2, d, &mut grads.fc_w, d, false);
     bias_grad(&dfc, &mut grads.fc_b);

@@ -37,8 +37,10 @@ pub struct Saved {
     /// LN2 normalised CLS rows `[B, D]`, `[B]`.
     pub xhat2: Vec<f32>,
     pub rstd2: Vec<f32>,
-    /// MLP pre-activation `[B, M]` (QuickGELU is recomputed in backward).
-    pub fc: Vec<f32>,
+    /// QuickGELU of the MLP pre-activation `[B, M]`, and its derivative there (both from
+    /// the one `exp` per element that the forward computes anyway).
+    pub act: Vec<f32>,
+    pub dact: Vec<f32>,
     /// `ln_post` normalised CLS output `[B, D]`, `[B]`.
     pub xhat_post: Vec<f32>,
     pub rstd_post: Vec<f32>,
@@ -46,10 +48,24 @@ pub struct Saved {
     pub embed: Vec<f32>,
 }
 
-/// QuickGELU `x·σ(1.702x)`.
+/// QuickGELU `x·σ(1.702x)` and its derivative `σ(1.702x) + 1.702·x·σ(1.702x)(1 − σ(1.702x))`.
 #[inline]
-pub(crate) fn quick_gelu(x: f32) -> f32 {
-    x / (1.0 + (-1.702 * x).exp())
+fn quick_gelu_and_grad(x: f32) -> (f32, f32) {
+    let e = 1.0 + (-1.702 * x).exp();
+    let s = 1.0 / e;
+    (x / e, s + 1.702 * x * s * (1.0 - s))
+}
+
+/// QuickGELU of every element of `x` (the MLP pre-activation, written there), in
+/// parallel by rows of width `m`; its derivative into `dact`.
+fn quick_gelu_rows(x: &mut [f32], dact: &mut [f32], m: usize) {
+    x.par_chunks_mut(m)
+        .zip(dact.par_chunks_mut(m))
+        .for_each(|(xr, dr)| {
+            for (v, d) in xr.iter_mut().zip(dr) {
+                (*v, *d) = quick_gelu_and_grad(*v);
+            }
+        });
 }
 
 /// Every row of `c` (`[rows, n]`) set to `bias` (`[n]`), to accumulate a product on top.
@@ -177,17 +193,17 @@ pub fn forward_into(
         sized(&mut s.rstd2, batch),
         &mut h2,
     );
-    let fc = sized(&mut s.fc, batch * m);
+    let fc = sized(&mut s.act, batch * m);
     broadcast_rows(fc, &p.fc_b);
     matmul_nt(batch, d, m, &h2, d, &p.fc_w, d, fc, m, true);
-    let act: Vec<f32> = s.fc.iter().map(|&x| quick_gelu(x)).collect();
+    quick_gelu_rows(fc, sized(&mut s.dact, batch * m), m);
 
     // x3 = x2 + act·Wpᵀ + bp
     let mut x3 = x2;
     for row in x3.chunks_exact_mut(d) {
         row.iter_mut().zip(&p.cproj_b).for_each(|(x, &b)| *x += b);
     }
-    matmul_nt(batch, m, d, &act, m, &p.cproj_w, m, &mut x3, d, true);
+    matmul_nt(batch, m, d, &s.act, m, &p.cproj_w, m, &mut x3, d, true);
 
     let mut u_post = vec![0.0; batch * d];
     layernorm_forward(
@@ -203,10 +219,14 @@ pub fn forward_into(
     matmul_nn(batch, d, e, &u_post, d, &head.proj, e, embed, e, false);
 }
 
-/// `h = xhat·w + b` recomputed from a saved LayerNorm output.
+/// `h = xhat·w + b` recomputed from a saved LayerNorm output (in parallel by blocks of
+/// rows: for `ā` it is `B·H` rows).
 pub(crate) fn recompute_affine(xhat: &[f32], d: usize, w: &[f32], b: &[f32]) -> Vec<f32> {
+    const ROWS: usize = 32;
     let mut y = vec![0.0; xhat.len()];
-    layernorm_affine(xhat, d, w, b, &mut y);
+    y.par_chunks_mut(ROWS * d)
+        .zip(xhat.par_chunks(ROWS * d))
+        .for_each(|(y, x)| layernorm_affine(x, d, w, b, y));
     y
 }
 

@@ -27,10 +27,10 @@ impl MemoryReport {
 
 /// The accounting, in f32 scalars × 4, with `R = B·N` token rows and `H` heads:
 /// - saved: `xhat1` R·D, `rstd1` R, `h1_cls` B·D, `q` B·D, `qt` H·B·D, `probs` B·H·N,
-///   `abar` B·H·D, `attn` B·D, `xhat2` B·D, `rstd2` B, `fc` B·M, `xhat_post` B·D,
-///   `rstd_post` B, `embed` B·E;
-/// - recomputed in backward instead of saved: `a = ā ⊙ w1 + b1`, LN2's output,
-///   QuickGELU's output;
+///   `abar` B·H·D, `attn` B·D, `xhat2` B·D, `rstd2` B, QuickGELU's output `act` and
+///   derivative `dact` 2·B·M (not the pre-activation: backward needs only these two),
+///   `xhat_post` B·D, `rstd_post` B, `embed` B·E;
+/// - recomputed in backward instead of saved: `a = ā ⊙ w1 + b1`, LN2's output;
 /// - never computed: keys and values (folded into `q̃` and `ā`), the LN1 output of the
 ///   patch tokens (its scale and shift are folded into `u = w1 ⊙ q̃` and `a`), queries,
 ///   attention and MLP of the non-CLS tokens, whose outputs never reach the embedding;
@@ -48,7 +48,7 @@ pub fn memory_report(dims: &BlockDims, batch: usize) -> MemoryReport {
         + b * d
         + b * d
         + b
-        + b * m
+        + 2 * b * m
         + b * d
         + b
         + b * e;
