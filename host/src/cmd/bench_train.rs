@@ -3,8 +3,9 @@
 //! in PyTorch CPU (`host/bench/train_step_torch.py`, same shapes, same threads) when torch
 //! is installed, and the wgpu path on whatever adapter exists (its time includes reading
 //! the per-sample loss statistics back, which ends every step). Prints a table and writes
-//! `target/bench/train_step.json`. The CPU step also gets an A/B in alternating rounds
-//! with the thin-GEMM kernel on and off, and its AdamW update is timed on its own.
+//! `target/bench/train_step.json`. The CPU step also gets A/B comparisons in alternating
+//! rounds (the thin-GEMM kernel on and off; idle pool workers kept awake or left to
+//! sleep), and its AdamW update is timed on its own.
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
@@ -17,7 +18,7 @@ use anytime_runtime::block::{
 use anytime_runtime::train::adamw::adamw_update;
 use anytime_runtime::train::gpu::GpuBackend;
 use anytime_runtime::train::{
-    Batch, CpuBackend, TrainBackend, TrainConfig, TrainError, TunedState,
+    set_keep_awake, Batch, CpuBackend, TrainBackend, TrainConfig, TrainError, TunedState,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::json;
@@ -159,35 +160,32 @@ fn time_backend(
     Ok((median(fwd), median(step)))
 }
 
-/// Step times (s) with the thin-GEMM kernel on and off, interleaved in one run.
-struct ThinAb {
+/// Step times (s) with one switch of the CPU path on and off, interleaved in one run.
+struct Ab {
     on_s: f64,
     off_s: f64,
     rounds: usize,
 }
 
-/// When the thin-GEMM kernel is in use (x86-64 with AVX2 and FMA), times the step with it
-/// on and off (every product on matrixmultiply) in alternating rounds of 3 steps, so
-/// both see the same machine state; the medians over the rounds. Leaves it on.
-fn thin_kernel_ab(cpu: &mut CpuBackend, batch: &Batch<'_>) -> Result<Option<ThinAb>> {
-    if !thin_kernels_active() {
-        return Ok(None);
-    }
+/// Times the step with `set(true)` and `set(false)` in alternating rounds of 3 steps, so
+/// both see the same machine state (this VM's speed drifts by 20 % and more between
+/// runs); the medians over the rounds. Leaves the switch on.
+fn ab(cpu: &mut CpuBackend, batch: &Batch<'_>, set: fn(bool)) -> Result<Ab> {
     const ROUNDS: usize = 8;
     let (mut on, mut off) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         for (flag, out) in [(true, &mut on), (false, &mut off)] {
-            set_thin_kernels(flag);
+            set(flag);
             let r = time_backend(cpu, batch, 3);
-            set_thin_kernels(true);
+            set(true);
             out.push(r?.1);
         }
     }
-    Ok(Some(ThinAb {
+    Ok(Ab {
         on_s: median(on),
         off_s: median(off),
         rounds: ROUNDS,
-    }))
+    })
 }
 
 /// Median seconds of the AdamW update alone (a copy of the state, zero gradients):
@@ -284,7 +282,13 @@ pub fn run(a: Args) -> Result<()> {
     let mut cpu = CpuBackend::new(dims, cfg.clone(), head.clone(), state.clone())
         .context("building the CPU backend")?;
     let (fwd_s, step_s) = time_backend(&mut cpu, &batch, a.steps)?;
-    let thin = thin_kernel_ab(&mut cpu, &batch)?;
+    // The thin-GEMM kernel (when this CPU has it), then the kept-awake workers.
+    let thin = if thin_kernels_active() {
+        Some(ab(&mut cpu, &batch, set_thin_kernels)?)
+    } else {
+        None
+    };
+    let awake = ab(&mut cpu, &batch, set_keep_awake)?;
     let adamw_s = time_adamw(&dims, &cfg, cpu.state_ref(), a.steps);
     drop(cpu);
     let flops = step_flops(&dims, a.batch, a.labels);
@@ -380,6 +384,16 @@ pub fn run(a: Args) -> Result<()> {
         }
         None => println!("thin-GEMM kernel: not in use on this CPU (matrixmultiply only)"),
     }
+    println!(
+        "{:<44} {:>10.1}",
+        format!("  A/B, {} rounds: idle workers kept awake", awake.rounds),
+        awake.on_s * 1e3
+    );
+    println!(
+        "{:<44} {:>10.1}",
+        "  A/B: off (idle rayon workers sleep)",
+        awake.off_s * 1e3
+    );
     for (_, label, r) in &torch {
         match t_step(r) {
             Some(t) => {
@@ -446,6 +460,12 @@ pub fn run(a: Args) -> Result<()> {
             "step_s_on": t.on_s,
             "step_s_off": t.off_s,
         })),
+        "keep_awake_ab": json!({
+            "rounds": awake.rounds,
+            "steps_per_round": 3,
+            "step_s_on": awake.on_s,
+            "step_s_off": awake.off_s,
+        }),
         "torch": torch.iter().map(|(m, _, r)| json!({
             "mode": m,
             "result": r,

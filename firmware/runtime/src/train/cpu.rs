@@ -1,5 +1,8 @@
 //! The CPU backend: the reference of the training engine and the fallback without a GPU.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
 use super::adamw::adamw_update;
 use super::loss::{loss_forward_backward, LossOutput};
 use super::{Batch, Gradients, StepStats, TrainBackend, TrainConfig, TrainError, TunedState};
@@ -121,12 +124,73 @@ impl CpuBackend {
     }
 }
 
+/// Whether [`on_pool`] keeps the pool's other workers awake (see [`set_keep_awake`]).
+static KEEP_AWAKE: AtomicBool = AtomicBool::new(true);
+
+/// Turns on or off (for the whole process; on by default) keeping the rayon pool's idle
+/// workers awake during a CPU training step, so that a benchmark can compare both in one
+/// run.
+///
+/// A step is some fifty parallel sections (GEMM parts, per-image and per-head loops, the
+/// AdamW chunks) with short serial stretches between them. A rayon worker that finds no
+/// work for a few tens of microseconds goes to sleep, and waking it costs the next
+/// section 35–150 µs on the 2-core VM the benchmarks ran on (a `join` of two 20 µs
+/// halves after a 50 µs pause took 56 µs at the median, 158 µs at the 90th percentile,
+/// against 22 µs without the pause). Kept awake, the other workers spin (running any
+/// work that appears) until the step ends: the step is faster and uses more CPU time in
+/// its serial stretches.
+pub fn set_keep_awake(on: bool) {
+    KEEP_AWAKE.store(on, Ordering::Relaxed);
+}
+
+/// How long a kept-awake worker spins without finding work before it goes back to
+/// rayon's own waiting (longer than any serial stretch of a step).
+const KEEP_AWAKE_IDLE: Duration = Duration::from_millis(2);
+
 /// Runs `f` on a worker of the rayon pool, so that the many parallel sections of a step
-/// start from inside the pool rather than each being handed to it from outside.
+/// start from inside the pool rather than each being handed to it from outside; the
+/// pool's other workers are kept awake while it runs (see [`set_keep_awake`]).
 fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let done = AtomicBool::new(false);
     let mut out = None;
-    rayon::scope(|_| out = Some(f()));
+    rayon::scope(|s| {
+        if KEEP_AWAKE.load(Ordering::Relaxed) {
+            for _ in 1..rayon::current_num_threads() {
+                s.spawn(|_| keep_awake(&done));
+            }
+        }
+        // Set even if `f` panics, so that the keepers end and the panic propagates.
+        let _end = SetOnDrop(&done);
+        out = Some(f());
+    });
     out.expect("the scope ran its body")
+}
+
+/// Sets the flag when dropped.
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// Until `done`, runs the pool's pending work as it appears, spinning in between instead
+/// of sleeping; returns after [`KEEP_AWAKE_IDLE`] without work. The limit also bounds
+/// the wait where this job was picked up by a worker that is itself waiting for part of
+/// the step (it cannot return before the step ends otherwise): that part goes on once
+/// the keeper gives up.
+fn keep_awake(done: &AtomicBool) {
+    let mut idle_since = Instant::now();
+    while !done.load(Ordering::Acquire) {
+        if rayon::yield_now() == Some(rayon::Yield::Executed) {
+            idle_since = Instant::now();
+        } else if idle_since.elapsed() > KEEP_AWAKE_IDLE {
+            return;
+        } else {
+            std::hint::spin_loop();
+        }
+    }
 }
 
 impl TrainBackend for CpuBackend {
