@@ -21,7 +21,7 @@
 
 use rayon::prelude::*;
 
-use super::forward::recompute_affine;
+use super::forward::{recompute_affine, zeros};
 use super::gemm::{matmul_nn, matmul_nt, matmul_tn};
 use super::params::BlockDims;
 
@@ -196,7 +196,7 @@ pub(crate) fn cls_attention_backward(
 
     // o_h = W_v,h a_h + b_v,h: dW_v,h = d_o,hᵀ a_h and da_h = d_o,h W_v,h (`[H, B, D]`);
     // w1, b1 partials Σ_b da ⊙ ā, Σ_b da per head.
-    let mut dabar = vec![0.0f32; heads * batch * d];
+    let mut dabar = zeros(heads * batch * d);
     let mut part_w = vec![0.0f32; heads * d];
     let mut part_b = vec![0.0f32; heads * d];
     g.dwv
@@ -229,7 +229,7 @@ pub(crate) fn cls_attention_backward(
     // Per image: dp = dā·x̂ᵀ, the softmax rule ds = p (dp − Σ p dp), du = ds·x̂
     // (`[B, H, D]`), the w1 partial Σ_h du ⊙ q̃, and dq̃ = du ⊙ w1 in place.
     let mut ds = vec![0.0f32; batch * heads * n];
-    let mut du = vec![0.0f32; batch * heads * d];
+    let mut du = zeros(batch * heads * d);
     let mut part_w = vec![0.0f32; batch * d];
     ds.par_chunks_mut(heads * n)
         .zip(du.par_chunks_mut(heads * d))

@@ -7,7 +7,7 @@
 use rayon::prelude::*;
 
 use super::attention::{cls_attention_backward, AttentionGrads, AttentionSaved};
-use super::forward::{recompute_affine, Saved};
+use super::forward::{recompute_affine, zeros, Saved};
 use super::gemm::{matmul_nn, matmul_nt, matmul_tn};
 use super::layernorm::{layernorm_backward, normalise_backward};
 use super::params::{BlockDims, BlockParams, FrozenHead};
@@ -73,7 +73,7 @@ pub fn backward(
         false,
     );
     bias_grad(&dx3, &mut grads.cproj_b);
-    let mut dfc = vec![0.0; batch * m];
+    let mut dfc = zeros(batch * m);
     matmul_nn(batch, d, m, &dx3, d, &p.cproj_w, m, &mut dfc, m, false);
     dfc.iter_mut().zip(&saved.dact).for_each(|(g, &s)| *g *= s);
     let h2 = recompute_affine(&saved.xhat2, d, &p.ln_2_w, &p.ln_2_b);

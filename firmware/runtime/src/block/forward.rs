@@ -75,6 +75,18 @@ pub(crate) fn broadcast_rows(c: &mut [f32], bias: &[f32]) {
     }
 }
 
+/// A zeroed buffer of `len` floats; a large one is zeroed by the rayon pool (a step's
+/// `[H·B, D]` temporaries would otherwise be cleared by one thread while the others wait).
+pub(crate) fn zeros(len: usize) -> Vec<f32> {
+    const PAR_MIN: usize = 1 << 16;
+    if len < PAR_MIN {
+        return vec![0.0; len];
+    }
+    let mut v = Vec::with_capacity(len);
+    v.par_extend(rayon::iter::repeat_n(0.0f32, len));
+    v
+}
+
 /// `v` resized to `len` (contents unspecified: every user overwrites it).
 fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
     v.resize(len, 0.0);
@@ -154,7 +166,7 @@ pub fn forward_into(
     s.batch = batch;
     attention_inputs(dims, p, tokens, batch, s);
 
-    let mut u = vec![0.0; heads * batch * d];
+    let mut u = zeros(heads * batch * d);
     scale_rows(&s.qt, &p.ln_1_w, &mut u);
     let probs = sized(&mut s.probs, batch * heads * n);
     let abar = sized(&mut s.abar, batch * heads * d);
@@ -223,7 +235,7 @@ pub fn forward_into(
 /// rows: for `ā` it is `B·H` rows).
 pub(crate) fn recompute_affine(xhat: &[f32], d: usize, w: &[f32], b: &[f32]) -> Vec<f32> {
     const ROWS: usize = 32;
-    let mut y = vec![0.0; xhat.len()];
+    let mut y = zeros(xhat.len());
     y.par_chunks_mut(ROWS * d)
         .zip(xhat.par_chunks(ROWS * d))
         .for_each(|(y, x)| layernorm_affine(x, d, w, b, y));

@@ -90,16 +90,21 @@ pub fn adamw_update(
         .zip(state.m.tensors_mut())
         .zip(state.v.tensors_mut())
         .zip(names.iter());
+    // Element-wise, so chunks in parallel give the serial result exactly. The chunks of
+    // every tensor go to the pool as one parallel loop (one per tensor would leave a
+    // thread idle at the end of each).
+    let mut chunks = Vec::new();
     for ((((p, g), m), v), (name, _)) in iter {
         let decay = is_decayed(name);
-        // Element-wise, so chunks in parallel give the serial result exactly.
-        p.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK))
-            .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
-            .for_each(|((p, g), (m, v))| {
-                update_tensor(p, g, m, v, cfg, decay, step_size, inv_sqrt_c2)
-            });
+        let parts = p
+            .chunks_mut(CHUNK)
+            .zip(g.chunks(CHUNK))
+            .zip(m.chunks_mut(CHUNK).zip(v.chunks_mut(CHUNK)));
+        chunks.extend(parts.map(|((p, g), (m, v))| (p, g, m, v, decay)));
     }
+    chunks.into_par_iter().for_each(|(p, g, m, v, decay)| {
+        update_tensor(p, g, m, v, cfg, decay, step_size, inv_sqrt_c2)
+    });
     let (mut p, mut m, mut v) = ([*other_bias], [state.m_bias], [state.v_bias]);
     update_tensor(
         &mut p,
