@@ -1,5 +1,6 @@
 //! The one safe wrapper over the GEMMs: `matrixmultiply::sgemm`, and on x86-64 with AVX2
-//! and FMA our thin kernel ([`super::thin`]) for `A·Wᵀ` with few rows.
+//! and FMA our thin kernel ([`super::thin`]) for `A·Wᵀ` with few rows, and for `A·B`
+//! with few rows and a short reduction.
 //!
 //! Matrices are row-major with an explicit row stride (`ld*`, in elements), so a block of
 //! rows or columns inside a larger buffer (the CLS rows of a batch, the k/v columns of a
@@ -121,8 +122,16 @@ fn gemm(
 #[cfg(target_arch = "x86_64")]
 const THIN_MAX: usize = 64;
 
+/// Products `A·B` (B row-major) with at most [`THIN_MAX`] rows and at most this long a
+/// reduction use the thin kernel's broadcast form (per image `P·X̂` over 50 tokens, per
+/// head `q_h·W_k,h` and `d_o,h·W_v,h` over 64 rows); with a long reduction it lost to
+/// matrixmultiply (see `block/thin.rs`).
+#[cfg(target_arch = "x86_64")]
+const THIN_NN_MAX_K: usize = 64;
+
 /// Runs `C (+)= A·B` on the thin kernel ([`super::thin`]) when the CPU has it and the
-/// product is `A·Wᵀ` (A and W both contiguous along `k`) with few rows; returns whether
+/// product has few rows and is either `A·Wᵀ` (A and W both contiguous along `k`) or
+/// `A·B` with B row-major and a short reduction (the broadcast form); returns whether
 /// it did.
 ///
 /// # Safety
@@ -140,7 +149,26 @@ unsafe fn thin_gemm(
     acc: bool,
 ) -> bool {
     use super::thin::{self, Mat};
-    if m > THIN_MAX || a.strides.1 != 1 || b.strides.0 != 1 || !thin::available() {
+    if m > THIN_MAX || a.strides.1 != 1 || !thin::available() {
+        return false;
+    }
+    if b.strides.1 == 1 && k <= THIN_NN_MAX_K {
+        // A·B with B row-major and a short reduction: the broadcast form.
+        let a = Mat {
+            ptr: a.ptr as *const f32,
+            ld: a.strides.0,
+        };
+        let b = Mat {
+            ptr: b.ptr as *const f32,
+            ld: b.strides.0,
+        };
+        // SAFETY: the caller's guarantees; the parts write disjoint column blocks of C.
+        for_parts(n, 2 * m * k * n, |cols| unsafe {
+            thin::nn(m, k, a, b, c.ptr(), ldc, acc, cols)
+        });
+        return true;
+    }
+    if b.strides.0 != 1 {
         return false;
     }
     // W = Bᵀ is [n, k] row-major.
@@ -401,6 +429,47 @@ mod tests {
     /// it), with row, column and reduction tails, strided and accumulating operands,
     /// small and split across threads: against a plain loop, and bit-identical on 1 and
     /// 3 threads.
+    #[test]
+    fn block_gemm_thin_broadcast_shape_matches_naive_on_any_thread_count() {
+        let data = |len: usize, f: f32| (0..len).map(|i| (i as f32 * f).sin()).collect::<Vec<_>>();
+        for (m, k, n) in [
+            (12, 50, 768),
+            (13, 64, 50),
+            (7, 3, 33),
+            (64, 64, 519),
+            (1, 1, 7),
+        ] {
+            let (lda, ldb, ldc) = (k + 2, n + 3, n + 1);
+            let a = data(m * lda, 0.37);
+            let b = data(k * ldb, 0.11); // [k, n]
+            let c0 = data(m * ldc, 0.05);
+            let want = naive(m, k, n, |i, p| a[i * lda + p], |p, j| b[p * ldb + j]);
+            for acc in [false, true] {
+                let run = |threads: usize| {
+                    let mut c = c0.clone();
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    pool.install(|| matmul_nn(m, k, n, &a, lda, &b, ldb, &mut c, ldc, acc));
+                    c
+                };
+                let (one, three) = (run(1), run(3));
+                assert_eq!(one, three, "{m}x{k}x{n}: thread count changed the result");
+                for i in 0..m {
+                    for j in 0..n {
+                        let base = if acc { c0[i * ldc + j] } else { 0.0 };
+                        let (got, w) = (one[i * ldc + j] - base, want[i * n + j]);
+                        assert!(
+                            (got - w).abs() < 1e-4 * (1.0 + w.abs()),
+                            "{m}x{k}x{n} acc={acc}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn block_gemm_thin_shape_matches_naive_on_any_thread_count() {
         if !thin_kernels_active() {

@@ -8,10 +8,16 @@
 //! order, so an element's value does not depend on the tile or parallel part it falls
 //! in, nor on the thread count. [`available`] says whether the CPU has the instructions;
 //! the caller falls back to `matrixmultiply` when it does not (and on other
-//! architectures), and for every other shape: broadcast-form kernels for `dY·W` and
-//! `dYᵀ·X` written the same way ran slower than `matrixmultiply` in the training step
-//! (`dY·W` reads a weight's column strip across rows a page or more apart, which the
-//! prefetchers do not follow; the `dYᵀ·X` tiles spilled registers).
+//! architectures), and for every other shape.
+//!
+//! [`nn`] is the broadcast form `C = A·B` with B row-major, for a short reduction (an
+//! image's attention probabilities times its 50 normalised tokens, a head's 64 query or
+//! output-gradient columns times its 64 rows of a weight): 6 rows of A by 16 columns of
+//! B, each element one `fma` chain over the reduction, B's block staying in cache. Over
+//! a long reduction (`dY·W` through a whole weight) the same form ran slower than
+//! `matrixmultiply` in the training step (it reads a weight's column strip across rows
+//! a page or more apart, which the prefetchers do not follow), as did a broadcast form
+//! of `dYᵀ·X` (its tiles spilled registers).
 
 use std::arch::x86_64::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -161,6 +167,110 @@ pub(crate) unsafe fn nt(
                 i += mr;
             }
             j += nr;
+        }
+    }
+}
+
+/// Rows of A per tile of [`nn`]: 6 rows × 2 registers = 12 accumulators.
+const NN_MR: usize = 6;
+
+/// One `MR`-row, 16-column tile of [`nn`] at `a` (rows of A) and column `j` of B.
+///
+/// # Safety
+/// `MR` rows of A with `k` elements, `k` rows of B covering columns `j..j+16`, and the
+/// `MR × 16` block of C at `c` (row stride `ldc`) are valid; the CPU has AVX2 and FMA.
+#[inline(always)]
+unsafe fn nn_tile<const MR: usize>(
+    k: usize,
+    a: Mat,
+    b: Mat,
+    j: usize,
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+) {
+    // SAFETY: the caller upholds this function's contract (see its doc).
+    unsafe {
+        let mut s = [[_mm256_setzero_ps(); 2]; MR];
+        for p in 0..k {
+            let bp = b.ptr.add(p * b.ld + j);
+            let (b0, b1) = (_mm256_loadu_ps(bp), _mm256_loadu_ps(bp.add(L)));
+            for (r, sr) in s.iter_mut().enumerate() {
+                let x = _mm256_broadcast_ss(&*a.ptr.add(r * a.ld + p));
+                sr[0] = _mm256_fmadd_ps(x, b0, sr[0]);
+                sr[1] = _mm256_fmadd_ps(x, b1, sr[1]);
+            }
+        }
+        for (r, sr) in s.iter().enumerate() {
+            let cr = c.add(r * ldc);
+            for (h, v) in sr.iter().enumerate() {
+                let ch = cr.add(h * L);
+                let v = if acc {
+                    _mm256_add_ps(_mm256_loadu_ps(ch), *v)
+                } else {
+                    *v
+                };
+                _mm256_storeu_ps(ch, v);
+            }
+        }
+    }
+}
+
+/// `C[i, j] (+)= Σ_p A[i, p]·B[p, j]` for the output columns `j0..j1`, with A `[m, k]` and
+/// B `[k, n]` both row-major: B's rows are streamed whole (broadcast form), which suits a
+/// short reduction (an image's 50 tokens, a head's 64 rows of a weight) whose B block
+/// stays in cache. Each element is one `fma` chain over `p` in order (then added to C
+/// when `acc`), whatever the tile or the column range.
+///
+/// # Safety
+/// A is `[m, k]`, B at least `[k, j1]`, C `[m, ≥ j1]` with row stride `ldc`, all valid;
+/// the CPU has AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn nn(
+    m: usize,
+    k: usize,
+    a: Mat,
+    b: Mat,
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+    (j0, j1): (usize, usize),
+) {
+    // SAFETY: the caller upholds this function's contract (see its doc).
+    unsafe {
+        let mut j = j0;
+        while j + 2 * L <= j1 {
+            let mut i = 0;
+            while i < m {
+                let mr = (m - i).min(NN_MR);
+                let ai = Mat {
+                    ptr: a.ptr.add(i * a.ld),
+                    ld: a.ld,
+                };
+                let cij = c.add(i * ldc + j);
+                macro_rules! tile {
+                    ($($mr:literal),*) => {
+                        match mr {
+                            $($mr => nn_tile::<$mr>(k, ai, b, j, cij, ldc, acc),)*
+                            _ => unreachable!(),
+                        }
+                    };
+                }
+                tile!(6, 5, 4, 3, 2, 1);
+                i += mr;
+            }
+            j += 2 * L;
+        }
+        // The last columns, one at a time: the same chain per element.
+        for j in j..j1 {
+            for i in 0..m {
+                let mut t = 0.0f32;
+                for p in 0..k {
+                    t = (*a.ptr.add(i * a.ld + p)).mul_add(*b.ptr.add(p * b.ld + j), t);
+                }
+                store(c.add(i * ldc + j), t, acc);
+            }
         }
     }
 }
