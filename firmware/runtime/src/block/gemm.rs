@@ -425,13 +425,51 @@ mod tests {
         }
     }
 
-    /// The thin kernel's shape `A·Wᵀ` with few rows (matrixmultiply where the CPU lacks
-    /// it), with row, column and reduction tails, strided and accumulating operands,
-    /// small and split across threads: against a plain loop, and bit-identical on 1 and
-    /// 3 threads.
+    /// `len` test values `sin(i·f)`.
+    fn sines(len: usize, f: f32) -> Vec<f32> {
+        (0..len).map(|i| (i as f32 * f).sin()).collect()
+    }
+
+    /// Runs `product(c, acc)` on a copy of `c0` (`[m, ldc]`) in pools of 1 and 3 threads,
+    /// for `acc` false and true: both results bit-identical, and `c0` (when `acc`) plus
+    /// `want` (`[m, n]`) within f32 rounding.
+    fn check_threads_and_naive(
+        (m, k, n): (usize, usize, usize),
+        ldc: usize,
+        want: &[f32],
+        product: impl Fn(&mut [f32], bool) + Sync,
+    ) {
+        let c0 = sines(m * ldc, 0.05);
+        for acc in [false, true] {
+            let run = |threads: usize| {
+                let mut c = c0.clone();
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| product(&mut c, acc));
+                c
+            };
+            let (one, three) = (run(1), run(3));
+            assert_eq!(one, three, "{m}x{k}x{n}: thread count changed the result");
+            for i in 0..m {
+                for j in 0..n {
+                    let base = if acc { c0[i * ldc + j] } else { 0.0 };
+                    let (got, w) = (one[i * ldc + j] - base, want[i * n + j]);
+                    assert!(
+                        (got - w).abs() < 1e-4 * (1.0 + w.abs()),
+                        "{m}x{k}x{n} acc={acc}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The thin kernel's broadcast shape `A·B` (B row-major) with few rows and a short
+    /// reduction (matrixmultiply where the CPU lacks it), with row and column tails,
+    /// strided and accumulating operands, small and split across threads.
     #[test]
     fn block_gemm_thin_broadcast_shape_matches_naive_on_any_thread_count() {
-        let data = |len: usize, f: f32| (0..len).map(|i| (i as f32 * f).sin()).collect::<Vec<_>>();
         for (m, k, n) in [
             (12, 50, 768),
             (13, 64, 50),
@@ -440,42 +478,23 @@ mod tests {
             (1, 1, 7),
         ] {
             let (lda, ldb, ldc) = (k + 2, n + 3, n + 1);
-            let a = data(m * lda, 0.37);
-            let b = data(k * ldb, 0.11); // [k, n]
-            let c0 = data(m * ldc, 0.05);
+            let (a, b) = (sines(m * lda, 0.37), sines(k * ldb, 0.11)); // B [k, n]
             let want = naive(m, k, n, |i, p| a[i * lda + p], |p, j| b[p * ldb + j]);
-            for acc in [false, true] {
-                let run = |threads: usize| {
-                    let mut c = c0.clone();
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .build()
-                        .unwrap();
-                    pool.install(|| matmul_nn(m, k, n, &a, lda, &b, ldb, &mut c, ldc, acc));
-                    c
-                };
-                let (one, three) = (run(1), run(3));
-                assert_eq!(one, three, "{m}x{k}x{n}: thread count changed the result");
-                for i in 0..m {
-                    for j in 0..n {
-                        let base = if acc { c0[i * ldc + j] } else { 0.0 };
-                        let (got, w) = (one[i * ldc + j] - base, want[i * n + j]);
-                        assert!(
-                            (got - w).abs() < 1e-4 * (1.0 + w.abs()),
-                            "{m}x{k}x{n} acc={acc}"
-                        );
-                    }
-                }
-            }
+            check_threads_and_naive((m, k, n), ldc, &want, |c, acc| {
+                matmul_nn(m, k, n, &a, lda, &b, ldb, c, ldc, acc)
+            });
         }
     }
 
+    /// The thin kernel's shape `A·Wᵀ` with few rows (matrixmultiply where the CPU lacks
+    /// it), with row, column and reduction tails, strided and accumulating operands,
+    /// small and split across threads: against a plain loop, and bit-identical on 1 and
+    /// 3 threads.
     #[test]
     fn block_gemm_thin_shape_matches_naive_on_any_thread_count() {
         if !thin_kernels_active() {
             println!("thin kernel not in use on this CPU: testing the fallback");
         }
-        let data = |len: usize, f: f32| (0..len).map(|i| (i as f32 * f).sin()).collect::<Vec<_>>();
         for (m, k, n) in [
             (13, 77, 50),
             (4, 9, 31),
@@ -484,33 +503,11 @@ mod tests {
             (1, 5, 7),
         ] {
             let (lda, ldw, ldc) = (k + 2, k + 1, n + 1);
-            let a = data(m * lda, 0.37);
-            let w = data(n * ldw, 0.11); // [n, k]
-            let c0 = data(m * ldc, 0.05);
+            let (a, w) = (sines(m * lda, 0.37), sines(n * ldw, 0.11)); // W [n, k]
             let want = naive(m, k, n, |i, p| a[i * lda + p], |p, j| w[j * ldw + p]);
-            for acc in [false, true] {
-                let run = |threads: usize| {
-                    let mut c = c0.clone();
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .build()
-                        .unwrap();
-                    pool.install(|| matmul_nt(m, k, n, &a, lda, &w, ldw, &mut c, ldc, acc));
-                    c
-                };
-                let (one, three) = (run(1), run(3));
-                assert_eq!(one, three, "{m}x{k}x{n}: thread count changed the result");
-                for i in 0..m {
-                    for j in 0..n {
-                        let base = if acc { c0[i * ldc + j] } else { 0.0 };
-                        let (got, w) = (one[i * ldc + j] - base, want[i * n + j]);
-                        assert!(
-                            (got - w).abs() < 1e-4 * (1.0 + w.abs()),
-                            "{m}x{k}x{n} acc={acc}"
-                        );
-                    }
-                }
-            }
+            check_threads_and_naive((m, k, n), ldc, &want, |c, acc| {
+                matmul_nt(m, k, n, &a, lda, &w, ldw, c, ldc, acc)
+            });
         }
     }
 }
