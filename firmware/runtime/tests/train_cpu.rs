@@ -134,30 +134,39 @@ fn train_cpu_steps_do_not_depend_on_the_thread_count() {
 fn train_cpu_keeping_workers_awake_changes_no_result_and_every_step_ends() {
     // Four threads: three keepers, so that a keeper can be picked up by a worker that
     // is itself waiting for part of the step (it must give way, not block the step).
-    let cfg = TrainConfig {
-        lr: 1e-3,
-        ..TrainConfig::default()
-    };
-    let head = FrozenHead::random(&WIDE, 95);
-    let start = TunedState::fresh(&WIDE, BlockParams::random(&WIDE, 96));
-    let batches: Vec<Data> = (0..4).map(|i| random_data(&WIDE, 40, 6, 97 + i)).collect();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(4)
-        .build()
-        .unwrap();
-    let run = |awake: bool| {
-        pool.install(|| {
-            set_keep_awake(awake);
-            let mut be = CpuBackend::new(WIDE, cfg.clone(), head.clone(), start.clone()).unwrap();
-            let losses: Vec<f32> = batches
-                .iter()
-                .map(|d| be.step(&d.batch()).unwrap().loss)
-                .collect();
-            set_keep_awake(true);
-            (losses, be.state().unwrap())
-        })
-    };
-    let (on, off) = (run(true), run(false));
+    // The steps run on another thread, so that a step that never ends fails the test
+    // at the deadline instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let cfg = TrainConfig {
+            lr: 1e-3,
+            ..TrainConfig::default()
+        };
+        let head = FrozenHead::random(&WIDE, 95);
+        let start = TunedState::fresh(&WIDE, BlockParams::random(&WIDE, 96));
+        let batches: Vec<Data> = (0..4).map(|i| random_data(&WIDE, 40, 6, 97 + i)).collect();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(4)
+            .build()
+            .unwrap();
+        let run = |awake: bool| {
+            pool.install(|| {
+                set_keep_awake(awake);
+                let mut be =
+                    CpuBackend::new(WIDE, cfg.clone(), head.clone(), start.clone()).unwrap();
+                let losses: Vec<f32> = batches
+                    .iter()
+                    .map(|d| be.step(&d.batch()).unwrap().loss)
+                    .collect();
+                set_keep_awake(true);
+                (losses, be.state().unwrap())
+            })
+        };
+        let _ = tx.send((run(true), run(false)));
+    });
+    let (on, off) = rx
+        .recv_timeout(std::time::Duration::from_secs(300))
+        .expect("8 small steps did not end within 300 s (or the step panicked)");
     assert_eq!(on.0, off.0, "losses");
     assert!(
         on.1 == off.1,
