@@ -139,7 +139,7 @@ impl GpuContext {
         if size == 0 {
             return Ok(Vec::new());
         }
-        if size > buffer.size() || size % 4 != 0 {
+        if size > buffer.size() || !size.is_multiple_of(4) {
             return Err(GpuError::Readback {
                 what: what(),
                 message: format!("{size} bytes asked of a {}-byte buffer", buffer.size()),

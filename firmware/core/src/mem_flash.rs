@@ -135,7 +135,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Flash for MemFlash<B> {
         if self.dead {
             return Err(Error::FlashFailure);
         }
-        if offset % self.erase_size != 0 || len % self.erase_size != 0 {
+        if !offset.is_multiple_of(self.erase_size) || !len.is_multiple_of(self.erase_size) {
             return Err(Error::OutOfBounds { offset, len });
         }
         check_range(self.capacity(), offset, len as usize)?;

@@ -116,13 +116,13 @@ impl Dims {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("dims.{name} must be positive"));
         }
-        if self.width % self.heads != 0 {
+        if !self.width.is_multiple_of(self.heads) {
             return Err(format!(
                 "dims.width {} is not divisible by dims.heads {}",
                 self.width, self.heads
             ));
         }
-        if self.image_size % self.patch != 0 {
+        if !self.image_size.is_multiple_of(self.patch) {
             return Err(format!(
                 "dims.image_size {} is not a multiple of dims.patch {}",
                 self.image_size, self.patch

@@ -139,7 +139,7 @@ impl Predictor {
     pub fn embed(&self, tokens: &[f32]) -> Result<Vec<f32>, PredictError> {
         let d = self.encoder.dims();
         let per = d.tokens() * d.width;
-        if tokens.is_empty() || tokens.len() % per != 0 {
+        if tokens.is_empty() || !tokens.len().is_multiple_of(per) {
             return Err(PredictError::Tokens {
                 found: tokens.len(),
                 tokens: d.tokens(),

@@ -56,7 +56,7 @@ impl LabelEmbeddings {
     /// Wraps `rows` (`[k, dim]`); every row is L2-normalised here.
     pub fn new(dim: usize, mut rows: Vec<f32>) -> Result<Self> {
         ensure!(
-            dim > 0 && rows.len() % dim == 0,
+            dim > 0 && rows.len().is_multiple_of(dim),
             "{} values are not rows of {dim}",
             rows.len()
         );

@@ -104,7 +104,8 @@ impl Geometry {
     /// of at most `max_payload` bytes: the smallest segment count that supports it.
     pub fn for_capacity(capacity: u64, segment_size: u32, max_payload: u32) -> Result<Self, Error> {
         let max_record = record_size(max_payload);
-        if segment_size < SEGMENT_HEADER_LEN + 2 * max_record || segment_size % ALIGN != 0 {
+        if segment_size < SEGMENT_HEADER_LEN + 2 * max_record || !segment_size.is_multiple_of(ALIGN)
+        {
             return Err(Error::BadGeometry);
         }
         let per = (segment_size - SEGMENT_HEADER_LEN - max_record) as u64;
@@ -139,10 +140,10 @@ impl Geometry {
 
     /// Checks the invariants the ring relies on.
     pub fn validate(&self) -> Result<(), Error> {
-        let ok = self.segment_size % ALIGN == 0
+        let ok = self.segment_size.is_multiple_of(ALIGN)
             && self.segment_size >= SEGMENT_HEADER_LEN + 2 * self.max_record
             && self.max_record >= RECORD_OVERHEAD
-            && self.max_record % ALIGN == 0
+            && self.max_record.is_multiple_of(ALIGN)
             && self.segment_count >= 4
             && self.capacity > 0
             && self.capacity <= self.max_capacity()

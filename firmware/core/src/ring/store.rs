@@ -113,7 +113,7 @@ impl<F: Flash, R: Slots<RecordRef>, L: Slots<LabelRef>> Ring<F, R, L> {
     ) -> Result<Self, Error> {
         geo.validate()?;
         let es = flash.erase_size();
-        if es == 0 || geo.segment_size % es != 0 {
+        if es == 0 || !geo.segment_size.is_multiple_of(es) {
             return Err(Error::BadGeometry);
         }
         if (flash.capacity() as u64) < geo.region_len() {

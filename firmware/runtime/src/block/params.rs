@@ -44,7 +44,7 @@ impl BlockDims {
     pub fn is_valid(&self) -> bool {
         self.width > 0
             && self.heads > 0
-            && self.width % self.heads == 0
+            && self.width.is_multiple_of(self.heads)
             && self.mlp > 0
             && self.tokens >= 2
             && self.embed > 0

@@ -94,7 +94,7 @@ impl Flash for MmapFlash {
     }
 
     fn erase(&mut self, offset: u32, len: u32) -> Result<(), Error> {
-        if offset % FILE_ERASE_SIZE != 0 || len % FILE_ERASE_SIZE != 0 {
+        if !offset.is_multiple_of(FILE_ERASE_SIZE) || !len.is_multiple_of(FILE_ERASE_SIZE) {
             return Err(Error::OutOfBounds { offset, len });
         }
         let r = self.range(offset, len as usize)?;
