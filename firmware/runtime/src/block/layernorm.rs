@@ -6,10 +6,50 @@ use super::sums;
 pub(crate) const LN_EPS: f32 = 1e-5;
 
 /// Normalises each row of `x` (`[rows, d]`): writes `xhat = (x − μ)·rstd` and
-/// `rstd = 1/sqrt(var + eps)`. Statistics accumulate in f64 (see [`sums`]).
+/// `rstd = 1/sqrt(var + eps)`. Statistics accumulate in f64 (see [`sums`]), with the
+/// widest vectors the CPU has: the sums' eight partial sums are fixed lanes and every
+/// operation is exact IEEE arithmetic (Rust never fuses a multiply and an add), so every
+/// build gives the same bits; the baseline SSE2 build does two f64 lanes per instruction.
 pub(crate) fn layernorm_normalise(x: &[f32], d: usize, xhat: &mut [f32], rstd: &mut [f32]) {
     let rows = rstd.len();
     assert!(x.len() == rows * d && xhat.len() == rows * d);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above).
+            return unsafe { normalise_avx512(x, d, xhat, rstd) };
+        }
+        if is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { normalise_avx2(x, d, xhat, rstd) };
+        }
+    }
+    normalise_body(x, d, xhat, rstd)
+}
+
+/// [`layernorm_normalise`] with 8 f64 lanes per instruction.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn normalise_avx512(x: &[f32], d: usize, xhat: &mut [f32], rstd: &mut [f32]) {
+    normalise_body(x, d, xhat, rstd)
+}
+
+/// [`layernorm_normalise`] with 4 f64 lanes per instruction.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn normalise_avx2(x: &[f32], d: usize, xhat: &mut [f32], rstd: &mut [f32]) {
+    normalise_body(x, d, xhat, rstd)
+}
+
+/// The body of [`layernorm_normalise`], compiled into each build.
+#[inline(always)]
+fn normalise_body(x: &[f32], d: usize, xhat: &mut [f32], rstd: &mut [f32]) {
     for ((xr, xh), rs) in x
         .chunks_exact(d)
         .zip(xhat.chunks_exact_mut(d))
@@ -96,6 +136,30 @@ pub(crate) fn layernorm_backward(
                 dw[i] += dyr[i] * xr[i];
                 db[i] += dyr[i];
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The dispatched build (the widest vectors this CPU has) gives the baseline build's
+    /// bits, on widths with and without a tail of the eight partial sums.
+    #[test]
+    fn layernorm_vector_builds_give_the_baseline_bits() {
+        for d in [1usize, 7, 8, 13, 768] {
+            let rows = 5;
+            let x: Vec<f32> = (0..rows * d)
+                .map(|i| 3.0 * (i as f32 * 0.37).sin() + 0.01 * i as f32)
+                .collect();
+            let (mut h1, mut r1) = (vec![0.0; rows * d], vec![0.0; rows]);
+            let (mut h2, mut r2) = (h1.clone(), r1.clone());
+            layernorm_normalise(&x, d, &mut h1, &mut r1);
+            normalise_body(&x, d, &mut h2, &mut r2);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&h1), bits(&h2), "d = {d}");
+            assert_eq!(bits(&r1), bits(&r2), "d = {d}");
         }
     }
 }
