@@ -4,8 +4,8 @@
 //! is installed, and the wgpu path on whatever adapter exists (its time includes reading
 //! the per-sample loss statistics back, which ends every step). Prints a table and writes
 //! `target/bench/train_step.json`. The CPU step also gets A/B comparisons in alternating
-//! rounds (the thin-GEMM kernel on and off; idle pool workers kept awake or left to
-//! sleep), the roofline ratio again with the SGEMM and the step in alternating rounds
+//! rounds (the thin-GEMM kernel on and off; its AVX-512 builds against its AVX2 ones,
+//! where the CPU has AVX-512; idle pool workers kept awake or left to sleep), the roofline ratio again with the SGEMM and the step in alternating rounds
 //! (this VM's speed drifts between the two otherwise), and its AdamW update is timed on
 //! its own.
 use std::path::PathBuf;
@@ -14,8 +14,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use anytime_runtime::block::{
-    memory_report, set_thin_kernels, sgemm_nn, step_flops, thin_kernels_active, BlockDims,
-    BlockParams, FrozenHead,
+    memory_report, set_thin_avx512, set_thin_kernels, sgemm_nn, step_flops, thin_avx512_active,
+    thin_kernels_active, BlockDims, BlockParams, FrozenHead,
 };
 use anytime_runtime::train::adamw::adamw_update;
 use anytime_runtime::train::gpu::GpuBackend;
@@ -348,6 +348,11 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         None
     };
+    let avx512 = if thin_avx512_active() {
+        Some(ab(&mut cpu, &batch, set_thin_avx512)?)
+    } else {
+        None
+    };
     let awake = ab(&mut cpu, &batch, set_keep_awake)?;
     let flops = step_flops(&dims, a.batch, a.labels);
     let inter = interleaved_roofline(&mut cpu, &batch, flops.executed as f64)?;
@@ -459,6 +464,17 @@ pub fn run(a: Args) -> Result<()> {
         }
         None => println!("thin-GEMM kernel: not in use on this CPU (matrixmultiply only)"),
     }
+    match &avx512 {
+        Some(t) => {
+            println!(
+                "{:<44} {:>10.1}",
+                format!("  A/B, {} rounds: thin kernel on AVX-512", t.rounds),
+                t.on_s * 1e3
+            );
+            println!("{:<44} {:>10.1}", "  A/B: on AVX2", t.off_s * 1e3);
+        }
+        None => println!("thin kernel's AVX-512 build: not in use on this CPU"),
+    }
     println!(
         "{:<44} {:>10.1}",
         format!("  A/B, {} rounds: idle workers kept awake", awake.rounds),
@@ -537,6 +553,12 @@ pub fn run(a: Args) -> Result<()> {
             "step_s_median": inter.step_s,
         }),
         "thin_kernel_ab": thin.as_ref().map(|t| json!({
+            "rounds": t.rounds,
+            "steps_per_round": ROUND_STEPS,
+            "step_s_on": t.on_s,
+            "step_s_off": t.off_s,
+        })),
+        "thin_avx512_ab": avx512.as_ref().map(|t| json!({
             "rounds": t.rounds,
             "steps_per_round": ROUND_STEPS,
             "step_s_on": t.on_s,

@@ -131,8 +131,8 @@ const THIN_NN_MAX_K: usize = 64;
 
 /// Runs `C (+)= A·B` on the thin kernel ([`super::thin`]) when the CPU has it and the
 /// product has few rows and is either `A·Wᵀ` (A and W both contiguous along `k`) or
-/// `A·B` with B row-major and a short reduction (the broadcast form); returns whether
-/// it did.
+/// `A·B` with B row-major and a short reduction (the broadcast form; with AVX-512 also
+/// for a transposed A); returns whether it did.
 ///
 /// # Safety
 /// As for [`split_gemm`], with `C` row-major (row stride `ldc`).
@@ -148,8 +148,29 @@ unsafe fn thin_gemm(
     ldc: usize,
     acc: bool,
 ) -> bool {
-    use super::thin::{self, Mat};
-    if m > THIN_MAX || a.strides.1 != 1 || !thin::available() {
+    use super::thin::{self, Mat, Mat2};
+    if !thin::available() {
+        return false;
+    }
+    if b.strides.1 == 1 && k <= THIN_NN_MAX_K && m <= THIN_MAX && thin::avx512_active() {
+        // The broadcast form on AVX-512, with A either way round (a transposed A is the
+        // backward of a per-image or per-head product).
+        let a = Mat2 {
+            ptr: a.ptr as *const f32,
+            rs: a.strides.0,
+            cs: a.strides.1,
+        };
+        let b = Mat {
+            ptr: b.ptr as *const f32,
+            ld: b.strides.0,
+        };
+        // SAFETY: the caller's guarantees; the parts write disjoint column blocks of C.
+        for_parts(n, 2 * m * k * n, |cols| unsafe {
+            thin::nn_avx512(m, k, a, b, c.ptr(), ldc, acc, cols)
+        });
+        return true;
+    }
+    if m > THIN_MAX || a.strides.1 != 1 {
         return false;
     }
     if b.strides.1 == 1 && k <= THIN_NN_MAX_K {
@@ -329,6 +350,25 @@ pub fn set_thin_kernels(on: bool) {
     super::thin::set_enabled(on);
     #[cfg(not(target_arch = "x86_64"))]
     let _ = on;
+}
+
+/// Turns the thin kernel's AVX-512 builds on or off for the whole process (on by
+/// default; the AVX2 builds run instead), for same-run comparisons. No effect where the
+/// CPU lacks AVX-512F.
+pub fn set_thin_avx512(on: bool) {
+    #[cfg(target_arch = "x86_64")]
+    super::thin::set_avx512(on);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = on;
+}
+
+/// Whether the thin kernel's AVX-512 build is in use (the kernel in use, AVX-512 on, and
+/// the CPU has AVX-512F).
+pub fn thin_avx512_active() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return super::thin::available() && super::thin::avx512_active();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// Whether the thin-GEMM kernel is in use (on, and the CPU has AVX2 and FMA).

@@ -22,7 +22,9 @@ mod weights;
 pub use backward::backward;
 pub use flops::{step_flops, StepFlops};
 pub use forward::{cls_attention, forward, forward_into, l2_normalise, Saved};
-pub use gemm::{set_thin_kernels, sgemm_nn, thin_kernels_active};
+pub use gemm::{
+    set_thin_avx512, set_thin_kernels, sgemm_nn, thin_avx512_active, thin_kernels_active,
+};
 pub use memory::{memory_report, MemoryReport};
 pub use model::LastBlock;
 pub use params::{

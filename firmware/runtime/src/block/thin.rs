@@ -18,6 +18,14 @@
 //! `matrixmultiply` in the training step (it reads a weight's column strip across rows
 //! a page or more apart, which the prefetchers do not follow), as did a broadcast form
 //! of `dYᵀ·X` (its tiles spilled registers).
+//!
+//! Where the CPU has AVX-512F (and [`avx512_active`]), both forms run AVX-512 builds
+//! with 32 registers of 16 lanes: [`nt`] in 4 × 6 tiles whose lanes are added by a
+//! 16-lane tree (so its last bits differ from the AVX2 build's, and depend on the CPU,
+//! never on the thread count), and [`nn_avx512`] in 6-row × 64-column tiles, each
+//! element the same `fma` chain as in [`nn`] (the same bits), also for a transposed A.
+//! `matrixmultiply` itself runs AVX-512 kernels on such a CPU, so the AVX2 builds lost
+//! to it there; the AVX-512 ones do not (figures in `BENCHMARKS.md`).
 
 use std::arch::x86_64::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,11 +41,25 @@ pub(crate) fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
 }
 
+/// Off switch of the AVX-512 builds ([`nt`]'s and [`nn_avx512`]), for same-run
+/// comparisons (see [`super::gemm::set_thin_avx512`]).
+static AVX512: AtomicBool = AtomicBool::new(true);
+
+/// Turns the AVX-512 builds on or off for the whole process.
+pub(crate) fn set_avx512(on: bool) {
+    AVX512.store(on, Ordering::Relaxed);
+}
+
 /// Whether the kernel is on and the CPU has AVX2 and FMA (detected once by `std`).
 pub(crate) fn available() -> bool {
     ENABLED.load(Ordering::Relaxed)
         && is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
+}
+
+/// Whether the AVX-512 builds run (on, and the CPU has AVX-512F).
+pub(crate) fn avx512_active() -> bool {
+    AVX512.load(Ordering::Relaxed) && is_x86_feature_detected!("avx512f")
 }
 
 /// A read-only matrix: base pointer and row stride (elements), unit column stride.
@@ -121,14 +143,14 @@ unsafe fn nt_tile<const MR: usize, const NR: usize>(
     }
 }
 
-/// [`nt`] for the output columns `j0..j1` (rows `j0..j1` of W).
+/// [`nt`] with AVX2 (8 lanes): tiles of 4 rows of A by 3 rows of W.
 ///
 /// # Safety
 /// A is `[m, k]`, W at least `[j1, k]`, C `[m, ≥ j1]` with row stride `ldc`, all valid;
 /// the CPU has AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn nt(
+unsafe fn nt_avx2(
     m: usize,
     k: usize,
     a: Mat,
@@ -164,6 +186,150 @@ pub(crate) unsafe fn nt(
                     };
                 }
                 tile!(4 3, 4 2, 4 1, 3 3, 3 2, 3 1, 2 3, 2 2, 2 1, 1 3, 1 2, 1 1);
+                i += mr;
+            }
+            j += nr;
+        }
+    }
+}
+
+/// `C[i, j] (+)= Σ_p A[i, p]·W[j, p]` for the output columns `j0..j1` (rows `j0..j1` of
+/// W), on AVX-512 where [`avx512_active`] says so, else on AVX2. Within one build, every
+/// element is the same sum in the same order whatever its tile or column range; the two
+/// builds differ in their lane trees (16 lanes against 8), so the CPU, not the thread
+/// count, decides the last bits.
+///
+/// # Safety
+/// A is `[m, k]`, W at least `[j1, k]`, C `[m, ≥ j1]` with row stride `ldc`, all valid;
+/// the CPU has AVX2 and FMA.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn nt(
+    m: usize,
+    k: usize,
+    a: Mat,
+    w: Mat,
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+    cols: (usize, usize),
+) {
+    // SAFETY: the caller upholds this function's contract; the AVX-512 build runs only
+    // where the CPU has AVX-512F.
+    unsafe {
+        if avx512_active() {
+            nt_avx512(m, k, a, w, c, ldc, acc, cols)
+        } else {
+            nt_avx2(m, k, a, w, c, ldc, acc, cols)
+        }
+    }
+}
+
+/// Lanes of an AVX-512 register.
+const L16: usize = 16;
+
+/// Sum of the 16 lanes in a fixed order: lane `l` plus lane `l + 8`, then [`hsum`].
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[inline(always)]
+unsafe fn hsum16(v: __m512) -> f32 {
+    // SAFETY: the caller's CPU has AVX-512F (and so AVX).
+    unsafe {
+        let lo = _mm512_castps512_ps256(v);
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+        hsum(_mm256_add_ps(lo, hi))
+    }
+}
+
+/// One `MR × NR` tile of [`nt_avx512`]: as [`nt_tile`] with 16 lanes.
+///
+/// # Safety
+/// As [`nt_tile`], and the CPU has AVX-512F.
+#[inline(always)]
+unsafe fn nt_tile16<const MR: usize, const NR: usize>(
+    k: usize,
+    a: Mat,
+    w: Mat,
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+) {
+    // SAFETY: the caller upholds this function's contract (see its doc).
+    unsafe {
+        let mut s = [[_mm512_setzero_ps(); NR]; MR];
+        let mut p = 0;
+        while p + L16 <= k {
+            let mut wv = [_mm512_setzero_ps(); NR];
+            for (q, v) in wv.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(w.ptr.add(q * w.ld + p));
+            }
+            for (r, sr) in s.iter_mut().enumerate() {
+                let av = _mm512_loadu_ps(a.ptr.add(r * a.ld + p));
+                for (x, v) in sr.iter_mut().zip(&wv) {
+                    *x = _mm512_fmadd_ps(av, *v, *x);
+                }
+            }
+            p += L16;
+        }
+        for (r, sr) in s.iter().enumerate() {
+            for (q, x) in sr.iter().enumerate() {
+                let mut t = hsum16(*x);
+                for e in p..k {
+                    t = (*a.ptr.add(r * a.ld + e)).mul_add(*w.ptr.add(q * w.ld + e), t);
+                }
+                store(c.add(r * ldc + q), t, acc);
+            }
+        }
+    }
+}
+
+/// [`nt`] with AVX-512 (16 lanes, 32 registers): tiles of 4 rows of A by 6 rows of W,
+/// 24 accumulators, so each vector of A read from L2 feeds 6 FMAs (AVX2's 4×3 tile
+/// feeds 3).
+///
+/// # Safety
+/// As [`nt`], and the CPU has AVX-512F.
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn nt_avx512(
+    m: usize,
+    k: usize,
+    a: Mat,
+    w: Mat,
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+    (j0, j1): (usize, usize),
+) {
+    // SAFETY: the caller upholds this function's contract (see its doc).
+    unsafe {
+        let mut j = j0;
+        while j < j1 {
+            let nr = (j1 - j).min(6);
+            let wj = Mat {
+                ptr: w.ptr.add(j * w.ld),
+                ld: w.ld,
+            };
+            let mut i = 0;
+            while i < m {
+                let mr = (m - i).min(4);
+                let ai = Mat {
+                    ptr: a.ptr.add(i * a.ld),
+                    ld: a.ld,
+                };
+                let cij = c.add(i * ldc + j);
+                macro_rules! tile {
+                    ($($mr:literal $nr:literal),*) => {
+                        match (mr, nr) {
+                            $(($mr, $nr) => nt_tile16::<$mr, $nr>(k, ai, wj, cij, ldc, acc),)*
+                            _ => unreachable!(),
+                        }
+                    };
+                }
+                tile!(
+                    4 6, 4 5, 4 4, 4 3, 4 2, 4 1, 3 6, 3 5, 3 4, 3 3, 3 2, 3 1,
+                    2 6, 2 5, 2 4, 2 3, 2 2, 2 1, 1 6, 1 5, 1 4, 1 3, 1 2, 1 1
+                );
                 i += mr;
             }
             j += nr;
@@ -270,6 +436,291 @@ pub(crate) unsafe fn nn(
                     t = (*a.ptr.add(i * a.ld + p)).mul_add(*b.ptr.add(p * b.ld + j), t);
                 }
                 store(c.add(i * ldc + j), t, acc);
+            }
+        }
+    }
+}
+
+/// A read-only matrix with both strides (elements): element `(i, p)` at
+/// `ptr + i·rs + p·cs` (a row-major A has `cs = 1`, a transposed one `rs = 1`).
+#[derive(Clone, Copy)]
+pub(crate) struct Mat2 {
+    pub ptr: *const f32,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+// SAFETY: as for `Mat`.
+unsafe impl Send for Mat2 {}
+unsafe impl Sync for Mat2 {}
+
+/// Rows of A per tile of [`nn_avx512`], and 16-lane vectors of columns: 6 × 4 = 24
+/// accumulators.
+const NN16_MR: usize = 6;
+const NN16_NV: usize = 4;
+
+/// One `MR`-row tile of [`nn_avx512`] over `NV` vectors of 16 columns (the last one
+/// masked by `mask`): each element one `fma` chain in order over `p`, from zero, then
+/// written to C or (`acc`) added to it.
+///
+/// # Safety
+/// `MR` rows of A over `k` steps, `k` rows of B over the tile's columns, and the tile
+/// of C (row stride `ldc`) are valid; the CPU has AVX-512F.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn nn16_tile<const MR: usize, const NV: usize>(
+    k: usize,
+    a: Mat2,
+    b: Mat,
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+    mask: __mmask16,
+) {
+    // SAFETY: the caller upholds this function's contract (see its doc); masked-off lanes
+    // are neither read nor written.
+    unsafe {
+        let m_of = |v: usize| if v + 1 == NV { mask } else { 0xFFFF };
+        let mut s = [[_mm512_setzero_ps(); NV]; MR];
+        for p in 0..k {
+            let bp = b.ptr.add(p * b.ld);
+            let mut bv = [_mm512_setzero_ps(); NV];
+            for (v, x) in bv.iter_mut().enumerate() {
+                *x = _mm512_maskz_loadu_ps(m_of(v), bp.add(v * L16));
+            }
+            for (r, sr) in s.iter_mut().enumerate() {
+                let x = _mm512_set1_ps(*a.ptr.add(r * a.rs + p * a.cs));
+                for (s, bv) in sr.iter_mut().zip(&bv) {
+                    *s = _mm512_fmadd_ps(x, *bv, *s);
+                }
+            }
+        }
+        for (r, sr) in s.iter().enumerate() {
+            for (v, x) in sr.iter().enumerate() {
+                let cp = c.add(r * ldc + v * L16);
+                let x = if acc {
+                    _mm512_add_ps(_mm512_maskz_loadu_ps(m_of(v), cp), *x)
+                } else {
+                    *x
+                };
+                _mm512_mask_storeu_ps(cp, m_of(v), x);
+            }
+        }
+    }
+}
+
+/// [`nn`] on AVX-512, with A of any strides: `C[i, j] (+)= Σ_p A[i, p]·B[p, j]` for the
+/// output columns `j0..j1`, B row-major, in 6-row × 64-column tiles (24 accumulators of
+/// the 32 registers; the last vector of a row masked, so no column is left to a scalar
+/// loop). Each element is one `fma` chain over `p` in order from zero, then added to C
+/// when `acc`, exactly as in [`nn`]: both give the same bits.
+///
+/// # Safety
+/// A covers `[m, k]` and B `[k, j1]` (row stride `b.ld`), C `[m, ≥ j1]` (row stride
+/// `ldc`), all valid; the CPU has AVX-512F.
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn nn_avx512(
+    m: usize,
+    k: usize,
+    a: Mat2,
+    b: Mat,
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+    (j0, j1): (usize, usize),
+) {
+    // SAFETY: the caller upholds this function's contract (see its doc).
+    unsafe {
+        let mut j = j0;
+        while j < j1 {
+            let w = (j1 - j).min(NN16_NV * L16);
+            let nv = w.div_ceil(L16);
+            let mask: __mmask16 = if w % L16 == 0 {
+                0xFFFF
+            } else {
+                (1u16 << (w % L16)) - 1
+            };
+            let bj = Mat {
+                ptr: b.ptr.add(j),
+                ld: b.ld,
+            };
+            let mut i = 0;
+            while i < m {
+                let mr = (m - i).min(NN16_MR);
+                let ai = Mat2 {
+                    ptr: a.ptr.add(i * a.rs),
+                    ..a
+                };
+                let cij = c.add(i * ldc + j);
+                macro_rules! tile {
+                    ($($mr:literal $nv:literal),*) => {
+                        match (mr, nv) {
+                            $(($mr, $nv) => nn16_tile::<$mr, $nv>(k, ai, bj, cij, ldc, acc, mask),)*
+                            _ => unreachable!(),
+                        }
+                    };
+                }
+                tile!(
+                    6 4, 6 3, 6 2, 6 1, 5 4, 5 3, 5 2, 5 1, 4 4, 4 3, 4 2, 4 1,
+                    3 4, 3 3, 3 2, 3 1, 2 4, 2 3, 2 2, 2 1, 1 4, 1 3, 1 2, 1 1
+                );
+                i += mr;
+            }
+            j += w;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sines(len: usize, f: f32) -> Vec<f32> {
+        (0..len).map(|i| (i as f32 * f).sin()).collect()
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// Whether the AVX-512 builds can run here (printing why not).
+    fn have_avx512() -> bool {
+        let ok = is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma");
+        if !ok {
+            println!("skipped: this CPU lacks AVX-512F (the AVX-512 builds never run here)");
+        }
+        ok
+    }
+
+    /// Column ranges covering `0..n`: whole, and split at a tile boundary and off one.
+    fn splits(n: usize) -> Vec<Vec<(usize, usize)>> {
+        let mut out = vec![vec![(0, n)]];
+        for cut in [16, 7] {
+            if cut < n {
+                out.push(vec![(0, cut), (cut, n)]);
+            }
+        }
+        out
+    }
+
+    /// The AVX-512 broadcast form gives the AVX2 build's bits (both one `fma` chain per
+    /// element), for A row-major and transposed, with row and column tails, accumulating
+    /// or not, however the columns are split.
+    #[test]
+    fn thin_avx512_broadcast_gives_the_avx2_bits_for_any_strides_and_split() {
+        if !have_avx512() {
+            return;
+        }
+        for (m, k, n) in [
+            (12, 50, 768),
+            (13, 64, 50),
+            (7, 3, 33),
+            (1, 1, 7),
+            (6, 12, 65),
+        ] {
+            let (lda, ldb, ldc) = (k + 2, n + 3, n + 1);
+            let a = sines(m * lda, 0.37); // [m, k] row-major
+            let mut at = vec![0.0; k * (m + 1)]; // the same A stored transposed, [k, m + 1]
+            for i in 0..m {
+                for p in 0..k {
+                    at[p * (m + 1) + i] = a[i * lda + p];
+                }
+            }
+            let b = sines(k * ldb, 0.11);
+            let c0 = sines(m * ldc, 0.05);
+            let bm = Mat {
+                ptr: b.as_ptr(),
+                ld: ldb,
+            };
+            for acc in [false, true] {
+                let mut want = c0.clone();
+                let am = Mat {
+                    ptr: a.as_ptr(),
+                    ld: lda,
+                };
+                // SAFETY: the buffers cover the shapes; the CPU has AVX2 and FMA.
+                unsafe { nn(m, k, am, bm, want.as_mut_ptr(), ldc, acc, (0, n)) };
+                let forms = [
+                    Mat2 {
+                        ptr: a.as_ptr(),
+                        rs: lda,
+                        cs: 1,
+                    },
+                    Mat2 {
+                        ptr: at.as_ptr(),
+                        rs: 1,
+                        cs: m + 1,
+                    },
+                ];
+                for a2 in forms {
+                    for parts in splits(n) {
+                        let mut got = c0.clone();
+                        for cols in parts {
+                            // SAFETY: as above, and the CPU has AVX-512F.
+                            unsafe { nn_avx512(m, k, a2, bm, got.as_mut_ptr(), ldc, acc, cols) };
+                        }
+                        assert_eq!(bits(&got), bits(&want), "{m}x{k}x{n} acc={acc}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The AVX-512 dot form against a plain loop (f32 rounding), and bit-identical
+    /// however the output columns are split, with reduction tails (k mod 16 ≠ 0).
+    #[test]
+    fn thin_avx512_dot_form_matches_a_plain_loop_for_any_split() {
+        if !have_avx512() {
+            return;
+        }
+        for (m, k, n) in [
+            (13, 77, 50),
+            (4, 9, 31),
+            (32, 768, 70),
+            (1, 16, 7),
+            (5, 33, 6),
+        ] {
+            let (lda, ldw, ldc) = (k + 2, k + 1, n + 1);
+            let (a, w) = (sines(m * lda, 0.37), sines(n * ldw, 0.11));
+            let c0 = sines(m * ldc, 0.05);
+            let (am, wm) = (
+                Mat {
+                    ptr: a.as_ptr(),
+                    ld: lda,
+                },
+                Mat {
+                    ptr: w.as_ptr(),
+                    ld: ldw,
+                },
+            );
+            for acc in [false, true] {
+                let mut first: Option<Vec<f32>> = None;
+                for parts in splits(n) {
+                    let mut got = c0.clone();
+                    for cols in parts {
+                        // SAFETY: the buffers cover the shapes; the CPU has AVX-512F.
+                        unsafe { nt_avx512(m, k, am, wm, got.as_mut_ptr(), ldc, acc, cols) };
+                    }
+                    match &first {
+                        Some(f) => assert_eq!(bits(&got), bits(f), "{m}x{k}x{n}: split"),
+                        None => first = Some(got),
+                    }
+                }
+                let got = first.unwrap();
+                for i in 0..m {
+                    for j in 0..n {
+                        let want: f32 = (0..k).map(|p| a[i * lda + p] * w[j * ldw + p]).sum();
+                        let base = if acc { c0[i * ldc + j] } else { 0.0 };
+                        let g = got[i * ldc + j] - base;
+                        assert!(
+                            (g - want).abs() < 1e-4 * (1.0 + want.abs()),
+                            "{m}x{k}x{n} acc={acc} ({i},{j}): {g} vs {want}"
+                        );
+                    }
+                }
             }
         }
     }
