@@ -5,7 +5,8 @@
 //! the per-sample loss statistics back, which ends every step). Prints a table and writes
 //! `target/bench/train_step.json`. The CPU step also gets A/B comparisons in alternating
 //! rounds (the thin-GEMM kernel on and off; its AVX-512 builds against its AVX2 ones,
-//! where the CPU has AVX-512; idle pool workers kept awake or left to sleep), the roofline ratio again with the SGEMM and the step in alternating rounds
+//! where the CPU has AVX-512; idle pool workers kept awake or left to sleep; the large
+//! arrays on huge pages or not, as two backends), the roofline ratio again with the SGEMM and the step in alternating rounds
 //! (this VM's speed drifts between the two otherwise), and its AdamW update is timed on
 //! its own.
 use std::path::PathBuf;
@@ -20,7 +21,8 @@ use anytime_runtime::block::{
 use anytime_runtime::train::adamw::adamw_update;
 use anytime_runtime::train::gpu::GpuBackend;
 use anytime_runtime::train::{
-    set_keep_awake, Batch, CpuBackend, TrainBackend, TrainConfig, TrainError, TunedState,
+    set_huge_pages, set_keep_awake, Batch, CpuBackend, TrainBackend, TrainConfig, TrainError,
+    TunedState,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::json;
@@ -248,6 +250,21 @@ fn ab(cpu: &mut CpuBackend, batch: &Batch<'_>, set: fn(bool)) -> Result<Ab> {
     })
 }
 
+/// Times the step of `on` and of `off` (two backends with the same state, made with a
+/// switch on and off) in alternating rounds, as [`ab`] does.
+fn ab_backends(on: &mut CpuBackend, off: &mut CpuBackend, batch: &Batch<'_>) -> Result<Ab> {
+    let (mut t_on, mut t_off) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        t_on.push(time_backend(on, batch, ROUND_STEPS)?.1);
+        t_off.push(time_backend(off, batch, ROUND_STEPS)?.1);
+    }
+    Ok(Ab {
+        on_s: median(t_on),
+        off_s: median(t_off),
+        rounds: ROUNDS,
+    })
+}
+
 /// Median seconds of the AdamW update alone (a copy of the state, zero gradients):
 /// element-wise over 7 arrays of every trainable parameter, so it measures how fast
 /// the machine streams them.
@@ -354,6 +371,15 @@ pub fn run(a: Args) -> Result<()> {
         None
     };
     let awake = ab(&mut cpu, &batch, set_keep_awake)?;
+    // Huge pages are asked for when a backend is made: a second one made without.
+    set_huge_pages(false);
+    let plain = CpuBackend::new(dims, cfg.clone(), head.clone(), cpu.state_ref().clone());
+    set_huge_pages(true);
+    let huge = ab_backends(
+        &mut cpu,
+        &mut plain.context("building the CPU backend")?,
+        &batch,
+    )?;
     let flops = step_flops(&dims, a.batch, a.labels);
     let inter = interleaved_roofline(&mut cpu, &batch, flops.executed as f64)?;
     let adamw_s = time_adamw(&dims, &cfg, cpu.state_ref(), a.steps);
@@ -485,6 +511,16 @@ pub fn run(a: Args) -> Result<()> {
         "  A/B: off (idle rayon workers sleep)",
         awake.off_s * 1e3
     );
+    println!(
+        "{:<44} {:>10.1}",
+        format!("  A/B, {} rounds: arrays on huge pages", huge.rounds),
+        huge.on_s * 1e3
+    );
+    println!(
+        "{:<44} {:>10.1}",
+        "  A/B: on 4 KiB pages (another backend)",
+        huge.off_s * 1e3
+    );
     for (_, label, r) in &torch {
         match t_step(r) {
             Some(t) => {
@@ -564,6 +600,12 @@ pub fn run(a: Args) -> Result<()> {
             "step_s_on": t.on_s,
             "step_s_off": t.off_s,
         })),
+        "huge_pages_ab": json!({
+            "rounds": huge.rounds,
+            "steps_per_round": ROUND_STEPS,
+            "step_s_on": huge.on_s,
+            "step_s_off": huge.off_s,
+        }),
         "keep_awake_ab": json!({
             "rounds": awake.rounds,
             "steps_per_round": ROUND_STEPS,
