@@ -301,10 +301,12 @@ impl TrainBackend for CpuBackend {
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     /// KiB of huge pages (`AnonHugePages` of `/proc/self/smaps`) in the mappings inside
-    /// `[lo, hi)` (the advice splits off the advised range as mappings of its own).
-    fn huge_kib_in(lo: usize, hi: usize) -> u64 {
+    /// `[lo, hi)` (the advice splits off the advised range as mappings of its own), and
+    /// whether any of them carries the kernel's mark of `MADV_HUGEPAGE` (`hg` in
+    /// `VmFlags`).
+    fn huge_kib_in(lo: usize, hi: usize) -> (u64, bool) {
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let (mut inside, mut kib) = (false, 0);
+        let (mut inside, mut kib, mut marked) = (false, 0, false);
         for line in smaps.lines() {
             let first = line.split_whitespace().next().unwrap_or("");
             if let Some((a, b)) = first.split_once('-') {
@@ -314,7 +316,10 @@ mod tests {
                     continue;
                 }
             }
-            if let (true, Some(rest)) = (inside, line.strip_prefix("AnonHugePages:")) {
+            if !inside {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("AnonHugePages:") {
                 kib += rest
                     .trim()
                     .trim_end_matches("kB")
@@ -322,8 +327,11 @@ mod tests {
                     .parse::<u64>()
                     .unwrap();
             }
+            if let Some(flags) = line.strip_prefix("VmFlags:") {
+                marked |= flags.split_whitespace().any(|f| f == "hg");
+            }
         }
-        kib
+        (kib, marked)
     }
 
     /// The advice moves a large array already in memory onto huge pages where Linux
@@ -351,7 +359,15 @@ mod tests {
             return;
         }
         let lo = v.as_ptr() as usize;
-        let kib = huge_kib_in(lo, lo + (16 << 20));
+        let (kib, marked) = huge_kib_in(lo, lo + (16 << 20));
+        if !marked && !cfg!(target_arch = "x86_64") {
+            // A user-mode emulator (CI's aarch64 tests under qemu) takes the advice and
+            // drops it, and shows the host's mappings. Natively on x86-64 (CI's own
+            // machine) the advice must arrive.
+            println!("skipped the huge-page check: the advice never reached the kernel");
+            return;
+        }
+        assert!(marked, "no MADV_HUGEPAGE mark on the array's mappings");
         // At least 6 of the 7 or 8 whole 2 MiB pages inside the 16 MiB.
         assert!(
             kib >= 6 * 2048,
