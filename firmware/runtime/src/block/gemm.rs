@@ -152,9 +152,10 @@ unsafe fn thin_gemm(
     if !thin::available() {
         return false;
     }
-    if b.strides.1 == 1 && k <= THIN_NN_MAX_K && m <= THIN_MAX && thin::avx512_active() {
-        // The broadcast form on AVX-512, with A either way round (a transposed A is the
-        // backward of a per-image or per-head product).
+    let short_nn = b.strides.1 == 1 && k <= THIN_NN_MAX_K && m <= THIN_MAX;
+    if short_nn && (a.strides.1 == 1 || thin::avx512_active()) {
+        // A·B with B row-major and a short reduction: the broadcast form (on AVX-512 also
+        // for a transposed A, the backward of a per-image or per-head product).
         let a = Mat2 {
             ptr: a.ptr as *const f32,
             rs: a.strides.0,
@@ -164,32 +165,14 @@ unsafe fn thin_gemm(
             ptr: b.ptr as *const f32,
             ld: b.strides.0,
         };
-        // SAFETY: the caller's guarantees; the parts write disjoint column blocks of C.
-        for_parts(n, 2 * m * k * n, |cols| unsafe {
-            thin::nn_avx512(m, k, a, b, c.ptr(), ldc, acc, cols)
-        });
-        return true;
-    }
-    if m > THIN_MAX || a.strides.1 != 1 {
-        return false;
-    }
-    if b.strides.1 == 1 && k <= THIN_NN_MAX_K {
-        // A·B with B row-major and a short reduction: the broadcast form.
-        let a = Mat {
-            ptr: a.ptr as *const f32,
-            ld: a.strides.0,
-        };
-        let b = Mat {
-            ptr: b.ptr as *const f32,
-            ld: b.strides.0,
-        };
-        // SAFETY: the caller's guarantees; the parts write disjoint column blocks of C.
+        // SAFETY: the caller's guarantees; a transposed A only where the CPU has
+        // AVX-512F (checked just above); the parts write disjoint column blocks of C.
         for_parts(n, 2 * m * k * n, |cols| unsafe {
             thin::nn(m, k, a, b, c.ptr(), ldc, acc, cols)
         });
         return true;
     }
-    if b.strides.0 != 1 {
+    if m > THIN_MAX || a.strides.1 != 1 || b.strides.0 != 1 {
         return false;
     }
     // W = Bᵀ is [n, k] row-major.

@@ -100,13 +100,86 @@ unsafe fn store(c: *mut f32, t: f32, acc: bool) {
     }
 }
 
-/// One `MR × NR` tile of [`nt`] at `a` (rows of A) and `w` (rows of W).
+/// A vector register of f32 lanes: what the tiles of [`nt`] need from AVX2 (`__m256`)
+/// and AVX-512 (`__m512`), so that one tile loop serves both builds.
+trait Lanes: Copy {
+    /// Lanes per register.
+    const N: usize;
+    /// # Safety
+    /// The CPU has the instructions.
+    unsafe fn zero() -> Self;
+    /// # Safety
+    /// `N` floats at `p` are valid; the CPU has the instructions.
+    unsafe fn load(p: *const f32) -> Self;
+    /// `a·b + c` per lane, rounded once.
+    ///
+    /// # Safety
+    /// The CPU has the instructions.
+    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self;
+    /// The lanes' sum in a fixed order.
+    ///
+    /// # Safety
+    /// The CPU has the instructions.
+    unsafe fn sum(self) -> f32;
+}
+
+impl Lanes for __m256 {
+    const N: usize = L;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        // SAFETY: the caller's CPU has AVX.
+        unsafe { _mm256_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        // SAFETY: the caller's contract.
+        unsafe { _mm256_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+        // SAFETY: the caller's CPU has FMA.
+        unsafe { _mm256_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn sum(self) -> f32 {
+        // SAFETY: the caller's CPU has AVX.
+        unsafe { hsum(self) }
+    }
+}
+
+impl Lanes for __m512 {
+    const N: usize = L16;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        // SAFETY: the caller's CPU has AVX-512F.
+        unsafe { _mm512_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        // SAFETY: the caller's contract.
+        unsafe { _mm512_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+        // SAFETY: the caller's CPU has AVX-512F.
+        unsafe { _mm512_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn sum(self) -> f32 {
+        // SAFETY: the caller's CPU has AVX-512F.
+        unsafe { hsum16(self) }
+    }
+}
+
+/// One `MR × NR` tile of [`nt`] at `a` (rows of A) and `w` (rows of W): `MR·NR`
+/// accumulators of `V::N` lanes over the reduction, then each one's lanes summed in a
+/// fixed order and the last `k mod V::N` products added in order.
 ///
 /// # Safety
 /// `MR` rows of A and `NR` rows of W of `k` elements, and the `MR × NR` block of C at
-/// `c` (row stride `ldc`), are valid; the CPU has AVX2 and FMA.
+/// `c` (row stride `ldc`), are valid; the CPU has `V`'s instructions and FMA.
 #[inline(always)]
-unsafe fn nt_tile<const MR: usize, const NR: usize>(
+unsafe fn nt_tile<V: Lanes, const MR: usize, const NR: usize>(
     k: usize,
     a: Mat,
     w: Mat,
@@ -116,29 +189,78 @@ unsafe fn nt_tile<const MR: usize, const NR: usize>(
 ) {
     // SAFETY: the caller upholds this function's contract (see its doc).
     unsafe {
-        let mut s = [[_mm256_setzero_ps(); NR]; MR];
+        let mut s = [[V::zero(); NR]; MR];
         let mut p = 0;
-        while p + L <= k {
-            let mut wv = [_mm256_setzero_ps(); NR];
+        while p + V::N <= k {
+            let mut wv = [V::zero(); NR];
             for (q, v) in wv.iter_mut().enumerate() {
-                *v = _mm256_loadu_ps(w.ptr.add(q * w.ld + p));
+                *v = V::load(w.ptr.add(q * w.ld + p));
             }
             for (r, sr) in s.iter_mut().enumerate() {
-                let av = _mm256_loadu_ps(a.ptr.add(r * a.ld + p));
+                let av = V::load(a.ptr.add(r * a.ld + p));
                 for (x, v) in sr.iter_mut().zip(&wv) {
-                    *x = _mm256_fmadd_ps(av, *v, *x);
+                    *x = V::fmadd(av, *v, *x);
                 }
             }
-            p += L;
+            p += V::N;
         }
         for (r, sr) in s.iter().enumerate() {
             for (q, x) in sr.iter().enumerate() {
-                let mut t = hsum(*x);
+                let mut t = x.sum();
                 for e in p..k {
                     t = (*a.ptr.add(r * a.ld + e)).mul_add(*w.ptr.add(q * w.ld + e), t);
                 }
                 store(c.add(r * ldc + q), t, acc);
             }
+        }
+    }
+}
+
+/// [`nt`] over the output columns `j0..j1` in `MR × NR` tiles of `V` registers; the
+/// rows and columns left over take tiles one row or one column wide (every element is
+/// the same sum whatever its tile, so the tiling never changes a bit).
+///
+/// # Safety
+/// As [`nt`], and the CPU has `V`'s instructions.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn nt_tiles<V: Lanes, const MR: usize, const NR: usize>(
+    m: usize,
+    k: usize,
+    a: Mat,
+    w: Mat,
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+    (j0, j1): (usize, usize),
+) {
+    // SAFETY: the caller upholds this function's contract (see its doc); every tile lies
+    // inside rows `0..m` and columns `j0..j1`.
+    unsafe {
+        let mut j = j0;
+        while j < j1 {
+            let nr = if j1 - j >= NR { NR } else { 1 };
+            let wj = Mat {
+                ptr: w.ptr.add(j * w.ld),
+                ld: w.ld,
+            };
+            let mut i = 0;
+            while i < m {
+                let mr = if m - i >= MR { MR } else { 1 };
+                let ai = Mat {
+                    ptr: a.ptr.add(i * a.ld),
+                    ld: a.ld,
+                };
+                let cij = c.add(i * ldc + j);
+                match (mr == MR, nr == NR) {
+                    (true, true) => nt_tile::<V, MR, NR>(k, ai, wj, cij, ldc, acc),
+                    (true, false) => nt_tile::<V, MR, 1>(k, ai, wj, cij, ldc, acc),
+                    (false, true) => nt_tile::<V, 1, NR>(k, ai, wj, cij, ldc, acc),
+                    (false, false) => nt_tile::<V, 1, 1>(k, ai, wj, cij, ldc, acc),
+                }
+                i += mr;
+            }
+            j += nr;
         }
     }
 }
@@ -158,39 +280,10 @@ unsafe fn nt_avx2(
     c: *mut f32,
     ldc: usize,
     acc: bool,
-    (j0, j1): (usize, usize),
+    cols: (usize, usize),
 ) {
     // SAFETY: the caller upholds this function's contract (see its doc).
-    unsafe {
-        let mut j = j0;
-        while j < j1 {
-            let nr = (j1 - j).min(3);
-            let wj = Mat {
-                ptr: w.ptr.add(j * w.ld),
-                ld: w.ld,
-            };
-            let mut i = 0;
-            while i < m {
-                let mr = (m - i).min(4);
-                let ai = Mat {
-                    ptr: a.ptr.add(i * a.ld),
-                    ld: a.ld,
-                };
-                let cij = c.add(i * ldc + j);
-                macro_rules! tile {
-                    ($($mr:literal $nr:literal),*) => {
-                        match (mr, nr) {
-                            $(($mr, $nr) => nt_tile::<$mr, $nr>(k, ai, wj, cij, ldc, acc),)*
-                            _ => unreachable!(),
-                        }
-                    };
-                }
-                tile!(4 3, 4 2, 4 1, 3 3, 3 2, 3 1, 2 3, 2 2, 2 1, 1 3, 1 2, 1 1);
-                i += mr;
-            }
-            j += nr;
-        }
-    }
+    unsafe { nt_tiles::<__m256, 4, 3>(m, k, a, w, c, ldc, acc, cols) }
 }
 
 /// `C[i, j] (+)= Σ_p A[i, p]·W[j, p]` for the output columns `j0..j1` (rows `j0..j1` of
@@ -241,48 +334,6 @@ unsafe fn hsum16(v: __m512) -> f32 {
     }
 }
 
-/// One `MR × NR` tile of [`nt_avx512`]: as [`nt_tile`] with 16 lanes.
-///
-/// # Safety
-/// As [`nt_tile`], and the CPU has AVX-512F.
-#[inline(always)]
-unsafe fn nt_tile16<const MR: usize, const NR: usize>(
-    k: usize,
-    a: Mat,
-    w: Mat,
-    c: *mut f32,
-    ldc: usize,
-    acc: bool,
-) {
-    // SAFETY: the caller upholds this function's contract (see its doc).
-    unsafe {
-        let mut s = [[_mm512_setzero_ps(); NR]; MR];
-        let mut p = 0;
-        while p + L16 <= k {
-            let mut wv = [_mm512_setzero_ps(); NR];
-            for (q, v) in wv.iter_mut().enumerate() {
-                *v = _mm512_loadu_ps(w.ptr.add(q * w.ld + p));
-            }
-            for (r, sr) in s.iter_mut().enumerate() {
-                let av = _mm512_loadu_ps(a.ptr.add(r * a.ld + p));
-                for (x, v) in sr.iter_mut().zip(&wv) {
-                    *x = _mm512_fmadd_ps(av, *v, *x);
-                }
-            }
-            p += L16;
-        }
-        for (r, sr) in s.iter().enumerate() {
-            for (q, x) in sr.iter().enumerate() {
-                let mut t = hsum16(*x);
-                for e in p..k {
-                    t = (*a.ptr.add(r * a.ld + e)).mul_add(*w.ptr.add(q * w.ld + e), t);
-                }
-                store(c.add(r * ldc + q), t, acc);
-            }
-        }
-    }
-}
-
 /// [`nt`] with AVX-512 (16 lanes, 32 registers): tiles of 4 rows of A by 6 rows of W,
 /// 24 accumulators, so each vector of A read from L2 feeds 6 FMAs (AVX2's 4×3 tile
 /// feeds 3).
@@ -299,42 +350,10 @@ unsafe fn nt_avx512(
     c: *mut f32,
     ldc: usize,
     acc: bool,
-    (j0, j1): (usize, usize),
+    cols: (usize, usize),
 ) {
     // SAFETY: the caller upholds this function's contract (see its doc).
-    unsafe {
-        let mut j = j0;
-        while j < j1 {
-            let nr = (j1 - j).min(6);
-            let wj = Mat {
-                ptr: w.ptr.add(j * w.ld),
-                ld: w.ld,
-            };
-            let mut i = 0;
-            while i < m {
-                let mr = (m - i).min(4);
-                let ai = Mat {
-                    ptr: a.ptr.add(i * a.ld),
-                    ld: a.ld,
-                };
-                let cij = c.add(i * ldc + j);
-                macro_rules! tile {
-                    ($($mr:literal $nr:literal),*) => {
-                        match (mr, nr) {
-                            $(($mr, $nr) => nt_tile16::<$mr, $nr>(k, ai, wj, cij, ldc, acc),)*
-                            _ => unreachable!(),
-                        }
-                    };
-                }
-                tile!(
-                    4 6, 4 5, 4 4, 4 3, 4 2, 4 1, 3 6, 3 5, 3 4, 3 3, 3 2, 3 1,
-                    2 6, 2 5, 2 4, 2 3, 2 2, 2 1, 1 6, 1 5, 1 4, 1 3, 1 2, 1 1
-                );
-                i += mr;
-            }
-            j += nr;
-        }
-    }
+    unsafe { nt_tiles::<__m512, 4, 6>(m, k, a, w, c, ldc, acc, cols) }
 }
 
 /// Rows of A per tile of [`nn`]: 6 rows × 2 registers = 12 accumulators.
@@ -382,18 +401,51 @@ unsafe fn nn_tile<const MR: usize>(
     }
 }
 
-/// `C[i, j] (+)= Σ_p A[i, p]·B[p, j]` for the output columns `j0..j1`, with A `[m, k]` and
-/// B `[k, n]` both row-major: B's rows are streamed whole (broadcast form), which suits a
-/// short reduction (an image's 50 tokens, a head's 64 rows of a weight) whose B block
-/// stays in cache. Each element is one `fma` chain over `p` in order (then added to C
-/// when `acc`), whatever the tile or the column range.
+/// `C[i, j] (+)= Σ_p A[i, p]·B[p, j]` for the output columns `j0..j1`, B `[k, n]`
+/// row-major: B's rows are streamed whole (broadcast form), which suits a short
+/// reduction (an image's 50 tokens, a head's 64 rows of a weight) whose B block stays in
+/// cache. Each element is one `fma` chain over `p` in order (then added to C when
+/// `acc`), whatever the tile or the column range, on AVX-512 (where [`avx512_active`]
+/// says so, or A is not row-major) as on AVX2: the same bits.
+///
+/// # Safety
+/// A covers `[m, k]`, B `[k, j1]`, C `[m, ≥ j1]` with row stride `ldc`, all valid; the
+/// CPU has AVX2 and FMA, and AVX-512F unless A is row-major (`a.cs == 1`) and
+/// [`avx512_active`] is false.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn nn(
+    m: usize,
+    k: usize,
+    a: Mat2,
+    b: Mat,
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+    cols: (usize, usize),
+) {
+    // SAFETY: the caller upholds this function's contract; the AVX2 build gets a
+    // row-major A, the AVX-512 build runs only where the caller says the CPU has it.
+    unsafe {
+        if a.cs != 1 || avx512_active() {
+            nn_avx512(m, k, a, b, c, ldc, acc, cols)
+        } else {
+            let a = Mat {
+                ptr: a.ptr,
+                ld: a.rs,
+            };
+            nn_avx2(m, k, a, b, c, ldc, acc, cols)
+        }
+    }
+}
+
+/// [`nn`] on AVX2, for a row-major A.
 ///
 /// # Safety
 /// A is `[m, k]`, B at least `[k, j1]`, C `[m, ≥ j1]` with row stride `ldc`, all valid;
 /// the CPU has AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn nn(
+unsafe fn nn_avx2(
     m: usize,
     k: usize,
     a: Mat,
@@ -509,18 +561,17 @@ unsafe fn nn16_tile<const MR: usize, const NV: usize>(
     }
 }
 
-/// [`nn`] on AVX-512, with A of any strides: `C[i, j] (+)= Σ_p A[i, p]·B[p, j]` for the
-/// output columns `j0..j1`, B row-major, in 6-row × 64-column tiles (24 accumulators of
-/// the 32 registers; the last vector of a row masked, so no column is left to a scalar
-/// loop). Each element is one `fma` chain over `p` in order from zero, then added to C
-/// when `acc`, exactly as in [`nn`]: both give the same bits.
+/// [`nn`] on AVX-512, with A of any strides, in 6-row × 64-column tiles (24 accumulators
+/// of the 32 registers; the last vector of a row masked, so no column is left to a
+/// scalar loop). Each element is one `fma` chain over `p` in order from zero, then added
+/// to C when `acc`, exactly as in [`nn_avx2`]: both give the same bits.
 ///
 /// # Safety
 /// A covers `[m, k]` and B `[k, j1]` (row stride `b.ld`), C `[m, ≥ j1]` (row stride
 /// `ldc`), all valid; the CPU has AVX-512F.
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn nn_avx512(
+unsafe fn nn_avx512(
     m: usize,
     k: usize,
     a: Mat2,
@@ -642,7 +693,7 @@ mod tests {
                     ld: lda,
                 };
                 // SAFETY: the buffers cover the shapes; the CPU has AVX2 and FMA.
-                unsafe { nn(m, k, am, bm, want.as_mut_ptr(), ldc, acc, (0, n)) };
+                unsafe { nn_avx2(m, k, am, bm, want.as_mut_ptr(), ldc, acc, (0, n)) };
                 let forms = [
                     Mat2 {
                         ptr: a.as_ptr(),
@@ -669,56 +720,67 @@ mod tests {
         }
     }
 
-    /// The AVX-512 dot form against a plain loop (f32 rounding), and bit-identical
-    /// however the output columns are split, with reduction tails (k mod 16 ≠ 0).
+    /// Both builds of the dot form against a plain loop (f32 rounding), and
+    /// bit-identical however the output columns are split, with row, column and
+    /// reduction tails (k mod 16 ≠ 0); the AVX-512 build where the CPU has it.
     #[test]
-    fn thin_avx512_dot_form_matches_a_plain_loop_for_any_split() {
-        if !have_avx512() {
+    fn thin_dot_form_builds_match_a_plain_loop_for_any_split() {
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        if !avx2 {
+            println!("skipped: this CPU lacks AVX2 and FMA (the thin kernel never runs here)");
             return;
         }
-        for (m, k, n) in [
-            (13, 77, 50),
-            (4, 9, 31),
-            (32, 768, 70),
-            (1, 16, 7),
-            (5, 33, 6),
-        ] {
-            let (lda, ldw, ldc) = (k + 2, k + 1, n + 1);
-            let (a, w) = (sines(m * lda, 0.37), sines(n * ldw, 0.11));
-            let c0 = sines(m * ldc, 0.05);
-            let (am, wm) = (
-                Mat {
-                    ptr: a.as_ptr(),
-                    ld: lda,
-                },
-                Mat {
-                    ptr: w.as_ptr(),
-                    ld: ldw,
-                },
-            );
-            for acc in [false, true] {
-                let mut first: Option<Vec<f32>> = None;
-                for parts in splits(n) {
-                    let mut got = c0.clone();
-                    for cols in parts {
-                        // SAFETY: the buffers cover the shapes; the CPU has AVX-512F.
-                        unsafe { nt_avx512(m, k, am, wm, got.as_mut_ptr(), ldc, acc, cols) };
+        type Build = unsafe fn(usize, usize, Mat, Mat, *mut f32, usize, bool, (usize, usize));
+        let mut builds: Vec<(&str, Build)> = vec![("AVX2", nt_avx2)];
+        if have_avx512() {
+            builds.push(("AVX-512", nt_avx512));
+        }
+        for (name, build) in builds {
+            for (m, k, n) in [
+                (13, 77, 50),
+                (4, 9, 31),
+                (32, 768, 70),
+                (1, 16, 7),
+                (5, 33, 6),
+            ] {
+                let (lda, ldw, ldc) = (k + 2, k + 1, n + 1);
+                let (a, w) = (sines(m * lda, 0.37), sines(n * ldw, 0.11));
+                let c0 = sines(m * ldc, 0.05);
+                let (am, wm) = (
+                    Mat {
+                        ptr: a.as_ptr(),
+                        ld: lda,
+                    },
+                    Mat {
+                        ptr: w.as_ptr(),
+                        ld: ldw,
+                    },
+                );
+                for acc in [false, true] {
+                    let mut first: Option<Vec<f32>> = None;
+                    for parts in splits(n) {
+                        let mut got = c0.clone();
+                        for cols in parts {
+                            // SAFETY: the buffers cover the shapes; the CPU has the build's
+                            // instructions.
+                            unsafe { build(m, k, am, wm, got.as_mut_ptr(), ldc, acc, cols) };
+                        }
+                        match &first {
+                            Some(f) => assert_eq!(bits(&got), bits(f), "{name} {m}x{k}x{n}: split"),
+                            None => first = Some(got),
+                        }
                     }
-                    match &first {
-                        Some(f) => assert_eq!(bits(&got), bits(f), "{m}x{k}x{n}: split"),
-                        None => first = Some(got),
-                    }
-                }
-                let got = first.unwrap();
-                for i in 0..m {
-                    for j in 0..n {
-                        let want: f32 = (0..k).map(|p| a[i * lda + p] * w[j * ldw + p]).sum();
-                        let base = if acc { c0[i * ldc + j] } else { 0.0 };
-                        let g = got[i * ldc + j] - base;
-                        assert!(
-                            (g - want).abs() < 1e-4 * (1.0 + want.abs()),
-                            "{m}x{k}x{n} acc={acc} ({i},{j}): {g} vs {want}"
-                        );
+                    let got = first.unwrap();
+                    for i in 0..m {
+                        for j in 0..n {
+                            let want: f32 = (0..k).map(|p| a[i * lda + p] * w[j * ldw + p]).sum();
+                            let base = if acc { c0[i * ldc + j] } else { 0.0 };
+                            let g = got[i * ldc + j] - base;
+                            assert!(
+                                (g - want).abs() < 1e-4 * (1.0 + want.abs()),
+                                "{name} {m}x{k}x{n} acc={acc} ({i},{j}): {g} vs {want}"
+                            );
+                        }
                     }
                 }
             }

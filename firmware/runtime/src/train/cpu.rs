@@ -167,7 +167,7 @@ pub fn set_huge_pages(on: bool) {
 /// there at once rather than whenever `khugepaged` gets to them. Advice only: it never
 /// changes the contents, and its errors (an older kernel, huge pages off or exhausted)
 /// leave the pages as they were.
-pub(crate) fn huge_pages(v: &mut [f32]) {
+fn huge_pages(v: &mut [f32]) {
     #[cfg(target_os = "linux")]
     {
         const HUGE: usize = 2 << 20;
