@@ -4,8 +4,10 @@
 mod train_common;
 
 use anytime_runtime::block::{load_block, BlockDims, BlockParams, FrozenHead};
+use anytime_runtime::train::adamw::adamw_update;
 use anytime_runtime::train::{
-    load_tuned, save_tuned, set_keep_awake, CpuBackend, TrainBackend, TrainConfig, TunedState,
+    load_tuned, save_tuned, set_fused_update, set_keep_awake, CpuBackend, TrainBackend,
+    TrainConfig, TunedState,
 };
 use train_common::*;
 
@@ -172,4 +174,74 @@ fn train_cpu_keeping_workers_awake_changes_no_result_and_every_step_ends() {
         on.1 == off.1,
         "tuned states differ with and without kept-awake workers"
     );
+}
+
+/// Every bit of a state: weights, moments, `b` and its moments, the step count.
+fn state_bits(s: &TunedState) -> Vec<u32> {
+    let o = &s.optim;
+    [&s.params, &o.m, &o.v]
+        .iter()
+        .flat_map(|p| p.tensors().into_iter().flatten().map(|x| x.to_bits()))
+        .chain([s.other_bias, o.m_bias, o.v_bias].map(f32::to_bits))
+        .chain([o.step as u32])
+        .collect()
+}
+
+/// A step with the weight matrices' update fused into backward gives the bits of AdamW
+/// applied to the gradients that `gradients` returns, and those of the unfused step, on
+/// shapes whose weights are a whole number of the fused strips (32 rows) and not.
+#[test]
+fn train_cpu_fused_update_is_adamw_of_the_gradients_bit_for_bit() {
+    let cfg = TrainConfig {
+        lr: 1e-3,
+        ..TrainConfig::default()
+    };
+    for (dims, seed) in [(WIDE, 200), (SMALL, 300), (tiny_block().0, 400)] {
+        let head = FrozenHead::random(&dims, seed);
+        let start = TunedState::fresh(&dims, BlockParams::random(&dims, seed + 1));
+        let batches: Vec<Data> = (0..3)
+            .map(|i| random_data(&dims, 7, 5, seed + 2 + i))
+            .collect();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let new = |s: &TunedState| {
+                CpuBackend::new(dims, cfg.clone(), head.clone(), s.clone()).unwrap()
+            };
+            let mut fused = new(&start);
+            let mut want = start.clone();
+            for d in &batches {
+                let loss = fused.step(&d.batch()).unwrap().loss;
+                let (stats, g) = new(&want).gradients(&d.batch()).unwrap();
+                assert_eq!(loss.to_bits(), stats.loss.to_bits());
+                let (p, o) = (&mut want.params, &mut want.optim);
+                adamw_update(
+                    &dims,
+                    &cfg,
+                    o,
+                    p,
+                    &mut want.other_bias,
+                    &g.params,
+                    g.other_bias,
+                );
+                let got = fused.state().unwrap();
+                assert!(
+                    state_bits(&got) == state_bits(&want),
+                    "{dims:?}: the fused step is not AdamW of the gradients"
+                );
+            }
+            set_fused_update(false);
+            let mut unfused = new(&start);
+            for d in &batches {
+                unfused.step(&d.batch()).unwrap();
+            }
+            set_fused_update(true);
+            assert!(
+                state_bits(&unfused.state().unwrap()) == state_bits(&want),
+                "{dims:?}: the unfused step differs"
+            );
+        });
+    }
 }

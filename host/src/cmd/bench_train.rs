@@ -6,7 +6,8 @@
 //! `target/bench/train_step.json`. The CPU step also gets A/B comparisons in alternating
 //! rounds (the thin-GEMM kernel on and off; its AVX-512 builds against its AVX2 ones,
 //! where the CPU has AVX-512; idle pool workers kept awake or left to sleep; the large
-//! arrays on huge pages or not, as two backends), the roofline ratio again with the SGEMM and the step in alternating rounds
+//! arrays on huge pages or not, as two backends; the weight matrices' AdamW update fused
+//! into backward or run after it), the roofline ratio again with the SGEMM and the step in alternating rounds
 //! (this VM's speed drifts between the two otherwise), and its AdamW update is timed on
 //! its own.
 use std::path::PathBuf;
@@ -21,8 +22,8 @@ use anytime_runtime::block::{
 use anytime_runtime::train::adamw::adamw_update;
 use anytime_runtime::train::gpu::GpuBackend;
 use anytime_runtime::train::{
-    set_huge_pages, set_keep_awake, Batch, CpuBackend, TrainBackend, TrainConfig, TrainError,
-    TunedState,
+    set_fused_update, set_huge_pages, set_keep_awake, Batch, CpuBackend, TrainBackend, TrainConfig,
+    TrainError, TunedState,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::json;
@@ -371,6 +372,7 @@ pub fn run(a: Args) -> Result<()> {
         None
     };
     let awake = ab(&mut cpu, &batch, set_keep_awake)?;
+    let fused = ab(&mut cpu, &batch, set_fused_update)?;
     // Huge pages are asked for when a backend is made: a second one made without.
     set_huge_pages(false);
     let plain = CpuBackend::new(dims, cfg.clone(), head.clone(), cpu.state_ref().clone());
@@ -513,6 +515,16 @@ pub fn run(a: Args) -> Result<()> {
     );
     println!(
         "{:<44} {:>10.1}",
+        format!("  A/B, {} rounds: update fused into bwd", fused.rounds),
+        fused.on_s * 1e3
+    );
+    println!(
+        "{:<44} {:>10.1}",
+        "  A/B: off (gradients stored, then AdamW)",
+        fused.off_s * 1e3
+    );
+    println!(
+        "{:<44} {:>10.1}",
         format!("  A/B, {} rounds: arrays on huge pages", huge.rounds),
         huge.on_s * 1e3
     );
@@ -605,6 +617,12 @@ pub fn run(a: Args) -> Result<()> {
             "steps_per_round": ROUND_STEPS,
             "step_s_on": huge.on_s,
             "step_s_off": huge.off_s,
+        }),
+        "fused_update_ab": json!({
+            "rounds": fused.rounds,
+            "steps_per_round": ROUND_STEPS,
+            "step_s_on": fused.on_s,
+            "step_s_off": fused.off_s,
         }),
         "keep_awake_ab": json!({
             "rounds": awake.rounds,

@@ -24,6 +24,7 @@ use rayon::prelude::*;
 use super::forward::{recompute_affine, zeros};
 use super::gemm::{matmul_nn, matmul_nt, matmul_tn};
 use super::params::BlockDims;
+use super::wgrad::Weight;
 
 /// Softmax of each row of width `n`, in place (max-subtracted).
 pub(crate) fn softmax_rows(s: &mut [f32], n: usize) {
@@ -154,9 +155,6 @@ pub(crate) struct AttentionSaved<'a> {
 pub(crate) struct AttentionGrads<'a> {
     /// `[B, D]`, written.
     pub dq: &'a mut [f32],
-    /// `[D, D]` each, written.
-    pub dwk: &'a mut [f32],
-    pub dwv: &'a mut [f32],
     /// `[D]` each, written (`dbk` is zero).
     pub dbk: &'a mut [f32],
     pub dbv: &'a mut [f32],
@@ -175,12 +173,12 @@ fn add_partials(parts: &[f32], out: &mut [f32]) {
 }
 
 /// Backward from `d_o` (`[B, D]`) given the forward's saved values (`s.q`, `q̃`, `probs`, `ā`)
-/// and the weights `W_k`, `W_v`.
+/// and the weights `W_k`, `W_v`, which get their gradients (see [`Weight`]) once read.
 pub(crate) fn cls_attention_backward(
     dims: &BlockDims,
     s: &AttentionSaved<'_>,
-    wk: &[f32],
-    wv: &[f32],
+    wk: Weight<'_>,
+    wv: Weight<'_>,
     b1: &[f32],
     d_o: &[f32],
     g: AttentionGrads<'_>,
@@ -199,16 +197,15 @@ pub(crate) fn cls_attention_backward(
     let mut dabar = zeros(heads * batch * d);
     let mut part_w = vec![0.0f32; heads * d];
     let mut part_b = vec![0.0f32; heads * d];
-    g.dwv
-        .par_chunks_mut(dh * d)
+    wv.chunks(dh * d)
+        .into_par_iter()
         .zip(dabar.par_chunks_mut(batch * d))
         .zip(part_w.par_chunks_mut(d).zip(part_b.par_chunks_mut(d)))
         .enumerate()
-        .for_each(|(h, ((gw, da), (pw, pb)))| {
+        .for_each(|(h, ((wvh, da), (pw, pb)))| {
             let (dout, ah) = (&d_o[h * dh..], &a[h * d..]);
-            matmul_tn(dh, batch, d, dout, d, ah, heads * d, gw, d, false);
-            let w = &wv[h * dh * d..(h + 1) * dh * d];
-            matmul_nn(batch, dh, d, dout, d, w, d, da, d, false);
+            matmul_nn(batch, dh, d, dout, d, wvh.w(), d, da, d, false);
+            wvh.grad(batch, d, dout, d, ah, heads * d, 1.0, false);
             for (b, dar) in da.chunks_exact_mut(d).enumerate() {
                 let abr = &s.abar[(b * heads + h) * d..(b * heads + h + 1) * d];
                 for i in 0..d {
@@ -270,27 +267,34 @@ pub(crate) fn cls_attention_backward(
 
     // q̃_h = s·W_k,hᵀ q_h: dW_k,h = s·q_hᵀ dq̃_h, dq_h = s·dq̃_h W_k,hᵀ (`[H, B, dh]`).
     let mut dq_blocks = vec![0.0f32; heads * batch * dh];
-    g.dwk
-        .par_chunks_mut(dh * d)
+    wk.chunks(dh * d)
+        .into_par_iter()
         .zip(dq_blocks.par_chunks_mut(batch * dh))
         .enumerate()
-        .for_each(|(h, (gw, dqh))| {
+        .for_each(|(h, (wkh, dqh))| {
             let dq_tilde = &dqt[h * d..];
-            matmul_tn(
+            matmul_nt(
+                batch,
+                d,
                 dh,
+                dq_tilde,
+                heads * d,
+                wkh.w(),
+                d,
+                dqh,
+                dh,
+                false,
+            );
+            wkh.grad(
                 batch,
                 d,
                 &s.q[h * dh..],
                 d,
                 dq_tilde,
                 heads * d,
-                gw,
-                d,
+                scale,
                 false,
             );
-            gw.iter_mut().for_each(|v| *v *= scale);
-            let w = &wk[h * dh * d..(h + 1) * dh * d];
-            matmul_nt(batch, d, dh, dq_tilde, heads * d, w, d, dqh, dh, false);
         });
     heads_to_rows(dims, &dq_blocks, scale, g.dq);
 

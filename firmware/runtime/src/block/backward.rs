@@ -8,15 +8,81 @@ use rayon::prelude::*;
 
 use super::attention::{cls_attention_backward, AttentionGrads, AttentionSaved};
 use super::forward::{recompute_affine, zeros, Saved};
-use super::gemm::{matmul_nn, matmul_nt, matmul_tn};
+use super::gemm::{matmul_nn, matmul_nt};
 use super::layernorm::{layernorm_backward, normalise_backward};
 use super::params::{BlockDims, BlockParams, FrozenHead};
+use super::wgrad::{UpdateRule, Weight};
 
 /// Column sums of `dy` (`[rows, n]`) written to `db` (`[n]`).
 fn bias_grad(dy: &[f32], db: &mut [f32]) {
     db.fill(0.0);
     for row in dy.chunks_exact(db.len()) {
         db.iter_mut().zip(row).for_each(|(g, &x)| *g += x);
+    }
+}
+
+/// The weight matrices that [`backward_update`] updates in place (the other tensors'
+/// gradients it writes as [`backward`] does).
+pub const FUSED_TENSORS: [&str; 4] = [
+    "attn.in_proj_weight",
+    "attn.out_proj.weight",
+    "mlp.c_fc.weight",
+    "mlp.c_proj.weight",
+];
+
+/// The block's parameters as backward uses them: the vectors read, the four weight
+/// matrices read and then given their gradients (see [`Weight`]).
+struct Params<'a> {
+    ln_1_w: &'a [f32],
+    ln_1_b: &'a [f32],
+    ln_2_w: &'a [f32],
+    ln_2_b: &'a [f32],
+    in_proj: Weight<'a>,
+    out_proj: Weight<'a>,
+    fc: Weight<'a>,
+    cproj: Weight<'a>,
+}
+
+/// The gradients of the block's vectors (biases and LayerNorm parameters), written.
+struct VectorGrads<'a> {
+    ln_1_w: &'a mut [f32],
+    ln_1_b: &'a mut [f32],
+    in_proj_b: &'a mut [f32],
+    out_proj_b: &'a mut [f32],
+    ln_2_w: &'a mut [f32],
+    ln_2_b: &'a mut [f32],
+    fc_b: &'a mut [f32],
+    cproj_b: &'a mut [f32],
+}
+
+impl<'a> VectorGrads<'a> {
+    /// The vector tensors of `g`, and its four weight matrices.
+    fn split(g: &'a mut BlockParams) -> (Self, [&'a mut [f32]; 4]) {
+        let BlockParams {
+            ln_1_w,
+            ln_1_b,
+            in_proj_w,
+            in_proj_b,
+            out_proj_w,
+            out_proj_b,
+            ln_2_w,
+            ln_2_b,
+            fc_w,
+            fc_b,
+            cproj_w,
+            cproj_b,
+        } = g;
+        let vectors = VectorGrads {
+            ln_1_w,
+            ln_1_b,
+            in_proj_b,
+            out_proj_b,
+            ln_2_w,
+            ln_2_b,
+            fc_b,
+            cproj_b,
+        };
+        (vectors, [in_proj_w, out_proj_w, fc_w, cproj_w])
     }
 }
 
@@ -34,6 +100,101 @@ pub fn backward(
     grads: &mut BlockParams,
     d_tokens: Option<&mut [f32]>,
 ) {
+    assert!(
+        grads.matches(dims),
+        "gradient buffers do not match the dims"
+    );
+    let (vectors, [gi, go, gf, gc]) = VectorGrads::split(grads);
+    let params = Params {
+        ln_1_w: &p.ln_1_w,
+        ln_1_b: &p.ln_1_b,
+        ln_2_w: &p.ln_2_w,
+        ln_2_b: &p.ln_2_b,
+        in_proj: Weight::Store {
+            w: &p.in_proj_w,
+            g: gi,
+        },
+        out_proj: Weight::Store {
+            w: &p.out_proj_w,
+            g: go,
+        },
+        fc: Weight::Store { w: &p.fc_w, g: gf },
+        cproj: Weight::Store {
+            w: &p.cproj_w,
+            g: gc,
+        },
+    };
+    backward_with(dims, params, head, saved, d_embed, vectors, d_tokens);
+}
+
+/// Backward with the optimiser step of the four weight matrices ([`FUSED_TENSORS`])
+/// fused into it: each is read for its input gradient, then updated in place by `rule`
+/// from its gradient a strip of rows at a time, with its moments in `m`, `v`, while the
+/// strip is in cache, so that its gradient is never written out nor streamed back in by
+/// the optimiser. The gradients of the other tensors go to `grads` as in [`backward`]
+/// (its four matrices are left as they were); no input-token gradient. Each matrix gets
+/// the gradient bits that [`backward`] would store.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_update(
+    dims: &BlockDims,
+    p: &mut BlockParams,
+    head: &FrozenHead,
+    saved: &Saved,
+    d_embed: &[f32],
+    grads: &mut BlockParams,
+    (m, v): (&mut BlockParams, &mut BlockParams),
+    rule: &UpdateRule<'_>,
+) {
+    assert!(
+        grads.matches(dims) && m.matches(dims) && v.matches(dims) && p.matches(dims),
+        "buffers do not match the dims"
+    );
+    let (vectors, _) = VectorGrads::split(grads);
+    let fused = |name, w, m, v| Weight::Update {
+        name,
+        w,
+        m,
+        v,
+        rule,
+    };
+    let params = Params {
+        ln_1_w: &p.ln_1_w,
+        ln_1_b: &p.ln_1_b,
+        ln_2_w: &p.ln_2_w,
+        ln_2_b: &p.ln_2_b,
+        in_proj: fused(
+            FUSED_TENSORS[0],
+            &mut p.in_proj_w,
+            &mut m.in_proj_w,
+            &mut v.in_proj_w,
+        ),
+        out_proj: fused(
+            FUSED_TENSORS[1],
+            &mut p.out_proj_w,
+            &mut m.out_proj_w,
+            &mut v.out_proj_w,
+        ),
+        fc: fused(FUSED_TENSORS[2], &mut p.fc_w, &mut m.fc_w, &mut v.fc_w),
+        cproj: fused(
+            FUSED_TENSORS[3],
+            &mut p.cproj_w,
+            &mut m.cproj_w,
+            &mut v.cproj_w,
+        ),
+    };
+    backward_with(dims, params, head, saved, d_embed, vectors, None);
+}
+
+/// Backward itself, over the parameters as [`Params`] (stored or fused weight gradients).
+fn backward_with(
+    dims: &BlockDims,
+    p: Params<'_>,
+    head: &FrozenHead,
+    saved: &Saved,
+    d_embed: &[f32],
+    grads: VectorGrads<'_>,
+    d_tokens: Option<&mut [f32]>,
+) {
     let (n, d, m, e) = (dims.tokens, dims.width, dims.mlp, dims.embed);
     let batch = saved.batch;
     let rows = batch * n;
@@ -41,10 +202,6 @@ pub fn backward(
     if let Some(dt) = &d_tokens {
         assert_eq!(dt.len(), rows * d, "d_tokens must be [B, N, D]");
     }
-    assert!(
-        grads.matches(dims),
-        "gradient buffers do not match the dims"
-    );
 
     // Head: e = u·proj (frozen), u = ln_post(x3).
     let mut du = vec![0.0; batch * d];
@@ -59,28 +216,18 @@ pub fn backward(
         None,
     );
 
-    // MLP: x3 = x2 + act·Wpᵀ + bp, act = qgelu(fc), fc = h2·Wfcᵀ + bfc.
-    matmul_tn(
-        d,
-        batch,
-        m,
-        &dx3,
-        d,
-        &saved.act,
-        m,
-        &mut grads.cproj_w,
-        m,
-        false,
-    );
-    bias_grad(&dx3, &mut grads.cproj_b);
+    // MLP: x3 = x2 + act·Wpᵀ + bp, act = qgelu(fc), fc = h2·Wfcᵀ + bfc. Each weight is
+    // read for its input gradient before its own gradient is taken (which may update it).
     let mut dfc = zeros(batch * m);
-    matmul_nn(batch, d, m, &dx3, d, &p.cproj_w, m, &mut dfc, m, false);
+    matmul_nn(batch, d, m, &dx3, d, p.cproj.w(), m, &mut dfc, m, false);
+    p.cproj.grad(batch, m, &dx3, d, &saved.act, m, 1.0, true);
+    bias_grad(&dx3, grads.cproj_b);
     dfc.iter_mut().zip(&saved.dact).for_each(|(g, &s)| *g *= s);
-    let h2 = recompute_affine(&saved.xhat2, d, &p.ln_2_w, &p.ln_2_b);
-    matmul_tn(m, batch, d, &dfc, m, &h2, d, &mut grads.fc_w, d, false);
-    bias_grad(&dfc, &mut grads.fc_b);
+    let h2 = recompute_affine(&saved.xhat2, d, p.ln_2_w, p.ln_2_b);
     let mut dh2 = vec![0.0; batch * d];
-    matmul_nn(batch, m, d, &dfc, m, &p.fc_w, d, &mut dh2, d, false);
+    matmul_nn(batch, m, d, &dfc, m, p.fc.w(), d, &mut dh2, d, false);
+    p.fc.grad(batch, d, &dfc, m, &h2, d, 1.0, true);
+    bias_grad(&dfc, grads.fc_b);
 
     // LN2 and the first residual: dx2 = dx3 + LN2ᵀ(dh2).
     let mut dx2 = dx3;
@@ -90,64 +237,59 @@ pub fn backward(
         &dh2,
         &saved.xhat2,
         &saved.rstd2,
-        &p.ln_2_w,
+        p.ln_2_w,
         &mut dx2,
-        Some((&mut grads.ln_2_w, &mut grads.ln_2_b)),
+        Some((grads.ln_2_w, grads.ln_2_b)),
     );
 
     // out_proj: x2 = x + attn·Woᵀ + bo.
-    matmul_tn(
-        d,
+    let mut dattn = vec![0.0; batch * d];
+    matmul_nn(
         batch,
+        d,
         d,
         &dx2,
         d,
-        &saved.attn,
+        p.out_proj.w(),
         d,
-        &mut grads.out_proj_w,
+        &mut dattn,
         d,
         false,
     );
-    bias_grad(&dx2, &mut grads.out_proj_b);
-    let mut dattn = vec![0.0; batch * d];
-    matmul_nn(batch, d, d, &dx2, d, &p.out_proj_w, d, &mut dattn, d, false);
+    p.out_proj
+        .grad(batch, d, &dx2, d, &saved.attn, d, 1.0, true);
+    bias_grad(&dx2, grads.out_proj_b);
 
     // Attention of the CLS query, then q = h1_cls·Wqᵀ + bq.
     let mut dxhat = d_tokens.as_ref().map(|_| vec![0.0f32; rows * d]);
     let mut dq = vec![0.0; batch * d];
-    let (wq, wkv) = p.in_proj_w.split_at(d * d);
+    let (wq, wkv) = p.in_proj.split_at(d * d);
     let (wk, wv) = wkv.split_at(d * d);
     grads.ln_1_w.fill(0.0);
     grads.ln_1_b.fill(0.0);
-    {
-        let (gq, gkv) = grads.in_proj_w.split_at_mut(d * d);
-        let (gk, gv) = gkv.split_at_mut(d * d);
-        let (gbq, gbkv) = grads.in_proj_b.split_at_mut(d);
-        let (gbk, gbv) = gbkv.split_at_mut(d);
-        let g = AttentionGrads {
-            dq: &mut dq,
-            dwk: gk,
-            dwv: gv,
-            dbk: gbk,
-            dbv: gbv,
-            dw1: &mut grads.ln_1_w,
-            db1: &mut grads.ln_1_b,
-            dxhat: dxhat.as_deref_mut(),
-        };
-        let s = AttentionSaved {
-            xhat: &saved.xhat1,
-            w1: &p.ln_1_w,
-            q: &saved.q,
-            qt: &saved.qt,
-            probs: &saved.probs,
-            abar: &saved.abar,
-        };
-        cls_attention_backward(dims, &s, wk, wv, &p.ln_1_b, &dattn, g);
-        matmul_tn(d, batch, d, &dq, d, &saved.h1_cls, d, gq, d, false);
-        bias_grad(&dq, gbq);
-    }
+    let (gbq, gbkv) = grads.in_proj_b.split_at_mut(d);
+    let (gbk, gbv) = gbkv.split_at_mut(d);
+    let g = AttentionGrads {
+        dq: &mut dq,
+        dbk: gbk,
+        dbv: gbv,
+        dw1: &mut *grads.ln_1_w,
+        db1: &mut *grads.ln_1_b,
+        dxhat: dxhat.as_deref_mut(),
+    };
+    let s = AttentionSaved {
+        xhat: &saved.xhat1,
+        w1: p.ln_1_w,
+        q: &saved.q,
+        qt: &saved.qt,
+        probs: &saved.probs,
+        abar: &saved.abar,
+    };
+    cls_attention_backward(dims, &s, wk, wv, p.ln_1_b, &dattn, g);
     let mut dh1_cls = vec![0.0; batch * d];
-    matmul_nn(batch, d, d, &dq, d, wq, d, &mut dh1_cls, d, false);
+    matmul_nn(batch, d, d, &dq, d, wq.w(), d, &mut dh1_cls, d, false);
+    wq.grad(batch, d, &dq, d, &saved.h1_cls, d, 1.0, true);
+    bias_grad(&dq, gbq);
 
     // LN1 of the CLS rows (the queries' input): h1 = x̂ ⊙ w1 + b1.
     for (b, dh) in dh1_cls.chunks_exact(d).enumerate() {

@@ -53,7 +53,8 @@ fn part(len: usize, parts: usize, i: usize) -> (usize, usize) {
 /// rows times a weight) is computed as `Cᵀ = op(B)ᵀ·op(A)ᵀ`, so that the library packs
 /// the weight in row panels and the few rows once. Every element of `C` is the same sum
 /// of the same products however the work is split or transposed, so results do not
-/// depend on the number of threads.
+/// depend on the number of threads. With `par` false, everything runs on the calling
+/// thread (a product inside a task that is itself one of many parallel ones).
 #[allow(clippy::too_many_arguments)]
 fn gemm(
     m: usize,
@@ -66,6 +67,7 @@ fn gemm(
     c: &mut [f32],
     ldc: usize,
     acc: bool,
+    par: bool,
 ) {
     assert!(
         span(m, k, a_strides.0, a_strides.1) <= a.len(),
@@ -101,7 +103,7 @@ fn gemm(
     // written in C by the slices' lengths; C's rows do not overlap (n <= ldc); C comes
     // from a unique borrow, so it aliases neither A nor B.
     #[cfg(target_arch = "x86_64")]
-    if unsafe { thin_gemm(m, k, n, a, b, c, ldc, acc) } {
+    if unsafe { thin_gemm(m, k, n, a, b, c, ldc, acc, par) } {
         return;
     }
     let beta = if acc { 1.0 } else { 0.0 };
@@ -111,9 +113,9 @@ fn gemm(
                 ptr: o.ptr,
                 strides: (o.strides.1, o.strides.0),
             };
-            split_gemm(n, k, m, t(b), t(a), c, (1, ldc), beta);
+            split_gemm(n, k, m, t(b), t(a), c, (1, ldc), beta, par);
         } else {
-            split_gemm(m, k, n, a, b, c, (ldc, 1), beta);
+            split_gemm(m, k, n, a, b, c, (ldc, 1), beta, par);
         }
     }
 }
@@ -147,6 +149,7 @@ unsafe fn thin_gemm(
     c: SharedC,
     ldc: usize,
     acc: bool,
+    par: bool,
 ) -> bool {
     use super::thin::{self, Mat, Mat2};
     if !thin::available() {
@@ -167,7 +170,7 @@ unsafe fn thin_gemm(
         };
         // SAFETY: the caller's guarantees; a transposed A only where the CPU has
         // AVX-512F (checked just above); the parts write disjoint column blocks of C.
-        for_parts(n, 2 * m * k * n, |cols| unsafe {
+        for_parts(n, par_flops(par, m, k, n), |cols| unsafe {
             thin::nn(m, k, a, b, c.ptr(), ldc, acc, cols)
         });
         return true;
@@ -185,10 +188,20 @@ unsafe fn thin_gemm(
         ld: b.strides.1,
     };
     // SAFETY: the caller's guarantees; the parts write disjoint column blocks of C.
-    for_parts(n, 2 * m * k * n, |cols| unsafe {
+    for_parts(n, par_flops(par, m, k, n), |cols| unsafe {
         thin::nt(m, k, a, w, c.ptr(), ldc, acc, cols)
     });
     true
+}
+
+/// The FLOPs by which [`for_parts`] splits a product: none (one part, on this thread)
+/// unless `par`.
+fn par_flops(par: bool, m: usize, k: usize, n: usize) -> usize {
+    if par {
+        2 * m * k * n
+    } else {
+        0
+    }
 }
 
 /// Runs `run(lo, hi)` over `0..len` split into aligned parts, one per rayon thread when
@@ -237,11 +250,12 @@ unsafe fn split_gemm(
     c: SharedC,
     c_strides: (usize, usize),
     beta: f32,
+    par: bool,
 ) {
     let by_rows = m >= n;
     let long = if by_rows { m } else { n };
     let is = |x: usize| x as isize;
-    for_parts(long, 2 * m * k * n, |(lo, hi)| {
+    for_parts(long, par_flops(par, m, k, n), |(lo, hi)| {
         if lo == hi {
             return;
         }
@@ -288,7 +302,7 @@ pub(crate) fn matmul_nn(
     ldc: usize,
     acc: bool,
 ) {
-    gemm(m, k, n, a, (lda, 1), b, (ldb, 1), c, ldc, acc);
+    gemm(m, k, n, a, (lda, 1), b, (ldb, 1), c, ldc, acc, true);
 }
 
 /// `C (+)= A · Bᵀ`: `A` is `[m, k]`, `B` is stored `[n, k]` (a PyTorch `Linear` weight).
@@ -305,7 +319,7 @@ pub(crate) fn matmul_nt(
     ldc: usize,
     acc: bool,
 ) {
-    gemm(m, k, n, a, (lda, 1), b, (1, ldb), c, ldc, acc);
+    gemm(m, k, n, a, (lda, 1), b, (1, ldb), c, ldc, acc, true);
 }
 
 /// `C (+)= Aᵀ · B`: `A` is stored `[k, m]`, `B` is `[k, n]` (weight gradients `dYᵀ·X`).
@@ -322,7 +336,24 @@ pub(crate) fn matmul_tn(
     ldc: usize,
     acc: bool,
 ) {
-    gemm(m, k, n, a, (1, lda), b, (ldb, 1), c, ldc, acc);
+    gemm(m, k, n, a, (1, lda), b, (ldb, 1), c, ldc, acc, true);
+}
+
+/// [`matmul_tn`] on the calling thread only.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_tn_here(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    acc: bool,
+) {
+    gemm(m, k, n, a, (1, lda), b, (ldb, 1), c, ldc, acc, false);
 }
 
 /// Turns the thin-GEMM kernel (`block/thin.rs`, x86-64 with AVX2 and FMA) on or off for

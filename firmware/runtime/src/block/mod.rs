@@ -18,8 +18,9 @@ pub(crate) mod sums;
 #[cfg(target_arch = "x86_64")]
 mod thin;
 mod weights;
+mod wgrad;
 
-pub use backward::backward;
+pub use backward::{backward, backward_update, FUSED_TENSORS};
 pub use flops::{step_flops, StepFlops};
 pub use forward::{cls_attention, forward, forward_into, l2_normalise, Saved};
 pub use gemm::{
@@ -34,3 +35,4 @@ pub use weights::{
     block_named_tensors, load_block, save_block, write_tensors, NamedTensor, TensorFile,
     WeightsError,
 };
+pub use wgrad::UpdateRule;

@@ -136,8 +136,50 @@ pub fn adamw_update(
     grads: &BlockParams,
     grad_bias: f32,
 ) {
+    let k = next_step(cfg, state);
+    let grads = (grads, grad_bias);
+    update_tensors(dims, k, state, params, other_bias, grads, |_| true);
+}
+
+/// The scalars of one step of every tensor's update.
+#[derive(Clone, Copy)]
+pub(crate) struct StepScalars<'a> {
+    cfg: &'a TrainConfig,
+    /// `lr / (1−β1ᵗ)`.
+    step_size: f32,
+    /// `1 / sqrt(1−β2ᵗ)`.
+    inv_sqrt_c2: f32,
+}
+
+impl StepScalars<'_> {
+    /// The update of one block of the tensor `name` (decayed or not by its name).
+    pub fn update(&self, name: &str, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        let c = Coeffs::new(self.cfg, is_decayed(name), self.step_size, self.inv_sqrt_c2);
+        update_tensor(p, g, m, v, c)
+    }
+}
+
+/// Counts a step and returns its scalars.
+pub(crate) fn next_step<'a>(cfg: &'a TrainConfig, state: &mut AdamState) -> StepScalars<'a> {
     state.step += 1;
     let (step_size, inv_sqrt_c2) = corrections(cfg, state.step);
+    StepScalars {
+        cfg,
+        step_size,
+        inv_sqrt_c2,
+    }
+}
+
+/// The update of step `k` of the tensors whose names `which` accepts, and of `b`.
+pub(crate) fn update_tensors(
+    dims: &BlockDims,
+    k: StepScalars<'_>,
+    state: &mut AdamState,
+    params: &mut BlockParams,
+    other_bias: &mut f32,
+    (grads, grad_bias): (&BlockParams, f32),
+    which: impl Fn(&str) -> bool,
+) {
     let names = block_tensor_shapes(dims);
     let iter = params
         .tensors_mut()
@@ -151,18 +193,20 @@ pub fn adamw_update(
     // thread idle at the end of each).
     let mut chunks = Vec::new();
     for ((((p, g), m), v), (name, _)) in iter {
-        let decay = is_decayed(name);
+        if !which(name) {
+            continue;
+        }
         let parts = p
             .chunks_mut(CHUNK)
             .zip(g.chunks(CHUNK))
             .zip(m.chunks_mut(CHUNK).zip(v.chunks_mut(CHUNK)));
-        chunks.extend(parts.map(|((p, g), (m, v))| (p, g, m, v, decay)));
+        chunks.extend(parts.map(|((p, g), (m, v))| (p, g, m, v, *name)));
     }
-    chunks.into_par_iter().for_each(|(p, g, m, v, decay)| {
-        update_tensor(p, g, m, v, Coeffs::new(cfg, decay, step_size, inv_sqrt_c2))
-    });
+    chunks
+        .into_par_iter()
+        .for_each(|(p, g, m, v, name)| k.update(name, p, g, m, v));
     let (mut p, mut m, mut v) = ([*other_bias], [state.m_bias], [state.v_bias]);
-    let c = Coeffs::new(cfg, false, step_size, inv_sqrt_c2);
+    let c = Coeffs::new(k.cfg, false, k.step_size, k.inv_sqrt_c2);
     update_body(&mut p, &[grad_bias], &mut m, &mut v, c);
     (*other_bias, state.m_bias, state.v_bias) = (p[0], m[0], v[0]);
 }

@@ -23,7 +23,7 @@ pub mod state;
 use crate::block::{BlockDims, BlockParams, WeightsError};
 
 pub use adamw::AdamState;
-pub use cpu::{set_huge_pages, set_keep_awake, CpuBackend};
+pub use cpu::{set_fused_update, set_huge_pages, set_keep_awake, CpuBackend};
 pub use state::{load_tuned, save_tuned};
 
 /// Every hyper-parameter of a training step.
