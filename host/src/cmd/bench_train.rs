@@ -564,8 +564,8 @@ pub fn run(a: Args) -> Result<()> {
     }
     let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
     println!(
-        "CPU memory (MiB): weights {:.1}, gradients {:.1}, optimiser {:.1}, saved activations {:.1}, backward scratch {:.1}",
-        mib(mem.weights), mib(mem.gradients), mib(mem.optimiser), mib(mem.activations), mib(mem.backward_scratch)
+        "CPU memory (MiB): weights {:.1}, gradients {:.3} (+ a strip of {:.2} per thread; weight matrices' {:.1} not held in a step), optimiser {:.1}, saved activations {:.1}, backward scratch {:.1}",
+        mib(mem.weights), mib(mem.gradients), mib(mem.gradient_strip_per_thread), mib(mem.weight_gradients), mib(mem.optimiser), mib(mem.activations), mib(mem.backward_scratch)
     );
     if let Some(g) = &gpu {
         let m = &g.memory;
@@ -650,6 +650,8 @@ pub fn run(a: Args) -> Result<()> {
         "memory_bytes": {
             "weights": mem.weights,
             "gradients": mem.gradients,
+            "gradient_strip_per_thread": mem.gradient_strip_per_thread,
+            "weight_gradients_not_held": mem.weight_gradients,
             "optimiser": mem.optimiser,
             "saved_activations": mem.activations,
             "backward_scratch": mem.backward_scratch,

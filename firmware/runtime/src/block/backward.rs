@@ -146,7 +146,7 @@ pub fn backward_update(
     rule: &UpdateRule<'_>,
 ) {
     assert!(
-        grads.matches(dims) && m.matches(dims) && v.matches(dims) && p.matches(dims),
+        grads.vectors_match(dims) && m.matches(dims) && v.matches(dims) && p.matches(dims),
         "buffers do not match the dims"
     );
     let (vectors, _) = VectorGrads::split(grads);

@@ -1,14 +1,22 @@
 //! Memory held by one training step of the CPU path.
 
 use super::params::BlockDims;
+use super::wgrad::STRIP;
 
 /// Bytes held, by kind, for a training step at batch `B`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemoryReport {
     /// Trainable parameters (f32, `b` included), plus the frozen head.
     pub weights: usize,
-    /// One gradient per trainable scalar.
+    /// Gradients held by a step: those of the vectors (LayerNorm parameters, biases,
+    /// `b`). The four weight matrices' (`weight_gradients`) are applied as they are
+    /// computed, a strip at a time ([`super::backward_update`]), and never held whole.
     pub gradients: usize,
+    /// The weight matrices' gradients, held only where they are asked for
+    /// (`TrainBackend::gradients`, or a step with the fused update off).
+    pub weight_gradients: usize,
+    /// The strip of a weight gradient on its way to the optimiser, per thread.
+    pub gradient_strip_per_thread: usize,
     /// Adam first and second moments.
     pub optimiser: usize,
     /// Activations saved by the forward pass for backward (see [`super::Saved`]).
@@ -19,7 +27,8 @@ pub struct MemoryReport {
 }
 
 impl MemoryReport {
-    /// Everything held across the step (weights, grads, moments, saved activations).
+    /// Everything held across the step (weights, grads, moments, saved activations;
+    /// not the weight matrices' gradients, which a step does not hold).
     pub fn total(&self) -> usize {
         self.weights + self.gradients + self.optimiser + self.activations
     }
@@ -38,7 +47,9 @@ impl MemoryReport {
 pub fn memory_report(dims: &BlockDims, batch: usize) -> MemoryReport {
     let (n, d, m, e, h) = (dims.tokens, dims.width, dims.mlp, dims.embed, dims.heads);
     let (b, r) = (batch, batch * n);
-    let params = 2 * d + 3 * d * d + 3 * d + d * d + d + 2 * d + m * d + m + d * m + d + 1;
+    let matrices = 3 * d * d + d * d + m * d + d * m;
+    let vectors = 2 * d + 3 * d + d + 2 * d + m + d + 1;
+    let params = matrices + vectors;
     let head = 2 * d + d * e;
     let saved = r * d
         + r
@@ -54,9 +65,43 @@ pub fn memory_report(dims: &BlockDims, batch: usize) -> MemoryReport {
         + b * e;
     MemoryReport {
         weights: 4 * (params + head),
-        gradients: 4 * params,
+        gradients: 4 * vectors,
+        weight_gradients: 4 * matrices,
+        gradient_strip_per_thread: 4 * STRIP * d.max(m),
         optimiser: 4 * 2 * params,
         activations: 4 * saved,
         backward_scratch: 4 * (3 * b * h * d + b * h * n + 2 * h * d + 2 * b * d),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::{BlockParams, FUSED_TENSORS};
+
+    /// The counts agree with the tensors themselves: the vectors' gradients (and `b`'s)
+    /// held, the four matrices' not, their sum one per trainable scalar.
+    #[test]
+    fn memory_report_counts_the_tensors() {
+        let dims = BlockDims {
+            width: 8,
+            heads: 2,
+            mlp: 16,
+            tokens: 5,
+            embed: 4,
+        };
+        let r = memory_report(&dims, 3);
+        let p = BlockParams::zeros(&dims);
+        let held = BlockParams::vectors_only(&dims);
+        assert_eq!(r.gradients, 4 * (held.len() + 1));
+        assert_eq!(r.weight_gradients, 4 * (p.len() - held.len()));
+        assert_eq!(r.optimiser, 8 * (p.len() + 1));
+        let shapes = crate::block::block_tensor_shapes(&dims);
+        let matrices: usize = shapes
+            .iter()
+            .filter(|(n, _)| FUSED_TENSORS.contains(n))
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum();
+        assert_eq!(r.weight_gradients, 4 * matrices);
     }
 }

@@ -130,6 +130,22 @@ impl BlockParams {
         }
     }
 
+    /// The vectors (LayerNorm parameters, biases) zero and the four weight matrices
+    /// empty: the gradient buffers of a step whose matrices' update is fused into
+    /// backward ([`super::backward_update`]).
+    pub fn vectors_only(d: &BlockDims) -> Self {
+        let mut p = Self::zeros(d);
+        for w in [
+            &mut p.in_proj_w,
+            &mut p.out_proj_w,
+            &mut p.fc_w,
+            &mut p.cproj_w,
+        ] {
+            *w = Vec::new();
+        }
+        p
+    }
+
     /// Random parameters for tests and benchmarks: LayerNorm scales near 1, shifts and
     /// biases small, matrices uniform with a `1/sqrt(fan_in)` scale.
     pub fn random(d: &BlockDims, seed: u64) -> Self {
@@ -209,6 +225,15 @@ impl BlockParams {
             .iter()
             .zip(block_tensor_shapes(d).iter())
             .all(|(t, (_, s))| t.len() == s.iter().product::<usize>())
+    }
+
+    /// Whether the vectors (every tensor but the four weight matrices) have the shapes
+    /// of `d`.
+    pub fn vectors_match(&self, d: &BlockDims) -> bool {
+        self.tensors()
+            .iter()
+            .zip(block_tensor_shapes(d).iter())
+            .all(|(t, (_, s))| s.len() != 1 || t.len() == s[0])
     }
 }
 

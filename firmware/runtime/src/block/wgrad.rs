@@ -12,7 +12,7 @@ use super::gemm::matmul_tn_here;
 /// Rows of a weight gradient computed, then stored or applied, at a time: 32 rows of the
 /// widest weight (3,072 columns) are 384 KiB, which stay in a core's L2 between the
 /// product and the update.
-const STRIP: usize = 32;
+pub(crate) const STRIP: usize = 32;
 
 /// The optimiser's update of one block of a weight matrix: `rule(name, w, g, m, v)` with
 /// the tensor's name (as in [`super::block_tensor_shapes`]), its weights, their gradient

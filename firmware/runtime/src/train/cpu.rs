@@ -19,6 +19,8 @@ pub struct CpuBackend {
     cfg: TrainConfig,
     head: FrozenHead,
     state: TunedState,
+    /// The gradients of the last backward; the four weight matrices' are empty until
+    /// they are asked for (a fused step never holds them).
     grads: Gradients,
     /// The forward's activations, kept to reuse their buffers from step to step.
     saved: Saved,
@@ -36,8 +38,10 @@ impl CpuBackend {
         if head.ln_post_w.len() != dims.width || head.proj.len() != dims.width * dims.embed {
             return Err(TrainError::StateDims(dims));
         }
+        // The weight matrices' gradients only when asked for (`gradients`, or a step
+        // without the fused update): a fused step never holds them.
         let grads = Gradients {
-            params: crate::block::BlockParams::zeros(&dims),
+            params: crate::block::BlockParams::vectors_only(&dims),
             other_bias: 0.0,
             tokens: Vec::new(),
         };
@@ -108,6 +112,10 @@ impl CpuBackend {
         tokens: bool,
     ) -> Result<StepStats, TrainError> {
         let out = self.forward_loss(batch)?;
+        if !self.grads.params.matches(&self.dims) {
+            self.grads.params = crate::block::BlockParams::zeros(&self.dims);
+            self.advise_huge_pages();
+        }
         let g = &mut self.grads;
         let d_tokens = if tokens {
             g.tokens.resize(batch.tokens.len(), 0.0);
@@ -353,6 +361,49 @@ impl TrainBackend for CpuBackend {
         self.state = state.clone();
         self.advise_huge_pages();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod fused_tests {
+    use super::*;
+    use crate::block::{BlockParams, FUSED_TENSORS};
+    use crate::train::TrainConfig;
+
+    /// A fused step holds no weight-matrix gradient; `gradients` fills them.
+    #[test]
+    fn a_fused_step_holds_no_weight_matrix_gradient() {
+        let dims = BlockDims {
+            width: 8,
+            heads: 2,
+            mlp: 16,
+            tokens: 3,
+            embed: 4,
+        };
+        let state = TunedState::fresh(&dims, BlockParams::random(&dims, 1));
+        let head = FrozenHead::random(&dims, 2);
+        let mut be = CpuBackend::new(dims, TrainConfig::default(), head, state).unwrap();
+        let tokens = vec![0.5f32; 2 * dims.tokens * dims.width];
+        let text = [0.6f32, 0.8, 0.0, 0.0, 0.0, 0.0, 0.6, 0.8];
+        let batch = Batch {
+            tokens: &tokens,
+            labels: &[0, 1],
+            text: &text,
+            n_labels: 2,
+        };
+        let held = |be: &CpuBackend| -> Vec<usize> {
+            let names = crate::block::block_tensor_shapes(&dims);
+            let g = be.grads.params.tensors();
+            let pick = names
+                .iter()
+                .zip(g)
+                .filter(|((n, _), _)| FUSED_TENSORS.contains(n));
+            pick.map(|(_, t)| t.len()).collect()
+        };
+        be.step(&batch).unwrap();
+        assert_eq!(held(&be), [0, 0, 0, 0]);
+        be.gradients(&batch).unwrap();
+        assert!(held(&be).iter().all(|&n| n > 0));
     }
 }
 
