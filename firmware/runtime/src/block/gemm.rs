@@ -339,6 +339,23 @@ pub(crate) fn matmul_tn(
     gemm(m, k, n, a, (1, lda), b, (ldb, 1), c, ldc, acc, true);
 }
 
+/// [`matmul_nn`] on the calling thread only.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_nn_here(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    acc: bool,
+) {
+    gemm(m, k, n, a, (lda, 1), b, (ldb, 1), c, ldc, acc, false);
+}
+
 /// [`matmul_tn`] on the calling thread only.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul_tn_here(

@@ -7,7 +7,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::gemm::matmul_tn_here;
+use super::gemm::{matmul_nn_here, matmul_tn_here};
 
 /// Rows of a weight gradient computed, then stored or applied, at a time: 32 rows of the
 /// widest weight (3,072 columns) are 384 KiB, which stay in a core's L2 between the
@@ -34,9 +34,16 @@ pub(crate) enum Weight<'a> {
     },
 }
 
+/// Groups of strips run in parallel by [`Weight::backprop`], each with its own partial
+/// input gradient.
+const GROUPS: usize = 8;
+
 thread_local! {
     /// A strip of gradient on its way to the optimiser, one per thread.
     static STRIP_BUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The partial input gradients of [`Weight::backprop`]'s groups but the first, kept
+    /// from call to call.
+    static PARTIALS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 impl<'a> Weight<'a> {
@@ -117,51 +124,179 @@ impl<'a> Weight<'a> {
         scale: f32,
         par: bool,
     ) {
-        let strip = |s: usize, g: &mut [f32]| {
+        let strips = self.chunks(STRIP * inn);
+        let run =
+            |(s, w): (usize, Weight<'_>)| w.deliver(s * STRIP, r, inn, dy, ldy, x, ldx, scale);
+        if par {
+            strips.into_par_iter().enumerate().for_each(run);
+        } else {
+            strips.into_iter().enumerate().for_each(run);
+        }
+    }
+
+    /// The backward of `Y = X·Wᵀ` through these weights (`[rows, inn]`): `dx = dY·W`
+    /// (`[r, inn]`, contiguous rows, overwritten) and the weights' gradient `dYᵀ·X`,
+    /// stored or applied as by [`Self::grad`], with `dy` `[r, rows]` (row stride `ldy`)
+    /// and `x` `[r, inn]` (row stride `ldx`). One pass over the weights: each strip of
+    /// [`STRIP`] rows is read for its part of `dx` (a short reduction, in cache) and
+    /// then gets its gradient, so the weights are read from memory once, and never
+    /// packed. The strips form [`GROUPS`] groups of consecutive rows run in parallel,
+    /// each adding its strips' parts in order into a partial `dx`; the partials are then
+    /// added in group order. The grouping depends on the shapes only, so the result does
+    /// not depend on the thread count.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backprop(
+        self,
+        r: usize,
+        inn: usize,
+        dy: &[f32],
+        ldy: usize,
+        x: &[f32],
+        ldx: usize,
+        dx: &mut [f32],
+    ) {
+        let rows = self.w().len() / inn;
+        assert!(rows * inn == self.w().len() && dx.len() == r * inn);
+        let per_group = rows.div_ceil(GROUPS).next_multiple_of(STRIP);
+        let groups = self.chunks(per_group * inn);
+        PARTIALS.with_borrow_mut(|partials| {
+            partials.resize((groups.len() - 1) * r * inn, 0.0);
+            let outs: Vec<&mut [f32]> = std::iter::once(&mut *dx)
+                .chain(partials.chunks_mut(r * inn))
+                .collect();
+            groups
+                .into_par_iter()
+                .zip(outs)
+                .enumerate()
+                .for_each(|(gi, (wg, out))| {
+                    for (s, ws) in wg.chunks(STRIP * inn).into_iter().enumerate() {
+                        let row0 = gi * per_group + s * STRIP;
+                        let k = ws.w().len() / inn;
+                        matmul_nn_here(r, k, inn, &dy[row0..], ldy, ws.w(), inn, out, inn, s > 0);
+                        ws.deliver(row0, r, inn, dy, ldy, x, ldx, 1.0);
+                    }
+                });
+            for part in partials.chunks_exact(r * inn) {
+                dx.iter_mut().zip(part).for_each(|(d, &p)| *d += p);
+            }
+        });
+    }
+
+    /// Computes the gradient rows `row0..` of these weights (one strip) and stores or
+    /// applies them.
+    #[allow(clippy::too_many_arguments)]
+    fn deliver(
+        self,
+        row0: usize,
+        r: usize,
+        inn: usize,
+        dy: &[f32],
+        ldy: usize,
+        x: &[f32],
+        ldx: usize,
+        scale: f32,
+    ) {
+        let compute = |g: &mut [f32]| {
             let rows = g.len() / inn;
-            matmul_tn_here(rows, r, inn, &dy[s * STRIP..], ldy, x, ldx, g, inn, false);
+            matmul_tn_here(rows, r, inn, &dy[row0..], ldy, x, ldx, g, inn, false);
             if scale != 1.0 {
                 g.iter_mut().for_each(|v| *v *= scale);
             }
         };
-        let len = STRIP * inn;
         match self {
-            Weight::Store { g, .. } => {
-                assert_eq!(g.len() % inn, 0, "a gradient of whole rows");
-                if par {
-                    g.par_chunks_mut(len)
-                        .enumerate()
-                        .for_each(|(s, g)| strip(s, g));
-                } else {
-                    g.chunks_mut(len).enumerate().for_each(|(s, g)| strip(s, g));
-                }
-            }
+            Weight::Store { g, .. } => compute(g),
             Weight::Update {
                 name,
                 w,
                 m,
                 v,
                 rule,
-            } => {
-                assert!(w.len() % inn == 0 && m.len() == w.len() && v.len() == w.len());
-                let apply = |s: usize, w: &mut [f32], m: &mut [f32], v: &mut [f32]| {
-                    STRIP_BUF.with_borrow_mut(|g| {
-                        g.resize(w.len(), 0.0);
-                        strip(s, g);
-                        rule(name, w, g, m, v);
-                    })
-                };
-                if par {
-                    w.par_chunks_mut(len)
-                        .zip(m.par_chunks_mut(len).zip(v.par_chunks_mut(len)))
-                        .enumerate()
-                        .for_each(|(s, (w, (m, v)))| apply(s, w, m, v));
-                } else {
-                    w.chunks_mut(len)
-                        .zip(m.chunks_mut(len).zip(v.chunks_mut(len)))
-                        .enumerate()
-                        .for_each(|(s, (w, (m, v)))| apply(s, w, m, v));
+            } => STRIP_BUF.with_borrow_mut(|g| {
+                g.resize(w.len(), 0.0);
+                compute(g);
+                rule(name, w, g, m, v);
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sines(len: usize, f: f32) -> Vec<f32> {
+        (0..len).map(|i| (i as f32 * f).sin()).collect()
+    }
+
+    /// `backprop` gives `dY·W` and `dYᵀ·X` (against plain f64 loops), the same bits on
+    /// 1 and 3 threads, and hands the optimiser the bits it stores, on shapes with
+    /// partial strips and groups.
+    #[test]
+    fn backprop_matches_plain_loops_on_any_thread_count_and_both_destinations() {
+        for (r, rows, inn) in [(3, 1, 5), (32, 33, 64), (7, 100, 48), (32, 300, 17)] {
+            let (ldy, ldx) = (rows + 2, inn + 1);
+            let (dy, x, w) = (
+                sines(r * ldy, 0.37),
+                sines(r * ldx, 0.11),
+                sines(rows * inn, 0.05),
+            );
+            let (mut want_dx, mut want_g) = (vec![0.0f64; r * inn], vec![0.0f64; rows * inn]);
+            for i in 0..r {
+                for o in 0..rows {
+                    for j in 0..inn {
+                        let a = dy[i * ldy + o] as f64;
+                        want_dx[i * inn + j] += a * w[o * inn + j] as f64;
+                        want_g[o * inn + j] += a * x[i * ldx + j] as f64;
+                    }
                 }
+            }
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| {
+                    let (mut dx, mut g) = (vec![f32::NAN; r * inn], vec![f32::NAN; rows * inn]);
+                    let wt = Weight::Store { w: &w, g: &mut g };
+                    wt.backprop(r, inn, &dy, ldy, &x, ldx, &mut dx);
+                    // The update destination, with a rule that records the gradient.
+                    let (mut w2, mut m, mut v) =
+                        (w.clone(), vec![0.0; w.len()], vec![0.0; w.len()]);
+                    let rule = |_: &'static str,
+                                w: &mut [f32],
+                                g: &[f32],
+                                m: &mut [f32],
+                                _: &mut [f32]| {
+                        m.copy_from_slice(g);
+                        w.fill(0.0);
+                    };
+                    let mut dx2 = vec![f32::NAN; r * inn];
+                    let wu = Weight::Update {
+                        name: "t",
+                        w: &mut w2,
+                        m: &mut m,
+                        v: &mut v,
+                        rule: &rule,
+                    };
+                    wu.backprop(r, inn, &dy, ldy, &x, ldx, &mut dx2);
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&dx),
+                        bits(&dx2),
+                        "dx read the weights after the update"
+                    );
+                    assert_eq!(bits(&g), bits(&m), "the optimiser got other bits");
+                    assert!(w2.iter().all(|&x| x == 0.0), "rows left without an update");
+                    (bits(&dx), bits(&g), dx, g)
+                })
+            };
+            let (one, three) = (run(1), run(3));
+            assert_eq!((&one.0, &one.1), (&three.0, &three.1), "thread count");
+            for (got, want) in one.2.iter().zip(&want_dx).chain(one.3.iter().zip(&want_g)) {
+                assert!(
+                    (*got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()) * rows.max(r) as f64,
+                    "{got} vs {want} ({r}, {rows}, {inn})"
+                );
             }
         }
     }
