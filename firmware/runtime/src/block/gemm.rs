@@ -339,38 +339,23 @@ pub(crate) fn matmul_tn(
     gemm(m, k, n, a, (1, lda), b, (ldb, 1), c, ldc, acc, true);
 }
 
-/// [`matmul_nn`] on the calling thread only.
+/// `C (+)= op(A)·op(B)` with general `(row, col)` strides per operand, on the calling
+/// thread only (a product inside one of many parallel tasks): `(lda, 1)` is a row-major
+/// A, `(1, lda)` a transposed one.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul_nn_here(
+pub(crate) fn matmul_here(
     m: usize,
     k: usize,
     n: usize,
     a: &[f32],
-    lda: usize,
+    a_strides: (usize, usize),
     b: &[f32],
-    ldb: usize,
+    b_strides: (usize, usize),
     c: &mut [f32],
     ldc: usize,
     acc: bool,
 ) {
-    gemm(m, k, n, a, (lda, 1), b, (ldb, 1), c, ldc, acc, false);
-}
-
-/// [`matmul_tn`] on the calling thread only.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul_tn_here(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
-    c: &mut [f32],
-    ldc: usize,
-    acc: bool,
-) {
-    gemm(m, k, n, a, (1, lda), b, (ldb, 1), c, ldc, acc, false);
+    gemm(m, k, n, a, a_strides, b, b_strides, c, ldc, acc, false);
 }
 
 /// Turns the thin-GEMM kernel (`block/thin.rs`, x86-64 with AVX2 and FMA) on or off for

@@ -7,7 +7,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::gemm::{matmul_nn_here, matmul_tn_here};
+use super::gemm::matmul_here;
 
 /// Rows of a weight gradient computed, then stored or applied, at a time: 32 rows of the
 /// widest weight (3,072 columns) are 384 KiB, which stay in a core's L2 between the
@@ -172,7 +172,18 @@ impl<'a> Weight<'a> {
                     for (s, ws) in wg.chunks(STRIP * inn).into_iter().enumerate() {
                         let row0 = gi * per_group + s * STRIP;
                         let k = ws.w().len() / inn;
-                        matmul_nn_here(r, k, inn, &dy[row0..], ldy, ws.w(), inn, out, inn, s > 0);
+                        matmul_here(
+                            r,
+                            k,
+                            inn,
+                            &dy[row0..],
+                            (ldy, 1),
+                            ws.w(),
+                            (inn, 1),
+                            out,
+                            inn,
+                            s > 0,
+                        );
                         ws.deliver(row0, r, inn, dy, ldy, x, ldx, 1.0);
                     }
                 });
@@ -198,7 +209,18 @@ impl<'a> Weight<'a> {
     ) {
         let compute = |g: &mut [f32]| {
             let rows = g.len() / inn;
-            matmul_tn_here(rows, r, inn, &dy[row0..], ldy, x, ldx, g, inn, false);
+            matmul_here(
+                rows,
+                r,
+                inn,
+                &dy[row0..],
+                (1, ldy),
+                x,
+                (ldx, 1),
+                g,
+                inn,
+                false,
+            );
             if scale != 1.0 {
                 g.iter_mut().for_each(|v| *v *= scale);
             }
