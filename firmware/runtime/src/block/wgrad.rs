@@ -39,7 +39,7 @@ pub(crate) enum Weight<'a> {
 const GROUPS: usize = 8;
 
 thread_local! {
-    /// A strip of gradient on its way to the optimiser, one per thread.
+    /// A strip of gradient on its way to the optimiser, kept from call to call.
     static STRIP_BUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// The partial input gradients of [`Weight::backprop`]'s groups but the first, kept
     /// from call to call.
@@ -159,7 +159,11 @@ impl<'a> Weight<'a> {
         assert!(rows * inn == self.w().len() && dx.len() == r * inn);
         let per_group = rows.div_ceil(GROUPS).next_multiple_of(STRIP);
         let groups = self.chunks(per_group * inn);
-        PARTIALS.with_borrow_mut(|partials| {
+        // Out of the thread's slot for the call: while the parallel section waits, rayon
+        // runs other work on this thread (a concurrent step's too), and a call there
+        // finds the slot empty and makes its own.
+        let mut partials = PARTIALS.take();
+        {
             partials.resize((groups.len() - 1) * r * inn, 0.0);
             let outs: Vec<&mut [f32]> = std::iter::once(&mut *dx)
                 .chain(partials.chunks_mut(r * inn))
@@ -190,7 +194,8 @@ impl<'a> Weight<'a> {
             for part in partials.chunks_exact(r * inn) {
                 dx.iter_mut().zip(part).for_each(|(d, &p)| *d += p);
             }
-        });
+        }
+        PARTIALS.set(partials);
     }
 
     /// Computes the gradient rows `row0..` of these weights (one strip) and stores or
@@ -233,11 +238,14 @@ impl<'a> Weight<'a> {
                 m,
                 v,
                 rule,
-            } => STRIP_BUF.with_borrow_mut(|g| {
+            } => {
+                // Out of the slot while `rule` runs, as in `backprop`.
+                let mut g = STRIP_BUF.take();
                 g.resize(w.len(), 0.0);
-                compute(g);
-                rule(name, w, g, m, v);
-            }),
+                compute(&mut g);
+                rule(name, w, &g, m, v);
+                STRIP_BUF.set(g);
+            }
         }
     }
 }
@@ -321,5 +329,48 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A call made on a thread while that thread is inside another (rayon runs other
+    /// work there while a parallel section waits; here the update rule calls it) works
+    /// and gives the same result as alone.
+    #[test]
+    fn backprop_is_reentrant_on_one_thread() {
+        let (r, rows, inn) = (4, 70, 9);
+        let (dy, x, w) = (
+            sines(r * rows, 0.3),
+            sines(r * inn, 0.2),
+            sines(rows * inn, 0.1),
+        );
+        let alone = || {
+            let (mut dx, mut g) = (vec![0.0; r * inn], vec![0.0; rows * inn]);
+            Weight::Store { w: &w, g: &mut g }.backprop(r, inn, &dy, rows, &x, inn, &mut dx);
+            (dx, g)
+        };
+        let want = alone();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let inner = std::sync::Mutex::new(Vec::new());
+            let rule = |_: &'static str, _: &mut [f32], _: &[f32], _: &mut [f32], _: &mut [f32]| {
+                inner.lock().unwrap().push(alone());
+            };
+            let (mut w2, mut m, mut v) = (w.clone(), vec![0.0; w.len()], vec![0.0; w.len()]);
+            let mut dx = vec![0.0; r * inn];
+            let outer = Weight::Update {
+                name: "t",
+                w: &mut w2,
+                m: &mut m,
+                v: &mut v,
+                rule: &rule,
+            };
+            outer.backprop(r, inn, &dy, rows, &x, inn, &mut dx);
+            assert_eq!(dx, want.0);
+            let inner = inner.into_inner().unwrap();
+            assert_eq!(inner.len(), rows.div_ceil(STRIP));
+            assert!(inner.iter().all(|got| *got == want));
+        });
     }
 }
