@@ -1,7 +1,7 @@
 //! Memory held by one training step of the CPU path.
 
 use super::params::BlockDims;
-use super::wgrad::STRIP;
+use super::wgrad::{GROUPS, STRIP};
 
 /// Bytes held, by kind, for a training step at batch `B`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,7 +22,9 @@ pub struct MemoryReport {
     /// Activations saved by the forward pass for backward (see [`super::Saved`]).
     pub activations: usize,
     /// Largest scratch buffers alive at once during the backward of a step (in the
-    /// attention: `a`, `dā`, `du` and `ds`, and partial sums).
+    /// attention: `a`, `dā`, `du` and `ds`, and partial sums), plus the partial input
+    /// gradients of the one-pass `Linear` backward, which its calling thread keeps from
+    /// step to step (at most `GROUPS − 1` of `[B, D]`).
     pub backward_scratch: usize,
 }
 
@@ -70,7 +72,8 @@ pub fn memory_report(dims: &BlockDims, batch: usize) -> MemoryReport {
         gradient_strip_per_thread: 4 * STRIP * d.max(m),
         optimiser: 4 * 2 * params,
         activations: 4 * saved,
-        backward_scratch: 4 * (3 * b * h * d + b * h * n + 2 * h * d + 2 * b * d),
+        backward_scratch: 4 * (3 * b * h * d + b * h * n + 2 * h * d + 2 * b * d)
+            + 4 * (GROUPS - 1) * b * d,
     }
 }
 

@@ -135,13 +135,10 @@ impl BlockParams {
     /// backward ([`super::backward_update`]).
     pub fn vectors_only(d: &BlockDims) -> Self {
         let mut p = Self::zeros(d);
-        for w in [
-            &mut p.in_proj_w,
-            &mut p.out_proj_w,
-            &mut p.fc_w,
-            &mut p.cproj_w,
-        ] {
-            *w = Vec::new();
+        for (t, (_, shape)) in p.tensors_mut().into_iter().zip(block_tensor_shapes(d)) {
+            if shape.len() != 1 {
+                *t = Vec::new();
+            }
         }
         p
     }

@@ -36,7 +36,7 @@ pub(crate) enum Weight<'a> {
 
 /// Groups of strips run in parallel by [`Weight::backprop`], each with its own partial
 /// input gradient.
-const GROUPS: usize = 8;
+pub(crate) const GROUPS: usize = 8;
 
 thread_local! {
     /// A strip of gradient on its way to the optimiser, kept from call to call.

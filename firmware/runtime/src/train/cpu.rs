@@ -53,26 +53,16 @@ impl CpuBackend {
             grads,
             saved: Saved::default(),
         };
-        cpu.advise_huge_pages();
+        cpu.advise_state_huge_pages();
         Ok(cpu)
     }
 
-    /// Asks for huge pages under the weights, gradients and moments (see
-    /// [`set_huge_pages`]).
-    fn advise_huge_pages(&mut self) {
-        if !HUGE_PAGES.load(Ordering::Relaxed) {
-            return;
-        }
+    /// Asks for huge pages under the weights and moments (see [`set_huge_pages`]); the
+    /// weight matrices' gradients get them when they are made.
+    fn advise_state_huge_pages(&mut self) {
         let s = &mut self.state;
-        for set in [
-            &mut s.params,
-            &mut s.optim.m,
-            &mut s.optim.v,
-            &mut self.grads.params,
-        ] {
-            for t in set.tensors_mut() {
-                huge_pages(t);
-            }
+        for set in [&mut s.params, &mut s.optim.m, &mut s.optim.v] {
+            advise_huge_pages(set);
         }
     }
 
@@ -114,7 +104,7 @@ impl CpuBackend {
         let out = self.forward_loss(batch)?;
         if !self.grads.params.matches(&self.dims) {
             self.grads.params = crate::block::BlockParams::zeros(&self.dims);
-            self.advise_huge_pages();
+            advise_huge_pages(&mut self.grads.params);
         }
         let g = &mut self.grads;
         let d_tokens = if tokens {
@@ -226,6 +216,13 @@ static HUGE_PAGES: AtomicBool = AtomicBool::new(true);
 /// Where transparent huge pages are off, or not on Linux, the advice does nothing.
 pub fn set_huge_pages(on: bool) {
     HUGE_PAGES.store(on, Ordering::Relaxed);
+}
+
+/// [`huge_pages`] for every tensor of `set`, unless turned off (see [`set_huge_pages`]).
+fn advise_huge_pages(set: &mut crate::block::BlockParams) {
+    if HUGE_PAGES.load(Ordering::Relaxed) {
+        set.tensors_mut().into_iter().for_each(|t| huge_pages(t));
+    }
 }
 
 /// Asks Linux to back the whole 2 MiB pages inside `v` with transparent huge pages:
@@ -359,7 +356,7 @@ impl TrainBackend for CpuBackend {
     fn set_state(&mut self, state: &TunedState) -> Result<(), TrainError> {
         state.check(&self.dims)?;
         self.state = state.clone();
-        self.advise_huge_pages();
+        self.advise_state_huge_pages();
         Ok(())
     }
 }
