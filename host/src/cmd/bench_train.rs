@@ -22,8 +22,8 @@ use anytime_runtime::block::{
 use anytime_runtime::train::adamw::adamw_update;
 use anytime_runtime::train::gpu::GpuBackend;
 use anytime_runtime::train::{
-    set_fused_update, set_huge_pages, set_keep_awake, Batch, CpuBackend, TrainBackend, TrainConfig,
-    TrainError, TunedState,
+    set_fused_update, set_huge_pages, set_keep_awake, set_update_prefetch, Batch, CpuBackend,
+    TrainBackend, TrainConfig, TrainError, TunedState,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::json;
@@ -373,6 +373,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let awake = ab(&mut cpu, &batch, set_keep_awake)?;
     let fused = ab(&mut cpu, &batch, set_fused_update)?;
+    let prefetch = ab(&mut cpu, &batch, set_update_prefetch)?;
     // Huge pages are asked for when a backend is made: a second one made without.
     set_huge_pages(false);
     let plain = CpuBackend::new(dims, cfg.clone(), head.clone(), cpu.state_ref().clone());
@@ -525,6 +526,16 @@ pub fn run(a: Args) -> Result<()> {
     );
     println!(
         "{:<44} {:>10.1}",
+        format!("  A/B, {} rounds: AdamW prefetching", prefetch.rounds),
+        prefetch.on_s * 1e3
+    );
+    println!(
+        "{:<44} {:>10.1}",
+        "  A/B: off (hardware prefetch only)",
+        prefetch.off_s * 1e3
+    );
+    println!(
+        "{:<44} {:>10.1}",
         format!("  A/B, {} rounds: arrays on huge pages", huge.rounds),
         huge.on_s * 1e3
     );
@@ -623,6 +634,12 @@ pub fn run(a: Args) -> Result<()> {
             "steps_per_round": ROUND_STEPS,
             "step_s_on": fused.on_s,
             "step_s_off": fused.off_s,
+        }),
+        "update_prefetch_ab": json!({
+            "rounds": prefetch.rounds,
+            "steps_per_round": ROUND_STEPS,
+            "step_s_on": prefetch.on_s,
+            "step_s_off": prefetch.off_s,
         }),
         "keep_awake_ab": json!({
             "rounds": awake.rounds,

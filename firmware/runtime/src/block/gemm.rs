@@ -126,8 +126,9 @@ const THIN_MAX: usize = 64;
 
 /// Products `A·B` (B row-major) with at most [`THIN_MAX`] rows and at most this long a
 /// reduction use the thin kernel's broadcast form (per image `P·X̂` over 50 tokens, per
-/// head `q_h·W_k,h` and `d_o,h·W_v,h` over 64 rows); with a long reduction it lost to
-/// matrixmultiply (see `block/thin.rs`).
+/// head `q_h·W_k,h` and `d_o,h·W_v,h` over 64 rows); a longer one only on its AVX-512
+/// build, which packs B (see `block/thin.rs`): the AVX2 build lost to matrixmultiply
+/// there.
 #[cfg(target_arch = "x86_64")]
 const THIN_NN_MAX_K: usize = 64;
 
@@ -155,7 +156,8 @@ unsafe fn thin_gemm(
     if !thin::available() {
         return false;
     }
-    let short_nn = b.strides.1 == 1 && k <= THIN_NN_MAX_K && m <= THIN_MAX;
+    let reduction_ok = k <= THIN_NN_MAX_K || thin::avx512_active();
+    let short_nn = b.strides.1 == 1 && reduction_ok && m <= THIN_MAX;
     if short_nn && (a.strides.1 == 1 || thin::avx512_active()) {
         // A·B with B row-major and a short reduction: the broadcast form (on AVX-512 also
         // for a transposed A, the backward of a per-image or per-head product).
@@ -532,6 +534,8 @@ mod tests {
             (7, 3, 33),
             (64, 64, 519),
             (1, 1, 7),
+            (9, 200, 70),
+            (32, 65, 129),
         ] {
             let (lda, ldb, ldc) = (k + 2, n + 3, n + 1);
             let (a, b) = (sines(m * lda, 0.37), sines(k * ldb, 0.11)); // B [k, n]

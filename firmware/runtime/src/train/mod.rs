@@ -22,7 +22,7 @@ pub mod state;
 
 use crate::block::{BlockDims, BlockParams, WeightsError};
 
-pub use adamw::AdamState;
+pub use adamw::{set_update_prefetch, AdamState};
 pub use cpu::{set_fused_update, set_huge_pages, set_keep_awake, CpuBackend};
 pub use state::{load_tuned, save_tuned};
 
