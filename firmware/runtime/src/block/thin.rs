@@ -175,7 +175,8 @@ impl Lanes for __m512 {
 
 /// One `MR × NR` tile of [`nt`] at `a` (rows of A) and `w` (rows of W): `MR·NR`
 /// accumulators of `V::N` lanes over the reduction, then each one's lanes summed in a
-/// fixed order and the last `k mod V::N` products added in order.
+/// fixed order and the last `k mod V::N` products added in order; `pf`'s lines are
+/// asked for on the way.
 ///
 /// # Safety
 /// `MR` rows of A and `NR` rows of W of `k` elements, and the `MR × NR` block of C at
@@ -188,12 +189,15 @@ unsafe fn nt_tile<V: Lanes, const MR: usize, const NR: usize>(
     c: *mut f32,
     ldc: usize,
     acc: bool,
+    mut pf: Ahead,
 ) {
-    // SAFETY: the caller upholds this function's contract (see its doc).
+    // SAFETY: the caller upholds this function's contract (see its doc); prefetches
+    // touch no memory.
     unsafe {
         let mut s = [[V::zero(); NR]; MR];
         let mut p = 0;
         while p + V::N <= k {
+            pf.step();
             let mut wv = [V::zero(); NR];
             for (q, v) in wv.iter_mut().enumerate() {
                 *v = V::load(w.ptr.add(q * w.ld + p));
@@ -254,15 +258,98 @@ unsafe fn nt_tiles<V: Lanes, const MR: usize, const NR: usize>(
                     ld: a.ld,
                 };
                 let cij = c.add(i * ldc + j);
+                // The next group's rows of W, fetched a share per tile of this group.
+                let pf = if nr == NR && j + NR < j1 {
+                    let rows = (j1 - j - NR).min(NR);
+                    Ahead::share(w.ptr.add((j + NR) * w.ld), w.ld, rows, k, (i, i + mr, m))
+                } else {
+                    Ahead::NONE
+                };
                 match (mr == MR, nr == NR) {
-                    (true, true) => nt_tile::<V, MR, NR>(k, ai, wj, cij, ldc, acc),
-                    (true, false) => nt_tile::<V, MR, 1>(k, ai, wj, cij, ldc, acc),
-                    (false, true) => nt_tile::<V, 1, NR>(k, ai, wj, cij, ldc, acc),
-                    (false, false) => nt_tile::<V, 1, 1>(k, ai, wj, cij, ldc, acc),
+                    (true, true) => nt_tile::<V, MR, NR>(k, ai, wj, cij, ldc, acc, pf),
+                    (true, false) => nt_tile::<V, MR, 1>(k, ai, wj, cij, ldc, acc, pf),
+                    (false, true) => nt_tile::<V, 1, NR>(k, ai, wj, cij, ldc, acc, pf),
+                    (false, false) => nt_tile::<V, 1, 1>(k, ai, wj, cij, ldc, acc, pf),
                 }
                 i += mr;
             }
             j += nr;
+        }
+    }
+}
+
+/// Floats per 64-byte cache line.
+const LINE: usize = 16;
+
+/// Lines of a block of rows of a matrix to prefetch, a few per step of a tile's loop:
+/// [`nt_tiles`] asks for the next group of W's rows while it computes the current
+/// group's tiles, each tile taking a share, so that a weight streamed from memory (the
+/// forward's projections, each read once a step) arrives before it is needed instead
+/// of being waited for by the group's first tile. A `[32, 768] · [3072, 768]ᵀ` product
+/// over weights not in cache took 1.40–1.62 ms against 1.63–2.25 ms without (the same
+/// product over one weight kept in cache: 1.05–1.2 ms either way), and a ViT-B/32 step
+/// 22.45 ms against 23.0 ms at the mean of 6 alternating rounds of each (2-core VM).
+/// `left` lines remain, from row `row`, column `col` of the block.
+#[derive(Clone, Copy)]
+struct Ahead {
+    ptr: *const f32,
+    ld: usize,
+    cols: usize,
+    row: usize,
+    col: usize,
+    left: usize,
+    per_step: usize,
+}
+
+impl Ahead {
+    const NONE: Ahead = Ahead {
+        ptr: std::ptr::null(),
+        ld: 0,
+        cols: 0,
+        row: 0,
+        col: 0,
+        left: 0,
+        per_step: 0,
+    };
+
+    /// The share of the tile of rows `i0..i1` (of `0..m`) of the lines of `rows` rows
+    /// of `cols` floats at `ptr` (row stride `ld`), spread over the tile's `cols / LINE`
+    /// steps.
+    fn share(
+        ptr: *const f32,
+        ld: usize,
+        rows: usize,
+        cols: usize,
+        (i0, i1, m): (usize, usize, usize),
+    ) -> Ahead {
+        let per_row = cols.div_ceil(LINE);
+        let total = rows * per_row;
+        let (lo, hi) = (total * i0 / m.max(1), total * i1.min(m) / m.max(1));
+        let steps = (cols / LINE).max(1);
+        Ahead {
+            ptr,
+            ld,
+            cols,
+            row: lo / per_row.max(1),
+            col: lo % per_row.max(1) * LINE,
+            left: hi.saturating_sub(lo),
+            per_step: (hi.saturating_sub(lo)).div_ceil(steps),
+        }
+    }
+
+    /// Asks for this step's lines.
+    #[inline(always)]
+    fn step(&mut self) {
+        for _ in 0..self.per_step.min(self.left) {
+            let at = self.ptr.wrapping_add(self.row * self.ld + self.col);
+            // SAFETY: a prefetch neither reads nor writes memory as far as the program
+            // can tell.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(at as *const i8) };
+            self.left -= 1;
+            self.col += LINE;
+            if self.col >= self.cols {
+                (self.row, self.col) = (self.row + 1, 0);
+            }
         }
     }
 }
