@@ -287,7 +287,7 @@ const LINE: usize = 16;
 /// forward's projections, each read once a step) arrives before it is needed instead
 /// of being waited for by the group's first tile. A `[32, 768] · [3072, 768]ᵀ` product
 /// over weights not in cache took 1.40–1.62 ms against 1.63–2.25 ms without (the same
-/// product over one weight kept in cache: 1.05–1.2 ms either way), and a ViT-B/32 step
+/// product over one weight kept in cache: 1.05–1.25 ms either way), and a ViT-B/32 step
 /// 22.45 ms against 23.0 ms at the mean of 6 alternating rounds of each (2-core VM).
 /// `left` lines remain, from row `row`, column `col` of the block.
 #[derive(Clone, Copy)]
@@ -493,9 +493,10 @@ unsafe fn nn_tile<const MR: usize>(
 /// `C[i, j] (+)= Σ_p A[i, p]·B[p, j]` for the output columns `j0..j1`, B `[k, n]`
 /// row-major: B's rows are streamed whole (broadcast form), which suits a short
 /// reduction (an image's 50 tokens, a head's 64 rows of a weight) whose B block stays in
-/// cache; the AVX-512 build packs a block first over a long one. Each element is one `fma` chain over `p` in order (then added to C when
-/// `acc`), whatever the tile or the column range, on AVX-512 (where [`avx512_active`]
-/// says so, or A is not row-major) as on AVX2: the same bits.
+/// cache; over a long one the AVX-512 build packs each block first. Each element is one
+/// `fma` chain over `p` in order (then added to C when `acc`), whatever the tile or the
+/// column range, on AVX-512 (where [`avx512_active`] says so, or A is not row-major) as
+/// on AVX2: the same bits.
 ///
 /// # Safety
 /// A covers `[m, k]`, B `[k, j1]`, C `[m, ≥ j1]` with row stride `ldc`, all valid; the
