@@ -35,9 +35,79 @@ struct SampleTerms {
 }
 
 /// The loss terms of one sample with unnormalised embedding `er`, and its gradient by
-/// `er` written to `d_er` (already divided by the batch size).
+/// `er` written to `d_er` (already divided by the batch size), with the widest vectors
+/// the CPU has. Every sum has a fixed order (eight partial sums, or one running sum)
+/// and every operation is exact IEEE arithmetic or a libm call, so every build gives
+/// the same bits; the baseline SSE2 build does two f64 lanes per instruction.
 #[allow(clippy::too_many_arguments)]
 fn sample_terms(
+    cfg: &TrainConfig,
+    er: &[f32],
+    y: usize,
+    text: &[f32],
+    k: usize,
+    other_bias: f32,
+    batch: usize,
+    d_er: &mut [f32],
+) -> SampleTerms {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above).
+            return unsafe { terms_avx512(cfg, er, y, text, k, other_bias, batch, d_er) };
+        }
+        if is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { terms_avx2(cfg, er, y, text, k, other_bias, batch, d_er) };
+        }
+    }
+    terms_body(cfg, er, y, text, k, other_bias, batch, d_er)
+}
+
+/// [`sample_terms`] with 8 f64 lanes per instruction.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn terms_avx512(
+    cfg: &TrainConfig,
+    er: &[f32],
+    y: usize,
+    text: &[f32],
+    k: usize,
+    other_bias: f32,
+    batch: usize,
+    d_er: &mut [f32],
+) -> SampleTerms {
+    terms_body(cfg, er, y, text, k, other_bias, batch, d_er)
+}
+
+/// [`sample_terms`] with 4 f64 lanes per instruction.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn terms_avx2(
+    cfg: &TrainConfig,
+    er: &[f32],
+    y: usize,
+    text: &[f32],
+    k: usize,
+    other_bias: f32,
+    batch: usize,
+    d_er: &mut [f32],
+) -> SampleTerms {
+    terms_body(cfg, er, y, text, k, other_bias, batch, d_er)
+}
+
+/// The body of [`sample_terms`], compiled into each build.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn terms_body(
     cfg: &TrainConfig,
     er: &[f32],
     y: usize,
@@ -52,9 +122,21 @@ fn sample_terms(
     let beta = cfg.beta_other as f64;
     let norm = sums::sum_sq_dev(er, 0.0).sqrt().max(1e-12);
     let z: Vec<f64> = er.iter().map(|&v| v as f64 / norm).collect();
+    // Four text rows at a time: four independent chains of partial sums (each dot in
+    // `sums::dot`'s order) instead of one.
     let mut logits = vec![0.0f64; k + 1];
-    for (j, l) in logits[..k].iter_mut().enumerate() {
-        *l = tau * sums::dot(&text[j * e..(j + 1) * e], &z);
+    for (ls, ts) in logits[..k].chunks_mut(4).zip(text[..k * e].chunks(4 * e)) {
+        if ls.len() == 4 {
+            let (t0, rest) = ts.split_at(e);
+            let (t1, rest) = rest.split_at(e);
+            let (t2, t3) = rest.split_at(e);
+            let d = sums::dot4([t0, t1, t2, t3], &z);
+            ls.iter_mut().zip(d).for_each(|(l, d)| *l = tau * d);
+        } else {
+            for (l, t) in ls.iter_mut().zip(ts.chunks_exact(e)) {
+                *l = tau * sums::dot(t, &z);
+            }
+        }
     }
     logits[k] = other_bias as f64;
     let best = (0..k).fold(0, |b, j| if logits[j] > logits[b] { j } else { b });
@@ -82,13 +164,28 @@ fn sample_terms(
         *g = (g1 + beta * g2) / batch as f64;
     }
     // dz = τ Σ_j dl_j t_j; de = (dz − z (z·dz)) / ‖e‖
+    // Four text rows a pass, each element still gaining its terms in the order of `j`.
     let mut dz = vec![0.0f64; e];
-    for j in 0..k {
-        let t = &text[j * e..(j + 1) * e];
-        let c = tau * dl[j];
-        dz.iter_mut()
-            .zip(t)
-            .for_each(|(g, &tv)| *g += c * tv as f64);
+    let coeff: Vec<f64> = dl[..k].iter().map(|&g| tau * g).collect();
+    for (cs, ts) in coeff.chunks(4).zip(text[..k * e].chunks(4 * e)) {
+        if let ([c0, c1, c2, c3], 4) = (cs, ts.len() / e) {
+            let (t0, rest) = ts.split_at(e);
+            let (t1, rest) = rest.split_at(e);
+            let (t2, t3) = rest.split_at(e);
+            let ts = t0.iter().zip(t1).zip(t2.iter().zip(t3));
+            for (g, ((&x0, &x1), (&x2, &x3))) in dz.iter_mut().zip(ts) {
+                let mut v = *g + c0 * x0 as f64;
+                v += c1 * x1 as f64;
+                v += c2 * x2 as f64;
+                *g = v + c3 * x3 as f64;
+            }
+        } else {
+            for (&c, t) in cs.iter().zip(ts.chunks_exact(e)) {
+                dz.iter_mut()
+                    .zip(t)
+                    .for_each(|(g, &tv)| *g += c * tv as f64);
+            }
+        }
     }
     let zdz: f64 = z.iter().zip(&dz).map(|(a, b)| a * b).sum();
     for c in 0..e {
@@ -190,6 +287,76 @@ mod tests {
         // Sample 0 (direction (0.6, 0.8)) is closest to label 1; sample 1 to label 2.
         assert_eq!(out.stats.correct, 2);
         assert_eq!(out.stats.batch, 2);
+    }
+
+    /// The logits and the embedding gradient in the plain order: one text row at a time
+    /// (each dot in `sums::dot`'s order), `dz` gaining the rows' terms in order.
+    fn plain_terms(
+        cfg: &TrainConfig,
+        er: &[f32],
+        y: usize,
+        text: &[f32],
+        k: usize,
+    ) -> (Vec<f64>, Vec<f32>) {
+        let (tau, beta) = (cfg.logit_scale as f64, cfg.beta_other as f64);
+        let e = er.len();
+        let norm = sums::sum_sq_dev(er, 0.0).sqrt().max(1e-12);
+        let z: Vec<f64> = er.iter().map(|&v| v as f64 / norm).collect();
+        let mut l: Vec<f64> = (0..k)
+            .map(|j| tau * sums::dot(&text[j * e..(j + 1) * e], &z))
+            .collect();
+        l.push(0.25);
+        let lse1 = logsumexp(l.iter().copied());
+        let lse2 = logsumexp(
+            l.iter()
+                .enumerate()
+                .filter(|&(j, _)| j != y)
+                .map(|(_, &v)| v),
+        );
+        let mut dz = vec![0.0f64; e];
+        for j in 0..k {
+            let p1 = (l[j] - lse1).exp();
+            let p2 = if j == y { 0.0 } else { (l[j] - lse2).exp() };
+            let g1 = p1 - f64::from(u8::from(j == y));
+            let dl = (g1 + beta * p2) / 3.0;
+            for (g, &t) in dz.iter_mut().zip(&text[j * e..(j + 1) * e]) {
+                *g += tau * dl * t as f64;
+            }
+        }
+        let zdz: f64 = z.iter().zip(&dz).map(|(a, b)| a * b).sum();
+        let d_er = (0..e)
+            .map(|c| ((dz[c] - z[c] * zdz) / norm) as f32)
+            .collect();
+        (l, d_er)
+    }
+
+    /// Every build of the per-sample terms (the dispatched one, and the baseline body)
+    /// gives the plain one-row-at-a-time order's gradient (f32) and loss term (f64) bit
+    /// for bit, with label counts and widths that leave remainders (`K mod 4`, `E mod 8`).
+    /// A small logit scale, so that every row's term counts in the sums (at 100 the
+    /// softmax leaves most of them far below an ulp).
+    #[test]
+    fn sample_terms_builds_give_the_plain_order_bits() {
+        let cfg = TrainConfig {
+            logit_scale: 1.5,
+            ..TrainConfig::default()
+        };
+        for (k, e) in [(7usize, 13usize), (8, 16), (1, 5), (100, 512)] {
+            let mut text: Vec<f32> = (0..k * e).map(|i| (i as f32 * 0.71).sin()).collect();
+            crate::block::l2_normalise(&mut text, e);
+            let er: Vec<f32> = (0..e).map(|i| (i as f32 * 0.3).cos() * 2.0).collect();
+            let y = k / 2;
+            let (l, want) = plain_terms(&cfg, &er, y, &text, k);
+            let (mut d1, mut d2) = (vec![0.0f32; e], vec![0.0f32; e]);
+            let t1 = sample_terms(&cfg, &er, y, &text, k, 0.25, 3, &mut d1);
+            let t2 = terms_body(&cfg, &er, y, &text, k, 0.25, 3, &mut d2);
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&d1), bits(&want), "K={k}, E={e}");
+            assert_eq!(bits(&d2), bits(&want), "K={k}, E={e}");
+            let ce = logsumexp(l.iter().copied()) - l[y];
+            assert_eq!(t1.ce_label.to_bits(), ce.to_bits());
+            assert_eq!(t2.ce_label.to_bits(), ce.to_bits());
+        }
     }
 
     #[test]
