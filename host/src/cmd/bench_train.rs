@@ -231,6 +231,25 @@ struct Ab {
     rounds: usize,
 }
 
+impl Ab {
+    /// Prints the two rows of the comparison: `on` (after "A/B, N rounds: ") and `off`.
+    fn print(&self, on: &str, off: &str) {
+        let first = format!("  A/B, {} rounds: {on}", self.rounds);
+        println!("{first:<44} {:>10.1}", self.on_s * 1e3);
+        println!("{:<44} {:>10.1}", format!("  A/B: {off}"), self.off_s * 1e3);
+    }
+
+    /// The comparison in the JSON report.
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "rounds": self.rounds,
+            "steps_per_round": ROUND_STEPS,
+            "step_s_on": self.on_s,
+            "step_s_off": self.off_s,
+        })
+    }
+}
+
 /// Times the step with `set(true)` and `set(false)` in alternating rounds of steps, so
 /// both see the same machine state (this VM's speed drifts by 20 % and more between
 /// runs); the medians over the rounds. Leaves the switch on.
@@ -479,71 +498,20 @@ pub fn run(a: Args) -> Result<()> {
         inter.sgemm_gflops
     );
     match &thin {
-        Some(t) => {
-            println!(
-                "{:<44} {:>10.1}",
-                format!("  A/B, {} alternating rounds: thin kernel on", t.rounds),
-                t.on_s * 1e3
-            );
-            println!(
-                "{:<44} {:>10.1}",
-                "  A/B: off (every product on matrixmultiply)",
-                t.off_s * 1e3
-            );
-        }
+        Some(t) => t.print("thin kernel on", "off (every product on matrixmultiply)"),
         None => println!("thin-GEMM kernel: not in use on this CPU (matrixmultiply only)"),
     }
     match &avx512 {
-        Some(t) => {
-            println!(
-                "{:<44} {:>10.1}",
-                format!("  A/B, {} rounds: thin kernel on AVX-512", t.rounds),
-                t.on_s * 1e3
-            );
-            println!("{:<44} {:>10.1}", "  A/B: on AVX2", t.off_s * 1e3);
-        }
+        Some(t) => t.print("thin kernel on AVX-512", "on AVX2"),
         None => println!("thin kernel's AVX-512 build: not in use on this CPU"),
     }
-    println!(
-        "{:<44} {:>10.1}",
-        format!("  A/B, {} rounds: idle workers kept awake", awake.rounds),
-        awake.on_s * 1e3
+    awake.print("idle workers kept awake", "off (idle rayon workers sleep)");
+    fused.print(
+        "update fused into bwd",
+        "off (gradients stored, then AdamW)",
     );
-    println!(
-        "{:<44} {:>10.1}",
-        "  A/B: off (idle rayon workers sleep)",
-        awake.off_s * 1e3
-    );
-    println!(
-        "{:<44} {:>10.1}",
-        format!("  A/B, {} rounds: update fused into bwd", fused.rounds),
-        fused.on_s * 1e3
-    );
-    println!(
-        "{:<44} {:>10.1}",
-        "  A/B: off (gradients stored, then AdamW)",
-        fused.off_s * 1e3
-    );
-    println!(
-        "{:<44} {:>10.1}",
-        format!("  A/B, {} rounds: AdamW prefetching", prefetch.rounds),
-        prefetch.on_s * 1e3
-    );
-    println!(
-        "{:<44} {:>10.1}",
-        "  A/B: off (hardware prefetch only)",
-        prefetch.off_s * 1e3
-    );
-    println!(
-        "{:<44} {:>10.1}",
-        format!("  A/B, {} rounds: arrays on huge pages", huge.rounds),
-        huge.on_s * 1e3
-    );
-    println!(
-        "{:<44} {:>10.1}",
-        "  A/B: on 4 KiB pages (another backend)",
-        huge.off_s * 1e3
-    );
+    prefetch.print("AdamW prefetching", "off (hardware prefetch only)");
+    huge.print("arrays on huge pages", "on 4 KiB pages (another backend)");
     for (_, label, r) in &torch {
         match t_step(r) {
             Some(t) => {
@@ -611,42 +579,12 @@ pub fn run(a: Args) -> Result<()> {
             "sgemm_gflops_median": inter.sgemm_gflops,
             "step_s_median": inter.step_s,
         }),
-        "thin_kernel_ab": thin.as_ref().map(|t| json!({
-            "rounds": t.rounds,
-            "steps_per_round": ROUND_STEPS,
-            "step_s_on": t.on_s,
-            "step_s_off": t.off_s,
-        })),
-        "thin_avx512_ab": avx512.as_ref().map(|t| json!({
-            "rounds": t.rounds,
-            "steps_per_round": ROUND_STEPS,
-            "step_s_on": t.on_s,
-            "step_s_off": t.off_s,
-        })),
-        "huge_pages_ab": json!({
-            "rounds": huge.rounds,
-            "steps_per_round": ROUND_STEPS,
-            "step_s_on": huge.on_s,
-            "step_s_off": huge.off_s,
-        }),
-        "fused_update_ab": json!({
-            "rounds": fused.rounds,
-            "steps_per_round": ROUND_STEPS,
-            "step_s_on": fused.on_s,
-            "step_s_off": fused.off_s,
-        }),
-        "update_prefetch_ab": json!({
-            "rounds": prefetch.rounds,
-            "steps_per_round": ROUND_STEPS,
-            "step_s_on": prefetch.on_s,
-            "step_s_off": prefetch.off_s,
-        }),
-        "keep_awake_ab": json!({
-            "rounds": awake.rounds,
-            "steps_per_round": ROUND_STEPS,
-            "step_s_on": awake.on_s,
-            "step_s_off": awake.off_s,
-        }),
+        "thin_kernel_ab": thin.as_ref().map(Ab::json),
+        "thin_avx512_ab": avx512.as_ref().map(Ab::json),
+        "huge_pages_ab": huge.json(),
+        "fused_update_ab": fused.json(),
+        "update_prefetch_ab": prefetch.json(),
+        "keep_awake_ab": awake.json(),
         "torch": torch.iter().map(|(m, _, r)| json!({
             "mode": m,
             "result": r,

@@ -34,34 +34,35 @@ struct SampleTerms {
     correct: bool,
 }
 
-/// The loss terms of one sample with unnormalised embedding `er`, and its gradient by
-/// `er` written to `d_er` (already divided by the batch size), with the widest vectors
-/// the CPU has. Every sum has a fixed order (eight partial sums, or one running sum)
-/// and every operation is exact IEEE arithmetic or a libm call, so every build gives
-/// the same bits; the baseline SSE2 build does two f64 lanes per instruction.
-#[allow(clippy::too_many_arguments)]
-fn sample_terms(
-    cfg: &TrainConfig,
-    er: &[f32],
-    y: usize,
-    text: &[f32],
+/// What every sample of a batch is scored against: the `k` text rows (`[k, E]`), the
+/// "other" bias, the batch size (gradients are of the batch mean) and the settings.
+struct LabelSet<'a> {
+    cfg: &'a TrainConfig,
+    text: &'a [f32],
     k: usize,
     other_bias: f32,
     batch: usize,
-    d_er: &mut [f32],
-) -> SampleTerms {
+}
+
+/// The loss terms of one sample with unnormalised embedding `er` and label `y` against
+/// `set`, and its gradient by `er` written to `d_er` (already divided by the batch
+/// size), with the widest vectors
+/// the CPU has. Every sum has a fixed order (eight partial sums, or one running sum)
+/// and every operation is exact IEEE arithmetic or a libm call, so every build gives
+/// the same bits; the baseline SSE2 build does two f64 lanes per instruction.
+fn sample_terms(set: &LabelSet<'_>, er: &[f32], y: usize, d_er: &mut [f32]) -> SampleTerms {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F (checked just above).
-            return unsafe { terms_avx512(cfg, er, y, text, k, other_bias, batch, d_er) };
+            return unsafe { terms_avx512(set, er, y, d_er) };
         }
         if is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2 (checked just above).
-            return unsafe { terms_avx2(cfg, er, y, text, k, other_bias, batch, d_er) };
+            return unsafe { terms_avx2(set, er, y, d_er) };
         }
     }
-    terms_body(cfg, er, y, text, k, other_bias, batch, d_er)
+    terms_body(set, er, y, d_er)
 }
 
 /// [`sample_terms`] with 8 f64 lanes per instruction.
@@ -70,18 +71,8 @@ fn sample_terms(
 /// The CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn terms_avx512(
-    cfg: &TrainConfig,
-    er: &[f32],
-    y: usize,
-    text: &[f32],
-    k: usize,
-    other_bias: f32,
-    batch: usize,
-    d_er: &mut [f32],
-) -> SampleTerms {
-    terms_body(cfg, er, y, text, k, other_bias, batch, d_er)
+unsafe fn terms_avx512(set: &LabelSet<'_>, er: &[f32], y: usize, d_er: &mut [f32]) -> SampleTerms {
+    terms_body(set, er, y, d_er)
 }
 
 /// [`sample_terms`] with 4 f64 lanes per instruction.
@@ -90,33 +81,20 @@ unsafe fn terms_avx512(
 /// The CPU has AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn terms_avx2(
-    cfg: &TrainConfig,
-    er: &[f32],
-    y: usize,
-    text: &[f32],
-    k: usize,
-    other_bias: f32,
-    batch: usize,
-    d_er: &mut [f32],
-) -> SampleTerms {
-    terms_body(cfg, er, y, text, k, other_bias, batch, d_er)
+unsafe fn terms_avx2(set: &LabelSet<'_>, er: &[f32], y: usize, d_er: &mut [f32]) -> SampleTerms {
+    terms_body(set, er, y, d_er)
 }
 
 /// The body of [`sample_terms`], compiled into each build.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn terms_body(
-    cfg: &TrainConfig,
-    er: &[f32],
-    y: usize,
-    text: &[f32],
-    k: usize,
-    other_bias: f32,
-    batch: usize,
-    d_er: &mut [f32],
-) -> SampleTerms {
+fn terms_body(set: &LabelSet<'_>, er: &[f32], y: usize, d_er: &mut [f32]) -> SampleTerms {
+    let LabelSet {
+        cfg,
+        text,
+        k,
+        other_bias,
+        batch,
+    } = *set;
     let e = er.len();
     let tau = cfg.logit_scale as f64;
     let beta = cfg.beta_other as f64;
@@ -213,14 +191,19 @@ pub fn loss_forward_backward(
 ) -> LossOutput {
     let batch = labels.len();
     let beta = cfg.beta_other as f64;
+    let set = LabelSet {
+        cfg,
+        text,
+        k: n_labels,
+        other_bias,
+        batch,
+    };
     let mut d_embed = vec![0.0f32; batch * e];
     let terms: Vec<SampleTerms> = d_embed
         .par_chunks_mut(e)
         .zip(embed.par_chunks(e))
         .zip(labels.par_iter())
-        .map(|((d_er, er), &y)| {
-            sample_terms(cfg, er, y as usize, text, n_labels, other_bias, batch, d_er)
-        })
+        .map(|((d_er, er), &y)| sample_terms(&set, er, y as usize, d_er))
         .collect();
     let (mut sum1, mut sum2, mut d_bias, mut correct) = (0.0f64, 0.0f64, 0.0f64, 0usize);
     for t in &terms {
@@ -348,8 +331,15 @@ mod tests {
             let y = k / 2;
             let (l, want) = plain_terms(&cfg, &er, y, &text, k);
             let (mut d1, mut d2) = (vec![0.0f32; e], vec![0.0f32; e]);
-            let t1 = sample_terms(&cfg, &er, y, &text, k, 0.25, 3, &mut d1);
-            let t2 = terms_body(&cfg, &er, y, &text, k, 0.25, 3, &mut d2);
+            let set = LabelSet {
+                cfg: &cfg,
+                text: &text,
+                k,
+                other_bias: 0.25,
+                batch: 3,
+            };
+            let t1 = sample_terms(&set, &er, y, &mut d1);
+            let t2 = terms_body(&set, &er, y, &mut d2);
             let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&d1), bits(&want), "K={k}, E={e}");
             assert_eq!(bits(&d2), bits(&want), "K={k}, E={e}");
