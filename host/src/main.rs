@@ -33,6 +33,10 @@ enum Command {
     Simulate(cmd::simulate::Args),
 }
 
+/// Large arrays on cache lines: the training step's kernels load them a line at a time.
+#[global_allocator]
+static ALLOC: anytime_runtime::lines::CacheLineAlloc = anytime_runtime::lines::CacheLineAlloc;
+
 fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().command {

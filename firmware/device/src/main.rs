@@ -27,6 +27,10 @@ enum Command {
     Serve(cmd::serve::Args),
 }
 
+/// Large arrays on cache lines: the training step's kernels load them a line at a time.
+#[global_allocator]
+static ALLOC: anytime_runtime::lines::CacheLineAlloc = anytime_runtime::lines::CacheLineAlloc;
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let result: Result<()> = match Cli::parse().command {

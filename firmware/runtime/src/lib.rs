@@ -10,6 +10,7 @@ pub mod assets;
 pub mod block;
 pub mod encoder;
 pub mod learner;
+pub mod lines;
 pub mod predict;
 pub mod store;
 pub mod train;

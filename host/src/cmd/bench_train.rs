@@ -6,8 +6,9 @@
 //! `target/bench/train_step.json`. The CPU step also gets A/B comparisons in alternating
 //! rounds (the thin-GEMM kernel on and off; its AVX-512 builds against its AVX2 ones,
 //! where the CPU has AVX-512; idle pool workers kept awake or left to sleep; the large
-//! arrays on huge pages or not, as two backends; the weight matrices' AdamW update fused
-//! into backward or run after it), the roofline ratio again with the SGEMM and the step in alternating rounds
+//! arrays on huge pages or not, and on cache lines or 16 bytes past one, each as two
+//! backends; the weight matrices' AdamW update fused into backward or run after it; its
+//! vector builds prefetching or not), the roofline ratio again with the SGEMM and the step in alternating rounds
 //! (this VM's speed drifts between the two otherwise), and its AdamW update is timed on
 //! its own.
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ use anytime_runtime::block::{
     memory_report, set_thin_avx512, set_thin_kernels, sgemm_nn, step_flops, thin_avx512_active,
     thin_kernels_active, BlockDims, BlockParams, FrozenHead,
 };
+use anytime_runtime::lines::set_line_aligned;
 use anytime_runtime::train::adamw::adamw_update;
 use anytime_runtime::train::gpu::GpuBackend;
 use anytime_runtime::train::{
@@ -271,12 +273,22 @@ fn ab(cpu: &mut CpuBackend, batch: &Batch<'_>, set: fn(bool)) -> Result<Ab> {
 }
 
 /// Times the step of `on` and of `off` (two backends with the same state, made with a
-/// switch on and off) in alternating rounds, as [`ab`] does.
-fn ab_backends(on: &mut CpuBackend, off: &mut CpuBackend, batch: &Batch<'_>) -> Result<Ab> {
+/// switch on and off) in alternating rounds, as [`ab`] does, with `set(true)` while
+/// `on` runs and `set(false)` while `off` does (for a switch that also governs what a
+/// step allocates). Leaves the switch on.
+fn ab_backends(
+    on: &mut CpuBackend,
+    off: &mut CpuBackend,
+    batch: &Batch<'_>,
+    set: fn(bool),
+) -> Result<Ab> {
     let (mut t_on, mut t_off) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         t_on.push(time_backend(on, batch, ROUND_STEPS)?.1);
-        t_off.push(time_backend(off, batch, ROUND_STEPS)?.1);
+        set(false);
+        let r = time_backend(off, batch, ROUND_STEPS);
+        set(true);
+        t_off.push(r?.1);
     }
     Ok(Ab {
         on_s: median(t_on),
@@ -401,6 +413,18 @@ pub fn run(a: Args) -> Result<()> {
         &mut cpu,
         &mut plain.context("building the CPU backend")?,
         &batch,
+        |_| {},
+    )?;
+    // Large arrays on cache lines (this binary's allocator): a second backend whose
+    // arrays, and whose steps' buffers, start 16 bytes past a line, as `malloc` puts them.
+    set_line_aligned(false);
+    let plain = CpuBackend::new(dims, cfg.clone(), head.clone(), cpu.state_ref().clone());
+    set_line_aligned(true);
+    let lines = ab_backends(
+        &mut cpu,
+        &mut plain.context("building the CPU backend")?,
+        &batch,
+        set_line_aligned,
     )?;
     let flops = step_flops(&dims, a.batch, a.labels);
     let inter = interleaved_roofline(&mut cpu, &batch, flops.executed as f64)?;
@@ -512,6 +536,10 @@ pub fn run(a: Args) -> Result<()> {
     );
     prefetch.print("AdamW prefetching", "off (hardware prefetch only)");
     huge.print("arrays on huge pages", "on 4 KiB pages (another backend)");
+    lines.print(
+        "arrays on cache lines",
+        "16 bytes past one (another backend)",
+    );
     for (_, label, r) in &torch {
         match t_step(r) {
             Some(t) => {
@@ -582,6 +610,7 @@ pub fn run(a: Args) -> Result<()> {
         "thin_kernel_ab": thin.as_ref().map(Ab::json),
         "thin_avx512_ab": avx512.as_ref().map(Ab::json),
         "huge_pages_ab": huge.json(),
+        "line_aligned_ab": lines.json(),
         "fused_update_ab": fused.json(),
         "update_prefetch_ab": prefetch.json(),
         "keep_awake_ab": awake.json(),
