@@ -18,8 +18,8 @@
 //! `matrixmultiply` in the training step (it reads a weight's column strip across rows
 //! a page or more apart, which the prefetchers do not follow, and whose lines share a
 //! few cache sets), as did a broadcast form of `dYᵀ·X` (its tiles spilled registers);
-//! the AVX-512 build reads such a strip from a packed copy (see `PACK_ABOVE_K`) and
-//! beat `matrixmultiply` there.
+//! the AVX-512 build runs such a reduction in chunks of contiguous rows of B (see
+//! [`nn_avx512`]) and beat `matrixmultiply` there.
 //!
 //! Where the CPU has AVX-512F (and [`avx512_active`]), both forms run AVX-512 builds
 //! with 32 registers of 16 lanes: [`nt`] in 4 × 6 tiles whose lanes are added by a
@@ -493,7 +493,7 @@ unsafe fn nn_tile<const MR: usize>(
 /// `C[i, j] (+)= Σ_p A[i, p]·B[p, j]` for the output columns `j0..j1`, B `[k, n]`
 /// row-major: B's rows are streamed whole (broadcast form), which suits a short
 /// reduction (an image's 50 tokens, a head's 64 rows of a weight) whose B block stays in
-/// cache; over a long one the AVX-512 build packs each block first. Each element is one
+/// cache; over a long one the AVX-512 build takes B in chunks of rows. Each element is one
 /// `fma` chain over `p` in order (then added to C when `acc`), whatever the tile or the
 /// column range, on AVX-512 (where [`avx512_active`] says so, or A is not row-major) as
 /// on AVX2: the same bits.
@@ -602,29 +602,40 @@ const NN16_MR: usize = 6;
 const NN16_NV: usize = 4;
 
 /// One `MR`-row tile of [`nn_avx512`] over `NV` vectors of 16 columns (the last one
-/// masked by `mask`): each element one `fma` chain in order over `p`, from zero, then
-/// written to C or (`acc`) added to it.
+/// masked by `mask`) and `kc` steps of the reduction: each element's `fma` chain in
+/// order over `p`, from zero or (`from`) from the partial chain stored there by the
+/// previous chunk of the reduction, then written to `to` or (`add`) added to what is
+/// there. `next` asks for a line of the next chunk of B at each step.
 ///
 /// # Safety
-/// `MR` rows of A over `k` steps, `k` rows of B over the tile's columns, and the tile
-/// of C (row stride `ldc`) are valid; the CPU has AVX-512F.
+/// `MR` rows of A over `kc` steps, `kc` rows of B over the tile's columns, and the tiles
+/// at `from` and `to` (row strides as given) are valid; the CPU has AVX-512F.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn nn16_tile<const MR: usize, const NV: usize>(
-    k: usize,
+    kc: usize,
     a: Mat2,
     b: Mat,
-    c: *mut f32,
-    ldc: usize,
-    acc: bool,
+    from: Option<(*const f32, usize)>,
+    (to, ldt): (*mut f32, usize),
+    add: bool,
     mask: __mmask16,
+    next: &mut Lines,
 ) {
     // SAFETY: the caller upholds this function's contract (see its doc); masked-off lanes
     // are neither read nor written.
     unsafe {
         let m_of = |v: usize| if v + 1 == NV { mask } else { 0xFFFF };
         let mut s = [[_mm512_setzero_ps(); NV]; MR];
-        for p in 0..k {
+        if let Some((f, ldf)) = from {
+            for (r, sr) in s.iter_mut().enumerate() {
+                for (v, x) in sr.iter_mut().enumerate() {
+                    *x = _mm512_maskz_loadu_ps(m_of(v), f.add(r * ldf + v * L16));
+                }
+            }
+        }
+        for p in 0..kc {
+            next.step();
             let bp = b.ptr.add(p * b.ld);
             let mut bv = [_mm512_setzero_ps(); NV];
             for (v, x) in bv.iter_mut().enumerate() {
@@ -639,8 +650,8 @@ unsafe fn nn16_tile<const MR: usize, const NV: usize>(
         }
         for (r, sr) in s.iter().enumerate() {
             for (v, x) in sr.iter().enumerate() {
-                let cp = c.add(r * ldc + v * L16);
-                let x = if acc {
+                let cp = to.add(r * ldt + v * L16);
+                let x = if add {
                     _mm512_add_ps(_mm512_maskz_loadu_ps(m_of(v), cp), *x)
                 } else {
                     *x
@@ -651,10 +662,53 @@ unsafe fn nn16_tile<const MR: usize, const NV: usize>(
     }
 }
 
+/// The lines of a block of rows (each `cols` floats from `ptr`, row stride `ld`) still
+/// to be asked for, one per [`Lines::step`], into L2: the next chunk of B's rows while
+/// [`nn_avx512`] computes with the current one.
+struct Lines {
+    ptr: *const f32,
+    ld: usize,
+    per_row: usize,
+    at: usize,
+    end: usize,
+}
+
+impl Lines {
+    const NONE: Lines = Lines {
+        ptr: std::ptr::null(),
+        ld: 0,
+        per_row: 1,
+        at: 0,
+        end: 0,
+    };
+
+    /// Asks for the next line, if any is left.
+    #[inline(always)]
+    fn step(&mut self) {
+        if self.at < self.end {
+            let (r, l) = (self.at / self.per_row, self.at % self.per_row);
+            let line = self.ptr.wrapping_add(r * self.ld + l * LINE);
+            // SAFETY: a prefetch neither reads nor writes memory as far as the program
+            // can tell.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(line as *const i8) };
+            self.at += 1;
+        }
+    }
+}
+
 /// [`nn`] on AVX-512, with A of any strides, in 6-row × 64-column tiles (24 accumulators
 /// of the 32 registers; the last vector of a row masked, so no column is left to a
 /// scalar loop). Each element is one `fma` chain over `p` in order from zero, then added
 /// to C when `acc`, exactly as in [`nn_avx2`]: both give the same bits.
+///
+/// A reduction longer than [`KC`] runs in chunks of `KC` rows of B: every tile of the
+/// columns `j0..j1` over one chunk, its partial chains stored (in C itself, or when
+/// `acc` in a per-thread copy) and taken up again by the next chunk, whose rows are
+/// asked for meanwhile. A chunk of a weight's rows is contiguous in memory, so it is
+/// streamed in order and sits in L2 without conflicts, where a 64-column block over all
+/// of a long reduction is a column strip of rows kilobytes apart: `c_proj`'s rows, 12 KiB
+/// apart, put such a strip's lines in a few cache sets and a page each, and copying it
+/// to a packed block before its tiles (the previous build) took half the product's time.
 ///
 /// # Safety
 /// A covers `[m, k]` and B `[k, j1]` (row stride `b.ld`), C `[m, ≥ j1]` (row stride
@@ -671,82 +725,102 @@ unsafe fn nn_avx512(
     acc: bool,
     (j0, j1): (usize, usize),
 ) {
-    // A long reduction reads each block of B's columns from a packed copy (see
-    // `PACK_ABOVE_K`), taken out of the thread's slot for the call.
-    let pack = k > PACK_ABOVE_K;
-    let mut packed = if pack { PACKED.take() } else { Vec::new() };
-    if pack {
-        packed.resize(k * NN16_NV * L16, 0.0);
-    }
-    // SAFETY: the caller upholds this function's contract (see its doc); the packed copy
-    // holds `k` rows of the block's `w` columns.
+    let width = j1 - j0;
+    let chunked = k > KC;
+    // Partial chains between chunks: in C's own block, or, when C is added to, in a
+    // per-thread copy taken out of the thread's slot for the call.
+    let mut copy = if chunked && acc {
+        PARTIAL.take()
+    } else {
+        Vec::new()
+    };
+    copy.resize(if chunked && acc { m * width } else { 0 }, 0.0);
+    // SAFETY: the caller upholds this function's contract (see its doc); the partial
+    // chains' block is `[m, width]` at `part` (row stride `ldp`), in C or in the copy.
     unsafe {
-        let mut j = j0;
-        while j < j1 {
-            let w = (j1 - j).min(NN16_NV * L16);
-            let nv = w.div_ceil(L16);
-            let mask: __mmask16 = if w % L16 == 0 {
-                0xFFFF
+        let (part, ldp) = if chunked && acc {
+            (copy.as_mut_ptr(), width)
+        } else {
+            (c.add(j0), ldc)
+        };
+        let mut k0 = 0;
+        while k0 < k {
+            let kc = (k - k0).min(KC);
+            let last = k0 + kc == k;
+            let mut next = if last {
+                Lines::NONE
             } else {
-                (1u16 << (w % L16)) - 1
-            };
-            let bj = if pack {
-                for (p, row) in packed.chunks_exact_mut(NN16_NV * L16).enumerate() {
-                    let src = std::slice::from_raw_parts(b.ptr.add(p * b.ld + j), w);
-                    row[..w].copy_from_slice(src);
-                }
-                Mat {
-                    ptr: packed.as_ptr(),
-                    ld: NN16_NV * L16,
-                }
-            } else {
-                Mat {
-                    ptr: b.ptr.add(j),
+                let rows = (k - k0 - kc).min(KC);
+                let per_row = width.div_ceil(LINE);
+                Lines {
+                    ptr: b.ptr.add((k0 + kc) * b.ld + j0),
                     ld: b.ld,
+                    per_row,
+                    at: 0,
+                    end: rows * per_row,
                 }
             };
-            let mut i = 0;
-            while i < m {
-                let mr = (m - i).min(NN16_MR);
-                let ai = Mat2 {
-                    ptr: a.ptr.add(i * a.rs),
-                    ..a
+            let mut j = j0;
+            while j < j1 {
+                let w = (j1 - j).min(NN16_NV * L16);
+                let nv = w.div_ceil(L16);
+                let mask: __mmask16 = if w % L16 == 0 {
+                    0xFFFF
+                } else {
+                    (1u16 << (w % L16)) - 1
                 };
-                let cij = c.add(i * ldc + j);
-                macro_rules! tile {
-                    ($($mr:literal $nv:literal),*) => {
-                        match (mr, nv) {
-                            $(($mr, $nv) => nn16_tile::<$mr, $nv>(k, ai, bj, cij, ldc, acc, mask),)*
-                            _ => unreachable!(),
-                        }
+                let bj = Mat {
+                    ptr: b.ptr.add(k0 * b.ld + j),
+                    ld: b.ld,
+                };
+                let mut i = 0;
+                while i < m {
+                    let mr = (m - i).min(NN16_MR);
+                    let ai = Mat2 {
+                        ptr: a.ptr.add(i * a.rs + k0 * a.cs),
+                        ..a
                     };
+                    let pij = part.add(i * ldp + j - j0);
+                    let from = (k0 > 0).then_some((pij as *const f32, ldp));
+                    let (to, add) = if last {
+                        ((c.add(i * ldc + j), ldc), acc)
+                    } else {
+                        ((pij, ldp), false)
+                    };
+                    macro_rules! tile {
+                        ($($mr:literal $nv:literal),*) => {
+                            match (mr, nv) {
+                                $(($mr, $nv) => nn16_tile::<$mr, $nv>(
+                                    kc, ai, bj, from, to, add, mask, &mut next,
+                                ),)*
+                                _ => unreachable!(),
+                            }
+                        };
+                    }
+                    tile!(
+                        6 4, 6 3, 6 2, 6 1, 5 4, 5 3, 5 2, 5 1, 4 4, 4 3, 4 2, 4 1,
+                        3 4, 3 3, 3 2, 3 1, 2 4, 2 3, 2 2, 2 1, 1 4, 1 3, 1 2, 1 1
+                    );
+                    i += mr;
                 }
-                tile!(
-                    6 4, 6 3, 6 2, 6 1, 5 4, 5 3, 5 2, 5 1, 4 4, 4 3, 4 2, 4 1,
-                    3 4, 3 3, 3 2, 3 1, 2 4, 2 3, 2 2, 2 1, 1 4, 1 3, 1 2, 1 1
-                );
-                i += mr;
+                j += w;
             }
-            j += w;
+            k0 += kc;
         }
     }
-    if pack {
-        PACKED.set(packed);
+    if chunked && acc {
+        PARTIAL.set(copy);
     }
 }
 
-/// Reductions longer than this read B from a packed copy of each column block in
-/// [`nn_avx512`]: B's rows are then a weight's rows (768 of `c_proj` 3,072 floats apart,
-/// 768 of the frozen `proj` 512 apart), whose strides, multiples of 2 KiB, put a block's
-/// lines in a few cache sets, which each row tile's pass over the block then misses
-/// again. The copy (192 KiB for 768 rows) stays in L2 for the block's row tiles. The
-/// input gradient of `c_proj` (32 × 768 · 768 × 3,072) took 1.27–1.46 ms a step this way
-/// against 1.57–1.71 on matrixmultiply (same-process alternating rounds, 2-core VM).
-const PACK_ABOVE_K: usize = 64;
+/// Rows of B per chunk of [`nn_avx512`]'s reduction: 64 rows of `c_proj` are 768 KiB
+/// (384 KiB for each of two threads' column halves), which stay in L2 with the partial
+/// chains while every tile of the columns takes them.
+const KC: usize = 64;
 
 thread_local! {
-    /// [`nn_avx512`]'s packed block of B, kept from call to call.
-    static PACKED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    /// [`nn_avx512`]'s partial chains when C is added to, kept from call to call.
+    static PARTIAL: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 #[cfg(test)]
@@ -799,6 +873,7 @@ mod tests {
             (6, 12, 65),
             (9, 200, 70),
             (32, 65, 129),
+            (4, 128, 80),
         ] {
             let (lda, ldb, ldc) = (k + 2, n + 3, n + 1);
             let a = sines(m * lda, 0.37); // [m, k] row-major
