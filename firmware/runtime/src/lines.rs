@@ -10,6 +10,8 @@
 //! training step 17.6–18.4 against 19.1–21.3 ms over three pairs of alternating runs
 //! (`bench-train` has the same-run comparison; figures in `BENCHMARKS.md`).
 //!
+//! Blocks of [`HUGE`] bytes or more start on a 2 MiB boundary as well.
+//!
 //! The binaries install it (`#[global_allocator]`); a library cannot choose the
 //! process's allocator, so the kernels stay correct, only slower, without it.
 //! [`set_line_aligned`] puts new large blocks 16 bytes past a line instead, as `malloc`
@@ -23,6 +25,12 @@ pub const LARGE: usize = 4096;
 
 /// A cache line.
 const LINE: usize = 64;
+
+/// A transparent huge page (x86-64, and arm64 with 4 KiB pages): blocks at least this
+/// large start on one, so that huge pages can back all of such a block but its tail
+/// (the CPU path asks for them under its weights and moments), where a block placed
+/// anywhere loses up to a huge page at each end.
+pub const HUGE: usize = 2 << 20;
 
 /// Where an unaligned block starts past its line (where `malloc` puts its mmap'd ones).
 const OFFSET: usize = 16;
@@ -46,14 +54,16 @@ fn placed(layout: &Layout) -> bool {
 }
 
 /// The layout asked of the system for a placed block of `size` bytes, and the offset of
-/// the block in it: on a line, or [`OFFSET`] past one (in a block one line longer).
+/// the block in it: on a line, or [`OFFSET`] past one (in a block one line longer); a
+/// block of [`HUGE`] bytes or more starts on (or just past) a 2 MiB boundary.
 fn system_layout(size: usize, aligned: bool) -> Option<(Layout, usize)> {
+    let align = if size >= HUGE { HUGE } else { LINE };
     let (size, offset) = if aligned {
         (size, 0)
     } else {
         (size.checked_add(LINE)?, OFFSET)
     };
-    Layout::from_size_align(size, LINE)
+    Layout::from_size_align(size, align)
         .ok()
         .map(|l| (l, offset))
 }
@@ -156,6 +166,9 @@ mod tests {
             };
             if let Some(at) = want(size) {
                 assert_eq!(p as usize % LINE, at, "{size} bytes, aligned {aligned}");
+            }
+            if size >= HUGE {
+                assert_eq!(p as usize % HUGE, want(size).unwrap(), "{size} bytes");
             }
             for i in 0..size {
                 *p.add(i) = (i % 251) as u8;
