@@ -105,6 +105,48 @@ pub(crate) fn dot4(a: [&[f32]; 4], b: &[f64]) -> [f64; 4] {
     out
 }
 
+/// [`fold8_slice`] of four rows of the same length at once, `f` given the row's index
+/// and a value: four independent chains (a row's chain alone waits on each addition),
+/// each the same sums in the same order as [`fold8_slice`] (so the same bits).
+#[inline(always)]
+fn fold8_rows4(rows: [&[f32]; 4], f: impl Fn(usize, f32) -> f64) -> [f64; 4] {
+    let n = rows[0].len();
+    assert!(rows.iter().all(|r| r.len() == n));
+    let mut acc = [[0.0f64; LANES]; 4];
+    let full = n / LANES * LANES;
+    let [c0, c1, c2, c3] = rows.map(|r| r[..full].chunks_exact(LANES));
+    for ((x0, x1), (x2, x3)) in c0.zip(c1).zip(c2.zip(c3)) {
+        for (r, x) in [x0, x1, x2, x3].into_iter().enumerate() {
+            for (s, &v) in acc[r].iter_mut().zip(x) {
+                *s += f(r, v);
+            }
+        }
+    }
+    let mut out = [0.0f64; 4];
+    for (r, (o, a)) in out.iter_mut().zip(&mut acc).enumerate() {
+        for (s, &v) in a.iter_mut().zip(&rows[r][full..]) {
+            *s += f(r, v);
+        }
+        *o = a.iter().sum();
+    }
+    out
+}
+
+/// [`sum`] of four rows (the same bits).
+#[inline(always)]
+pub(crate) fn sum4(rows: [&[f32]; 4]) -> [f64; 4] {
+    fold8_rows4(rows, |_, v| v as f64)
+}
+
+/// [`sum_sq_dev`] of four rows about their own `c` (the same bits).
+#[inline(always)]
+pub(crate) fn sum_sq_dev4(rows: [&[f32]; 4], c: [f64; 4]) -> [f64; 4] {
+    fold8_rows4(rows, |r, v| {
+        let v = v as f64 - c[r];
+        v * v
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +177,13 @@ mod tests {
             let four = dot4([&rows[0], &rows[1], &rows[2], &rows[3]], &y);
             for (got, row) in four.iter().zip(&rows) {
                 assert_eq!(got.to_bits(), dot(row, &y).to_bits());
+            }
+            let r4 = [&rows[0][..], &rows[1], &rows[2], &rows[3]];
+            let c = [0.25, -1.5, 0.0, 3.0];
+            let (sums, devs) = (sum4(r4), sum_sq_dev4(r4, c));
+            for (r, row) in rows.iter().enumerate() {
+                assert_eq!(sums[r].to_bits(), sum(row).to_bits());
+                assert_eq!(devs[r].to_bits(), sum_sq_dev(row, c[r]).to_bits());
             }
         }
     }
