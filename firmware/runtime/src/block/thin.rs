@@ -666,32 +666,38 @@ unsafe fn nn16_tile<const MR: usize, const NV: usize>(
 /// to be asked for, one per [`Lines::step`], into L2: the next chunk of B's rows while
 /// [`nn_avx512`] computes with the current one.
 struct Lines {
-    ptr: *const f32,
+    /// The next line's row (its first float).
+    row: *const f32,
     ld: usize,
     per_row: usize,
-    at: usize,
-    end: usize,
+    /// The next line's place in its row, and the rows left.
+    col: usize,
+    rows: usize,
 }
 
 impl Lines {
     const NONE: Lines = Lines {
-        ptr: std::ptr::null(),
+        row: std::ptr::null(),
         ld: 0,
         per_row: 1,
-        at: 0,
-        end: 0,
+        col: 0,
+        rows: 0,
     };
 
     /// Asks for the next line, if any is left.
     #[inline(always)]
     fn step(&mut self) {
-        if self.at < self.end {
-            let (r, l) = (self.at / self.per_row, self.at % self.per_row);
-            let line = self.ptr.wrapping_add(r * self.ld + l * LINE);
+        if self.rows > 0 {
+            let line = self.row.wrapping_add(self.col * LINE);
             // SAFETY: a prefetch neither reads nor writes memory as far as the program
             // can tell.
             unsafe { _mm_prefetch::<_MM_HINT_T1>(line as *const i8) };
-            self.at += 1;
+            self.col += 1;
+            if self.col == self.per_row {
+                self.col = 0;
+                self.rows -= 1;
+                self.row = self.row.wrapping_add(self.ld);
+            }
         }
     }
 }
@@ -750,14 +756,12 @@ unsafe fn nn_avx512(
             let mut next = if last {
                 Lines::NONE
             } else {
-                let rows = (k - k0 - kc).min(KC);
-                let per_row = width.div_ceil(LINE);
                 Lines {
-                    ptr: b.ptr.add((k0 + kc) * b.ld + j0),
+                    row: b.ptr.add((k0 + kc) * b.ld + j0),
                     ld: b.ld,
-                    per_row,
-                    at: 0,
-                    end: rows * per_row,
+                    per_row: width.div_ceil(LINE),
+                    col: 0,
+                    rows: (k - k0 - kc).min(KC),
                 }
             };
             let mut j = j0;
