@@ -243,6 +243,15 @@ unsafe fn nt_tiles<V: Lanes, const MR: usize, const NR: usize>(
     // SAFETY: the caller upholds this function's contract (see its doc); every tile lies
     // inside rows `0..m` and columns `j0..j1`.
     unsafe {
+        // Each row tile's share of a next group of `NR` rows (all groups but the last
+        // two), worked out once: it takes a few divisions.
+        let mut shares = [Ahead::NONE; SHARES];
+        let mut i = 0;
+        while i < m.min(SHARES) {
+            let mr = if m - i >= MR { MR } else { 1 };
+            shares[i] = Ahead::share(std::ptr::null(), w.ld, NR, k, (i, i + mr, m));
+            i += mr;
+        }
         let mut j = j0;
         while j < j1 {
             let nr = if j1 - j >= NR { NR } else { 1 };
@@ -260,8 +269,15 @@ unsafe fn nt_tiles<V: Lanes, const MR: usize, const NR: usize>(
                 let cij = c.add(i * ldc + j);
                 // The next group's rows of W, fetched a share per tile of this group.
                 let pf = if nr == NR && j + NR < j1 {
-                    let rows = (j1 - j - NR).min(NR);
-                    Ahead::share(w.ptr.add((j + NR) * w.ld), w.ld, rows, k, (i, i + mr, m))
+                    let (next, rows) = (w.ptr.add((j + NR) * w.ld), (j1 - j - NR).min(NR));
+                    if rows == NR && i < SHARES {
+                        Ahead {
+                            ptr: next,
+                            ..shares[i]
+                        }
+                    } else {
+                        Ahead::share(next, w.ld, rows, k, (i, i + mr, m))
+                    }
                 } else {
                     Ahead::NONE
                 };
@@ -280,6 +296,10 @@ unsafe fn nt_tiles<V: Lanes, const MR: usize, const NR: usize>(
 
 /// Floats per 64-byte cache line.
 const LINE: usize = 16;
+
+/// Row tiles whose prefetch shares [`nt_tiles`] works out once (a product's first rows;
+/// the thin kernel takes at most 64).
+const SHARES: usize = 64;
 
 /// Lines of a block of rows of a matrix to prefetch, a few per step of a tile's loop:
 /// [`nt_tiles`] asks for the next group of W's rows while it computes the current
