@@ -208,10 +208,16 @@ pub(crate) fn cls_attention_backward(
             wvh.grad(batch, d, dout, d, ah, heads * d, 1.0, false);
             for (b, dar) in da.chunks_exact_mut(d).enumerate() {
                 let abr = &s.abar[(b * heads + h) * d..(b * heads + h + 1) * d];
-                for i in 0..d {
-                    pw[i] += dar[i] * abr[i];
-                    pb[i] += dar[i];
-                    dar[i] *= w1[i];
+                for ((((w, b), x), &a), &s) in pw
+                    .iter_mut()
+                    .zip(pb.iter_mut())
+                    .zip(dar.iter_mut())
+                    .zip(abr)
+                    .zip(w1)
+                {
+                    *w += *x * a;
+                    *b += *x;
+                    *x *= s;
                 }
             }
         });
@@ -256,9 +262,9 @@ pub(crate) fn cls_attention_backward(
             matmul_nn(heads, n, d, dsb, n, xb, d, dub, d, false);
             for (h, dur) in dub.chunks_exact_mut(d).enumerate() {
                 let qr = &s.qt[(h * batch + b) * d..(h * batch + b + 1) * d];
-                for i in 0..d {
-                    pw[i] += dur[i] * qr[i];
-                    dur[i] *= w1[i];
+                for (((w, x), &q), &s) in pw.iter_mut().zip(dur.iter_mut()).zip(qr).zip(w1) {
+                    *w += *x * q;
+                    *x *= s;
                 }
             }
         });
