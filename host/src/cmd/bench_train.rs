@@ -272,21 +272,25 @@ fn ab(cpu: &mut CpuBackend, batch: &Batch<'_>, set: fn(bool)) -> Result<Ab> {
     })
 }
 
-/// Times the step of `on` and of `off` (two backends with the same state, made with a
-/// switch on and off) in alternating rounds, as [`ab`] does, with `set(true)` while
-/// `on` runs and `set(false)` while `off` does (for a switch that also governs what a
+/// Times the step of `cpu` against a second backend with the same state, made by
+/// `make` with `set(false)`, in alternating rounds, as [`ab`] does; when `steps_too`,
+/// also with `set(false)` while the second one steps (a switch that also governs what a
 /// step allocates). Leaves the switch on.
 fn ab_backends(
-    on: &mut CpuBackend,
-    off: &mut CpuBackend,
+    cpu: &mut CpuBackend,
     batch: &Batch<'_>,
-    set: fn(bool),
+    (set, steps_too): (fn(bool), bool),
+    make: impl FnOnce(&CpuBackend) -> Result<CpuBackend, TrainError>,
 ) -> Result<Ab> {
+    set(false);
+    let off = make(cpu);
+    set(true);
+    let mut off = off.context("building the CPU backend")?;
     let (mut t_on, mut t_off) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        t_on.push(time_backend(on, batch, ROUND_STEPS)?.1);
-        set(false);
-        let r = time_backend(off, batch, ROUND_STEPS);
+        t_on.push(time_backend(cpu, batch, ROUND_STEPS)?.1);
+        set(!steps_too);
+        let r = time_backend(&mut off, batch, ROUND_STEPS);
         set(true);
         t_off.push(r?.1);
     }
@@ -405,27 +409,13 @@ pub fn run(a: Args) -> Result<()> {
     let awake = ab(&mut cpu, &batch, set_keep_awake)?;
     let fused = ab(&mut cpu, &batch, set_fused_update)?;
     let prefetch = ab(&mut cpu, &batch, set_update_prefetch)?;
+    let twin =
+        |c: &CpuBackend| CpuBackend::new(dims, cfg.clone(), head.clone(), c.state_ref().clone());
     // Huge pages are asked for when a backend is made: a second one made without.
-    set_huge_pages(false);
-    let plain = CpuBackend::new(dims, cfg.clone(), head.clone(), cpu.state_ref().clone());
-    set_huge_pages(true);
-    let huge = ab_backends(
-        &mut cpu,
-        &mut plain.context("building the CPU backend")?,
-        &batch,
-        |_| {},
-    )?;
+    let huge = ab_backends(&mut cpu, &batch, (set_huge_pages, false), twin)?;
     // Large arrays on cache lines (this binary's allocator): a second backend whose
     // arrays, and whose steps' buffers, start 16 bytes past a line, as `malloc` puts them.
-    set_line_aligned(false);
-    let plain = CpuBackend::new(dims, cfg.clone(), head.clone(), cpu.state_ref().clone());
-    set_line_aligned(true);
-    let lines = ab_backends(
-        &mut cpu,
-        &mut plain.context("building the CPU backend")?,
-        &batch,
-        set_line_aligned,
-    )?;
+    let lines = ab_backends(&mut cpu, &batch, (set_line_aligned, true), twin)?;
     let flops = step_flops(&dims, a.batch, a.labels);
     let inter = interleaved_roofline(&mut cpu, &batch, flops.executed as f64)?;
     let adamw_s = time_adamw(&dims, &cfg, cpu.state_ref(), a.steps);
