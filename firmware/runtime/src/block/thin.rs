@@ -682,8 +682,8 @@ unsafe fn nn16_tile<const MR: usize, const NV: usize>(
     }
 }
 
-/// The lines of a block of rows (each `cols` floats from `ptr`, row stride `ld`) still
-/// to be asked for, one per [`Lines::step`], into L2: the next chunk of B's rows while
+/// The lines of a block of rows (`per_row` lines each, row stride `ld` floats) still to
+/// be asked for, one per [`Lines::step`], into L2: the next chunk of B's rows while
 /// [`nn_avx512`] computes with the current one.
 struct Lines {
     /// The next line's row (its first float).
@@ -752,19 +752,15 @@ unsafe fn nn_avx512(
     (j0, j1): (usize, usize),
 ) {
     let width = j1 - j0;
-    let chunked = k > KC;
     // Partial chains between chunks: in C's own block, or, when C is added to, in a
     // per-thread copy taken out of the thread's slot for the call.
-    let mut copy = if chunked && acc {
-        PARTIAL.take()
-    } else {
-        Vec::new()
-    };
-    copy.resize(if chunked && acc { m * width } else { 0 }, 0.0);
+    let in_copy = k > KC && acc;
+    let mut copy = if in_copy { PARTIAL.take() } else { Vec::new() };
+    copy.resize(if in_copy { m * width } else { 0 }, 0.0);
     // SAFETY: the caller upholds this function's contract (see its doc); the partial
     // chains' block is `[m, width]` at `part` (row stride `ldp`), in C or in the copy.
     unsafe {
-        let (part, ldp) = if chunked && acc {
+        let (part, ldp) = if in_copy {
             (copy.as_mut_ptr(), width)
         } else {
             (c.add(j0), ldc)
@@ -832,7 +828,7 @@ unsafe fn nn_avx512(
             k0 += kc;
         }
     }
-    if chunked && acc {
+    if in_copy {
         PARTIAL.set(copy);
     }
 }
