@@ -13,38 +13,10 @@ pub(crate) const LN_EPS: f32 = 1e-5;
 pub(crate) fn layernorm_normalise(x: &[f32], d: usize, xhat: &mut [f32], rstd: &mut [f32]) {
     let rows = rstd.len();
     assert!(x.len() == rows * d && xhat.len() == rows * d);
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above).
-            return unsafe { normalise_avx512(x, d, xhat, rstd) };
-        }
-        if is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
-            return unsafe { normalise_avx2(x, d, xhat, rstd) };
-        }
-    }
-    normalise_body(x, d, xhat, rstd)
-}
-
-/// [`layernorm_normalise`] with 8 f64 lanes per instruction.
-///
-/// # Safety
-/// The CPU has AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn normalise_avx512(x: &[f32], d: usize, xhat: &mut [f32], rstd: &mut [f32]) {
-    normalise_body(x, d, xhat, rstd)
-}
-
-/// [`layernorm_normalise`] with 4 f64 lanes per instruction.
-///
-/// # Safety
-/// The CPU has AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn normalise_avx2(x: &[f32], d: usize, xhat: &mut [f32], rstd: &mut [f32]) {
-    normalise_body(x, d, xhat, rstd)
+    widest_build!(
+        "avx2",
+        normalise_body(x: &[f32], d: usize, xhat: &mut [f32], rstd: &mut [f32]) -> ()
+    )
 }
 
 /// The body of [`layernorm_normalise`], compiled into each build: four rows at a time

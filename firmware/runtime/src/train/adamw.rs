@@ -90,35 +90,18 @@ fn update_body(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: Coeffs
     }
 }
 
-/// [`update_body`] with 16-lane vectors.
-///
-/// # Safety
-/// The CPU has AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn update_avx512(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: Coeffs) {
+/// [`update_body`] as [`set_update_prefetch`] says: prefetching ([`update_prefetching`],
+/// x86-64) or not; compiled into each build of [`update_tensor`].
+#[inline(always)]
+fn update_chosen(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: Coeffs) {
+    #[cfg(target_arch = "x86_64")]
     if PREFETCH.load(Ordering::Relaxed) {
-        update_prefetching(p, g, m, v, c)
-    } else {
-        update_body(p, g, m, v, c)
+        return update_prefetching(p, g, m, v, c);
     }
+    update_body(p, g, m, v, c)
 }
 
-/// [`update_body`] with 8-lane vectors.
-///
-/// # Safety
-/// The CPU has AVX.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-unsafe fn update_avx(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: Coeffs) {
-    if PREFETCH.load(Ordering::Relaxed) {
-        update_prefetching(p, g, m, v, c)
-    } else {
-        update_body(p, g, m, v, c)
-    }
-}
-
-/// Whether the vector builds prefetch (see [`set_update_prefetch`]).
+/// Whether the update prefetches (see [`set_update_prefetch`]).
 static PREFETCH: AtomicBool = AtomicBool::new(true);
 
 /// Turns on or off (for the whole process; on by default) the update's software
@@ -177,18 +160,10 @@ fn update_prefetching(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c:
 /// SSE2 build does a quarter of AVX-512's lanes per division and square root: the whole
 /// update took 5.4 ms against 4.6 on the AVX-512 machine of `BENCHMARKS.md`).
 fn update_tensor(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: Coeffs) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above).
-            return unsafe { update_avx512(p, g, m, v, c) };
-        }
-        if is_x86_feature_detected!("avx") {
-            // SAFETY: the CPU has AVX (checked just above).
-            return unsafe { update_avx(p, g, m, v, c) };
-        }
-    }
-    update_body(p, g, m, v, c)
+    widest_build!(
+        "avx",
+        update_chosen(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: Coeffs) -> ()
+    )
 }
 
 /// Applies one AdamW update to the parameters and `b` (the bias is never decayed).

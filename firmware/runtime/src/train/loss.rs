@@ -46,43 +46,14 @@ struct LabelSet<'a> {
 
 /// The loss terms of one sample with unnormalised embedding `er` and label `y` against
 /// `set`, and its gradient by `er` written to `d_er` (already divided by the batch
-/// size), with the widest vectors
-/// the CPU has. Every sum has a fixed order (eight partial sums, or one running sum)
+/// size), with the widest vectors the CPU has. Every sum has a fixed order (eight partial sums, or one running sum)
 /// and every operation is exact IEEE arithmetic or a libm call, so every build gives
 /// the same bits; the baseline SSE2 build does two f64 lanes per instruction.
 fn sample_terms(set: &LabelSet<'_>, er: &[f32], y: usize, d_er: &mut [f32]) -> SampleTerms {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above).
-            return unsafe { terms_avx512(set, er, y, d_er) };
-        }
-        if is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
-            return unsafe { terms_avx2(set, er, y, d_er) };
-        }
-    }
-    terms_body(set, er, y, d_er)
-}
-
-/// [`sample_terms`] with 8 f64 lanes per instruction.
-///
-/// # Safety
-/// The CPU has AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn terms_avx512(set: &LabelSet<'_>, er: &[f32], y: usize, d_er: &mut [f32]) -> SampleTerms {
-    terms_body(set, er, y, d_er)
-}
-
-/// [`sample_terms`] with 4 f64 lanes per instruction.
-///
-/// # Safety
-/// The CPU has AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn terms_avx2(set: &LabelSet<'_>, er: &[f32], y: usize, d_er: &mut [f32]) -> SampleTerms {
-    terms_body(set, er, y, d_er)
+    widest_build!(
+        "avx2",
+        terms_body(set: &LabelSet<'_>, er: &[f32], y: usize, d_er: &mut [f32]) -> SampleTerms
+    )
 }
 
 /// The body of [`sample_terms`], compiled into each build.
