@@ -162,3 +162,65 @@ fn malformed_records_are_rejected() {
     let bad = CodecParams { bits: 5, ..p };
     assert!(encode(&t, &w, n, d, &bad, &mut scratch, &mut rec).is_err());
 }
+
+/// Value `i` of a quantised row (min, max, values), the plain way.
+fn value(row: &[u8], bits: u8, i: usize) -> f32 {
+    let lo = f32::from_le_bytes(row[0..4].try_into().unwrap());
+    let hi = f32::from_le_bytes(row[4..8].try_into().unwrap());
+    match bits {
+        32 => f32::from_le_bytes(row[8 + 4 * i..12 + 4 * i].try_into().unwrap()),
+        8 => lo + (hi - lo) * (row[8 + i] as f32 / 255.0),
+        _ => {
+            let b = row[8 + i / 2];
+            let q = if i % 2 == 0 { b & 0x0F } else { b >> 4 };
+            lo + (hi - lo) * (q as f32 / 15.0)
+        }
+    }
+}
+
+/// `decode` gives, bit for bit, `μ_j + Σ_r c_ir v_rj` added in direction order with every
+/// value read the plain way (FORMAT.md's record layout).
+#[test]
+fn decode_equals_the_plain_reconstruction() {
+    let (n, d) = (50, 77);
+    for (k, bits) in [(5u16, 8u8), (3, 4), (5, 32), (1, 8), (50, 32)] {
+        let (t, w) = tokens(n, d, 4, 0.1, 7 + u64::from(k));
+        let p = CodecParams {
+            k,
+            bits,
+            weighted: true,
+        };
+        let mut scratch = vec![0f32; encode_scratch_len(n, d, k as usize)];
+        let mut rec = vec![0u8; encoded_len(n, d, &p)];
+        encode(&t, &w, n, d, &p, &mut scratch, &mut rec).unwrap();
+        let mut out = vec![f32::NAN; n * d];
+        decode(&rec, &mut out).unwrap();
+
+        let k = k as usize;
+        let row = |m: usize| 8 + match bits {
+            4 => m.div_ceil(2),
+            8 => m,
+            _ => 4 * m,
+        };
+        let (rd, rk) = (row(d), row(k));
+        let mu = &rec[8..8 + rd];
+        let v = |r: usize| &rec[8 + rd + r * rd..8 + rd + (r + 1) * rd];
+        let c = |i: usize| &rec[8 + rd + k * rd + i * rk..8 + rd + k * rd + (i + 1) * rk];
+        for i in 0..n {
+            for j in 0..d {
+                let mut want = value(mu, bits, j);
+                for r in 0..k {
+                    let coef = value(c(i), bits, r);
+                    if coef != 0.0 {
+                        want += coef * value(v(r), bits, j);
+                    }
+                }
+                assert_eq!(
+                    out[i * d + j].to_bits(),
+                    want.to_bits(),
+                    "k {k} bits {bits}: token {i}, channel {j}"
+                );
+            }
+        }
+    }
+}

@@ -82,6 +82,69 @@ pub fn dequantise(row: &[u8], bits: u8, i: usize) -> f32 {
     }
 }
 
+/// Min and max of a quantised row.
+#[inline]
+fn bounds(row: &[u8]) -> (f32, f32) {
+    (
+        f32::from_le_bytes([row[0], row[1], row[2], row[3]]),
+        f32::from_le_bytes([row[4], row[5], row[6], row[7]]),
+    )
+}
+
+/// Calls `f(j, value j)` for each of the `out_len` values of a quantised row, in order,
+/// with the bits of [`dequantise`].
+#[inline(always)]
+fn for_each_value(row: &[u8], bits: u8, out_len: usize, mut f: impl FnMut(usize, f32)) {
+    let (lo, hi) = bounds(row);
+    let range = hi - lo;
+    let body = &row[8..];
+    match bits {
+        32 => {
+            for (j, c) in body.chunks_exact(4).take(out_len).enumerate() {
+                f(j, f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+            }
+        }
+        8 => {
+            for (j, &q) in body.iter().take(out_len).enumerate() {
+                f(j, lo + range * (q as f32 / 255.0));
+            }
+        }
+        _ => {
+            for (j, &b) in body.iter().enumerate().take(out_len.div_ceil(2)) {
+                f(2 * j, lo + range * ((b & 0x0F) as f32 / 15.0));
+                if 2 * j + 1 < out_len {
+                    f(2 * j + 1, lo + range * ((b >> 4) as f32 / 15.0));
+                }
+            }
+        }
+    }
+}
+
+/// Writes the values of a quantised row into `out` (`out.len()` values), with the bits of
+/// [`dequantise`].
+pub fn dequantise_row_into(row: &[u8], bits: u8, out: &mut [f32]) {
+    let n = out.len();
+    for_each_value(row, bits, n, |j, v| out[j] = v);
+}
+
+/// `out[j] += coef · value j` of a quantised row, for `j < out.len()`, with the bits of
+/// [`dequantise`] and one rounding for the product and one for the sum (no fused
+/// multiply-add).
+pub fn add_scaled_row(out: &mut [f32], coef: f32, row: &[u8], bits: u8) {
+    let n = out.len();
+    match bits {
+        // the two quantised cases as straight loops the compiler vectorises
+        8 => {
+            let (lo, hi) = bounds(row);
+            let range = hi - lo;
+            for (o, &q) in out.iter_mut().zip(&row[8..8 + n]) {
+                *o += coef * (lo + range * (q as f32 / 255.0));
+            }
+        }
+        _ => for_each_value(row, bits, n, |j, v| out[j] += coef * v),
+    }
+}
+
 /// Checks that `bits` is one of 4, 8, 32.
 pub fn check_bits(bits: u8) -> Result<(), Error> {
     match bits {
@@ -108,6 +171,25 @@ mod tests {
             for (i, &v) in x.iter().enumerate() {
                 let e = (dequantise(&row, bits, i) - v).abs();
                 assert!(e <= step / 2.0 + 1e-5, "bits {bits}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn row_helpers_give_the_bits_of_dequantise() {
+        let x: Vec<f32> = (0..37).map(|i| ((i * 7919) % 101) as f32 * 0.37 - 11.0).collect();
+        for bits in [4u8, 8, 32] {
+            let mut row = vec![0u8; row_len(x.len(), bits)];
+            quantise_row(&x, bits, &mut row);
+            let mut all = vec![0f32; x.len()];
+            dequantise_row_into(&row, bits, &mut all);
+            let mut acc: Vec<f32> = (0..x.len()).map(|j| j as f32 * 0.5).collect();
+            add_scaled_row(&mut acc, -1.25, &row, bits);
+            for j in 0..x.len() {
+                let v = dequantise(&row, bits, j);
+                assert_eq!(all[j].to_bits(), v.to_bits(), "bits {bits}, value {j}");
+                let want = j as f32 * 0.5 + -1.25 * v;
+                assert_eq!(acc[j].to_bits(), want.to_bits(), "bits {bits}, value {j}");
             }
         }
     }

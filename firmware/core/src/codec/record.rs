@@ -1,7 +1,9 @@
 //! The codec record: header, quantised mean, directions and coefficients (see `FORMAT.md`).
 
 use crate::codec::pca::{dot, jacobi, orthonormalise};
-use crate::codec::quant::{check_bits, dequantise, quantise_row, row_len};
+use crate::codec::quant::{
+    add_scaled_row, check_bits, dequantise, dequantise_row_into, quantise_row, row_len,
+};
 use crate::error::Error;
 
 /// Version byte of a codec record.
@@ -191,7 +193,8 @@ pub fn encode(
 }
 
 /// Decodes a record into `out` (`n×d` row-major): T̂ = C V + μ. Returns `(n, d)`.
-/// No allocation, no scratch.
+/// No allocation, no scratch. Each output row is μ plus its coefficients times the
+/// direction rows, added in direction order (the bits do not depend on the loop order).
 pub fn decode(rec: &[u8], out: &mut [f32]) -> Result<(usize, usize), Error> {
     let (n, d, p) = record_shape(rec)?;
     let k = p.k as usize;
@@ -205,21 +208,16 @@ pub fn decode(rec: &[u8], out: &mut [f32]) -> Result<(usize, usize), Error> {
     let mu = &rec[CODEC_HEADER_LEN..CODEC_HEADER_LEN + rd];
     let vs = &rec[CODEC_HEADER_LEN + rd..CODEC_HEADER_LEN + rd + k * rd];
     let cs = &rec[CODEC_HEADER_LEN + rd + k * rd..];
-    for (j, o) in out[..d].iter_mut().enumerate() {
-        *o = dequantise(mu, p.bits, j);
-    }
+    let out = &mut out[..n * d];
+    dequantise_row_into(mu, p.bits, &mut out[..d]);
     for i in 1..n {
         out.copy_within(0..d, i * d);
     }
-    for r in 0..k {
-        let vrow = &vs[r * rd..(r + 1) * rd];
-        for i in 0..n {
-            let coef = dequantise(&cs[i * rk..(i + 1) * rk], p.bits, r);
-            if coef == 0.0 {
-                continue;
-            }
-            for (j, o) in out[i * d..(i + 1) * d].iter_mut().enumerate() {
-                *o += coef * dequantise(vrow, p.bits, j);
+    for (orow, crow) in out.chunks_exact_mut(d).zip(cs.chunks_exact(rk)) {
+        for (r, vrow) in vs.chunks_exact(rd).enumerate() {
+            let coef = dequantise(crow, p.bits, r);
+            if coef != 0.0 {
+                add_scaled_row(orow, coef, vrow, p.bits);
             }
         }
     }
