@@ -161,6 +161,14 @@ impl Store {
         }
     }
 
+    /// `true` (the default): an append is synced to disk before it is acknowledged.
+    /// `false`: writes reach the disk when the OS writes them back, so a crash or power
+    /// cut may lose recent records; for stores nothing depends on after the process
+    /// ends (the simulator's).
+    pub fn set_durable(&mut self, durable: bool) {
+        self.ring.flash_mut().set_sync(durable);
+    }
+
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path

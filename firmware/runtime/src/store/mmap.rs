@@ -18,6 +18,8 @@ pub struct MmapFlash {
     _file: File,
     /// Byte range written since the last flush.
     dirty: Option<(usize, usize)>,
+    /// Whether `flush` syncs to disk (off: writes reach the file when the OS writes them).
+    sync: bool,
 }
 
 impl MmapFlash {
@@ -34,6 +36,7 @@ impl MmapFlash {
             map,
             _file: file,
             dirty: None,
+            sync: true,
         })
     }
 
@@ -47,6 +50,11 @@ impl MmapFlash {
             .open(path)?;
         file.set_len(len)?;
         Self::map(file)
+    }
+
+    /// Sync every flush to disk (the default), or leave writes to the OS.
+    pub fn set_sync(&mut self, sync: bool) {
+        self.sync = sync;
     }
 
     fn range(&self, offset: u32, len: usize) -> Result<std::ops::Range<usize>, Error> {
@@ -104,6 +112,10 @@ impl Flash for MmapFlash {
     }
 
     fn flush(&mut self) -> Result<(), Error> {
+        if !self.sync {
+            self.dirty = None;
+            return Ok(());
+        }
         if let Some((a, b)) = self.dirty.take() {
             if let Err(e) = self.map.flush_range(a, b - a) {
                 log::error!("store: msync failed: {e}");
