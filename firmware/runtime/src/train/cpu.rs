@@ -344,6 +344,14 @@ impl TrainBackend for CpuBackend {
         on_pool(|| Ok(self.forward_loss(batch)?.stats))
     }
 
+    fn loss_embed(&mut self, batch: &Batch<'_>) -> Result<(StepStats, Vec<f32>), TrainError> {
+        on_pool(|| {
+            let stats = self.forward_loss(batch)?.stats;
+            let len = batch.size() * self.dims.embed;
+            Ok((stats, self.saved.embed[..len].to_vec()))
+        })
+    }
+
     fn gradients(&mut self, batch: &Batch<'_>) -> Result<(StepStats, Gradients), TrainError> {
         let stats = on_pool(|| self.compute_gradients(batch, true))?;
         Ok((stats, self.grads.clone()))

@@ -309,6 +309,15 @@ impl TrainBackend for GpuBackend {
         self.read_stats()
     }
 
+    fn loss_embed(&mut self, batch: &Batch<'_>) -> Result<(StepStats, Vec<f32>), TrainError> {
+        self.prepare(batch)?;
+        self.submit(false, false);
+        let stats = self.read_stats()?;
+        let plan = self.plan.as_ref().expect("prepared");
+        let emb = self.ctx.read_f32(&plan.emb, plan.batch * self.dims.embed)?;
+        Ok((stats, emb))
+    }
+
     fn gradients(&mut self, batch: &Batch<'_>) -> Result<(StepStats, Gradients), TrainError> {
         self.prepare(batch)?;
         self.submit(true, false);

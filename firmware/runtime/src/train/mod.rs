@@ -221,6 +221,9 @@ pub trait TrainBackend {
     fn step(&mut self, batch: &Batch<'_>) -> Result<StepStats, TrainError>;
     /// Forward and loss only; no update.
     fn loss(&mut self, batch: &Batch<'_>) -> Result<StepStats, TrainError>;
+    /// [`TrainBackend::loss`], and the batch's unnormalised embeddings `[B, E]` (the
+    /// tuned block's output after `ln_post` and `proj`).
+    fn loss_embed(&mut self, batch: &Batch<'_>) -> Result<(StepStats, Vec<f32>), TrainError>;
     /// Forward, loss and backward, no update: the gradients of the mean loss.
     fn gradients(&mut self, batch: &Batch<'_>) -> Result<(StepStats, Gradients), TrainError>;
     /// Reads the current parameters, `b` and optimiser state back.

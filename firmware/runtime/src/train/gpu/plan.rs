@@ -64,6 +64,8 @@ pub(crate) struct Plan {
     pub scratch: wgpu::Buffer,
     /// `d loss / d tokens`, `[B, N, D]`.
     pub dtokens: wgpu::Buffer,
+    /// The unnormalised embeddings of the last forward, `[B, E]`.
+    pub emb: wgpu::Buffer,
     /// Forward and loss (the loss kernel also writes its gradients).
     pub forward: Vec<Dispatch>,
     /// Backward: every entry of the gradient buffer and `dtokens`.
@@ -672,10 +674,10 @@ impl Plan {
         update.push(k.adamw.bind(ctx, bias, &bufs)?);
 
         let activations = vec![
-            h1, stats1, q, qt, probs, av, attn, x1, h2, stats2, fc, act, x2, hp, statsp, emb, demb,
-            dhp, dx2, dact, dfc, dh2, dx1, dattn, dav, dscores, dqt, dq, dh1,
+            h1, stats1, q, qt, probs, av, attn, x1, h2, stats2, fc, act, x2, hp, statsp, demb, dhp,
+            dx2, dact, dfc, dh2, dx1, dattn, dav, dscores, dqt, dq, dh1,
         ];
-        let bytes = [&tokens, &labels, &text, &scratch, &dtokens]
+        let bytes = [&tokens, &labels, &text, &scratch, &dtokens, &emb]
             .into_iter()
             .chain(&activations)
             .map(wgpu::Buffer::size)
@@ -688,6 +690,7 @@ impl Plan {
             text,
             scratch,
             dtokens,
+            emb,
             forward,
             backward,
             update,
