@@ -166,8 +166,20 @@ pub struct Manifest {
     pub dims: Dims,
     #[serde(default)]
     pub preprocess: Preprocess,
+    /// The learner's settings chosen for this model (`[learner]`, optional).
+    #[serde(default)]
+    pub learner: LearnerDefaults,
     /// sha256 (lower-case hex) of each file, by file name.
     pub files: BTreeMap<String, String>,
+}
+
+/// Learner settings a model ships with (`[learner]` in the manifest); each is used where
+/// the caller sets none.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LearnerDefaults {
+    /// AdamW learning rate of the tuned block (positive and finite).
+    pub lr: Option<f32>,
 }
 
 /// A located model folder with its manifest.
@@ -213,6 +225,12 @@ impl ModelAssets {
                 path: path.clone(),
                 message,
             })?;
+        if let Some(lr) = manifest.learner.lr.filter(|lr| !(lr.is_finite() && *lr > 0.0)) {
+            return Err(AssetsError::Manifest {
+                path,
+                message: format!("[learner] lr = {lr} is not a positive finite number"),
+            });
+        }
         for file in MODEL_FILES {
             if !dir.join(file).is_file() {
                 return Err(AssetsError::MissingFile {

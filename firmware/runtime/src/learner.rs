@@ -35,6 +35,7 @@ use crate::store::{decode_tokens, encode_tokens, token_weights, Store, StoreConf
 use crate::train::{
     load_tuned, save_tuned, Batch, TrainBackend, TrainConfig, TrainError, TunedState,
 };
+use crate::typicality::{self, TypicalityMap};
 
 /// Labels the OCW state can hold.
 pub const OCW_CAPACITY: usize = 4096;
@@ -43,7 +44,11 @@ type Ocw = OcwState<OCW_CAPACITY>;
 const STORE_FILE: &str = "tokens.store";
 const TUNED_FILE: &str = "tuned.safetensors";
 const META_FILE: &str = "learner.json";
-const STATE_VERSION: u8 = 1;
+/// Version 2 adds the typicality table (version 1 is still read).
+const STATE_VERSION: u8 = 2;
+/// Largest state blob: header, OCW length and state, typicality table.
+const STATE_MAX_LEN: usize =
+    21 + Ocw::MAX_ENCODED_LEN + 2 + typicality::ENTRY_LEN * OCW_CAPACITY;
 
 /// Errors of the learner.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +95,9 @@ pub enum Mixing {
     Ocw,
     /// OCW with the "other" variant `α'` (SPEC §2).
     OcwOther,
+    /// A hard per-label choice from the OCW estimates: `α = 1` where the tuned model's
+    /// estimate beats the original's (`c_t > c_o`), else 0.
+    OcwHard,
     /// The tuned model alone (`α = 1` for every label).
     TunedOnly,
     /// The original model alone (`α = 0`): zero-shot CLIP.
@@ -116,6 +124,9 @@ pub struct LearnerConfig {
     pub seed: u64,
     /// Use the GPU when an adapter exists (feature `gpu`), else always the CPU.
     pub gpu: bool,
+    /// Sync the store to disk before each `learn` returns (see [`Store::set_durable`]);
+    /// `false` only where nothing must survive a crash (simulations).
+    pub durable: bool,
 }
 
 impl Default for LearnerConfig {
@@ -128,6 +139,7 @@ impl Default for LearnerConfig {
             checkpoint_every: 20,
             seed: 0,
             gpu: true,
+            durable: true,
         }
     }
 }
@@ -162,6 +174,8 @@ pub struct LearnerState {
     /// Optimiser step of the newest tuned checkpoint.
     pub checkpoint_step: u64,
     ocw: Box<Ocw>,
+    /// Per label, the cosines of its new samples (the "none" calibration).
+    typical: TypicalityMap,
 }
 
 impl LearnerState {
@@ -170,40 +184,67 @@ impl LearnerState {
             learned: 0,
             checkpoint_step: 0,
             ocw: Box::new(Ocw::new()),
+            typical: TypicalityMap::default(),
         }
     }
 
-    fn encode(&self) -> Vec<u8> {
-        let mut buf = vec![0u8; 17 + Ocw::MAX_ENCODED_LEN];
+    /// Version 2: version byte, learned (u64), checkpoint step (u64), the OCW state's
+    /// length (u32) and bytes, then the typicality table; all little-endian. At most
+    /// `max_len` bytes: typicality entries that do not fit are left out.
+    fn encode(&self, max_len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; 21 + Ocw::MAX_ENCODED_LEN];
         buf[0] = STATE_VERSION;
         buf[1..9].copy_from_slice(&self.learned.to_le_bytes());
         buf[9..17].copy_from_slice(&self.checkpoint_step.to_le_bytes());
         // MAX_ENCODED_LEN always suffices (see OcwState::to_slice).
-        let n = self.ocw.to_slice(&mut buf[17..]).unwrap_or(0);
-        buf.truncate(17 + n);
+        let n = self.ocw.to_slice(&mut buf[21..]).unwrap_or(0);
+        buf[17..21].copy_from_slice(&(n as u32).to_le_bytes());
+        buf.truncate(21 + n);
+        let table = self.typical.encode(max_len.saturating_sub(buf.len()));
+        buf.extend_from_slice(&table);
         buf
     }
 
+    /// Reads version 2, or version 1 (learned, checkpoint step, then the OCW state to the
+    /// end; no typicality table).
     fn decode(bytes: &[u8]) -> Result<Self, String> {
         if bytes.len() < 17 {
             return Err(format!("state blob of {} bytes is too short", bytes.len()));
-        }
-        if bytes[0] != STATE_VERSION {
-            return Err(format!(
-                "state version {} (this build reads {STATE_VERSION})",
-                bytes[0]
-            ));
         }
         let u64_at = |i: usize| {
             let mut a = [0u8; 8];
             a.copy_from_slice(&bytes[i..i + 8]);
             u64::from_le_bytes(a)
         };
-        let ocw = Ocw::from_bytes(&bytes[17..]).map_err(|e| format!("OCW state: {e}"))?;
+        let (ocw_bytes, table) = match bytes[0] {
+            1 => (&bytes[17..], None),
+            2 => {
+                let len = bytes
+                    .get(17..21)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+                    .ok_or("state blob too short for its OCW length")?;
+                let end = 21usize
+                    .checked_add(len)
+                    .filter(|&e| e <= bytes.len())
+                    .ok_or_else(|| format!("OCW state of {len} bytes overruns the blob"))?;
+                (&bytes[21..end], Some(&bytes[end..]))
+            }
+            v => {
+                return Err(format!(
+                    "state version {v} (this build reads 1 and {STATE_VERSION})"
+                ))
+            }
+        };
+        let ocw = Ocw::from_bytes(ocw_bytes).map_err(|e| format!("OCW state: {e}"))?;
+        let typical = match table {
+            Some(t) => TypicalityMap::decode(t)?,
+            None => TypicalityMap::default(),
+        };
         Ok(Self {
             learned: u64_at(1),
             checkpoint_step: u64_at(9),
             ocw: Box::new(ocw),
+            typical,
         })
     }
 }
@@ -264,12 +305,13 @@ impl Learner {
         check_meta(dir, &assets.manifest.name, &dims, &cfg.codec)?;
 
         let record_max = encoded_len(dims.tokens, dims.width, &cfg.codec);
-        let max_payload = (record_max.max(17 + Ocw::MAX_ENCODED_LEN)) as u32;
+        let max_payload = (record_max.max(STATE_MAX_LEN)) as u32;
         let store_path = dir.join(STORE_FILE);
         let mut store = Store::open_or_create(
             &store_path,
             StoreConfig::new(cfg.store_capacity, max_payload),
         )?;
+        store.set_durable(cfg.durable);
         let state = match store.state()? {
             Some(blob) => LearnerState::decode(&blob).map_err(|message| LearnError::State {
                 path: store_path.clone(),
@@ -393,7 +435,8 @@ impl Learner {
         });
         let text = self.predictor.encoder.encode_texts(&names)?;
 
-        // OCW update on the new sample, before the step (SPEC §3).
+        // OCW update on the new sample, before the step (SPEC §3), and the "none"
+        // calibration: the tuned model's cosine to the sample's own label.
         let z_o = self.predictor.original.forward_embeddings(tokens, 1);
         let original_correct = argmax_rows(&z_o, &text) == y;
         let probe = Batch {
@@ -402,11 +445,17 @@ impl Learner {
             text: &text,
             n_labels: ids.len(),
         };
-        let tuned_correct = self.backend.loss(&probe)?.correct == 1;
+        let (probe_stats, mut z_t) = self.backend.loss_embed(&probe)?;
+        let tuned_correct = probe_stats.correct == 1;
         self.state
             .ocw
             .observe(y_id, tuned_correct, original_correct)
             .map_err(|_| LearnError::TooManyLabels)?;
+        crate::block::l2_normalise(&mut z_t, self.dims.embed);
+        let e = self.dims.embed;
+        self.state
+            .typical
+            .observe(y_id, dot(&z_t, &text[y * e..(y + 1) * e]));
 
         // Compress and append.
         let w = token_weights(&self.predictor.original, tokens, 1);
@@ -458,7 +507,7 @@ impl Learner {
         if self.cfg.checkpoint_every > 0 && self.since_checkpoint >= self.cfg.checkpoint_every {
             self.checkpoint()?;
         } else {
-            self.store.set_state(&self.state.encode())?;
+            self.save_state()?;
         }
         Ok(LearnReport {
             label,
@@ -485,9 +534,29 @@ impl Learner {
         fs::rename(&tmp, &path).map_err(|source| io_err(&path, source))?;
         sync_dir(&self.dir);
         self.state.checkpoint_step = tuned.optim.step;
-        self.store.set_state(&self.state.encode())?;
+        self.save_state()?;
         self.since_checkpoint = 0;
         Ok(())
+    }
+
+    /// Writes the state blob, as large as the store's records may be.
+    fn save_state(&mut self) -> Result<(), LearnError> {
+        let max_record = self.store.geometry().max_record;
+        let mut max_len = max_record as usize;
+        while max_len > 0 && anytime_core::ring::layout::record_size(max_len as u32) > max_record {
+            max_len -= 1;
+        }
+        let blob = self.state.encode(max_len);
+        self.store.set_state(&blob)?;
+        Ok(())
+    }
+
+    /// The "none" calibration of a label (see [`crate::typicality`]), if it was learned.
+    pub fn typicality(&mut self, label: &str) -> Result<Option<typicality::Typicality>, LearnError> {
+        let Some(id) = self.store.find_label(label)? else {
+            return Ok(None);
+        };
+        Ok(self.state.typical.get(id).copied())
     }
 
     /// Checks labels and embeds their prompts (cached).
@@ -547,6 +616,10 @@ impl Learner {
                     (_, None) => 0.0,
                     (Mixing::Ocw, Some(id)) => self.state.ocw.alpha(*id),
                     (Mixing::OcwOther, Some(id)) => self.state.ocw.alpha_with_other(*id, p_other),
+                    (Mixing::OcwHard, Some(id)) => match self.state.ocw.get(*id) {
+                        Some(s) if s.c_tuned > s.c_original => 1.0,
+                        _ => 0.0,
+                    },
                     (Mixing::Fixed(a), Some(id)) => {
                         if self.state.ocw.get(*id).is_some() {
                             a
@@ -565,7 +638,12 @@ impl Learner {
             } else {
                 "mixed"
             };
-            out.push(Prediction::new(name, mixed, &set.labels, Some(p_other)));
+            let mut p = Prediction::new(name, mixed, &set.labels, Some(p_other));
+            let best = p.best();
+            p.none_score = known[best]
+                .and_then(|id| self.state.typical.get(id))
+                .and_then(|t| t.score(dot(zt, &set.text[best * e..(best + 1) * e])));
+            out.push(p);
         }
         Ok(out)
     }
@@ -686,11 +764,26 @@ mod tests {
         s.learned = 42;
         s.checkpoint_step = 40;
         s.ocw.observe(3, true, false).unwrap();
-        let bytes = s.encode();
+        s.typical.observe(3, 0.25);
+        let bytes = s.encode(usize::MAX);
         assert_eq!(LearnerState::decode(&bytes).unwrap(), s);
         assert!(LearnerState::decode(&bytes[..5]).is_err());
+        assert!(LearnerState::decode(&bytes[..bytes.len() - 1]).is_err());
         let mut bad = bytes.clone();
         bad[0] = 9;
         assert!(LearnerState::decode(&bad).unwrap_err().contains("version"));
+        // a blob with no room for the table keeps everything else
+        let small = s.encode(bytes.len() - 1);
+        let back = LearnerState::decode(&small).unwrap();
+        assert_eq!((back.learned, back.checkpoint_step), (42, 40));
+        assert!(back.typical.0.is_empty());
+        // version 1 (no OCW length, no table) is still read
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&bytes[1..17]);
+        let ocw_len = u32::from_le_bytes(bytes[17..21].try_into().unwrap()) as usize;
+        v1.extend_from_slice(&bytes[21..21 + ocw_len]);
+        let old = LearnerState::decode(&v1).unwrap();
+        assert_eq!(old.ocw, s.ocw);
+        assert!(old.typical.0.is_empty());
     }
 }

@@ -52,3 +52,4 @@ pub mod lines;
 pub mod predict;
 pub mod store;
 pub mod train;
+pub mod typicality;

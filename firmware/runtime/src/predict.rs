@@ -55,6 +55,10 @@ pub struct Prediction {
     pub ranked: Vec<(String, f32)>,
     /// `P_t(other|x)` when a tuned model took part.
     pub other: Option<f32>,
+    /// How atypical the image is of its best label, in standard deviations (see
+    /// [`crate::typicality`]): high for an image of none of the labels. `None` where the
+    /// best label was not learned (or not on enough samples yet).
+    pub none_score: Option<f32>,
 }
 
 impl Prediction {
@@ -72,6 +76,7 @@ impl Prediction {
             probs,
             ranked,
             other,
+            none_score: None,
         }
     }
 

@@ -77,6 +77,55 @@ fn ocw_uses_the_tuned_model_for_learned_labels_and_the_original_for_the_rest() {
     assert_eq!(mixed.probs[1], original.probs[1]);
     assert_eq!(mixed.ranked[0].0, taught);
     assert!(mixed.other.is_some());
+
+    // The "none" calibration saw every new sample of the taught label, before its step.
+    let t = learner.typicality(&taught).unwrap().unwrap();
+    assert_eq!(t.n, 40);
+    assert!(t.mean.is_finite() && t.var.is_finite() && t.var >= 0.0, "{t:?}");
+    assert!(learner.typicality("gamma").unwrap().is_none());
+    // The learned label answers with a none score; a never-learned best label without.
+    let score = mixed.none_score.expect("a learned best label has a score");
+    assert!(score.is_finite(), "{score}");
+    let unlearned = learner.label_set(&["gamma", "delta"]).unwrap();
+    let p = &learner
+        .predict_tokens(&tokens, &unlearned, Mixing::Ocw)
+        .unwrap()[0];
+    assert_eq!(p.none_score, None);
+}
+
+/// Mixing::OcwHard takes the tuned model where its OCW estimate beats the original's and
+/// the original elsewhere, with nothing in between.
+#[test]
+fn hard_mixing_picks_one_model_per_label() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut learner = Learner::open("tiny-clip", dir.path(), config()).unwrap();
+    let tokens = tiny_tokens("red_square.png");
+    let pair = learner.label_set(&["alpha", "beta"]).unwrap();
+    let zero_shot = &learner
+        .predict_tokens(&tokens, &pair, Mixing::OriginalOnly)
+        .unwrap()[0];
+    let taught = pair.labels[1 - zero_shot.best()].clone();
+    let other = pair.labels[zero_shot.best()].clone();
+    learner
+        .learn_tokens(&tiny_tokens("green_circle.png"), &other)
+        .unwrap();
+    for _ in 0..30 {
+        learner.learn_tokens(&tokens, &taught).unwrap();
+    }
+    let (c_t, c_o, _) = learner.ocw(&taught).unwrap().unwrap();
+    assert!(c_t > c_o, "{c_t} vs {c_o}");
+    let query = learner.label_set(&[taught.as_str(), "gamma"]).unwrap();
+    let hard = &learner
+        .predict_tokens(&tokens, &query, Mixing::OcwHard)
+        .unwrap()[0];
+    let tuned = &learner
+        .predict_tokens(&tokens, &query, Mixing::TunedOnly)
+        .unwrap()[0];
+    let original = &learner
+        .predict_tokens(&tokens, &query, Mixing::OriginalOnly)
+        .unwrap()[0];
+    assert_eq!(hard.probs[0], tuned.probs[0], "α = 1 for the taught label");
+    assert_eq!(hard.probs[1], original.probs[1], "α = 0 for a label never learned");
 }
 
 #[test]
