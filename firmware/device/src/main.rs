@@ -1,4 +1,4 @@
-//! `anytime-edge`: the device binary (predict, learn, serve).
+//! `anytime-edge`: the device binary (predict, learn, serve, demo).
 use anyhow::Result;
 use std::process::ExitCode;
 
@@ -25,6 +25,8 @@ enum Command {
     Learn(cmd::learn::Args),
     /// Long-running loop answering newline-delimited JSON requests.
     Serve(cmd::serve::Args),
+    /// The product on the model's bundled pictures: zero-shot, learn a few, predict again.
+    Demo(cmd::demo::Args),
 }
 
 /// Large arrays on cache lines: the training step's kernels load them a line at a time.
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
         Command::Predict(a) => cmd::predict::run(a),
         Command::Learn(a) => cmd::learn::run(a),
         Command::Serve(a) => cmd::serve::run(a),
+        Command::Demo(a) => cmd::demo::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

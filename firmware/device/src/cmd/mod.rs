@@ -1,3 +1,4 @@
+pub mod demo;
 pub mod learn;
 pub mod predict;
 pub mod serve;
@@ -5,13 +6,19 @@ pub mod serve;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use anytime_runtime::assets::ModelAssets;
 use anytime_runtime::learner::{Learner, LearnerConfig, Mixing};
+
+/// The model every command uses unless told otherwise: the best bundled one.
+pub const DEFAULT_MODEL: &str = "mini-clip";
+/// Names the model when `--model` is not given (before [`DEFAULT_MODEL`]).
+pub const MODEL_ENV: &str = "ANYTIME_EDGE_MODEL";
 
 /// Where the learner lives and how it trains (shared by `learn`, `predict --state`, `serve`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct LearnerArgs {
     /// Model name (under $ANYTIME_EDGE_ASSETS/models or bundled) or model folder.
-    #[arg(long, default_value = "tiny-clip")]
+    #[arg(long, env = MODEL_ENV, default_value = DEFAULT_MODEL)]
     pub model: String,
     /// Learner folder (token store, tuned weights, OCW state); created if missing.
     #[arg(long)]
@@ -25,7 +32,8 @@ pub struct LearnerArgs {
     /// Train on the CPU even when a GPU adapter exists.
     #[arg(long)]
     pub cpu: bool,
-    /// Learning rate (SPEC: 9.375e-6 for ViT-B/32).
+    /// Learning rate (default: the model's `[learner] lr`, else SPEC's 9.375e-6 for
+    /// ViT-B/32).
     #[arg(long)]
     pub lr: Option<f32>,
 }
@@ -38,7 +46,12 @@ impl LearnerArgs {
             gpu: !self.cpu,
             ..LearnerConfig::default()
         };
-        if let Some(lr) = self.lr {
+        let model_lr = || -> Result<Option<f32>> {
+            let assets = ModelAssets::find(&self.model)
+                .with_context(|| format!("finding model `{}`", self.model))?;
+            Ok(assets.manifest.learner.lr)
+        };
+        if let Some(lr) = self.lr.map_or_else(model_lr, |lr| Ok(Some(lr)))? {
             cfg.train.lr = lr;
         }
         let learner = Learner::open(&self.model, &self.state, cfg).with_context(|| {
@@ -58,6 +71,7 @@ pub fn parse_mixing(s: &str) -> Result<Mixing, String> {
     match s {
         "ocw" => Ok(Mixing::Ocw),
         "ocw-other" => Ok(Mixing::OcwOther),
+        "ocw-hard" => Ok(Mixing::OcwHard),
         "tuned" => Ok(Mixing::TunedOnly),
         "original" | "zero-shot" => Ok(Mixing::OriginalOnly),
         other => other
@@ -66,7 +80,7 @@ pub fn parse_mixing(s: &str) -> Result<Mixing, String> {
             .filter(|a| (0.0..=1.0).contains(a))
             .map(Mixing::Fixed)
             .ok_or_else(|| {
-                format!("unknown mixing `{other}` (ocw, ocw-other, tuned, original, fixed:A)")
+                format!("unknown mixing `{other}` (ocw, ocw-other, ocw-hard, tuned, original, fixed:A)")
             }),
     }
 }

@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use anytime_runtime::encoder::{load_image, DynamicImage};
 use anytime_runtime::learner::{Learner, Mixing};
 use anytime_runtime::predict::{LabelSet, Prediction, Predictor};
+use anytime_runtime::typicality::threshold_for_rate;
 use serde_json::json;
 
 use super::{parse_mixing, LearnerArgs};
@@ -13,17 +14,22 @@ use super::{parse_mixing, LearnerArgs};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Model name (under $ANYTIME_EDGE_ASSETS/models or bundled) or model folder.
-    #[arg(long, default_value = "tiny-clip")]
+    #[arg(long, env = super::MODEL_ENV, default_value = super::DEFAULT_MODEL)]
     model: String,
     /// Learner folder: predict with the tuned model mixed in by OCW (default: zero-shot).
     #[arg(long)]
     state: Option<PathBuf>,
-    /// With --state: ocw, ocw-other, tuned, original, or fixed:A.
+    /// With --state: ocw, ocw-other, ocw-hard, tuned, original, or fixed:A.
     #[arg(long, default_value = "ocw", value_parser = parse_mixing)]
     mixing: Mixing,
     /// With --state: answer "none" when P_t(other|x) exceeds this.
     #[arg(long)]
     none_threshold: Option<f32>,
+    /// With --state: answer "none" for an image less similar to its best learned label
+    /// than all but this share of that label's own images (e.g. 0.05: about 5 % of the
+    /// images of a learned label are refused; see BENCHMARKS.md for what it catches).
+    #[arg(long, value_parser = parse_rate)]
+    none_rate: Option<f32>,
     /// Comma-separated candidate labels, e.g. "cat,dog,car".
     #[arg(long, value_delimiter = ',')]
     labels: Vec<String>,
@@ -89,6 +95,7 @@ pub fn run(a: Args) -> Result<()> {
         }
     };
     let set = model.label_set(&a.labels).context("checking the labels")?;
+    let rule = NoneRule::new(a.none_threshold, a.none_rate);
     let mut failed = 0usize;
     for path in &a.images {
         let shown = path.to_string_lossy();
@@ -96,7 +103,7 @@ pub fn run(a: Args) -> Result<()> {
             .map_err(anyhow::Error::from)
             .and_then(|img| model.predict(img, &set));
         match result {
-            Ok(p) => print_prediction(&shown, &p, a.top, a.none_threshold, a.json),
+            Ok(p) => print_prediction(&shown, &p, a.top, &rule, a.json),
             Err(e) => {
                 failed += 1;
                 if a.json {
@@ -116,15 +123,44 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
-/// The answer: the best label, or "none" when `P_t(other|x)` exceeds the threshold.
-pub fn answer(p: &Prediction, none_threshold: Option<f32>) -> String {
-    match (p.other, none_threshold) {
-        (Some(o), Some(t)) if o > t => "none".to_string(),
-        _ => p.ranked[0].0.clone(),
+/// When the answer is "none" (either rule that is set).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoneRule {
+    /// `P_t(other|x)` above this.
+    pub other_threshold: Option<f32>,
+    /// The image's none score (see `anytime_runtime::typicality`) above this.
+    pub score_threshold: Option<f32>,
+}
+
+impl NoneRule {
+    pub fn new(other_threshold: Option<f32>, rate: Option<f32>) -> Self {
+        Self {
+            other_threshold,
+            score_threshold: rate.and_then(threshold_for_rate),
+        }
     }
 }
 
-fn print_prediction(path: &str, p: &Prediction, top: usize, none: Option<f32>, as_json: bool) {
+/// Parses a share in (0, 1).
+pub fn parse_rate(s: &str) -> Result<f32, String> {
+    s.parse::<f32>()
+        .ok()
+        .filter(|r| *r > 0.0 && *r < 1.0)
+        .ok_or_else(|| format!("`{s}` is not a share between 0 and 1 (e.g. 0.05)"))
+}
+
+/// The answer: the best label, or "none" when the rule says so.
+pub fn answer(p: &Prediction, rule: &NoneRule) -> String {
+    let other = matches!((p.other, rule.other_threshold), (Some(o), Some(t)) if o > t);
+    let atypical = matches!((p.none_score, rule.score_threshold), (Some(s), Some(t)) if s > t);
+    if other || atypical {
+        "none".to_string()
+    } else {
+        p.ranked[0].0.clone()
+    }
+}
+
+fn print_prediction(path: &str, p: &Prediction, top: usize, none: &NoneRule, as_json: bool) {
     let n = if top == 0 {
         p.ranked.len()
     } else {
@@ -145,15 +181,11 @@ fn print_prediction(path: &str, p: &Prediction, top: usize, none: Option<f32>, a
 }
 
 /// The JSON answer for one image (also used by `serve`).
-pub fn prediction_json(
-    path: &str,
-    p: &Prediction,
-    n: usize,
-    none: Option<f32>,
-) -> serde_json::Value {
+pub fn prediction_json(path: &str, p: &Prediction, n: usize, none: &NoneRule) -> serde_json::Value {
     let ranked: Vec<_> = p.ranked[..n.min(p.ranked.len())]
         .iter()
         .map(|(label, prob)| json!({"label": label, "p": prob}))
         .collect();
-    json!({"image": path, "answer": answer(p, none), "model": p.model, "ranked": ranked, "other": p.other})
+    json!({"image": path, "answer": answer(p, none), "model": p.model, "ranked": ranked,
+           "other": p.other, "none_score": p.none_score})
 }

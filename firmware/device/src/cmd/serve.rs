@@ -3,7 +3,7 @@
 //!
 //! Requests (an optional `"id"` is echoed back):
 //! - `{"learn": "img.png", "label": "cat"}`
-//! - `{"predict": "img.png", "labels": ["cat", "dog"], "mixing": "ocw", "none_threshold": 0.5, "top": 5}`
+//! - `{"predict": "img.png", "labels": ["cat", "dog"], "mixing": "ocw", "none_threshold": 0.5, "none_rate": 0.05, "top": 5}`
 //! - `{"checkpoint": true}` — save the tuned weights now
 //! - `{"stats": true}` — samples learned, labels and their stored counts, training path
 //!
@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use super::predict::prediction_json;
+use super::predict::{prediction_json, NoneRule};
 use super::{parse_mixing, LearnerArgs};
 
 #[derive(clap::Args, Debug)]
@@ -163,10 +163,20 @@ fn answer(learner: &mut Learner, req: &Value) -> Result<Value> {
             Some(m) => parse_mixing(m).map_err(anyhow::Error::msg)?,
             None => Mixing::Ocw,
         };
-        let none = req
+        let other = req
             .get("none_threshold")
             .and_then(Value::as_f64)
             .map(|t| t as f32);
+        let rate = match req.get("none_rate") {
+            None => None,
+            Some(v) => Some(
+                v.as_f64()
+                    .map(|r| r as f32)
+                    .filter(|r| *r > 0.0 && *r < 1.0)
+                    .context("\"none_rate\" must be a share between 0 and 1")?,
+            ),
+        };
+        let none = NoneRule::new(other, rate);
         let top = req.get("top").and_then(Value::as_u64).unwrap_or(5) as usize;
         let set = learner.label_set(&labels)?;
         let img = load_image(path.as_ref())?;
@@ -175,7 +185,7 @@ fn answer(learner: &mut Learner, req: &Value) -> Result<Value> {
             path,
             &p,
             if top == 0 { labels.len() } else { top },
-            none,
+            &none,
         ));
     }
     if req.get("checkpoint").is_some() {

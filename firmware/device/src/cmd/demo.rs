@@ -1,0 +1,252 @@
+//! `anytime-edge demo`: the product in one command, on the model's bundled pictures.
+//!
+//! Zero-shot prediction of every picture in `<model>/images/` over the labels they are
+//! named after (`<label>_<n>.png`), then one update per picture of `<model>/images/learn/`
+//! in a fresh learner, then prediction again with the learner (OCW mixing). Prints one
+//! line per label, before and after, so that what changed shows at a glance.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use anytime_runtime::assets::ModelAssets;
+use anytime_runtime::encoder::{load_image, DynamicImage};
+use anytime_runtime::learner::Mixing;
+use anytime_runtime::predict::Predictor;
+
+use super::LearnerArgs;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Model name or folder; its `images/` holds the pictures.
+    #[arg(long, env = super::MODEL_ENV, default_value = super::DEFAULT_MODEL)]
+    model: String,
+    /// Learner folder to create (default: a new temporary folder, removed afterwards).
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Train on the CPU even when a GPU adapter exists.
+    #[arg(long)]
+    cpu: bool,
+}
+
+/// A picture and the label it is named after.
+struct Picture {
+    name: String,
+    label: String,
+    image: DynamicImage,
+}
+
+/// The label of a file stem `<label>` or `<label>_<n>`.
+fn picture_label(stem: &str) -> &str {
+    match stem.rsplit_once('_') {
+        Some((base, n))
+            if !base.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            base
+        }
+        _ => stem,
+    }
+}
+
+/// The PNG/JPEG pictures directly in `dir`, sorted by file name.
+fn pictures(dir: &Path) -> Result<Vec<Picture>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .collect::<std::io::Result<Vec<_>>>()
+        .with_context(|| format!("reading {}", dir.display()))?
+        .into_iter()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| matches!(e, "png" | "jpg" | "jpeg"))
+        })
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| {
+            let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+            Ok(Picture {
+                name: p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                label: picture_label(stem).replace('_', " "),
+                image: load_image(&p)?,
+            })
+        })
+        .collect()
+}
+
+/// Per label: (right, total, wrong answers).
+type Tally = BTreeMap<String, (usize, usize, Vec<String>)>;
+
+fn tally(pics: &[Picture], answers: &[String]) -> Tally {
+    let mut t = Tally::new();
+    for (p, a) in pics.iter().zip(answers) {
+        let e = t.entry(p.label.clone()).or_default();
+        e.1 += 1;
+        if *a == p.label {
+            e.0 += 1;
+        } else {
+            e.2.push(a.clone());
+        }
+    }
+    t
+}
+
+fn total(t: &Tally) -> (usize, usize) {
+    t.values().fold((0, 0), |(r, n), v| (r + v.0, n + v.1))
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let assets = ModelAssets::find(&a.model).with_context(|| format!("model `{}`", a.model))?;
+    let dir = assets.dir.join("images");
+    let test = pictures(&dir)?;
+    let learn = pictures(&dir.join("learn")).unwrap_or_default();
+    ensure!(
+        !test.is_empty(),
+        "{} holds no pictures named <label>_<n>.png",
+        dir.display()
+    );
+    ensure!(
+        !learn.is_empty(),
+        "{} holds no pictures to learn from",
+        dir.join("learn").display()
+    );
+    let mut labels: Vec<String> = test.iter().map(|p| p.label.clone()).collect();
+    labels.sort();
+    labels.dedup();
+    let learned: Vec<String> = {
+        let mut l: Vec<String> = learn.iter().map(|p| p.label.clone()).collect();
+        l.sort();
+        l.dedup();
+        l
+    };
+    println!(
+        "anytime-edge demo: model `{}`, {} pictures of {} labels in {}",
+        assets.manifest.name,
+        test.len(),
+        labels.len(),
+        dir.display()
+    );
+    println!("labels asked for: {}\n", labels.join(", "));
+
+    let images: Vec<DynamicImage> = test.iter().map(|p| p.image.clone()).collect();
+    let mut predictor = Predictor::from_assets(&assets)?;
+    let set = predictor.label_set(&labels)?;
+    let before: Vec<String> = predictor
+        .predict(&images, &set)?
+        .into_iter()
+        .map(|p| p.ranked[0].0.clone())
+        .collect();
+
+    let tmp;
+    let state = match &a.state {
+        Some(s) => {
+            if s.exists() {
+                bail!(
+                    "{} exists: the demo starts from a new learner folder",
+                    s.display()
+                );
+            }
+            s.clone()
+        }
+        None => {
+            tmp = TempDir::new()?;
+            tmp.0.clone()
+        }
+    };
+    let args = LearnerArgs {
+        model: a.model.clone(),
+        state,
+        capacity: 16 << 20,
+        checkpoint_every: 0,
+        cpu: a.cpu,
+        lr: None,
+    };
+    let mut learner = args.open()?;
+    let t = Instant::now();
+    for p in &learn {
+        learner
+            .learn_image(&p.image, &p.label)
+            .with_context(|| format!("learning {}", p.name))?;
+    }
+    let learn_s = t.elapsed().as_secs_f64();
+    learner.checkpoint()?;
+    let set = learner.label_set(&labels)?;
+    let after: Vec<String> = learner
+        .predict_images(&images, &set, Mixing::Ocw)?
+        .into_iter()
+        .map(|p| p.ranked[0].0.clone())
+        .collect();
+
+    let (tb, ta) = (tally(&test, &before), tally(&test, &after));
+    println!("before:   zero-shot (the frozen CLIP alone, nothing learned)");
+    println!(
+        "learning: {} pictures of {} from {}, one training step each ({:.2} s on {})",
+        learn.len(),
+        learned.join(", "),
+        dir.join("learn").display(),
+        learn_s,
+        learner.backend_name()
+    );
+    println!("after:    the learner (tuned last block mixed in by OCW)");
+    println!("\n  {:<12} {:>8}   {:>8}", "label", "before", "after");
+    for (label, (rb, nb, wrong_b)) in &tb {
+        let (ra, _, wrong_a) = &ta[label];
+        let mark = if learned.contains(label) {
+            "  ← learned"
+        } else {
+            ""
+        };
+        let says = |w: &Vec<String>| {
+            if w.is_empty() {
+                String::new()
+            } else {
+                format!(" (said {})", w.join(", "))
+            }
+        };
+        println!(
+            "  {label:<12} {:>8}   {:>8}{mark}{}",
+            format!("{rb}/{nb}"),
+            format!("{ra}/{nb}"),
+            if ra < nb {
+                says(wrong_a)
+            } else if rb < nb && learned.contains(label) {
+                format!(" (before: said {})", wrong_b.join(", "))
+            } else {
+                String::new()
+            }
+        );
+    }
+    let ((rb, n), (ra, _)) = (total(&tb), total(&ta));
+    println!("\n  right: {rb}/{n} before, {ra}/{n} after");
+    Ok(())
+}
+
+/// A folder removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<Self> {
+        let base = std::env::temp_dir();
+        for i in 0..1000u32 {
+            let p = base.join(format!("anytime-edge-demo-{}-{i}", std::process::id()));
+            if std::fs::create_dir(&p).is_ok() {
+                return Ok(Self(p.join("learner")));
+            }
+        }
+        bail!("cannot create a temporary folder in {}", base.display())
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Some(parent) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(parent);
+        }
+    }
+}
