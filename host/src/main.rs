@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 mod sim;
+#[cfg(test)]
+mod skip;
 
 #[derive(Parser, Debug)]
 #[command(
