@@ -20,10 +20,11 @@ use anyhow::{bail, ensure, Context, Result};
 use anytime_core::codec::{encoded_len, CodecParams};
 use anytime_runtime::assets::ModelAssets;
 use anytime_runtime::learner::{Learner, LearnerConfig, Mixing};
-use anytime_runtime::predict::{LabelSet, Predictor};
+use anytime_runtime::predict::{LabelSet, Prediction, Predictor};
+use anytime_runtime::typicality::threshold_for_rate;
 use anytime_runtime::train::TrainConfig;
 
-use super::method::{Features, Method};
+use super::method::{Features, Method, NoneSignal, OpenPick};
 
 /// How a learner trains: what differs between learners that cannot be shared.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -42,10 +43,18 @@ pub struct LearnerSpec {
     pub mixing: Mixing,
 }
 
-/// Names of the learner's methods (besides `kKbB`, the full method storing with codec
-/// `k = K`, `bits = B`).
-pub const LEARNER_METHODS: [&str; 6] =
-    ["full", "tuned", "no-ocw", "alpha-other", "no-other", "raw"];
+/// Names of the learner's methods (besides `kKbB[-plain]`, the full method storing with
+/// codec `k = K`, `bits = B`, with plain instead of attention-weighted PCA for `-plain`).
+pub const LEARNER_METHODS: [&str; 8] = [
+    "full",
+    "tuned",
+    "no-ocw",
+    "alpha-other",
+    "alpha-hard",
+    "no-other",
+    "raw",
+    "plain-pca",
+];
 
 /// The fixed α of the "no OCW" ablation (SPEC §9): an even mix for every learned label.
 pub const NO_OCW_ALPHA: f32 = 0.5;
@@ -65,6 +74,17 @@ pub fn parse_method(name: &str, codec: CodecParams, tokens: usize) -> Result<Opt
         "tuned" => (base, Mixing::TunedOnly),
         "no-ocw" => (base, Mixing::Fixed(NO_OCW_ALPHA)),
         "alpha-other" => (base, Mixing::OcwOther),
+        "alpha-hard" => (base, Mixing::OcwHard),
+        "plain-pca" => (
+            Training {
+                codec: CodecParams {
+                    weighted: false,
+                    ..codec
+                },
+                ..base
+            },
+            Mixing::Ocw,
+        ),
         "no-other" => (
             Training {
                 beta_other: 0.0,
@@ -84,7 +104,11 @@ pub fn parse_method(name: &str, codec: CodecParams, tokens: usize) -> Result<Opt
             Mixing::Ocw,
         ),
         other => {
-            let Some(kb) = other.strip_prefix('k') else {
+            let (kb, weighted) = match other.strip_suffix("-plain") {
+                Some(kb) => (kb, false),
+                None => (other, codec.weighted),
+            };
+            let Some(kb) = kb.strip_prefix('k') else {
                 return Ok(None);
             };
             let Some((k, b)) = kb.split_once('b') else {
@@ -103,11 +127,7 @@ pub fn parse_method(name: &str, codec: CodecParams, tokens: usize) -> Result<Opt
             );
             (
                 Training {
-                    codec: CodecParams {
-                        k,
-                        bits,
-                        weighted: codec.weighted,
-                    },
+                    codec: CodecParams { k, bits, weighted },
                     ..base
                 },
                 Mixing::Ocw,
@@ -192,6 +212,8 @@ impl SharedLearner {
             checkpoint_every: 0,
             seed: settings.seed,
             gpu: settings.gpu,
+            // a simulation's learners are rebuilt from scratch on every run
+            durable: false,
         };
         let learner = Learner::with_predictor(predictor, assets, dir, cfg)
             .with_context(|| format!("creating the learner in {}", dir.display()))?;
@@ -284,6 +306,27 @@ impl LearnerMethod {
         self.shared.borrow().learner.backend_name()
     }
 
+    /// The learner's prediction of one image over `candidates` with this method's mixing.
+    fn prediction(&mut self, x: &Features<'_>, candidates: &[u16]) -> Result<Prediction> {
+        let Some(tokens) = x.tokens else {
+            bail!("the learner needs the sample's tokens");
+        };
+        let mut shared = self.shared.borrow_mut();
+        if !self.sets.contains_key(candidates) {
+            let names = candidates
+                .iter()
+                .map(|&l| self.name_of(l).map(str::to_owned))
+                .collect::<Result<Vec<_>>>()?;
+            let set = shared.learner.label_set(&names)?;
+            self.sets.insert(candidates.to_vec(), set);
+        }
+        let set = &self.sets[candidates];
+        let (n, d) = shared.dims;
+        ensure!(tokens.len() == n * d, "tokens are not [{n}, {d}]");
+        let mut p = shared.learner.predict_tokens(tokens, set, self.mixing)?;
+        Ok(p.remove(0))
+    }
+
     fn name_of(&self, label: u16) -> Result<&str> {
         self.names
             .get(usize::from(label))
@@ -310,23 +353,37 @@ impl Method for LearnerMethod {
     }
 
     fn predict(&mut self, x: &Features<'_>, candidates: &[u16]) -> Result<usize> {
-        let Some(tokens) = x.tokens else {
-            bail!("the learner needs the sample's tokens");
-        };
-        let mut shared = self.shared.borrow_mut();
-        if !self.sets.contains_key(candidates) {
-            let names = candidates
-                .iter()
-                .map(|&l| self.name_of(l).map(str::to_owned))
-                .collect::<Result<Vec<_>>>()?;
-            let set = shared.learner.label_set(&names)?;
-            self.sets.insert(candidates.to_vec(), set);
-        }
-        let set = &self.sets[candidates];
-        let (n, d) = shared.dims;
-        ensure!(tokens.len() == n * d, "tokens are not [{n}, {d}]");
-        let p = shared.learner.predict_tokens(tokens, set, self.mixing)?;
-        Ok(p[0].best())
+        Ok(self.prediction(x, candidates)?.best())
+    }
+
+    /// `P_t(other|x)` (the tuned model's "other" over the candidates and "other"), the
+    /// mixture's maximum probability's complement, and the none score of
+    /// `anytime_runtime::typicality` (at the CLI's `--none-rate 0.05`).
+    fn predict_open(&mut self, x: &Features<'_>, candidates: &[u16]) -> Result<Option<OpenPick>> {
+        let p = self.prediction(x, candidates)?;
+        let best = p.best();
+        let max_p = f64::from(p.probs[best]);
+        Ok(Some(OpenPick {
+            pick: best,
+            signals: vec![
+                NoneSignal {
+                    name: "p_other",
+                    value: f64::from(p.other.unwrap_or(0.0)),
+                    threshold: 0.5,
+                },
+                NoneSignal {
+                    name: "1-max_p",
+                    value: 1.0 - max_p,
+                    threshold: 0.5,
+                },
+                NoneSignal {
+                    name: "none_score",
+                    // a label without a calibration yet is never refused
+                    value: p.none_score.map_or(-1e9, f64::from),
+                    threshold: f64::from(threshold_for_rate(0.05).unwrap_or(f32::INFINITY)),
+                },
+            ],
+        }))
     }
 
     /// Bytes of the records in the learner's store (payloads, without the ring's
@@ -416,6 +473,28 @@ mod tests {
         assert_eq!((raw.training.codec.k, raw.training.codec.bits), (50, 32));
         let k2 = parse_method("k2b4", c, 50).unwrap().unwrap();
         assert_eq!((k2.training.codec.k, k2.training.codec.bits), (2, 4));
+        assert!(k2.training.codec.weighted);
+        let plain = parse_method("k3b8-plain", c, 50).unwrap().unwrap();
+        assert_eq!(
+            plain.training.codec,
+            CodecParams {
+                k: 3,
+                bits: 8,
+                weighted: false
+            }
+        );
+        let plain = parse_method("plain-pca", c, 50).unwrap().unwrap();
+        assert_eq!(
+            plain.training.codec,
+            CodecParams {
+                weighted: false,
+                ..c
+            }
+        );
+        assert_eq!(
+            parse_method("alpha-hard", c, 50).unwrap().unwrap().mixing,
+            Mixing::OcwHard
+        );
         assert!(parse_method("k99b8", c, 50).is_err());
         assert!(parse_method("k2b5", c, 50).is_err());
         assert!(parse_method("ncm", c, 50).unwrap().is_none());

@@ -26,6 +26,11 @@ pub trait Method {
     fn observe(&mut self, x: &Features<'_>, label: u16) -> Result<()>;
     /// Picks one of `candidates` (global label ids); returns its index.
     fn predict(&mut self, x: &Features<'_>, candidates: &[u16]) -> Result<usize>;
+    /// Picks one of `candidates` and says how likely the image is none of them
+    /// ("none of the above"); `None` when the method has no such signal.
+    fn predict_open(&mut self, _x: &Features<'_>, _candidates: &[u16]) -> Result<Option<OpenPick>> {
+        Ok(None)
+    }
     /// Bytes the method keeps for everything it has observed.
     fn stored_bytes(&self) -> u64 {
         0
@@ -43,6 +48,33 @@ pub trait Method {
     fn update_seconds(&self) -> Option<f64> {
         None
     }
+}
+
+/// A pick with signals that the image is none of the candidates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenPick {
+    pub pick: usize,
+    /// The same signals in the same order on every call.
+    pub signals: Vec<NoneSignal>,
+}
+
+/// One "none of the above" signal of one image: higher when the image is more likely none
+/// of the candidates; "none" is answered above `threshold` (the operating point reported).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NoneSignal {
+    pub name: &'static str,
+    pub value: f64,
+    pub threshold: f64,
+}
+
+/// The probabilities `softmax(τ · scores)` with CLIP's fixed `τ = 100`, and their maximum.
+pub fn max_softmax(scores: &[f32]) -> f64 {
+    let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = scores
+        .iter()
+        .map(|&s| (100.0 * f64::from(s - m)).exp())
+        .sum();
+    1.0 / sum
 }
 
 /// L2-normalised text embeddings of every global label, `[labels, E]` row-major.
@@ -127,6 +159,22 @@ impl Method for ZeroShot {
             .map(|&l| Ok(dot(x.embedding, self.text.row(l)?)))
             .collect::<Result<Vec<f32>>>()?;
         pick(&scores)
+    }
+
+    /// The maximum softmax probability's complement (the classic open-set baseline).
+    fn predict_open(&mut self, x: &Features<'_>, candidates: &[u16]) -> Result<Option<OpenPick>> {
+        let scores = candidates
+            .iter()
+            .map(|&l| Ok(dot(x.embedding, self.text.row(l)?)))
+            .collect::<Result<Vec<f32>>>()?;
+        Ok(Some(OpenPick {
+            pick: pick(&scores)?,
+            signals: vec![NoneSignal {
+                name: "1-max_p",
+                value: 1.0 - max_softmax(&scores),
+                threshold: 0.5,
+            }],
+        }))
     }
 }
 

@@ -92,6 +92,93 @@ pub struct StageResult {
     pub eval_s: f64,
     /// Peak resident memory of the process so far, in KiB (Linux only).
     pub peak_rss_kib: Option<u64>,
+    /// "None of the above" (class protocol): how well each of the method's signals
+    /// separates test images of labels not learned yet from those of learned ones,
+    /// asked over the learned labels only.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub none: Vec<NoneEval>,
+}
+
+/// One "none of the above" signal at one stage.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct NoneEval {
+    pub signal: String,
+    /// Area under the ROC curve of the signal, images of unlearned labels positive;
+    /// 0.5 is chance.
+    pub auroc: Option<f64>,
+    /// The threshold of the operating point below (the CLI's default for `p_other`).
+    pub threshold: f64,
+    /// Share (%) of images of unlearned labels answered "none" at `threshold`.
+    pub abstain_unlearned: Option<f64>,
+    /// Share (%) of images of learned labels answered "none" at `threshold`.
+    pub abstain_learned: Option<f64>,
+    /// Accuracy (%) on the images of learned labels that were not answered "none".
+    pub acc_answered: Option<f64>,
+}
+
+/// Area under the ROC curve of `scores` for `positive` against the rest (Mann–Whitney,
+/// ties counted half); `None` without both classes or with a non-finite score.
+pub fn auroc(scores: &[f64], positive: &[bool]) -> Option<f64> {
+    if scores.iter().any(|s| !s.is_finite()) {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    let (mut rank_sum, mut n_pos) = (0.0f64, 0usize);
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
+            j += 1;
+        }
+        let mid = (i + j) as f64 / 2.0 + 1.0; // 1-based mean rank of the tie block
+        for &k in &order[i..=j] {
+            if positive[k] {
+                rank_sum += mid;
+                n_pos += 1;
+            }
+        }
+        i = j + 1;
+    }
+    let n_neg = scores.len() - n_pos;
+    if n_pos == 0 || n_neg == 0 {
+        return None;
+    }
+    let u = rank_sum - (n_pos * (n_pos + 1)) as f64 / 2.0;
+    Some(u / (n_pos * n_neg) as f64)
+}
+
+/// Evaluates one signal: `scores[i]` of image `i`, `unlearned[i]` whether its label was
+/// not learned yet, `correct[i]` whether the pick was right (learned labels only).
+pub fn none_eval(
+    signal: &str,
+    scores: &[f64],
+    unlearned: &[bool],
+    correct: &[bool],
+    threshold: f64,
+) -> NoneEval {
+    let mut abst_u = Tally::default();
+    let mut abst_l = Tally::default();
+    let mut answered = Tally::default();
+    for ((&s, &u), &c) in scores.iter().zip(unlearned).zip(correct) {
+        let none = s > threshold;
+        if u {
+            abst_u.add(none);
+        } else {
+            abst_l.add(none);
+            if !none {
+                answered.add(c);
+            }
+        }
+    }
+    NoneEval {
+        signal: signal.to_owned(),
+        auroc: auroc(scores, unlearned),
+        threshold,
+        abstain_unlearned: abst_u.percent(),
+        abstain_learned: abst_l.percent(),
+        acc_answered: answered.percent(),
+    }
 }
 
 impl StageResult {
@@ -119,6 +206,20 @@ pub struct Summary {
     pub mean_update_ms: Option<f64>,
     pub train_steps: u64,
     pub bytes_per_sample: f64,
+    /// "None of the above": each signal averaged over the stages that measure it (class
+    /// protocol).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub none: Vec<NoneSummary>,
+}
+
+/// One "none of the above" signal averaged over stages.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct NoneSummary {
+    pub signal: String,
+    pub auroc: Option<f64>,
+    pub threshold: f64,
+    pub abstain_unlearned: Option<f64>,
+    pub abstain_learned: Option<f64>,
 }
 
 /// Summarises one method's rows (in stage order) against the plan's groups.
@@ -160,7 +261,36 @@ pub fn summarise(plan: &Plan, rows: &[&StageResult]) -> Option<Summary> {
             .then(|| updates.iter().sum::<f64>() / updates.len() as f64),
         train_steps: last.train_steps,
         bytes_per_sample: last.bytes_per_sample,
+        none: mean_none(rows),
     })
+}
+
+/// Per "none of the above" signal, its figures averaged over the stages that have them.
+fn mean_none(rows: &[&StageResult]) -> Vec<NoneSummary> {
+    let mut names: Vec<(&str, f64)> = Vec::new();
+    for e in rows.iter().flat_map(|r| &r.none) {
+        if !names.iter().any(|(n, _)| *n == e.signal) {
+            names.push((&e.signal, e.threshold));
+        }
+    }
+    let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    names
+        .into_iter()
+        .map(|(n, threshold)| {
+            let evals: Vec<&NoneEval> = rows
+                .iter()
+                .flat_map(|r| &r.none)
+                .filter(|e| e.signal == n)
+                .collect();
+            NoneSummary {
+                signal: n.to_owned(),
+                auroc: mean(evals.iter().filter_map(|e| e.auroc).collect()),
+                threshold,
+                abstain_unlearned: mean(evals.iter().filter_map(|e| e.abstain_unlearned).collect()),
+                abstain_learned: mean(evals.iter().filter_map(|e| e.abstain_learned).collect()),
+            }
+        })
+        .collect()
 }
 
 /// Everything a run writes.
@@ -342,7 +472,35 @@ mod tests {
             update_ms: Some(2.0),
             eval_s: 0.1,
             peak_rss_kib: None,
+            none: Vec::new(),
         }
+    }
+
+    #[test]
+    fn auroc_is_the_probability_a_positive_outranks_a_negative() {
+        assert_eq!(auroc(&[0.1, 0.2, 0.8, 0.9], &[false, false, true, true]), Some(1.0));
+        assert_eq!(auroc(&[0.9, 0.8, 0.2, 0.1], &[false, false, true, true]), Some(0.0));
+        // ties count half
+        assert_eq!(auroc(&[0.5; 4], &[false, true, false, true]), Some(0.5));
+        // 3 of the 4 (positive, negative) pairs ordered right
+        assert_eq!(auroc(&[0.1, 0.3, 0.2, 0.4], &[false, true, false, true]), Some(0.75));
+        assert_eq!(auroc(&[0.1, 0.2], &[true, true]), None);
+        assert_eq!(auroc(&[f64::NAN, 0.2], &[true, false]), None);
+    }
+
+    #[test]
+    fn none_eval_counts_abstentions_and_answered_accuracy() {
+        let e = none_eval(
+            "p_other",
+            &[0.9, 0.1, 0.6, 0.2, 0.3],
+            &[true, true, false, false, false],
+            &[false, false, true, true, false],
+            0.5,
+        );
+        assert_eq!(e.abstain_unlearned, Some(50.0));
+        assert!((e.abstain_learned.unwrap() - 100.0 / 3.0).abs() < 1e-9);
+        assert_eq!(e.acc_answered, Some(50.0));
+        assert_eq!(e.auroc, Some(0.5));
     }
 
     #[test]

@@ -14,8 +14,15 @@
 //!   evaluation group per class group, so seen and unseen accuracy and forgetting
 //!   can be read off.
 //! - **task**: one stage per source, in order; each source's test set is scored
-//!   over its own labels; an optional held-out source is never trained on and
-//!   measures zero-shot retention.
+//!   over its own labels.
+//!
+//! Every protocol takes an optional held-out source (the last one): it is never
+//! trained on, and its test set, scored over its own labels at every stage, measures
+//! zero-shot retention.
+//!
+//! With `validation`, each trained source's evaluation set is that many
+//! class-stratified images carved out of its *training* split (and never trained on)
+//! instead of its test split: for choosing knobs without looking at the test images.
 //!
 //! `--limit-*` subsampling is class-stratified (round robin over classes in a
 //! seeded order) and applies to each source separately.
@@ -25,6 +32,8 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
+
+use super::dataset::Split;
 
 /// Which protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -72,6 +81,8 @@ pub struct Stage {
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalGroup {
     pub name: String,
+    /// The split the samples are taken from (the training split for a validation set).
+    pub split: Split,
     /// Test samples (serialised as their number).
     #[serde(rename = "num_samples", serialize_with = "serialize_len")]
     pub samples: Vec<SampleRef>,
@@ -110,8 +121,11 @@ pub struct PlanOptions {
     pub percents: Vec<u32>,
     /// Class-incremental: number of class groups.
     pub groups: usize,
-    /// Task-incremental: the last source is held out (never trained on).
+    /// The last source is held out (never trained on, zero-shot retention).
     pub held_out_last: bool,
+    /// Evaluate on this many class-stratified training images per trained source,
+    /// held out of training, instead of on the test split.
+    pub validation: Option<usize>,
     pub limit_train: Option<usize>,
     pub limit_test: Option<usize>,
 }
@@ -124,6 +138,7 @@ impl Default for PlanOptions {
             percents: DEFAULT_PERCENTS.to_vec(),
             groups: 5,
             held_out_last: false,
+            validation: None,
             limit_train: None,
             limit_test: None,
         }
@@ -199,16 +214,46 @@ pub fn plan(sources: &[SourceInfo], opts: &PlanOptions) -> Result<Plan> {
     }
     // seeds derived per purpose and source, so limits do not change the orders
     let sub_seed = |s: usize, k: u64| opts.seed ^ (0x9E37_79B9 * (s as u64 + 1)) ^ (k << 32);
-    let kept_train: Vec<Vec<u32>> = sources
-        .iter()
-        .enumerate()
-        .map(|(i, s)| stratified_subset(&s.train_labels, opts.limit_train, sub_seed(i, 1)))
-        .collect();
-    let kept_test: Vec<Vec<u32>> = sources
-        .iter()
-        .enumerate()
-        .map(|(i, s)| stratified_subset(&s.test_labels, opts.limit_test, sub_seed(i, 2)))
-        .collect();
+    let trained = sources.len() - usize::from(opts.held_out_last);
+    ensure!(
+        trained >= 1,
+        "a protocol needs at least one dataset to train on besides the held-out one"
+    );
+    // The evaluation split of each source: the validation images (carved out of the
+    // training split) of a trained source, or the test split.
+    let eval_split = |s: usize| match opts.validation {
+        Some(_) if s < trained => Split::Train,
+        _ => Split::Test,
+    };
+    let mut kept_train: Vec<Vec<u32>> = Vec::with_capacity(sources.len());
+    let mut kept_test: Vec<Vec<u32>> = Vec::with_capacity(sources.len());
+    for (i, s) in sources.iter().enumerate() {
+        let train = if eval_split(i) == Split::Train {
+            let n = opts.validation.unwrap_or(0);
+            ensure!(
+                n >= 1 && n < s.train_labels.len(),
+                "a validation set of {n} images cannot be carved out of the {} training images of `{}`",
+                s.train_labels.len(),
+                s.name
+            );
+            let val = stratified_subset(&s.train_labels, Some(n), sub_seed(i, 3));
+            let rest: Vec<u32> = (0..s.train_labels.len() as u32)
+                .filter(|i| val.binary_search(i).is_err())
+                .collect();
+            let rest_labels: Vec<u16> = rest.iter().map(|&i| s.train_labels[i as usize]).collect();
+            let kept = stratified_subset(&rest_labels, opts.limit_train, sub_seed(i, 1));
+            kept_test.push(val);
+            kept.into_iter().map(|k| rest[k as usize]).collect()
+        } else {
+            kept_test.push(stratified_subset(&s.test_labels, opts.limit_test, sub_seed(i, 2)));
+            stratified_subset(&s.train_labels, opts.limit_train, sub_seed(i, 1))
+        };
+        kept_train.push(train);
+    }
+    let eval_label = |s: usize, i: u32| match eval_split(s) {
+        Split::Train => sources[s].train_labels[i as usize],
+        Split::Test => sources[s].test_labels[i as usize],
+    };
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let all_labels = |s: usize| -> Vec<u16> {
         (0..sources[s].num_classes)
@@ -239,6 +284,7 @@ pub fn plan(sources: &[SourceInfo], opts: &PlanOptions) -> Result<Plan> {
             }
             let groups = vec![EvalGroup {
                 name: sources[0].name.clone(),
+                split: eval_split(0),
                 samples: refs(0, kept_test[0].iter().copied()),
                 candidates: all_labels(0),
                 learned_at: Some(0),
@@ -275,10 +321,11 @@ pub fn plan(sources: &[SourceInfo], opts: &PlanOptions) -> Result<Plan> {
                 let test = kept_test[0]
                     .iter()
                     .copied()
-                    .filter(|&i| in_group(&src.test_labels[i as usize]));
+                    .filter(|&i| in_group(&eval_label(0, i)));
                 let name = format!("group {}", g + 1);
                 groups.push(EvalGroup {
                     name: name.clone(),
+                    split: eval_split(0),
                     samples: refs(0, test),
                     candidates: all_labels(0),
                     learned_at: Some(g),
@@ -289,31 +336,36 @@ pub fn plan(sources: &[SourceInfo], opts: &PlanOptions) -> Result<Plan> {
             (stages, groups)
         }
         ProtocolKind::Task => {
-            let trained = sources.len() - usize::from(opts.held_out_last);
-            ensure!(
-                trained >= 1,
-                "task-incremental needs at least one dataset to train on besides the held-out one"
-            );
             let mut stages = Vec::new();
             let mut groups = Vec::new();
-            for (s, src) in sources.iter().enumerate() {
-                let held_out = s >= trained;
-                if !held_out {
-                    let mut train = kept_train[s].clone();
-                    train.shuffle(&mut rng);
-                    stages.push((src.name.clone(), refs(s as u16, train)));
-                }
+            for (s, src) in sources.iter().enumerate().take(trained) {
+                let mut train = kept_train[s].clone();
+                train.shuffle(&mut rng);
+                stages.push((src.name.clone(), refs(s as u16, train)));
                 groups.push(EvalGroup {
                     name: src.name.clone(),
+                    split: eval_split(s),
                     samples: refs(s as u16, kept_test[s].iter().copied()),
                     candidates: all_labels(s),
-                    learned_at: (!held_out).then_some(s),
-                    held_out,
+                    learned_at: Some(s),
+                    held_out: false,
                 });
             }
             (stages, groups)
         }
     };
+    let mut groups = groups;
+    if opts.held_out_last {
+        let s = sources.len() - 1;
+        groups.push(EvalGroup {
+            name: sources[s].name.clone(),
+            split: Split::Test,
+            samples: refs(s as u16, kept_test[s].iter().copied()),
+            candidates: all_labels(s),
+            learned_at: None,
+            held_out: true,
+        });
+    }
 
     let mut seen = std::collections::BTreeSet::new();
     let stages = stages

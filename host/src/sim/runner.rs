@@ -10,8 +10,10 @@ use indicatif::ProgressBar;
 use super::dataset::Split;
 use super::features::FeatureTable;
 use super::method::{Features, Method};
-use super::metrics::{peak_rss_kib, StageResult, StageScore};
-use super::protocol::{Plan, SourceInfo};
+use super::metrics::{none_eval, peak_rss_kib, NoneEval, StageResult, StageScore};
+use super::protocol::{Plan, ProtocolKind, SourceInfo};
+
+
 
 /// Units of work [`run`] reports to its progress bar.
 pub fn work(plan: &Plan, methods: usize) -> u64 {
@@ -71,15 +73,15 @@ pub fn run(
             let mut score = StageScore::new(plan.groups.len());
             for (g, group) in plan.groups.iter().enumerate() {
                 for r in &group.samples {
-                    let truth = label_of(r.source, Split::Test, r.index)?;
+                    let truth = label_of(r.source, group.split, r.index)?;
                     let tokens = if method.needs_tokens() {
-                        Some(table.tokens(r.source, Split::Test, r.index)?)
+                        Some(table.tokens(r.source, group.split, r.index)?)
                     } else {
                         None
                     };
                     let x = Features {
                         tokens: tokens.as_deref(),
-                        embedding: table.embedding(r.source, Split::Test, r.index)?,
+                        embedding: table.embedding(r.source, group.split, r.index)?,
                     };
                     let pick = method.predict(&x, &group.candidates)?;
                     let correct = group.candidates.get(pick) == Some(&truth);
@@ -88,6 +90,53 @@ pub fn run(
                     progress.inc(1);
                 }
             }
+            // "None of the above": once some labels are learned and some are not, ask
+            // over the learned labels only; images of the others should be "none".
+            let mut none = Vec::new();
+            let open = plan.kind == ProtocolKind::Class
+                && !stage.seen.is_empty()
+                && plan
+                    .groups
+                    .iter()
+                    .any(|g| !g.held_out && g.learned_at.is_some_and(|l| l > k));
+            if open {
+                let mut signals: Vec<(&'static str, f64, Vec<f64>)> = Vec::new();
+                let (mut unlearned, mut correct) = (Vec::new(), Vec::new());
+                for group in plan.groups.iter().filter(|g| !g.held_out) {
+                    for r in &group.samples {
+                        let truth = label_of(r.source, group.split, r.index)?;
+                        let tokens = if method.needs_tokens() {
+                            Some(table.tokens(r.source, group.split, r.index)?)
+                        } else {
+                            None
+                        };
+                        let x = Features {
+                            tokens: tokens.as_deref(),
+                            embedding: table.embedding(r.source, group.split, r.index)?,
+                        };
+                        let Some(p) = method.predict_open(&x, &stage.seen)? else {
+                            break;
+                        };
+                        if signals.is_empty() {
+                            signals = p
+                                .signals
+                                .iter()
+                                .map(|s| (s.name, s.threshold, Vec::new()))
+                                .collect();
+                        }
+                        for ((_, _, v), s) in signals.iter_mut().zip(&p.signals) {
+                            v.push(s.value);
+                        }
+                        unlearned.push(stage.seen.binary_search(&truth).is_err());
+                        correct.push(stage.seen.get(p.pick) == Some(&truth));
+                    }
+                }
+                none = signals
+                    .iter()
+                    .map(|(name, t, v)| none_eval(name, v, &unlearned, &correct, *t))
+                    .collect::<Vec<NoneEval>>();
+            }
+
             let n_new = stage.train.len();
             let mut row = StageResult {
                 method: method.name().to_owned(),
@@ -107,6 +156,7 @@ pub fn run(
                 update_ms: (n_new > 0).then(|| 1e3 * update_s / n_new as f64),
                 eval_s: t_eval.elapsed().as_secs_f64(),
                 peak_rss_kib: peak_rss_kib(),
+                none,
             };
             row.set_score(&score);
             log::debug!(
