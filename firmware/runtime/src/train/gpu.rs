@@ -31,6 +31,10 @@ impl From<GpuError> for TrainError {
     fn from(e: GpuError) -> Self {
         match e {
             GpuError::NoAdapter => TrainError::NoAdapter,
+            GpuError::SoftwareOnly { .. } => TrainError::Gpu {
+                kernel: "adapter".into(),
+                message: e.to_string(),
+            },
             GpuError::Shader { kernel, .. }
             | GpuError::Size { kernel, .. }
             | GpuError::Args { kernel, .. } => TrainError::Gpu {
