@@ -33,13 +33,20 @@ impl GpuContext {
         Self::open(AdapterFilter::Any)
     }
 
-    /// Finds the best adapter `filter` allows (backends from `WGPU_BACKEND`, else all;
-    /// discrete before integrated before software) and opens a device with the adapter's
-    /// buffer size limits. [`GpuError::NoAdapter`] when there is none.
+    /// Finds the best adapter `filter` allows (discrete before integrated before software)
+    /// and opens a device with the adapter's buffer size limits. [`GpuError::NoAdapter`]
+    /// when there is none. Backends from `WGPU_BACKEND`, else wgpu's first tier (Vulkan,
+    /// Metal, DX12): GL compute is second tier, and its probe logs an EGL error wherever
+    /// EGL has no driver.
     pub fn open(filter: AdapterFilter) -> Result<Self, GpuError> {
         log::debug!("looking for a GPU adapter ({filter:?})");
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance = wgpu::Instance::new(
+            wgpu::InstanceDescriptor {
+                backends: wgpu::Backends::PRIMARY,
+                ..wgpu::InstanceDescriptor::new_without_display_handle()
+            }
+            .with_env(),
+        );
         // High performance ranks software adapters last: one is returned only when no
         // other adapter exists.
         let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
