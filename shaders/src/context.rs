@@ -1,4 +1,5 @@
-//! The one GPU context: instance, adapter, device, queue and what the adapter is.
+//! The one GPU context: instance, adapter, device, queue and what the adapter is, and
+//! which adapters it may open.
 
 use wgpu::util::DeviceExt;
 
@@ -15,12 +16,39 @@ pub struct GpuContext {
     pub info: wgpu::AdapterInfo,
 }
 
+/// Which adapters a [`GpuContext`] may open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdapterFilter {
+    /// The best adapter there is, a software rasteriser (wgpu's `DeviceType::Cpu`:
+    /// llvmpipe/lavapipe, SwiftShader, WARP) included.
+    Any,
+    /// The best hardware adapter (integrated, discrete, virtual or unknown type);
+    /// [`GpuError::SoftwareOnly`] when the best adapter is a software one.
+    Hardware,
+}
+
 impl GpuContext {
-    /// Finds an adapter (backends from `WGPU_BACKEND`, else all) and opens a device with
-    /// the adapter's buffer size limits. [`GpuError::NoAdapter`] when there is none.
+    /// [`GpuContext::open`] on any adapter, software ones included.
     pub fn new() -> Result<Self, GpuError> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        Self::open(AdapterFilter::Any)
+    }
+
+    /// Finds the best adapter `filter` allows (discrete before integrated before software)
+    /// and opens a device with the adapter's buffer size limits. [`GpuError::NoAdapter`]
+    /// when there is none. Backends from `WGPU_BACKEND`, else wgpu's first tier (Vulkan,
+    /// Metal, DX12): GL compute is second tier, and its probe logs an EGL error wherever
+    /// EGL has no driver.
+    pub fn open(filter: AdapterFilter) -> Result<Self, GpuError> {
+        log::debug!("looking for a GPU adapter ({filter:?})");
+        let instance = wgpu::Instance::new(
+            wgpu::InstanceDescriptor {
+                backends: wgpu::Backends::PRIMARY,
+                ..wgpu::InstanceDescriptor::new_without_display_handle()
+            }
+            .with_env(),
+        );
+        // High performance ranks software adapters last: one is returned only when no
+        // other adapter exists.
         let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
             power_preference: wgpu::PowerPreference::HighPerformance,
             ..Default::default()
@@ -30,6 +58,14 @@ impl GpuContext {
             GpuError::NoAdapter
         })?;
         let info = adapter.get_info();
+        if filter == AdapterFilter::Hardware && info.device_type == wgpu::DeviceType::Cpu {
+            log::info!(
+                "GPU adapter {:?} ({:?}) is a software one: not opened",
+                info.name,
+                info.backend
+            );
+            return Err(GpuError::SoftwareOnly { adapter: info.name });
+        }
         let supported = adapter.limits();
         let required_limits = wgpu::Limits {
             max_storage_buffer_binding_size: supported.max_storage_buffer_binding_size,
@@ -55,6 +91,11 @@ impl GpuContext {
             queue,
             info,
         })
+    }
+
+    /// Whether the adapter is a software rasteriser (wgpu's `DeviceType::Cpu`).
+    pub fn is_software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
     }
 
     /// One line describing the adapter, e.g. `llvmpipe (Vulkan, Cpu)`.

@@ -1,12 +1,16 @@
 //! The one error type of the GPU layer.
 
-/// What can go wrong on the wgpu path. Callers match on [`GpuError::NoAdapter`] to fall
-/// back to the CPU path.
+/// What can go wrong on the wgpu path. Callers match on [`GpuError::NoAdapter`] and
+/// [`GpuError::SoftwareOnly`] to fall back to the CPU path.
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {
     /// No adapter (no GPU and no software Vulkan such as Mesa lavapipe).
     #[error("no GPU adapter available")]
     NoAdapter,
+    /// A hardware adapter was asked for and the best one is a software rasteriser
+    /// (`adapter`, its name: llvmpipe/lavapipe, SwiftShader, WARP).
+    #[error("the only GPU adapter is a software one ({adapter})")]
+    SoftwareOnly { adapter: String },
     /// The adapter exists but refused to give a device.
     #[error("GPU device request failed: {0}")]
     Device(String),

@@ -6,7 +6,8 @@
 //! dispatch.
 //!
 //! - [`GpuContext`]: the one instance / adapter / device / queue ([`GpuError::NoAdapter`]
-//!   when there is no adapter, so callers fall back to the CPU).
+//!   when there is no adapter, [`GpuError::SoftwareOnly`] when a hardware one is asked for
+//!   ([`AdapterFilter`]) and only a software one exists, so callers fall back to the CPU).
 //! - [`Kernels`]: every pipeline, built once.
 //! - A wrapper's `bind` checks sizes and returns a [`Dispatch`] (pipeline, bind group,
 //!   grid) that is recorded into a compute pass as often as needed; nothing reads back.
@@ -21,7 +22,7 @@ mod kernel;
 mod kernel_set;
 pub mod kernels;
 
-pub use context::GpuContext;
+pub use context::{AdapterFilter, GpuContext};
 pub use error::GpuError;
 pub use kernel::Dispatch;
 pub use kernel_set::Kernels;

@@ -14,6 +14,10 @@
 //! - `tuned.safetensors`: the tuned block, `b` and the optimiser state, replaced
 //!   atomically (write, fsync, rename).
 //!
+//! The training backend ([`LearnerConfig::backend`]) is built on the first call that trains
+//! or asks for it ([`Learner::training`]): a learner that only predicts never looks for a
+//! GPU adapter.
+//!
 //! After a crash the store holds every acknowledged sample and the OCW state of the last
 //! acknowledged call; the tuned weights are those of the last checkpoint (at most
 //! `checkpoint_every − 1` training steps behind). Both are always readable.
@@ -28,12 +32,13 @@ use anytime_core::ocw::OcwState;
 use serde::{Deserialize, Serialize};
 
 use crate::assets::{ModelAssets, LAST_BLOCK};
-use crate::block::{BlockDims, LastBlock, WeightsError};
+use crate::block::{BlockDims, FrozenHead, LastBlock, WeightsError};
 use crate::encoder::{check_label, DynamicImage, EncoderError, LabelError};
 use crate::predict::{dot, LabelSet, PredictError, Prediction, Predictor, LOGIT_SCALE};
 use crate::store::{decode_tokens, encode_tokens, token_weights, Store, StoreConfig, StoreError};
 use crate::train::{
-    load_tuned, save_tuned, Batch, TrainBackend, TrainConfig, TrainError, TunedState,
+    choose_backend, load_tuned, save_tuned, BackendChoice, Batch, TrainBackend, TrainConfig,
+    TrainError, Training, TunedState,
 };
 use crate::typicality::{self, TypicalityMap};
 
@@ -122,8 +127,8 @@ pub struct LearnerConfig {
     pub checkpoint_every: u32,
     /// Seed of the replay sampling.
     pub seed: u64,
-    /// Use the GPU when an adapter exists (feature `gpu`), else always the CPU.
-    pub gpu: bool,
+    /// Which backend trains (default: wgpu on a hardware adapter, else the CPU path).
+    pub backend: BackendChoice,
     /// Sync the store to disk before each `learn` returns (see [`Store::set_durable`]);
     /// `false` only where nothing must survive a crash (simulations).
     pub durable: bool,
@@ -138,7 +143,7 @@ impl Default for LearnerConfig {
             replay: 31,
             checkpoint_every: 20,
             seed: 0,
-            gpu: true,
+            backend: BackendChoice::Auto,
             durable: true,
         }
     }
@@ -264,7 +269,7 @@ struct Meta {
 /// one sample at a time, a store of compressed tokens and the OCW state.
 pub struct Learner {
     predictor: Predictor,
-    backend: Box<dyn TrainBackend + Send>,
+    trainer: Trainer,
     store: Store,
     state: LearnerState,
     cfg: LearnerConfig,
@@ -279,7 +284,7 @@ impl std::fmt::Debug for Learner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Learner")
             .field("dir", &self.dir)
-            .field("backend", &self.backend.name())
+            .field("training", &self.trainer.training())
             .field("learned", &self.state.learned)
             .finish()
     }
@@ -338,11 +343,12 @@ impl Learner {
                 state.checkpoint_step
             );
         }
-        let backend = make_backend(dims, cfg.train.clone(), head, tuned, cfg.gpu)?;
-        log::info!("learner {}: training on {}", dir.display(), backend.name());
         Ok(Self {
             predictor,
-            backend,
+            trainer: Trainer::Pending {
+                state: Box::new(tuned),
+                head,
+            },
             store,
             state,
             cfg,
@@ -353,9 +359,43 @@ impl Learner {
         })
     }
 
-    /// "cpu" or "wgpu".
-    pub fn backend_name(&self) -> &'static str {
-        self.backend.name()
+    /// The backend that trains and why it was chosen; builds it (looking for a GPU adapter
+    /// unless the CPU is asked for) if no call has trained yet.
+    pub fn training(&mut self) -> Result<Training, LearnError> {
+        self.backend()?;
+        Ok(self
+            .trainer
+            .training()
+            .cloned()
+            .expect("the backend was just built"))
+    }
+
+    /// The training backend, built on first use from the pending state.
+    fn backend(&mut self) -> Result<&mut (dyn TrainBackend + Send), LearnError> {
+        if let Trainer::Pending { state, head } = &self.trainer {
+            // Cloned, so that a failed build leaves the learner as it was.
+            let (backend, training) = choose_backend(
+                self.cfg.backend,
+                self.dims,
+                self.cfg.train.clone(),
+                head.clone(),
+                TunedState::clone(state),
+            )?;
+            log::info!("learner {}: training on {training}", self.dir.display());
+            self.trainer = Trainer::Built { backend, training };
+        }
+        match &mut self.trainer {
+            Trainer::Built { backend, .. } => Ok(backend.as_mut()),
+            Trainer::Pending { .. } => unreachable!("built above"),
+        }
+    }
+
+    /// The tuned parameters, `b` and optimiser state (read back from the backend once built).
+    fn tuned_state(&mut self) -> Result<TunedState, LearnError> {
+        Ok(match &mut self.trainer {
+            Trainer::Pending { state, .. } => TunedState::clone(state),
+            Trainer::Built { backend, .. } => backend.state()?,
+        })
     }
 
     pub fn predictor(&self) -> &Predictor {
@@ -415,6 +455,8 @@ impl Learner {
             return Err(LearnError::NonFinite { index });
         }
         let label = check_label(0, label)?.to_string();
+        // The backend first: when it cannot be built, the store is left untouched.
+        self.backend()?;
 
         // The training label set: labels in storage, and this one.
         let y_id = self.store.label_id(&label)?;
@@ -445,7 +487,7 @@ impl Learner {
             text: &text,
             n_labels: ids.len(),
         };
-        let (probe_stats, mut z_t) = self.backend.loss_embed(&probe)?;
+        let (probe_stats, mut z_t) = self.backend()?.loss_embed(&probe)?;
         let tuned_correct = probe_stats.correct == 1;
         self.state
             .ocw
@@ -495,7 +537,7 @@ impl Learner {
                 None => log::warn!("store record {} does not decode to tokens; skipped", s.seq),
             }
         }
-        let stats = self.backend.step(&Batch {
+        let stats = self.backend()?.step(&Batch {
             tokens: &batch_tokens,
             labels: &labels,
             text: &text,
@@ -525,7 +567,7 @@ impl Learner {
 
     /// Saves the tuned weights atomically, then the state blob that names them.
     pub fn checkpoint(&mut self) -> Result<(), LearnError> {
-        let tuned = self.backend.state()?;
+        let tuned = self.tuned_state()?;
         let path = self.dir.join(TUNED_FILE);
         let tmp = self.dir.join(format!("{TUNED_FILE}.tmp"));
         let head = &self.predictor.original.head;
@@ -650,15 +692,44 @@ impl Learner {
 
     fn tuned_block(&mut self) -> Result<&(LastBlock, f32), LearnError> {
         if self.tuned.is_none() {
-            let s = self.backend.state()?;
+            let (params, other_bias) = match &mut self.trainer {
+                Trainer::Pending { state, .. } => (state.params.clone(), state.other_bias),
+                Trainer::Built { backend, .. } => {
+                    let s = backend.state()?;
+                    (s.params, s.other_bias)
+                }
+            };
             let block = LastBlock {
                 dims: self.dims,
-                params: s.params,
+                params,
                 head: self.predictor.original.head.clone(),
             };
-            self.tuned = Some((block, s.other_bias));
+            self.tuned = Some((block, other_bias));
         }
         Ok(self.tuned.as_ref().expect("set above"))
+    }
+}
+
+/// The training backend of a learner, built when first needed.
+enum Trainer {
+    /// Not built yet: what it will train from.
+    Pending {
+        state: Box<TunedState>,
+        head: FrozenHead,
+    },
+    Built {
+        backend: Box<dyn TrainBackend + Send>,
+        training: Training,
+    },
+}
+
+impl Trainer {
+    /// The chosen backend and why, once built.
+    fn training(&self) -> Option<&Training> {
+        match self {
+            Trainer::Pending { .. } => None,
+            Trainer::Built { training, .. } => Some(training),
+        }
     }
 }
 
@@ -666,23 +737,6 @@ impl Learner {
 fn argmax_rows(z: &[f32], text: &[f32]) -> usize {
     let scores: Vec<f32> = text.chunks(z.len()).map(|t| dot(z, t)).collect();
     crate::predict::argmax(&scores)
-}
-
-fn make_backend(
-    dims: BlockDims,
-    cfg: TrainConfig,
-    head: crate::block::FrozenHead,
-    state: TunedState,
-    gpu: bool,
-) -> Result<Box<dyn TrainBackend + Send>, TrainError> {
-    #[cfg(feature = "gpu")]
-    if gpu {
-        return crate::train::gpu::best_backend(dims, cfg, head, state);
-    }
-    let _ = gpu;
-    Ok(Box::new(crate::train::cpu::CpuBackend::new(
-        dims, cfg, head, state,
-    )?))
 }
 
 fn check_meta(

@@ -4,12 +4,13 @@ use anytime_runtime::assets::{bundled_models_dir, ModelAssets};
 use anytime_runtime::encoder::load_image;
 use anytime_runtime::learner::{Learner, LearnerConfig, Mixing};
 use anytime_runtime::predict::Predictor;
+use anytime_runtime::train::BackendChoice;
 
 fn config() -> LearnerConfig {
     let mut cfg = LearnerConfig {
         store_capacity: 1 << 20,
         checkpoint_every: 1,
-        gpu: false,
+        backend: BackendChoice::Cpu,
         ..LearnerConfig::default()
     };
     // The tiny random model needs a larger step than ViT-B/32's 9.375e-6 to move in a test.

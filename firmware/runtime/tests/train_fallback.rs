@@ -1,11 +1,13 @@
-//! Without an adapter the wgpu backend reports `NoAdapter` and `best_backend` trains on the
-//! CPU path. A test binary of its own: it sets process-wide environment variables
-//! (`WGPU_BACKEND`, `ANYTIME_EDGE_TRAIN`), so its checks run in one test, in order.
+//! Without an adapter the wgpu backend reports `NoAdapter`; the default choice trains on the
+//! CPU path and says why, and an explicit GPU choice fails instead of falling back. A test
+//! binary of its own: it sets a process-wide environment variable (`WGPU_BACKEND`).
 #![cfg(feature = "gpu")]
 
 use anytime_runtime::block::{BlockDims, BlockParams, FrozenHead};
-use anytime_runtime::train::gpu::{best_backend, GpuBackend};
-use anytime_runtime::train::{Batch, TrainConfig, TrainError, TunedState};
+use anytime_runtime::train::gpu::GpuBackend;
+use anytime_runtime::train::{
+    choose_backend, BackendChoice, BackendReason, Batch, TrainConfig, TrainError, TunedState,
+};
 
 const DIMS: BlockDims = BlockDims {
     width: 8,
@@ -32,15 +34,18 @@ fn train_fallback_to_the_cpu_path() {
         "metal"
     };
     std::env::set_var("WGPU_BACKEND", absent);
-    std::env::remove_var("ANYTIME_EDGE_TRAIN");
 
     let (cfg, head, state) = parts();
     let err = GpuBackend::new(DIMS, cfg.clone(), head.clone(), state.clone())
         .expect_err("no adapter expected with WGPU_BACKEND=metal");
     assert!(matches!(err, TrainError::NoAdapter), "got {err}");
 
-    let mut be = best_backend(DIMS, cfg, head, state).expect("fallback backend");
+    let (mut be, training) =
+        choose_backend(BackendChoice::Auto, DIMS, cfg, head, state).expect("fallback backend");
     assert_eq!(be.name(), "cpu");
+    assert_eq!(training.backend, "cpu");
+    assert_eq!(training.reason, BackendReason::NoAdapter);
+    assert_eq!(training.to_string(), "cpu: no GPU adapter");
     // The fallback trains.
     let tokens = vec![0.5f32; 2 * DIMS.tokens_len()];
     let text = vec![0.5f32; 2 * DIMS.embed];
@@ -52,10 +57,18 @@ fn train_fallback_to_the_cpu_path() {
     };
     assert_eq!(be.step(&batch).expect("step").step, 1);
 
-    // Forcing the CPU path works whatever adapters exist.
-    std::env::remove_var("WGPU_BACKEND");
-    std::env::set_var("ANYTIME_EDGE_TRAIN", "cpu");
+    // The GPU asked for and absent: an error, not a silent CPU run.
     let (cfg, head, state) = parts();
-    let be = best_backend(DIMS, cfg, head, state).expect("cpu backend");
+    let err = choose_backend(BackendChoice::Gpu, DIMS, cfg, head, state)
+        .err()
+        .expect("no adapter: the explicit GPU choice fails");
+    assert!(matches!(err, TrainError::NoAdapter), "got {err}");
+
+    // The CPU asked for.
+    std::env::remove_var("WGPU_BACKEND");
+    let (cfg, head, state) = parts();
+    let (be, training) =
+        choose_backend(BackendChoice::Cpu, DIMS, cfg, head, state).expect("cpu backend");
     assert_eq!(be.name(), "cpu");
+    assert_eq!(training.reason, BackendReason::CpuAsked);
 }

@@ -101,8 +101,8 @@ pub struct Args {
     /// Learner: stored samples replayed with each new one (SPEC §4: 31).
     #[arg(long, default_value_t = 31)]
     pub replay: usize,
-    /// Learner: train on the GPU when an adapter exists (default: the CPU backend, which
-    /// is deterministic).
+    /// Learner: train with wgpu on any GPU adapter, a software one (llvmpipe) included, and
+    /// fail when there is none (default: the CPU backend, which is deterministic).
     #[arg(long)]
     pub gpu: bool,
     /// Learner store codec of the full method: principal directions kept per image.

@@ -21,8 +21,8 @@ use anytime_core::codec::{encoded_len, CodecParams};
 use anytime_runtime::assets::ModelAssets;
 use anytime_runtime::learner::{Learner, LearnerConfig, Mixing};
 use anytime_runtime::predict::{LabelSet, Prediction, Predictor};
+use anytime_runtime::train::{BackendChoice, TrainConfig};
 use anytime_runtime::typicality::threshold_for_rate;
-use anytime_runtime::train::TrainConfig;
 
 use super::method::{Features, Method, NoneSignal, OpenPick};
 
@@ -149,7 +149,7 @@ pub struct LearnerSettings {
     /// Stored samples replayed with each new one.
     pub replay: usize,
     pub seed: u64,
-    /// Train on the GPU when an adapter exists.
+    /// Train with wgpu on any adapter, a software one included (else the CPU backend).
     pub gpu: bool,
     /// Upper bound of the samples a learner will learn (sizes its store so that nothing
     /// is evicted).
@@ -161,6 +161,8 @@ pub struct LearnerSettings {
 /// One learner and what its methods need to share it.
 pub struct SharedLearner {
     learner: Learner,
+    /// The training backend ("cpu" or "wgpu").
+    backend: &'static str,
     /// Labels learned so far, in order (methods sharing the learner must feed the same
     /// stream; the first to reach a sample trains on it).
     stream: Vec<u16>,
@@ -202,7 +204,8 @@ impl SharedLearner {
         // Room for every record and every state blob written on the way (the ring
         // keeps dead state copies until it wraps), so the store never evicts.
         let record = encoded_len(dims.tokens, dims.width, &training.codec) as u64 + 64;
-        let state = 64 + 24 * settings.max_labels as u64;
+        // the state blob: OCW (≤ 16 bytes a label) and typicality (14) per label
+        let state = 64 + 32 * settings.max_labels as u64;
         let capacity = (settings.max_samples as u64 + 1) * (record + state) * 5 / 4 + (4 << 20);
         let cfg = LearnerConfig {
             store_capacity: capacity,
@@ -211,22 +214,29 @@ impl SharedLearner {
             replay: settings.replay,
             checkpoint_every: 0,
             seed: settings.seed,
-            gpu: settings.gpu,
+            backend: if settings.gpu {
+                BackendChoice::Gpu
+            } else {
+                BackendChoice::Cpu
+            },
             // a simulation's learners are rebuilt from scratch on every run
             durable: false,
         };
-        let learner = Learner::with_predictor(predictor, assets, dir, cfg)
+        let mut learner = Learner::with_predictor(predictor, assets, dir, cfg)
             .with_context(|| format!("creating the learner in {}", dir.display()))?;
+        let chosen = learner
+            .training()
+            .with_context(|| format!("building the training backend of {}", dir.display()))?;
         log::info!(
-            "learner {} trains on {} (codec k{} b{}, β {})",
+            "learner {} trains on {chosen} (codec k{} b{}, β {})",
             dir.display(),
-            learner.backend_name(),
             training.codec.k,
             training.codec.bits,
             training.beta_other
         );
         Ok(Self {
             learner,
+            backend: chosen.backend,
             stream: Vec::new(),
             learn_s: Vec::new(),
             store_bytes: Vec::new(),
@@ -303,7 +313,7 @@ impl LearnerMethod {
 
     /// The training backend of the learner ("cpu" or "wgpu").
     pub fn backend_name(&self) -> &'static str {
-        self.shared.borrow().learner.backend_name()
+        self.shared.borrow().backend
     }
 
     /// The learner's prediction of one image over `candidates` with this method's mixing.

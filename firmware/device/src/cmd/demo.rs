@@ -25,8 +25,11 @@ pub struct Args {
     #[arg(long)]
     state: Option<PathBuf>,
     /// Train on the CPU even when a GPU adapter exists.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "gpu")]
     cpu: bool,
+    /// Train with wgpu on any GPU adapter, a software one included.
+    #[arg(long)]
+    gpu: bool,
 }
 
 /// A picture and the label it is named after.
@@ -165,9 +168,10 @@ pub fn run(a: Args) -> Result<()> {
         capacity: 16 << 20,
         checkpoint_every: 0,
         cpu: a.cpu,
+        gpu: a.gpu,
         lr: None,
     };
-    let mut learner = args.open()?;
+    let (mut learner, training) = args.open_to_train()?;
     let t = Instant::now();
     for p in &learn {
         learner
@@ -186,12 +190,11 @@ pub fn run(a: Args) -> Result<()> {
     let (tb, ta) = (tally(&test, &before), tally(&test, &after));
     println!("before:   zero-shot (the frozen CLIP alone, nothing learned)");
     println!(
-        "learning: {} pictures of {} from {}, one training step each ({:.2} s on {})",
+        "learning: {} pictures of {} from {}, one training step each ({:.2} s; {training})",
         learn.len(),
         learned.join(", "),
         dir.join("learn").display(),
         learn_s,
-        learner.backend_name()
     );
     println!("after:    the learner (tuned last block mixed in by OCW)");
     println!("\n  {:<12} {:>8}   {:>8}", "label", "before", "after");

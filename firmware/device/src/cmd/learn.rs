@@ -46,8 +46,8 @@ pub fn run(a: Args) -> Result<()> {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .context("installing signal handlers")?;
     }
-    let mut learner = a.learner.open()?;
-    eprintln!("training on {}", learner.backend_name());
+    let (mut learner, training) = a.learner.open_to_train()?;
+    eprintln!("{training}");
     let mut failed = 0usize;
     for (path, label) in &samples {
         if stop.load(Ordering::Relaxed) {

@@ -5,9 +5,13 @@ pub mod serve;
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use anytime_runtime::assets::ModelAssets;
 use anytime_runtime::learner::{Learner, LearnerConfig, Mixing};
+use anytime_runtime::train::{BackendChoice, BackendReason, Training};
+
+/// Sets the training backend (`cpu`, `gpu` or `auto`) when neither `--cpu` nor `--gpu` does.
+pub const TRAIN_ENV: &str = "ANYTIME_EDGE_TRAIN";
 
 /// The model every command uses unless told otherwise: the best bundled one.
 pub const DEFAULT_MODEL: &str = "mini-clip";
@@ -30,8 +34,12 @@ pub struct LearnerArgs {
     #[arg(long, default_value_t = 20)]
     pub checkpoint_every: u32,
     /// Train on the CPU even when a GPU adapter exists.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "gpu")]
     pub cpu: bool,
+    /// Train with wgpu on any GPU adapter, a software one (llvmpipe/lavapipe) included; fail
+    /// when there is none. Default: wgpu on a hardware GPU, else the CPU.
+    #[arg(long)]
+    pub gpu: bool,
     /// Learning rate (default: the model's `[learner] lr`, else SPEC's 9.375e-6 for
     /// ViT-B/32).
     #[arg(long)]
@@ -39,11 +47,30 @@ pub struct LearnerArgs {
 }
 
 impl LearnerArgs {
-    pub fn open(&self) -> Result<Learner> {
+    /// Opens the learner to predict with: no training backend is built, no GPU adapter
+    /// looked for.
+    pub fn open_to_predict(&self) -> Result<Learner> {
+        // Prediction never trains; were something to, the CPU path looks for no adapter.
+        self.open(BackendChoice::Cpu)
+    }
+
+    /// Opens the learner and builds its training backend; returns it with the line that
+    /// says which backend trains and why.
+    pub fn open_to_train(&self) -> Result<(Learner, String)> {
+        let (backend, asked_by) = self.choice()?;
+        let mut learner = self.open(backend)?;
+        let training = learner.training().with_context(|| {
+            format!("choosing the training backend of {}", self.state.display())
+        })?;
+        Ok((learner, training_line(&training, asked_by.as_deref())))
+    }
+
+    /// Opens the learner; its backend is built when it first trains.
+    fn open(&self, backend: BackendChoice) -> Result<Learner> {
         let mut cfg = LearnerConfig {
             store_capacity: self.capacity,
             checkpoint_every: self.checkpoint_every,
-            gpu: !self.cpu,
+            backend,
             ..LearnerConfig::default()
         };
         let model_lr = || -> Result<Option<f32>> {
@@ -54,15 +81,55 @@ impl LearnerArgs {
         if let Some(lr) = self.lr.map_or_else(model_lr, |lr| Ok(Some(lr)))? {
             cfg.train.lr = lr;
         }
-        let learner = Learner::open(&self.model, &self.state, cfg).with_context(|| {
+        Learner::open(&self.model, &self.state, cfg).with_context(|| {
             format!(
                 "opening learner {} for model `{}`",
                 self.state.display(),
                 self.model
             )
-        })?;
-        log::info!("training path: {}", learner.backend_name());
-        Ok(learner)
+        })
+    }
+
+    /// The backend asked for and by what (`--cpu`, `ANYTIME_EDGE_TRAIN=gpu`; `None`: the
+    /// default).
+    fn choice(&self) -> Result<(BackendChoice, Option<String>)> {
+        if self.cpu {
+            return Ok((BackendChoice::Cpu, Some("--cpu".into())));
+        }
+        if self.gpu {
+            return Ok((BackendChoice::Gpu, Some("--gpu".into())));
+        }
+        let Some(value) = std::env::var_os(TRAIN_ENV) else {
+            return Ok((BackendChoice::Auto, None));
+        };
+        let value = value.to_string_lossy();
+        let choice = match value.to_ascii_lowercase().as_str() {
+            "cpu" => BackendChoice::Cpu,
+            "gpu" => BackendChoice::Gpu,
+            "auto" => BackendChoice::Auto,
+            _ => bail!("{TRAIN_ENV}={value}: expected cpu, gpu or auto"),
+        };
+        Ok((choice, Some(format!("{TRAIN_ENV}={value}"))))
+    }
+}
+
+/// "training on BACKEND: WHY", naming the flag or setting that asked for the backend.
+fn training_line(t: &Training, asked_by: Option<&str>) -> String {
+    let by = asked_by.unwrap_or("?");
+    match &t.reason {
+        BackendReason::CpuAsked => format!("training on cpu: asked for ({by})"),
+        BackendReason::GpuAsked { adapter, software } => format!(
+            "training on wgpu: asked for ({by}), on {adapter}{}",
+            if *software {
+                ", a software adapter slower than the CPU path"
+            } else {
+                ""
+            }
+        ),
+        BackendReason::SoftwareOnly { .. } => {
+            format!("training on {t}; --gpu trains on it")
+        }
+        _ => format!("training on {t}"),
     }
 }
 

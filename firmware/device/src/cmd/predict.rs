@@ -39,8 +39,9 @@ pub struct Args {
     /// One JSON object per image on stdout, for machines.
     #[arg(long)]
     json: bool,
-    /// Train on the CPU even when a GPU adapter exists (with --state).
-    #[arg(long)]
+    /// Accepted for scripts written for older builds: prediction never trains, and never
+    /// looks for a GPU adapter.
+    #[arg(long, hide = true)]
     cpu: bool,
     /// Images to classify.
     #[arg(required = true)]
@@ -83,6 +84,7 @@ pub fn run(a: Args) -> Result<()> {
                 capacity: 64 << 20,
                 checkpoint_every: 0,
                 cpu: a.cpu,
+                gpu: false,
                 lr: None,
             };
             if !state.join("learner.json").is_file() {
@@ -91,7 +93,7 @@ pub fn run(a: Args) -> Result<()> {
                     state.display()
                 );
             }
-            Model::Learner(Box::new(args.open()?), a.mixing)
+            Model::Learner(Box::new(args.open_to_predict()?), a.mixing)
         }
     };
     let set = model.label_set(&a.labels).context("checking the labels")?;

@@ -5,7 +5,7 @@
 //! - `{"learn": "img.png", "label": "cat"}`
 //! - `{"predict": "img.png", "labels": ["cat", "dog"], "mixing": "ocw", "none_threshold": 0.5, "none_rate": 0.05, "top": 5}`
 //! - `{"checkpoint": true}` — save the tuned weights now
-//! - `{"stats": true}` — samples learned, labels and their stored counts, training path
+//! - `{"stats": true}` — samples learned, labels and their stored counts, training backend
 //!
 //! SIGTERM or SIGINT: the request in progress finishes, the tuned weights are saved, and the
 //! process exits 0. After SIGKILL the store and the last checkpoint are consistent (see the
@@ -34,11 +34,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let learner = Arc::new(Mutex::new(a.learner.open()?));
-    eprintln!(
-        "serving; training on {}",
-        learner.lock().map(|l| l.backend_name()).unwrap_or("?")
-    );
+    let (learner, training) = a.learner.open_to_train()?;
+    eprintln!("serving; {training}");
+    let learner = Arc::new(Mutex::new(learner));
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
     {
         let learner = Arc::clone(&learner);
@@ -193,7 +191,7 @@ fn answer(learner: &mut Learner, req: &Value) -> Result<Value> {
         return Ok(json!({"ok": true, "learned": learner.learned()}));
     }
     if req.get("stats").is_some() {
-        let backend = learner.backend_name();
+        let backend = learner.training()?.backend;
         let learned = learner.learned();
         let labels: Vec<Value> = learner
             .store()

@@ -8,7 +8,8 @@
 //! Parameters, gradients and optimiser state are read back only by `state` / `gradients`.
 //!
 //! [`GpuBackend::new`] fails with [`TrainError::NoAdapter`] when there is no adapter; the
-//! caller then uses the CPU backend ([`best_backend`] does exactly that).
+//! caller then uses the CPU backend ([`super::choose_backend`] does, and also keeps off
+//! software adapters unless the GPU is asked for).
 
 mod layout;
 mod plan;
@@ -22,8 +23,7 @@ use anytime_shaders::{wgpu, GpuContext, GpuError, Kernels};
 use self::layout::ParamLayout;
 use self::plan::{LossConfig, Persistent, Plan};
 use super::{
-    AdamState, Batch, CpuBackend, Gradients, StepStats, TrainBackend, TrainConfig, TrainError,
-    TunedState,
+    AdamState, Batch, Gradients, StepStats, TrainBackend, TrainConfig, TrainError, TunedState,
 };
 use crate::block::{BlockDims, FrozenHead};
 
@@ -31,6 +31,10 @@ impl From<GpuError> for TrainError {
     fn from(e: GpuError) -> Self {
         match e {
             GpuError::NoAdapter => TrainError::NoAdapter,
+            GpuError::SoftwareOnly { .. } => TrainError::Gpu {
+                kernel: "adapter".into(),
+                message: e.to_string(),
+            },
             GpuError::Shader { kernel, .. }
             | GpuError::Size { kernel, .. }
             | GpuError::Args { kernel, .. } => TrainError::Gpu {
@@ -82,8 +86,9 @@ pub struct GpuBackend {
 }
 
 impl GpuBackend {
-    /// A backend on a new [`GpuContext`], training from `state`. Same signature as
-    /// [`CpuBackend::new`]; [`TrainError::NoAdapter`] when there is no adapter.
+    /// A backend on a new [`GpuContext`] (any adapter, software ones included), training
+    /// from `state`. Same signature as [`super::CpuBackend::new`];
+    /// [`TrainError::NoAdapter`] when there is no adapter.
     pub fn new(
         dims: BlockDims,
         cfg: TrainConfig,
@@ -373,30 +378,5 @@ impl TrainBackend for GpuBackend {
             .write_f32(&self.v, 0, &l.flatten(&state.optim.v, state.optim.v_bias));
         self.step = state.optim.step;
         Ok(())
-    }
-}
-
-/// The wgpu backend when an adapter exists, else the CPU backend (logged either way).
-/// Set `ANYTIME_EDGE_TRAIN=cpu` to force the CPU path.
-pub fn best_backend(
-    dims: BlockDims,
-    cfg: TrainConfig,
-    head: FrozenHead,
-    state: TunedState,
-) -> Result<Box<dyn TrainBackend + Send>, TrainError> {
-    if std::env::var("ANYTIME_EDGE_TRAIN").is_ok_and(|v| v.eq_ignore_ascii_case("cpu")) {
-        log::info!("training on the CPU (ANYTIME_EDGE_TRAIN=cpu)");
-        return Ok(Box::new(CpuBackend::new(dims, cfg, head, state)?));
-    }
-    match GpuBackend::new(dims, cfg.clone(), head.clone(), state.clone()) {
-        Ok(gpu) => {
-            log::info!("training on the GPU: {}", gpu.adapter());
-            Ok(Box::new(gpu))
-        }
-        Err(TrainError::NoAdapter) => {
-            log::info!("no GPU adapter: training on the CPU");
-            Ok(Box::new(CpuBackend::new(dims, cfg, head, state)?))
-        }
-        Err(e) => Err(e),
     }
 }

@@ -3,7 +3,8 @@
 //! [`TrainBackend`] is implemented by the CPU reference ([`cpu::CpuBackend`], always
 //! available, and the fallback) and by the wgpu backend (`gpu`, behind the `gpu` feature).
 //! A backend that cannot find an adapter returns [`TrainError::NoAdapter`] from its
-//! constructor; the caller then builds the CPU backend instead.
+//! constructor. [`choose_backend`] builds the one a [`BackendChoice`] asks for and says why
+//! (by default wgpu only on a hardware adapter, else the CPU backend).
 //!
 //! One step (SPEC §4): forward of the tuned block with saved activations, the loss
 //! `CE(y; Y ∪ {other}) + β·CE(other; (Y ∪ {other}) \ {y})` averaged over the batch, backward,
@@ -14,6 +15,7 @@
 //! - v1 (07:24 UTC): initial version.
 
 pub mod adamw;
+mod choice;
 pub mod cpu;
 #[cfg(feature = "gpu")]
 pub mod gpu;
@@ -23,6 +25,7 @@ pub mod state;
 use crate::block::{BlockDims, BlockParams, WeightsError};
 
 pub use adamw::{set_update_prefetch, AdamState};
+pub use choice::{choose_backend, BackendChoice, BackendReason, Training};
 pub use cpu::{set_fused_update, set_huge_pages, set_keep_awake, CpuBackend};
 pub use state::{load_tuned, save_tuned};
 
@@ -186,6 +189,9 @@ pub enum TrainError {
     /// No GPU adapter: the caller falls back to the CPU backend.
     #[error("no GPU adapter available")]
     NoAdapter,
+    /// The GPU was asked for in a build without the `gpu` feature.
+    #[error("this build trains on the CPU only (built without the `gpu` feature)")]
+    GpuNotBuilt,
     #[error("{what}: expected {expected}, found {found}")]
     Shape {
         what: &'static str,
