@@ -197,10 +197,12 @@ fn decode_equals_the_plain_reconstruction() {
         decode(&rec, &mut out).unwrap();
 
         let k = k as usize;
-        let row = |m: usize| 8 + match bits {
-            4 => m.div_ceil(2),
-            8 => m,
-            _ => 4 * m,
+        let row = |m: usize| {
+            8 + match bits {
+                4 => m.div_ceil(2),
+                8 => m,
+                _ => 4 * m,
+            }
         };
         let (rd, rk) = (row(d), row(k));
         let mu = &rec[8..8 + rd];

@@ -225,7 +225,11 @@ impl ModelAssets {
                 path: path.clone(),
                 message,
             })?;
-        if let Some(lr) = manifest.learner.lr.filter(|lr| !(lr.is_finite() && *lr > 0.0)) {
+        if let Some(lr) = manifest
+            .learner
+            .lr
+            .filter(|lr| !(lr.is_finite() && *lr > 0.0))
+        {
             return Err(AssetsError::Manifest {
                 path,
                 message: format!("[learner] lr = {lr} is not a positive finite number"),

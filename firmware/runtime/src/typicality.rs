@@ -202,7 +202,10 @@ mod tests {
         assert!(z > 0.0 && z.is_finite(), "{z}");
         // a sample at the mean scores 0; below it, positive; above it, negative
         let mut u = Typicality::default();
-        [0.1f32, 0.3].repeat(10).into_iter().for_each(|x| u.observe(x));
+        [0.1f32, 0.3]
+            .repeat(10)
+            .into_iter()
+            .for_each(|x| u.observe(x));
         assert!(u.score(0.2).unwrap().abs() < 1e-3);
         assert!(u.score(0.0).unwrap() > 1.9);
         assert!(u.score(0.4).unwrap() < -1.9);
@@ -226,7 +229,9 @@ mod tests {
         let mut swapped = bytes.clone();
         swapped[2..2 + ENTRY_LEN].copy_from_slice(&bytes[2 + ENTRY_LEN..]);
         swapped[2 + ENTRY_LEN..].copy_from_slice(&bytes[2..2 + ENTRY_LEN]);
-        assert!(TypicalityMap::decode(&swapped).unwrap_err().contains("order"));
+        assert!(TypicalityMap::decode(&swapped)
+            .unwrap_err()
+            .contains("order"));
         let mut nan = bytes.clone();
         nan[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
         assert!(TypicalityMap::decode(&nan).is_err());
@@ -234,7 +239,12 @@ mod tests {
 
     #[test]
     fn thresholds_are_normal_quantiles() {
-        for (rate, z) in [(0.5, 0.0), (0.05, 1.644_853_6), (0.01, 2.326_347_9), (0.001, 3.090_232)] {
+        for (rate, z) in [
+            (0.5, 0.0),
+            (0.05, 1.644_853_6),
+            (0.01, 2.326_347_9),
+            (0.001, 3.090_232),
+        ] {
             let got = threshold_for_rate(rate).unwrap();
             assert!((got - z).abs() < 1e-5, "{rate}: {got} vs {z}");
         }

@@ -351,7 +351,10 @@ impl Dataset {
                 names
             }
             Err(_) if name.to_ascii_lowercase().contains("fashion") && num_classes <= 10 => {
-                FASHION_MNIST_CLASSES.iter().map(|c| c.to_string()).collect()
+                FASHION_MNIST_CLASSES
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect()
             }
             Err(_) => (0..num_classes).map(|i| format!("class_{i}")).collect(),
         };
@@ -825,8 +828,11 @@ mod tests {
         assert!(img.pixels().all(|p| p.0 == [200, 200, 200]));
 
         // classes.txt names the classes when present
-        std::fs::write(root.join("classes.txt"), (0..10).map(|i| format!("c{i}\n")).collect::<String>())
-            .unwrap();
+        std::fs::write(
+            root.join("classes.txt"),
+            (0..10).map(|i| format!("c{i}\n")).collect::<String>(),
+        )
+        .unwrap();
         assert_eq!(Dataset::open_dir(&root).unwrap().classes[9], "c9");
     }
 
@@ -851,7 +857,11 @@ mod tests {
         assert!(err_of().contains("labels for 3 images"), "{}", err_of());
         // not gzip after all
         std::fs::remove_file(&images).unwrap();
-        std::fs::write(root.join("t10k-images-idx3-ubyte.gz"), [0x1f, 0x8b, 1, 2, 3]).unwrap();
+        std::fs::write(
+            root.join("t10k-images-idx3-ubyte.gz"),
+            [0x1f, 0x8b, 1, 2, 3],
+        )
+        .unwrap();
         assert!(err_of().contains("decompressing"), "{}", err_of());
     }
 

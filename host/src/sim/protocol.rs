@@ -245,7 +245,11 @@ pub fn plan(sources: &[SourceInfo], opts: &PlanOptions) -> Result<Plan> {
             kept_test.push(val);
             kept.into_iter().map(|k| rest[k as usize]).collect()
         } else {
-            kept_test.push(stratified_subset(&s.test_labels, opts.limit_test, sub_seed(i, 2)));
+            kept_test.push(stratified_subset(
+                &s.test_labels,
+                opts.limit_test,
+                sub_seed(i, 2),
+            ));
             stratified_subset(&s.train_labels, opts.limit_train, sub_seed(i, 1))
         };
         kept_train.push(train);

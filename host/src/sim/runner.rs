@@ -13,8 +13,6 @@ use super::method::{Features, Method};
 use super::metrics::{none_eval, peak_rss_kib, NoneEval, StageResult, StageScore};
 use super::protocol::{Plan, ProtocolKind, SourceInfo};
 
-
-
 /// Units of work [`run`] reports to its progress bar.
 pub fn work(plan: &Plan, methods: usize) -> u64 {
     let per_stage: usize = plan.groups.iter().map(|g| g.samples.len()).sum();

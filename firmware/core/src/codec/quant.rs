@@ -177,7 +177,9 @@ mod tests {
 
     #[test]
     fn row_helpers_give_the_bits_of_dequantise() {
-        let x: Vec<f32> = (0..37).map(|i| ((i * 7919) % 101) as f32 * 0.37 - 11.0).collect();
+        let x: Vec<f32> = (0..37)
+            .map(|i| ((i * 7919) % 101) as f32 * 0.37 - 11.0)
+            .collect();
         for bits in [4u8, 8, 32] {
             let mut row = vec![0u8; row_len(x.len(), bits)];
             quantise_row(&x, bits, &mut row);

@@ -147,7 +147,9 @@ pub fn parse_mixing(s: &str) -> Result<Mixing, String> {
             .filter(|a| (0.0..=1.0).contains(a))
             .map(Mixing::Fixed)
             .ok_or_else(|| {
-                format!("unknown mixing `{other}` (ocw, ocw-other, ocw-hard, tuned, original, fixed:A)")
+                format!(
+                    "unknown mixing `{other}` (ocw, ocw-other, ocw-hard, tuned, original, fixed:A)"
+                )
             }),
     }
 }
