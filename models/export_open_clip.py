@@ -247,33 +247,43 @@ def verify(model, open_clip, model_name, out, dims, sd):
     return bool(ok)
 
 
-def find_images(folder):
-    """`(label, path)` of the pictures `<label>.<jpg|jpeg|png>` in `folder`, by label."""
-    found = {}
+def picture_label(stem):
+    """The label of a picture named `<label>` or `<label>_<n>` (several of one label)."""
+    base, sep, num = stem.rpartition("_")
+    return base if sep and num.isdigit() and base else stem
+
+
+def find_images(folder, min_labels=2):
+    """`(label, path)` of the pictures `<label>[_<n>].<jpg|jpeg|png>` in `folder`, by file
+    name; refused with fewer than `min_labels` labels."""
+    found = []
     for entry in sorted(os.listdir(folder)):
         path = os.path.join(folder, entry)
         stem, ext = os.path.splitext(entry)
         if not os.path.isfile(path) or ext.lower() not in IMAGE_EXTS:
             continue
-        if not stem.strip() or stem != stem.strip():
+        label = picture_label(stem)
+        if not label.strip() or label != label.strip():
             refuse(f"--images: {entry!r}: the label (file stem) is empty or has outer spaces")
-        if stem in found:
-            refuse(f"--images: two pictures for the label {stem!r}")
-        found[stem] = path
-    if len(found) < 2:
-        refuse(f"--images {folder}: zero-shot needs at least 2 pictures named <label>{IMAGE_EXTS}")
-    return sorted(found.items())
+        found.append((label, path))
+    if len({label for label, _ in found}) < min_labels:
+        refuse(f"--images {folder}: needs pictures of at least {min_labels} labels, named "
+               f"<label>[_<n>]{IMAGE_EXTS}")
+    return found
 
 
-def write_reference(model, open_clip, model_name, out, dims, weights, images):
+def write_reference(model, open_clip, model_name, out, dims, weights, images, checked=None,
+                    learn=None):
     """Writes reference.safetensors (fixed inputs and open_clip's outputs) and copies
-    `images` (from `find_images`) to `<out>/images/`; returns the written files'
-    names, relative to `out`."""
+    `images` (from `find_images`) to `<out>/images/`, and `learn` (more of them) to
+    `<out>/images/learn/`; returns the written files' names, relative to `out`. Each
+    picture whose label is in `checked` (default: every label) must be ranked first."""
     import torch
     from PIL import Image
     from safetensors.numpy import save_file
 
-    labels = [label for label, _ in images] or DEFAULT_LABELS
+    labels = sorted({label for label, _ in images}) or DEFAULT_LABELS
+    checked = set(labels if checked is None else checked)
     texts = [f"a photo of a {label}." for label in labels] + EXTRA_TEXTS
     pixels = fixed_pixels(dims["image_size"])
     input_ids = open_clip.get_tokenizer(model_name)(texts).numpy().astype(np.int64)
@@ -298,8 +308,8 @@ def write_reference(model, open_clip, model_name, out, dims, weights, images):
         preprocess = image_transform_v2(cfg, is_train=False)
         os.makedirs(folder)
         batch = []
-        for label, path in images:
-            name = label + os.path.splitext(path)[1].lower()
+        for _, path in images:
+            name = os.path.basename(path)
             shutil.copyfile(path, os.path.join(folder, name))
             names.append(name)
             written.append(f"{IMAGES}/{name}")
@@ -312,7 +322,8 @@ def write_reference(model, open_clip, model_name, out, dims, weights, images):
         tensors["image_pixels_embeds"] = emb
         # open_clip's own zero-shot on its own preprocessing, over the picture labels.
         cos = cn.l2_normalise(emb) @ cn.l2_normalise(text_embeds[: len(labels)]).T
-        wrong = [(names[i], labels[j]) for i, j in enumerate(cos.argmax(1)) if j != i]
+        wrong = [(names[i], labels[j]) for i, j in enumerate(cos.argmax(1))
+                 if labels[j] != images[i][0] and images[i][0] in checked]
         for name, label in wrong:
             print(f"  {'note' if weights == 'random-init' else 'FAILED':6} open_clip ranks "
                   f"{label!r} first for {name}")
@@ -320,13 +331,22 @@ def write_reference(model, open_clip, model_name, out, dims, weights, images):
             raise SystemExit("open_clip itself misclassifies a reference picture: use a "
                              "clearer one; manifest not written")
         if not wrong:
-            print(f"  ok     open_clip ranks each of the {len(names)} pictures' own label first")
+            print(f"  ok     open_clip ranks the own label first for each of the "
+                  f"{sum(label in checked for label, _ in images)} pictures of "
+                  f"{sorted(checked)}")
+        for path in learn or []:
+            os.makedirs(os.path.join(folder, "learn"), exist_ok=True)
+            name = os.path.basename(path)
+            shutil.copyfile(path, os.path.join(folder, "learn", name))
+            written.append(f"{IMAGES}/learn/{name}")
     metadata = {
         "model": model_name,
         "weights": weights,
         "texts": json.dumps(texts, ensure_ascii=False),
         "labels": json.dumps(labels, ensure_ascii=False),
         "images": json.dumps(names, ensure_ascii=False),
+        "image_labels": json.dumps([label for label, _ in images], ensure_ascii=False),
+        "zero_shot_labels": json.dumps(sorted(checked), ensure_ascii=False),
         "logit_scale": repr(float(model.logit_scale.detach().exp())),
     }
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
@@ -347,15 +367,29 @@ def main():
     p.add_argument("--licence", help="licence of the weights (default: MIT for openai)")
     p.add_argument("--out", help="output folder (default: $ANYTIME_EDGE_ASSETS/models/<name>)")
     p.add_argument("--images", metavar="DIR",
-                   help="a folder of a few real pictures named <label>.jpg|png, copied to "
-                   "<out>/images/ for the runtime's zero-shot check (each must be ranked "
-                   "first among all the labels by open_clip)")
+                   help="a folder of a few real pictures named <label>[_<n>].jpg|png, copied "
+                   "to <out>/images/ for the runtime's zero-shot check (each must be ranked "
+                   "first among all the labels by open_clip, see --zero-shot-labels); "
+                   "pictures in DIR/learn/ are copied to <out>/images/learn/ as they are")
+    p.add_argument("--zero-shot-labels", metavar="L1,L2,...",
+                   help="only pictures of these labels must be ranked first (default: all; "
+                   "a model trained without some labels cannot name them)")
+    p.add_argument("--learner-lr", type=float,
+                   help="the learner's learning rate for this model ([learner] lr)")
+    p.add_argument("--model-config", metavar="JSON",
+                   help="an open_clip model configuration file; --model is its file stem")
     args = p.parse_args()
     images = find_images(args.images) if args.images else []
+    learn = []
+    if args.images and os.path.isdir(os.path.join(args.images, "learn")):
+        learn = [path for _, path in find_images(os.path.join(args.images, "learn"), 1)]
+    checked = args.zero_shot_labels.split(",") if args.zero_shot_labels else None
 
     import open_clip
     import torch
 
+    if args.model_config:
+        open_clip.add_model_config(args.model_config)
     tag = None if args.random_init else args.checkpoint or args.pretrained
     kind = "random" if args.random_init else "local" if args.checkpoint else args.pretrained
     name = args.name or f"{args.model}-{kind}".lower()
@@ -402,7 +436,8 @@ def main():
 
     weights = "random-init" if args.random_init else "checkpoint" if args.checkpoint \
         else f"pretrained:{args.pretrained}"
-    extra = write_reference(model, open_clip, args.model, out, dims, weights, images)
+    extra = write_reference(model, open_clip, args.model, out, dims, weights, images, checked,
+                            learn)
 
     v = model.visual
     mean = tuple(getattr(v, "image_mean", None) or OPENAI_MEAN)
@@ -413,7 +448,8 @@ def main():
              "exported by models/export_open_clip.py"
     fio.write_manifest(os.path.join(out, "manifest.toml"), name, source, licence, dims,
                        mean, std, files,
-                       comments=["Written by models/export_open_clip.py. Layout: models/README.md."])
+                       comments=["Written by models/export_open_clip.py. Layout: models/README.md."],
+                       learner={"lr": args.learner_lr} if args.learner_lr else None)
     print(f"wrote {out}")
 
 

@@ -104,17 +104,21 @@ def _toml_str(s):
     return json.dumps(s, ensure_ascii=False)  # a JSON string is a valid TOML basic string
 
 
-def write_manifest(path, name, source, licence, dims, mean, std, files, comments=()):
+def write_manifest(path, name, source, licence, dims, mean, std, files, comments=(),
+                   learner=None):
     """Writes `manifest.toml`; `files` maps a file name (relative to the model
-    folder) to its sha256 hex; `dims` is an ordered dict of integers."""
+    folder) to its sha256 hex; `dims` is an ordered dict of integers; `learner` an
+    optional dict of the `[learner]` settings (floats)."""
     out = [f"# {c}" for c in comments]
     out += [f"name = {_toml_str(name)}", f"source = {_toml_str(source)}",
             f"licence = {_toml_str(licence)}", "", "[dims]"]
     out += [f"{k} = {int(v)}" for k, v in dims.items()]
     out += ["", "[preprocess]",
             "mean = [" + ", ".join(repr(float(m)) for m in mean) + "]",
-            "std = [" + ", ".join(repr(float(s)) for s in std) + "]",
-            "", "[files]"]
+            "std = [" + ", ".join(repr(float(s)) for s in std) + "]", ""]
+    if learner:
+        out += ["[learner]"] + [f"{k} = {float(v)!r}" for k, v in learner.items()] + [""]
+    out += ["[files]"]
     out += [f"{_toml_str(k)} = {_toml_str(v)}" for k, v in files.items()]
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         f.write("\n".join(out) + "\n")

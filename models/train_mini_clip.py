@@ -23,8 +23,16 @@ Loss: CLIP's image-to-text contrastive loss with a learned temperature. A batch'
 candidate captions are the 15 class names, each in a prompt template drawn at
 random for the step, plus `--distractors` captions of random words of the CLIP
 vocabulary (never the five held-out class names): as in CLIP, most captions an
-image is contrasted with are not its own, and the text tower learns to keep
-different names apart, instead of mapping every unknown word to one point.
+image is contrasted with are not its own.
+
+A real CLIP's text tower gives every name its own embedding, because it has read
+them all. Ours must too, or the anytime learner cannot tell the names it was never
+shown apart. So the token embedding stays at its random initialisation (frozen: a
+name never seen is then as legible to the tower as one it was trained on), and a
+word-level text contrastive term (weight `--word-weight`) asks two captions of the
+same distractor word, in two templates, to be closer to each other than to the
+other words' captions. Without both, the first run of this script mapped dog, frog,
+horse, ship and truck to one point (pairwise cosine 1.00).
 
 Everything is seeded (`--seed`); PyTorch's CPU kernels are not bit-reproducible
 across machines, so the committed weights are those this script produced, with
@@ -218,7 +226,16 @@ def evaluate(model, tokenizer, data, mean, std):
     cifar5, _ = zero_shot(model, tokenizer, cifar[torch_mask(seen)], y[seen], CIFAR_SEEN)
     fashion_acc, _ = zero_shot(model, tokenizer, fashion, data.fashion_test_y, FASHION_CLASSES)
     cifar10, preds = zero_shot(model, tokenizer, cifar, y, CIFAR_CLASSES)
+    import torch
+
+    with torch.inference_mode():
+        names = model.encode_text(tokenizer([EVAL_TEMPLATE.format(n) for n in CIFAR_CLASSES]),
+                                  normalize=True)
+        cos = names @ names.T
+        off = ~torch.eye(len(CIFAR_CLASSES), dtype=torch.bool)
     res = {
+        # how far apart the prompts of the ten CIFAR-10 names are (1.0: indistinguishable)
+        "cifar10_names_max_cos": float(cos[off].max()),
         "cifar10_seen5_5way": cifar5,
         "fashion_mnist_10way": fashion_acc,
         "cifar10_10way": cifar10,
@@ -237,15 +254,23 @@ def torch_mask(mask):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=2500, help="optimiser steps (batch --batch)")
+    p.add_argument("--minutes", type=float, default=58.0,
+                   help="wall-clock budget of the whole run, loading and evaluation included; "
+                   "the learning rate's cosine runs over it, and training stops in time for "
+                   "the final evaluation")
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimiser steps instead of a time budget (batch --batch)")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--warmup", type=int, default=150)
     p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--distractors", type=int, default=64)
+    p.add_argument("--distractors", type=int, default=32)
+    p.add_argument("--word-weight", type=float, default=1.0,
+                   help="weight of the word-level text contrastive term")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-every", type=int, default=625)
+    p.add_argument("--final-eval-minutes", type=float, default=1.0,
+                   help="time kept for the final evaluation and saving")
     p.add_argument("--assets", default=os.environ.get("ANYTIME_EDGE_ASSETS"))
     p.add_argument("--out", default=os.path.join(HERE, "..", "target", "mini-clip"),
                    help="folder for the checkpoint and the log")
@@ -271,6 +296,9 @@ def main():
     open_clip.add_model_config(CONFIG)
     model = open_clip.create_model(MODEL, pretrained=None, device="cpu", precision="fp32")
     tokenizer = open_clip.get_tokenizer(MODEL)
+    # Frozen at its random init: every token, seen in training or not, is a vector the
+    # tower has learned to read (see the module documentation).
+    model.token_embedding.weight.requires_grad_(False)
     n_params = sum(p.numel() for p in model.parameters())
     n_vis = sum(p.numel() for p in model.visual.parameters())
     log(f"model: {n_params} parameters ({n_vis} in the image tower)", log_fh)
@@ -286,17 +314,35 @@ def main():
 
     decay, no_decay = [], []
     for name, prm in model.named_parameters():
+        if not prm.requires_grad:
+            continue
         (no_decay if prm.ndim < 2 or "embedding" in name or "logit_scale" in name
          else decay).append(prm)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
 
-    def lr_at(step):
+    # The schedule runs over steps (--steps) or over the time left (--minutes): linear
+    # warm-up, then a cosine from the peak to 0 at the last step or at the deadline.
+    deadline = t_start + 60 * (args.minutes - args.final_eval_minutes)
+
+    def progress(step, t_warm):
+        if args.steps is not None:
+            return (step - args.warmup) / max(1, args.steps - args.warmup)
+        return (time.time() - t_warm) / max(1e-9, deadline - t_warm)
+
+    def lr_at(step, t_warm):
         if step < args.warmup:
             return args.lr * (step + 1) / args.warmup
-        t = (step - args.warmup) / max(1, args.steps - args.warmup)
+        t = min(1.0, max(0.0, progress(step, t_warm)))
         return 0.5 * args.lr * (1 + math.cos(math.pi * t))
+
+    def checkpoint_eval(step):
+        res = evaluate(model, tokenizer, data, mean, std)
+        res.update(step=step, minutes=(time.time() - t_start) / 60)
+        log(f"eval {json.dumps(res)}", log_fh)
+        torch.save(model.state_dict(), os.path.join(args.out, "checkpoint.pt"))
+        return res
 
     fwd = torch.compile(model) if args.compile else model
     model.train()
@@ -304,20 +350,39 @@ def main():
     history = []
     t_train = time.time()
     loss_avg, acc_avg = None, None
-    for step in range(args.steps):
+    t_warm, mid_done, step = None, False, 0
+    while True:
+        if step == args.warmup:
+            t_warm = time.time()
+        done = (step >= args.steps) if args.steps is not None else (
+            t_warm is not None and time.time() >= deadline)
+        if done:
+            break
+        lr = lr_at(step, t_warm)
         ci, fi = cifar_stream.take(half), fashion_stream.take(args.batch - half)
         x = torch.cat([augment(data.cifar_x[ci], rng), augment(data.fashion_x[fi], rng)])
         x = normalise(x, mean, std)
         y = torch.from_numpy(np.concatenate([data.cifar_y[ci], 5 + data.fashion_y[fi]]))
         templates = rng.integers(0, len(TEMPLATES), len(class_names))
         captions = [TEMPLATES[t].format(n) for t, n in zip(templates, class_names)]
-        for w in rng.choice(len(words), args.distractors, replace=False):
+        drawn = rng.choice(len(words), args.distractors, replace=False)
+        for w in drawn:
             captions.append(TEMPLATES[rng.integers(0, len(TEMPLATES))].format(words[w]))
+        # the same words again, each in another template drawn at random
+        captions += [TEMPLATES[rng.integers(0, len(TEMPLATES))].format(words[w]) for w in drawn]
         for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        img, txt, scale = fwd(x, tokenizer(captions))
+            g["lr"] = lr
+        img, txt_all, scale = fwd(x, tokenizer(captions))
+        n_cap = len(class_names) + args.distractors
+        txt, again = txt_all[:n_cap], txt_all[n_cap:]
         logits = scale * img @ txt.T
-        loss = F.cross_entropy(logits, y)
+        loss_image = F.cross_entropy(logits, y)
+        # word-level text contrastive: each word's second caption against its first
+        word_logits = 10.0 * again @ txt[len(class_names):].T
+        target = torch.arange(args.distractors)
+        loss_word = 0.5 * (F.cross_entropy(word_logits, target)
+                           + F.cross_entropy(word_logits.T, target))
+        loss = loss_image + args.word_weight * loss_word
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -325,25 +390,28 @@ def main():
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
             acc = float((logits.argmax(1) == y).float().mean())
-        lv = float(loss.detach())
+        lv = float(loss_image.detach())
         loss_avg = lv if loss_avg is None else 0.98 * loss_avg + 0.02 * lv
         acc_avg = acc if acc_avg is None else 0.98 * acc_avg + 0.02 * acc
-        if step % 50 == 0 or step == args.steps - 1:
+        if step % 50 == 0:
             el = time.time() - t_train
-            log(f"step {step}/{args.steps} loss {loss_avg:.3f} batch acc {acc_avg:.3f} "
-                f"lr {lr_at(step):.2e} scale {float(scale):.1f} {el / (step + 1):.2f} s/step "
+            log(f"step {step} ({(time.time() - t_start) / 60:.1f} min) loss {loss_avg:.3f} "
+                f"word loss {float(loss_word):.3f} "
+                f"batch acc {acc_avg:.3f} "
+                f"lr {lr:.2e} scale {float(scale):.1f} {el / (step + 1):.2f} s/step "
                 f"(CIFAR passes {cifar_stream.epochs}, Fashion-MNIST passes "
                 f"{fashion_stream.epochs})", log_fh)
-        if (step + 1) % args.eval_every == 0 or step == args.steps - 1:
-            res = evaluate(model, tokenizer, data, mean, std)
-            res.update(step=step + 1, minutes=(time.time() - t_start) / 60)
-            history.append(res)
-            log(f"eval {json.dumps(res)}", log_fh)
-            torch.save(model.state_dict(), os.path.join(args.out, "checkpoint.pt"))
+        step += 1
+        if not mid_done and t_warm is not None and progress(step, t_warm) >= 0.5:
+            mid_done = True
+            history.append(checkpoint_eval(step))
+
+    log(f"trained {step} steps ({step * args.batch} images)", log_fh)
+    history.append(checkpoint_eval(step))
 
     total = time.time() - t_start
     summary = {"settings": vars(args), "parameters": n_params, "image_tower_parameters": n_vis,
-               "wall_seconds": total, "train_seconds": time.time() - t_train,
+               "wall_seconds": total, "train_seconds": time.time() - t_train, "steps": step,
                "cifar_passes": cifar_stream.epochs, "fashion_passes": fashion_stream.epochs,
                "history": history, "final": history[-1],
                "torch": torch.__version__, "open_clip": open_clip.__version__}
