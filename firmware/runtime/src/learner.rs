@@ -35,7 +35,9 @@ use crate::assets::{ModelAssets, LAST_BLOCK};
 use crate::block::{BlockDims, FrozenHead, LastBlock, WeightsError};
 use crate::encoder::{check_label, DynamicImage, EncoderError, LabelError};
 use crate::predict::{dot, LabelSet, PredictError, Prediction, Predictor, LOGIT_SCALE};
-use crate::store::{decode_tokens, encode_tokens, token_weights, Store, StoreConfig, StoreError};
+use crate::store::{
+    decode_tokens, encode_tokens, token_weights, Sample, Store, StoreConfig, StoreError,
+};
 use crate::train::{
     choose_backend, load_tuned, save_tuned, BackendChoice, Batch, TrainBackend, TrainConfig,
     TrainError, Training, TunedState,
@@ -52,8 +54,7 @@ const META_FILE: &str = "learner.json";
 /// Version 2 adds the typicality table (version 1 is still read).
 const STATE_VERSION: u8 = 2;
 /// Largest state blob: header, OCW length and state, typicality table.
-const STATE_MAX_LEN: usize =
-    21 + Ocw::MAX_ENCODED_LEN + 2 + typicality::ENTRY_LEN * OCW_CAPACITY;
+const STATE_MAX_LEN: usize = 21 + Ocw::MAX_ENCODED_LEN + 2 + typicality::ENTRY_LEN * OCW_CAPACITY;
 
 /// Errors of the learner.
 #[derive(Debug, thiserror::Error)]
@@ -433,15 +434,39 @@ impl Learner {
         image: &DynamicImage,
         label: &str,
     ) -> Result<LearnReport, LearnError> {
+        self.learn_image_in(image, label, &[] as &[&str])
+    }
+
+    /// [`Learner::learn_image`] within a task whose other labels are `context` (see
+    /// [`Learner::learn_tokens_in`]).
+    pub fn learn_image_in<S: AsRef<str>>(
+        &mut self,
+        image: &DynamicImage,
+        label: &str,
+        context: &[S],
+    ) -> Result<LearnReport, LearnError> {
         let tokens = self
             .predictor
             .encoder
             .encode_images(std::slice::from_ref(image))?;
-        self.learn_tokens(&tokens, label)
+        self.learn_tokens_in(&tokens, label, context)
     }
 
     /// Learns one labelled sample given as trunk tokens `[N, D]`.
     pub fn learn_tokens(&mut self, tokens: &[f32], label: &str) -> Result<LearnReport, LearnError> {
+        self.learn_tokens_in(tokens, label, &[] as &[&str])
+    }
+
+    /// [`Learner::learn_tokens`] within a task whose other labels are `context`: they join
+    /// the training label set (the stored labels and `label`) as candidates the sample is
+    /// not, in the step's softmax and in OCW's argmax, as the reference implementation
+    /// puts a whole task's labels in its softmax. Labels of `context` are not stored.
+    pub fn learn_tokens_in<S: AsRef<str>>(
+        &mut self,
+        tokens: &[f32],
+        label: &str,
+        context: &[S],
+    ) -> Result<LearnReport, LearnError> {
         let per = self.dims.tokens_len();
         if tokens.len() != per {
             return Err(PredictError::Tokens {
@@ -455,26 +480,16 @@ impl Learner {
             return Err(LearnError::NonFinite { index });
         }
         let label = check_label(0, label)?.to_string();
+        for (i, c) in context.iter().enumerate() {
+            check_label(i, c.as_ref())?;
+        }
         // The backend first: when it cannot be built, the store is left untouched.
         self.backend()?;
 
-        // The training label set: labels in storage, and this one.
+        // The training label set: labels in storage, this one, then the context.
         let y_id = self.store.label_id(&label)?;
-        let mut ids: Vec<u16> = Vec::new();
-        let mut names: Vec<String> = Vec::new();
-        for info in self.store.labels()? {
-            if let Some(name) = info.name {
-                if info.count > 0 || info.id == y_id {
-                    ids.push(info.id);
-                    names.push(name);
-                }
-            }
-        }
-        let y = ids.iter().position(|&i| i == y_id).unwrap_or_else(|| {
-            ids.push(y_id);
-            names.push(label.clone());
-            ids.len() - 1
-        });
+        let (ids, names) = self.training_labels(Some((y_id, &label)), context)?;
+        let y = ids.iter().position(|&i| i == y_id).unwrap_or_default();
         let text = self.predictor.encoder.encode_texts(&names)?;
 
         // OCW update on the new sample, before the step (SPEC §3), and the "none"
@@ -485,7 +500,7 @@ impl Learner {
             tokens,
             labels: &[y as u32],
             text: &text,
-            n_labels: ids.len(),
+            n_labels: names.len(),
         };
         let (probe_stats, mut z_t) = self.backend()?.loss_embed(&probe)?;
         let tuned_correct = probe_stats.correct == 1;
@@ -522,26 +537,12 @@ impl Learner {
         let mut batch_tokens = Vec::with_capacity((1 + replay.len()) * per);
         batch_tokens.extend_from_slice(tokens);
         let mut labels = vec![y as u32];
-        for s in &replay {
-            let Some(li) = ids.iter().position(|&i| i == s.label) else {
-                continue; // a record whose label name was lost
-            };
-            let decoded = decode_tokens(&s.payload).ok().filter(|(t, n, d)| {
-                *n == self.dims.tokens && *d == self.dims.width && t.iter().all(|v| v.is_finite())
-            });
-            match decoded {
-                Some((t, _, _)) => {
-                    batch_tokens.extend_from_slice(&t);
-                    labels.push(li as u32);
-                }
-                None => log::warn!("store record {} does not decode to tokens; skipped", s.seq),
-            }
-        }
+        self.push_replayed(&replay, &ids, &mut batch_tokens, &mut labels);
         let stats = self.backend()?.step(&Batch {
             tokens: &batch_tokens,
             labels: &labels,
             text: &text,
-            n_labels: ids.len(),
+            n_labels: names.len(),
         })?;
         self.tuned = None;
         self.state.learned += 1;
@@ -559,10 +560,114 @@ impl Learner {
             original_correct,
             loss: stats.loss,
             batch: labels.len(),
-            labels: ids.len(),
+            labels: names.len(),
             record_bytes: record.len(),
             learned: self.state.learned,
         })
+    }
+
+    /// `steps` extra training steps, each on a class-balanced batch of stored samples alone
+    /// (the stored-sample term `L_b` of SPEC §8's budget), over the stored labels and
+    /// `context`. Nothing is stored and OCW is not updated (replayed samples never are,
+    /// SPEC §3). Returns the batches' mean loss before their updates, or `None` when the
+    /// store is empty or `steps` is 0.
+    pub fn rehearse<S: AsRef<str>>(
+        &mut self,
+        steps: u32,
+        context: &[S],
+    ) -> Result<Option<f32>, LearnError> {
+        if steps == 0 || self.store.is_empty() {
+            return Ok(None);
+        }
+        self.backend()?;
+        let (ids, names) = self.training_labels(None, context)?;
+        let text = self.predictor.encoder.encode_texts(&names)?;
+        let per = self.dims.tokens_len();
+        let mut loss = 0.0f64;
+        for step in 0..steps {
+            let seed = self.cfg.seed
+                ^ self.state.learned.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                ^ (u64::from(step) + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
+            let replay = self
+                .store
+                .sample_balanced(self.cfg.replay + 1, seed, None)?;
+            let mut batch_tokens = Vec::with_capacity(replay.len() * per);
+            let mut labels = Vec::with_capacity(replay.len());
+            self.push_replayed(&replay, &ids, &mut batch_tokens, &mut labels);
+            if labels.is_empty() {
+                return Ok(None);
+            }
+            let stats = self.backend()?.step(&Batch {
+                tokens: &batch_tokens,
+                labels: &labels,
+                text: &text,
+                n_labels: names.len(),
+            })?;
+            loss += f64::from(stats.loss);
+            self.tuned = None;
+        }
+        self.since_checkpoint += 1;
+        if self.cfg.checkpoint_every > 0 && self.since_checkpoint >= self.cfg.checkpoint_every {
+            self.checkpoint()?;
+        }
+        Ok(Some((loss / f64::from(steps)) as f32))
+    }
+
+    /// The training label set: the stored labels with samples, `new` (id and name) if not
+    /// among them, then the labels of `context` that are neither. Ids of the stored ones.
+    fn training_labels<S: AsRef<str>>(
+        &mut self,
+        new: Option<(u16, &str)>,
+        context: &[S],
+    ) -> Result<(Vec<u16>, Vec<String>), LearnError> {
+        let mut ids: Vec<u16> = Vec::new();
+        let mut names: Vec<String> = Vec::new();
+        for info in self.store.labels()? {
+            if let Some(name) = info.name {
+                if info.count > 0 || new.is_some_and(|(id, _)| id == info.id) {
+                    ids.push(info.id);
+                    names.push(name);
+                }
+            }
+        }
+        if let Some((id, name)) = new {
+            if !ids.contains(&id) {
+                ids.push(id);
+                names.push(name.to_string());
+            }
+        }
+        for (i, c) in context.iter().enumerate() {
+            let c = check_label(i, c.as_ref())?;
+            if !names.iter().any(|n| n == c) {
+                names.push(c.to_string());
+            }
+        }
+        Ok((ids, names))
+    }
+
+    /// Appends the decodable records of `replay` whose label is in `ids` to a batch.
+    fn push_replayed(
+        &self,
+        replay: &[Sample],
+        ids: &[u16],
+        batch_tokens: &mut Vec<f32>,
+        labels: &mut Vec<u32>,
+    ) {
+        for s in replay {
+            let Some(li) = ids.iter().position(|&i| i == s.label) else {
+                continue; // a record whose label name was lost
+            };
+            let decoded = decode_tokens(&s.payload).ok().filter(|(t, n, d)| {
+                *n == self.dims.tokens && *d == self.dims.width && t.iter().all(|v| v.is_finite())
+            });
+            match decoded {
+                Some((t, _, _)) => {
+                    batch_tokens.extend_from_slice(&t);
+                    labels.push(li as u32);
+                }
+                None => log::warn!("store record {} does not decode to tokens; skipped", s.seq),
+            }
+        }
     }
 
     /// Saves the tuned weights atomically, then the state blob that names them.
@@ -594,7 +699,10 @@ impl Learner {
     }
 
     /// The "none" calibration of a label (see [`crate::typicality`]), if it was learned.
-    pub fn typicality(&mut self, label: &str) -> Result<Option<typicality::Typicality>, LearnError> {
+    pub fn typicality(
+        &mut self,
+        label: &str,
+    ) -> Result<Option<typicality::Typicality>, LearnError> {
         let Some(id) = self.store.find_label(label)? else {
             return Ok(None);
         };

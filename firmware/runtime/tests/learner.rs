@@ -82,7 +82,10 @@ fn ocw_uses_the_tuned_model_for_learned_labels_and_the_original_for_the_rest() {
     // The "none" calibration saw every new sample of the taught label, before its step.
     let t = learner.typicality(&taught).unwrap().unwrap();
     assert_eq!(t.n, 40);
-    assert!(t.mean.is_finite() && t.var.is_finite() && t.var >= 0.0, "{t:?}");
+    assert!(
+        t.mean.is_finite() && t.var.is_finite() && t.var >= 0.0,
+        "{t:?}"
+    );
     assert!(learner.typicality("gamma").unwrap().is_none());
     // The learned label answers with a none score; a never-learned best label without.
     let score = mixed.none_score.expect("a learned best label has a score");
@@ -126,7 +129,10 @@ fn hard_mixing_picks_one_model_per_label() {
         .predict_tokens(&tokens, &query, Mixing::OriginalOnly)
         .unwrap()[0];
     assert_eq!(hard.probs[0], tuned.probs[0], "α = 1 for the taught label");
-    assert_eq!(hard.probs[1], original.probs[1], "α = 0 for a label never learned");
+    assert_eq!(
+        hard.probs[1], original.probs[1],
+        "α = 0 for a label never learned"
+    );
 }
 
 #[test]
@@ -189,4 +195,41 @@ fn a_folder_of_another_model_and_bad_samples_are_refused() {
         "{err}"
     );
     let _ = ModelAssets::find("tiny-clip").unwrap();
+}
+
+#[test]
+fn rehearsal_trains_on_stored_samples_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = Learner::open("tiny-clip", dir.path(), config()).unwrap();
+    assert_eq!(
+        l.rehearse(5, &["red"]).unwrap(),
+        None,
+        "nothing stored, nothing to rehearse"
+    );
+    let red = tiny_tokens("red_square.png");
+    let green = tiny_tokens("green_circle.png");
+    l.learn_tokens(&red, "red").unwrap();
+    l.learn_tokens(&green, "green").unwrap();
+    let set = l.label_set(&["red", "green", "blue"]).unwrap();
+    let before = l.predict_tokens(&red, &set, Mixing::TunedOnly).unwrap();
+    let ocw = (l.ocw("red").unwrap(), l.ocw("green").unwrap());
+    let (stored, learned) = (l.store().len(), l.learned());
+
+    let first = l.rehearse(1, &["blue"]).unwrap().unwrap();
+    let later = l.rehearse(30, &["blue"]).unwrap().unwrap();
+    assert!(first.is_finite() && later < first, "{first} → {later}");
+    let after = l.predict_tokens(&red, &set, Mixing::TunedOnly).unwrap();
+    assert_ne!(before[0].probs, after[0].probs, "the tuned block trained");
+    assert_eq!(l.store().len(), stored, "rehearsal stores nothing");
+    assert_eq!(l.learned(), learned, "nor counts as learning");
+    assert_eq!(
+        (l.ocw("red").unwrap(), l.ocw("green").unwrap()),
+        ocw,
+        "replayed samples never update OCW"
+    );
+    assert_eq!(l.rehearse(0, &["blue"]).unwrap(), None);
+    assert!(
+        l.rehearse(1, &[""]).is_err(),
+        "a bad context label is refused"
+    );
 }
