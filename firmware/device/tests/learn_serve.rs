@@ -138,6 +138,11 @@ fn learn_a_folder_then_predict_with_the_learner() {
         learned,
         [("blue triangle", 1), ("green circle", 2), ("red square", 3)]
     );
+    let label_sets: Vec<u64> = lines
+        .iter()
+        .map(|l| l["labels"].as_u64().unwrap())
+        .collect();
+    assert_eq!(label_sets, [1, 2, 3], "the stored labels and the new one");
     for l in &lines {
         assert!(l["loss"].as_f64().unwrap().is_finite(), "{l}");
     }
@@ -161,6 +166,23 @@ fn learn_a_folder_then_predict_with_the_learner() {
         let ranked = p["ranked"].as_array().unwrap();
         assert_eq!(ranked.len(), 3, "{p}");
     }
+
+    // `--among` adds the task's other labels to the step's label set.
+    let o = bin()
+        .args(["learn", "--cpu", "--json", "--state"])
+        .arg(&state)
+        .args([
+            "--label",
+            LABELS[0],
+            "--among",
+            "cat, green circle",
+            &img(0),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let line: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(line["labels"], 4, "three stored labels and cat: {line}");
 
     // A state folder that is not a learner is refused, and nothing is created in it.
     let empty = dir.path().join("empty");
@@ -199,15 +221,23 @@ fn serve_answers_every_request_line_and_saves_on_eof() {
         &json!({"learn": img(0), "label": ""}).to_string(),
         &json!({"predict": img(0), "labels": []}).to_string(),
         r#"{"dance": true}"#,
+        &json!({"learn": img(0), "label": "x", "among": "y"}).to_string(),
+        &json!({"learn": img(0), "label": "x", "among": [""]}).to_string(),
     ] {
         let r = s.ask(bad);
         assert!(r["error"].is_string(), "{bad} -> {r}");
     }
+    // The task's other labels join the step's label set, and are not stored.
+    let r = s.ask(
+        &json!({"learn": img(0), "label": LABELS[0], "among": ["cat", LABELS[1]]}).to_string(),
+    );
+    assert_eq!(r["labels"], 4, "three stored labels and cat: {r}");
     let st = s.stats();
-    assert_eq!(st["learned"], 3, "{st}");
+    assert_eq!(st["learned"], 4, "{st}");
+    assert_eq!(stored(&st, "cat"), 0, "{st}");
     assert_eq!(st["training"], "cpu", "{st}");
-    for l in LABELS {
-        assert_eq!(stored(&st, l), 1, "{st}");
+    for (i, l) in LABELS.iter().enumerate() {
+        assert_eq!(stored(&st, l), 1 + u64::from(i == 0), "{st}");
     }
     assert!(s.finish().0);
     assert!(state.join("tuned.safetensors").is_file());

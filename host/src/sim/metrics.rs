@@ -478,12 +478,21 @@ mod tests {
 
     #[test]
     fn auroc_is_the_probability_a_positive_outranks_a_negative() {
-        assert_eq!(auroc(&[0.1, 0.2, 0.8, 0.9], &[false, false, true, true]), Some(1.0));
-        assert_eq!(auroc(&[0.9, 0.8, 0.2, 0.1], &[false, false, true, true]), Some(0.0));
+        assert_eq!(
+            auroc(&[0.1, 0.2, 0.8, 0.9], &[false, false, true, true]),
+            Some(1.0)
+        );
+        assert_eq!(
+            auroc(&[0.9, 0.8, 0.2, 0.1], &[false, false, true, true]),
+            Some(0.0)
+        );
         // ties count half
         assert_eq!(auroc(&[0.5; 4], &[false, true, false, true]), Some(0.5));
         // 3 of the 4 (positive, negative) pairs ordered right
-        assert_eq!(auroc(&[0.1, 0.3, 0.2, 0.4], &[false, true, false, true]), Some(0.75));
+        assert_eq!(
+            auroc(&[0.1, 0.3, 0.35, 0.4], &[false, true, false, true]),
+            Some(0.75)
+        );
         assert_eq!(auroc(&[0.1, 0.2], &[true, true]), None);
         assert_eq!(auroc(&[f64::NAN, 0.2], &[true, false]), None);
     }

@@ -2,7 +2,8 @@
 //!
 //! Zero-shot prediction of every picture in `<model>/images/` over the labels they are
 //! named after (`<label>_<n>.png`), then one update per picture of `<model>/images/learn/`
-//! in a fresh learner, then prediction again with the learner (OCW mixing). Prints one
+//! in a fresh learner (in stream order: every label's first picture, then the second, …),
+//! then prediction again with the learner (OCW mixing). Prints one
 //! line per label, before and after, so that what changed shows at a glance.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,10 @@ pub struct Args {
     /// Train with wgpu on any GPU adapter, a software one included.
     #[arg(long)]
     gpu: bool,
+    /// Training steps per learned picture: the picture's own (SPEC §4), then `steps − 1`
+    /// on class-balanced stored pictures alone.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    steps: u32,
 }
 
 /// A picture and the label it is named after.
@@ -49,6 +54,14 @@ fn picture_label(stem: &str) -> &str {
         }
         _ => stem,
     }
+}
+
+/// The `<n>` of a file name `<label>_<n>.<ext>` (0 when it has none).
+fn picture_number(name: &str) -> u32 {
+    let stem = name.rsplit_once('.').map_or(name, |(s, _)| s);
+    stem.rsplit_once('_')
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The PNG/JPEG pictures directly in `dir`, sorted by file name.
@@ -108,7 +121,9 @@ pub fn run(a: Args) -> Result<()> {
     let assets = ModelAssets::find(&a.model).with_context(|| format!("model `{}`", a.model))?;
     let dir = assets.dir.join("images");
     let test = pictures(&dir)?;
-    let learn = pictures(&dir.join("learn")).unwrap_or_default();
+    let mut learn = pictures(&dir.join("learn")).unwrap_or_default();
+    // As a stream would bring them: the first picture of each label, then the second, …
+    learn.sort_by_cached_key(|p| (picture_number(&p.name), p.label.clone()));
     ensure!(
         !test.is_empty(),
         "{} holds no pictures named <label>_<n>.png",
@@ -175,8 +190,9 @@ pub fn run(a: Args) -> Result<()> {
     let t = Instant::now();
     for p in &learn {
         learner
-            .learn_image(&p.image, &p.label)
+            .learn_image_in(&p.image, &p.label, &labels)
             .with_context(|| format!("learning {}", p.name))?;
+        learner.rehearse(a.steps.saturating_sub(1), &labels)?;
     }
     let learn_s = t.elapsed().as_secs_f64();
     learner.checkpoint()?;
@@ -190,10 +206,14 @@ pub fn run(a: Args) -> Result<()> {
     let (tb, ta) = (tally(&test, &before), tally(&test, &after));
     println!("before:   zero-shot (the frozen CLIP alone, nothing learned)");
     println!(
-        "learning: {} pictures of {} from {}, one training step each ({:.2} s; {training})",
+        "learning: {} pictures of {} from {}, {} each ({:.2} s; {training})",
         learn.len(),
         learned.join(", "),
         dir.join("learn").display(),
+        match a.steps {
+            1 => "one training step".to_string(),
+            n => format!("{n} training steps"),
+        },
         learn_s,
     );
     println!("after:    the learner (tuned last block mixed in by OCW)");

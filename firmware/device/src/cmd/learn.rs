@@ -20,6 +20,11 @@ pub struct Args {
     /// A folder of `label/image` files (every image learned under its folder's name).
     #[arg(long, conflicts_with = "label")]
     folder: Option<PathBuf>,
+    /// The other labels of the task, comma-separated: candidates the images are not, in
+    /// each step's softmax besides the stored labels (not stored themselves). Without
+    /// them, a learner whose store holds one label has nothing to tell it from.
+    #[arg(long, value_delimiter = ',')]
+    among: Vec<String>,
     /// One JSON object per sample on stdout.
     #[arg(long)]
     json: bool,
@@ -46,6 +51,12 @@ pub fn run(a: Args) -> Result<()> {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .context("installing signal handlers")?;
     }
+    let among: Vec<&str> = a
+        .among
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| !l.is_empty())
+        .collect();
     let (mut learner, training) = a.learner.open_to_train()?;
     eprintln!("{training}");
     let mut failed = 0usize;
@@ -57,12 +68,12 @@ pub fn run(a: Args) -> Result<()> {
         let shown = path.to_string_lossy();
         let result = load_image(path)
             .map_err(anyhow::Error::from)
-            .and_then(|img| Ok(learner.learn_image(&img, label)?));
+            .and_then(|img| Ok(learner.learn_image_in(&img, label, &among)?));
         match (result, a.json) {
             (Ok(r), true) => println!(
                 "{}",
                 json!({"image": shown, "label": r.label, "learned": r.learned, "loss": r.loss,
-                       "batch": r.batch, "tuned_correct": r.tuned_correct,
+                       "batch": r.batch, "labels": r.labels, "tuned_correct": r.tuned_correct,
                        "original_correct": r.original_correct, "record_bytes": r.record_bytes})
             ),
             (Ok(r), false) => println!(

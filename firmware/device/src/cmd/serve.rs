@@ -2,7 +2,8 @@
 //! newline-delimited JSON requests, one JSON line each, on stdin/stdout or a Unix socket.
 //!
 //! Requests (an optional `"id"` is echoed back):
-//! - `{"learn": "img.png", "label": "cat"}`
+//! - `{"learn": "img.png", "label": "cat", "among": ["dog", "ship"]}` (`among`, optional: the
+//!   task's other labels, as `learn --among`)
 //! - `{"predict": "img.png", "labels": ["cat", "dog"], "mixing": "ocw", "none_threshold": 0.5, "none_rate": 0.05, "top": 5}`
 //! - `{"checkpoint": true}` — save the tuned weights now
 //! - `{"stats": true}` — samples learned, labels and their stored counts, training backend
@@ -140,11 +141,20 @@ fn answer(learner: &mut Learner, req: &Value) -> Result<Value> {
             .get("label")
             .and_then(Value::as_str)
             .context("\"learn\" needs a string \"label\"")?;
+        let among: Vec<String> = match req.get("among") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(v) => v
+                .as_array()
+                .context("\"among\" must be a list of labels")?
+                .iter()
+                .map(|l| l.as_str().map(str::to_string).context("labels are strings"))
+                .collect::<Result<_>>()?,
+        };
         let img = load_image(path.as_ref())?;
-        let r = learner.learn_image(&img, label)?;
+        let r = learner.learn_image_in(&img, label, &among)?;
         return Ok(
             json!({"ok": true, "learned": r.learned, "label": r.label, "loss": r.loss,
-                         "batch": r.batch, "tuned_correct": r.tuned_correct,
+                         "batch": r.batch, "labels": r.labels, "tuned_correct": r.tuned_correct,
                          "original_correct": r.original_correct}),
         );
     }
