@@ -50,6 +50,11 @@ pub enum Error {
     UnsupportedOcwVersion { found: u8, supported: u8 },
     /// The serialised OCW state is truncated, malformed or holds invalid values.
     CorruptOcwState,
+    /// Opening found records that cannot be read (see [`crate::ring::OpenReport`]); the
+    /// store is read-only until it is repaired, so that no write erases what is left.
+    Damaged,
+    /// A restored record's sequence number is not above the store's last one.
+    OutOfOrder { seq: u32, next: u32 },
 }
 
 impl fmt::Display for Error {
@@ -77,7 +82,11 @@ impl fmt::Display for Error {
                     "store is truncated: {found} bytes, header says {expected}"
                 )
             }
-            Error::BadGeometry => write!(f, "unusable store geometry"),
+            Error::BadGeometry => write!(
+                f,
+                "unusable store geometry (a segment must hold two of the largest records, \
+                 there must be at least 4 segments, and the region at most 4 GiB)"
+            ),
             Error::NoSpace => write!(f, "no space left and nothing evictable"),
             Error::RecordTooLarge { len, max } => {
                 write!(
@@ -105,6 +114,11 @@ impl fmt::Display for Error {
                 )
             }
             Error::CorruptOcwState => write!(f, "OCW state bytes are malformed"),
+            Error::Damaged => write!(f, "the store is damaged and read-only until it is repaired"),
+            Error::OutOfOrder { seq, next } => write!(
+                f,
+                "record sequence {seq} is below the store's next sequence {next}"
+            ),
         }
     }
 }

@@ -91,6 +91,11 @@ fn power_cut_at_every_byte() {
         let bytes = ring.into_flash().into_inner();
         let mut re = reopen(bytes);
         assert_eq!(re.open_report().corrupt, 0, "cut {k}");
+        assert!(
+            !re.open_report().is_damaged(),
+            "cut {k}: {:?}",
+            re.open_report()
+        );
         assert_eq!(re.verify(), Ok(0), "cut {k}");
         let got = snapshot(&mut re);
         let (before, after) = (&states[failed], &states[failed + 1]);

@@ -131,6 +131,11 @@ fn run(seed: u64) {
         for img in std::mem::take(&mut flash.crashes) {
             let mut re = reopen(img);
             assert_eq!(re.open_report().corrupt, 0, "seed {seed} step {step}");
+            assert!(
+                !re.open_report().is_damaged(),
+                "seed {seed} step {step}: {:?}",
+                re.open_report()
+            );
             assert_eq!(re.verify(), Ok(0), "seed {seed} step {step}");
             let got = snapshot(&mut re);
             for (seq, rec) in &got.records {

@@ -13,15 +13,20 @@ use crate::ring::store::{LabelRef, RecordRef, Ring};
 pub(crate) enum Step {
     /// No more records in this segment (the rest is erased).
     End,
-    /// Bytes that are not a valid record header; resume `ALIGN` bytes later.
-    Garbage,
-    /// A record with a valid header occupying `size` bytes.
-    Record(RecordHeader, u32),
+    /// Bytes that are not a valid record header; resume at the given offset (`ALIGN`
+    /// bytes later, or past erased bytes that cannot start a record).
+    Garbage(u32),
+    /// A record with a valid header occupying `size` bytes; `true` when one flipped bit of
+    /// the header was corrected to read it.
+    Record(RecordHeader, u32, bool),
 }
 
 impl<F: Flash, R: Slots<RecordRef>, L: Slots<LabelRef>> Ring<F, R, L> {
     /// Evicts one data record by the balance rule (see [`Ring::append`]).
     pub fn evict_one(&mut self, incoming: Option<u16>) -> Result<(), Error> {
+        if self.read_only {
+            return Err(Error::Damaged);
+        }
         // Plain loops: this runs on every append of a full store, and unoptimised builds
         // (tests, qemu) pay a call per iterator step or closure.
         let labels = self.labels.as_slice();
@@ -141,8 +146,8 @@ impl<F: Flash, R: Slots<RecordRef>, L: Slots<LabelRef>> Ring<F, R, L> {
             loop {
                 match self.step(seg, pos)? {
                     Step::End => break,
-                    Step::Garbage => pos += ALIGN,
-                    Step::Record(h, size) => {
+                    Step::Garbage(next) => pos = next,
+                    Step::Record(h, size, _) => {
                         let off = base + pos;
                         pos += size;
                         if !marker_set(h.commit) || marker_set(h.deleted) {
@@ -196,12 +201,15 @@ impl<F: Flash, R: Slots<RecordRef>, L: Slots<LabelRef>> Ring<F, R, L> {
         }
     }
 
-    /// Copies the record at `src` (payload `len`) to the head, committing it last.
+    /// Copies the record at `src` (payload `len`) to the head, committing it last. A header
+    /// read through a corrected bit is written corrected.
     fn copy_record(&mut self, src: u32, len: u32) -> Result<u32, Error> {
         let dst = self.geo.segment_offset(self.head) + self.fill;
         let end = RECORD_OVERHEAD + len;
+        let header = self.header_at(src)?;
+        self.flash.write(dst + 2, &header[2..])?;
         let mut chunk = [0u8; 64];
-        let mut p = 2;
+        let mut p = RECORD_HEADER_LEN;
         while p < end {
             let n = (end - p).min(64) as usize;
             self.flash.read(src + p, &mut chunk[..n])?;
@@ -224,23 +232,53 @@ impl<F: Flash, R: Slots<RecordRef>, L: Slots<LabelRef>> Ring<F, R, L> {
         let mut hb = [0u8; RECORD_HEADER_LEN as usize];
         self.flash.read(base + pos, &mut hb)?;
         Ok(match decode_record_header(&hb) {
-            HeaderRead::Erased => {
-                if self.is_erased(base + pos, ss - pos)? {
-                    Step::End
-                } else {
-                    Step::Garbage
+            HeaderRead::Erased => match self.first_written(base + pos, ss - pos)? {
+                None => Step::End,
+                // No header can start where its 20 bytes would all be erased: skip to the
+                // first aligned offset whose header reaches the written byte.
+                Some(q) => {
+                    let first = (pos + q).saturating_sub(RECORD_HEADER_LEN - 1);
+                    let next = pos + first.saturating_sub(pos).div_ceil(ALIGN) * ALIGN;
+                    Step::Garbage(next.max(pos + ALIGN))
                 }
-            }
-            HeaderRead::Invalid => Step::Garbage,
-            HeaderRead::Valid(h) => {
-                let size = record_size(h.len.min(ss));
-                if h.len > self.geo.max_payload() || pos + size > ss {
-                    Step::Garbage
-                } else {
-                    Step::Record(h, size)
-                }
-            }
+            },
+            HeaderRead::Invalid => match correct_record_header(&hb) {
+                Some((h, _)) => self.sized(h, pos, true),
+                None => Step::Garbage(pos + ALIGN),
+            },
+            HeaderRead::Valid(h) => self.sized(h, pos, false),
         })
+    }
+
+    /// A record step for header `h` at `pos`, or garbage when its length does not fit.
+    fn sized(&self, h: RecordHeader, pos: u32, corrected: bool) -> Step {
+        let ss = self.geo.segment_size;
+        let size = record_size(h.len.min(ss));
+        if h.len > self.geo.max_payload() || pos + size > ss {
+            Step::Garbage(pos + ALIGN)
+        } else {
+            Step::Record(h, size, corrected)
+        }
+    }
+
+    /// Offset (relative to `off`) of the first byte that is not `0xFF` in `len` bytes at
+    /// `off`, if any.
+    fn first_written(&mut self, off: u32, len: u32) -> Result<Option<u32>, Error> {
+        let mut chunk = [0u8; 64];
+        let mut p = 0;
+        while p < len {
+            let n = (len - p).min(64) as usize;
+            self.flash.read(off + p, &mut chunk[..n])?;
+            let mut i = 0;
+            while i < n {
+                if chunk[i] != 0xFF {
+                    return Ok(Some(p + i as u32));
+                }
+                i += 1;
+            }
+            p += n as u32;
+        }
+        Ok(None)
     }
 
     /// Whether `len` bytes at `off` are all `0xFF`.

@@ -209,6 +209,34 @@ pub fn decode_store_header(b: &[u8; STORE_HEADER_LEN]) -> Result<Geometry, Error
     Ok(g)
 }
 
+/// Offset of the store header's copy: the last [`STORE_HEADER_LEN`] bytes of the header
+/// block, or `None` when the header block is too small to hold both copies apart.
+pub const fn header_copy_offset(g: &Geometry) -> Option<u32> {
+    if g.segment_size >= 2 * STORE_HEADER_LEN as u32 {
+        Some(g.segment_size - STORE_HEADER_LEN as u32)
+    } else {
+        None
+    }
+}
+
+/// [`decode_store_header`], correcting one flipped bit: the geometry, and whether a bit
+/// was corrected. A header that no single flip makes valid gives the plain decode's error.
+pub fn decode_store_header_fixing(b: &[u8; STORE_HEADER_LEN]) -> Result<(Geometry, bool), Error> {
+    let first = match decode_store_header(b) {
+        Ok(g) => return Ok((g, false)),
+        Err(e) => e,
+    };
+    let mut t = *b;
+    for bit in 0..STORE_HEADER_LEN * 8 {
+        t[bit / 8] ^= 1 << (bit % 8);
+        if let Ok(g) = decode_store_header(&t) {
+            return Ok((g, true));
+        }
+        t[bit / 8] ^= 1 << (bit % 8);
+    }
+    Err(first)
+}
+
 /// A decoded segment header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
@@ -243,6 +271,88 @@ pub fn decode_segment_header(b: &[u8; SEGMENT_HEADER_LEN as usize]) -> Option<Se
         erase_count: le32(&b[8..12]),
         source: le32(&b[12..16]),
     })
+}
+
+/// What the 20 bytes at the start of a segment say about it (see `FORMAT.md` §1.4, §1.8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentRead {
+    /// Erased, or an erase cut short (its first byte is `0xFF`).
+    Erased,
+    /// A valid header; `corrected` when one flipped bit had to be corrected to read it.
+    Active {
+        header: SegmentHeader,
+        corrected: bool,
+    },
+    /// A retired header (magic cleared, wholly or in part): its fields as written.
+    Retired(SegmentHeader),
+    /// Neither: a torn header write, or damage.
+    Unreadable,
+}
+
+/// Classifies a segment header, correcting one flipped bit (an active header with one
+/// flipped bit reads as active; a retired one as retired).
+pub fn classify_segment_header(b: &[u8; SEGMENT_HEADER_LEN as usize]) -> SegmentRead {
+    // An erase runs from the first byte up: a leading 0xFF is an erase cut short (neither
+    // a flipped bit nor a zeroed run makes one out of `A` or 0).
+    if b[0] == 0xFF {
+        return SegmentRead::Erased;
+    }
+    if let Some(header) = decode_segment_header(b) {
+        return SegmentRead::Active {
+            header,
+            corrected: false,
+        };
+    }
+    let mut as_if = *b;
+    as_if[0..4].copy_from_slice(&SEGMENT_MAGIC);
+    let mut foreign = 0; // bits set that the magic does not have
+    let mut missing = 0; // bits of the magic that are cleared
+    for i in 0..4 {
+        foreign += (b[i] & !SEGMENT_MAGIC[i]).count_ones();
+        missing += (SEGMENT_MAGIC[i] & !b[i]).count_ones();
+    }
+    if foreign + missing <= 1 {
+        // The magic is intact or one bit off: an active header with one flipped bit.
+        let fixed = if foreign + missing == 1 {
+            decode_segment_header(&as_if)
+        } else {
+            correct_segment_fields(&as_if)
+        };
+        return match fixed {
+            Some(header) => SegmentRead::Active {
+                header,
+                corrected: true,
+            },
+            None => SegmentRead::Unreadable,
+        };
+    }
+    if foreign <= 1 {
+        // The magic is cleared (retired, or a retirement cut short), maybe one flipped bit.
+        let fields = decode_segment_header(&as_if).or_else(|| {
+            if foreign == 0 {
+                correct_segment_fields(&as_if)
+            } else {
+                None
+            }
+        });
+        if let Some(h) = fields {
+            return SegmentRead::Retired(h);
+        }
+    }
+    SegmentRead::Unreadable
+}
+
+/// A segment header (with a valid magic) made valid by flipping one bit of bytes 4..20.
+fn correct_segment_fields(b: &[u8; SEGMENT_HEADER_LEN as usize]) -> Option<SegmentHeader> {
+    let mut t = *b;
+    for bit in 32..SEGMENT_HEADER_LEN as usize * 8 {
+        t[bit / 8] ^= 1 << (bit % 8);
+        if let Some(h) = decode_segment_header(&t) {
+            return Some(h);
+        }
+        t[bit / 8] ^= 1 << (bit % 8);
+    }
+    None
 }
 
 /// The fields of a record header.
@@ -310,6 +420,22 @@ pub fn decode_record_header(b: &[u8; RECORD_HEADER_LEN as usize]) -> HeaderRead 
         seq: le32(&f[6..10]),
         len: le32(&f[10..14]),
     })
+}
+
+/// A record header made valid by flipping one bit of bytes 2..20 (the CRC-protected part),
+/// with its corrected bytes. `None` when no single flip does it.
+pub fn correct_record_header(
+    b: &[u8; RECORD_HEADER_LEN as usize],
+) -> Option<(RecordHeader, [u8; RECORD_HEADER_LEN as usize])> {
+    let mut t = *b;
+    for bit in 16..RECORD_HEADER_LEN as usize * 8 {
+        t[bit / 8] ^= 1 << (bit % 8);
+        if let HeaderRead::Valid(h) = decode_record_header(&t) {
+            return Some((h, t));
+        }
+        t[bit / 8] ^= 1 << (bit % 8);
+    }
+    None
 }
 
 /// CRC of a record: header fields (bytes 2..16 of the record) then the payload.

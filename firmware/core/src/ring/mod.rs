@@ -8,4 +8,4 @@ mod store;
 
 pub use layout::{Geometry, Kind, FORMAT_VERSION, MAX_LABEL_NAME};
 pub use slots::Slots;
-pub use store::{LabelRef, OpenReport, RecordRef, Ring};
+pub use store::{LabelRef, OpenReport, RecordRef, Ring, Salvaged};

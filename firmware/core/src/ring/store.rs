@@ -65,7 +65,8 @@ impl LabelRef {
 pub struct OpenReport {
     /// Valid live data records.
     pub records: u32,
-    /// Records whose header or body failed its CRC (skipped, warned).
+    /// Records whose header or body failed its CRC, and runs of unreadable bytes that may
+    /// have held records (skipped, warned).
     pub corrupt: u32,
     /// Records that were written but never committed (power cut during an append or copy).
     pub torn: u32,
@@ -73,6 +74,61 @@ pub struct OpenReport {
     pub duplicates: u32,
     /// Segments with an active header.
     pub active_segments: u32,
+    /// Headers (store, segment, record) read through the correction of one flipped bit.
+    pub corrected: u32,
+    /// The store header was unreadable and its copy at the end of the header block was used.
+    pub header_from_copy: bool,
+    /// Segments that hold records but whose header is unreadable or cleared out of turn:
+    /// their records are not read (see [`Ring::salvage`]).
+    pub damaged_segments: u32,
+    /// Intact records found in those segments.
+    pub unreachable: u32,
+}
+
+impl OpenReport {
+    /// Whether something that was stored cannot be read: the store is then read-only.
+    pub fn is_damaged(&self) -> bool {
+        self.corrupt > 0 || self.damaged_segments > 0
+    }
+
+    /// Whether opening found anything but the traces of a power cut (torn writes, a
+    /// compaction to undo): damage, or flipped bits that were corrected.
+    pub fn has_findings(&self) -> bool {
+        self.is_damaged() || self.corrected > 0 || self.header_from_copy
+    }
+}
+
+/// Most damaged segments [`Ring::salvage`] visits by index; past that it visits every
+/// segment that is not erased.
+pub(crate) const DAMAGED_LIST: usize = 16;
+
+/// An intact record found by [`Ring::salvage`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Salvaged {
+    pub kind: Kind,
+    pub flags: u8,
+    /// Label id (data, label records) or [`STATE_LABEL`].
+    pub label: u16,
+    pub seq: u32,
+    /// Flash offset of the record.
+    pub offset: u32,
+    /// Payload length.
+    pub len: u32,
+    /// Whether the record is in a segment the open could not read (else in the active zone).
+    pub from_damaged: bool,
+}
+
+impl Salvaged {
+    /// The record as [`Ring::read_payload`] takes it.
+    pub const fn record(&self) -> RecordRef {
+        RecordRef {
+            offset: self.offset,
+            seq: self.seq,
+            len: self.len,
+            label: self.label,
+            flags: self.flags,
+        }
+    }
 }
 
 /// The store over a flash `F`, with its record index in `R` and its label table in `L`.
@@ -101,6 +157,12 @@ pub struct Ring<F, R, L> {
     /// Total size of live records (data, labels, current state).
     pub(crate) live: u64,
     pub(crate) report: OpenReport,
+    /// Set when opening found damage: every write fails with [`Error::Damaged`].
+    pub(crate) read_only: bool,
+    /// Damaged segments (up to [`DAMAGED_LIST`]), for [`Ring::salvage`].
+    pub(crate) damaged: heapless::Vec<u32, DAMAGED_LIST>,
+    /// Highest sequence of an unreadable state record met by the open's scan.
+    pub(crate) bad_state: Option<u32>,
 }
 
 impl<F: Flash, R: Slots<RecordRef>, L: Slots<LabelRef>> Ring<F, R, L> {
@@ -140,7 +202,13 @@ impl<F: Flash, R: Slots<RecordRef>, L: Slots<LabelRef>> Ring<F, R, L> {
             next_segment_seq: 1,
             live: 0,
             report: OpenReport::default(),
+            read_only: false,
+            damaged: heapless::Vec::new(),
+            bad_state: None,
         };
+        if let Some(off) = header_copy_offset(&geo) {
+            ring.flash.write(off, &encode_store_header(&geo))?;
+        }
         ring.open_next_segment(NO_SOURCE)?;
         ring.flash.flush()?;
         Ok(ring)
@@ -184,6 +252,19 @@ impl<F: Flash, R: Slots<RecordRef>, L: Slots<LabelRef>> Ring<F, R, L> {
     /// What opening the store found.
     pub fn open_report(&self) -> OpenReport {
         self.report
+    }
+
+    /// Whether the store refuses writes (opening found damage; see [`OpenReport::is_damaged`]).
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn writable(&self) -> Result<(), Error> {
+        if self.read_only {
+            Err(Error::Damaged)
+        } else {
+            Ok(())
+        }
     }
 
     /// The flash, for tests and tools.
@@ -242,6 +323,7 @@ impl<F: Flash, R: Slots<RecordRef>, L: Slots<LabelRef>> Ring<F, R, L> {
         if let Some(id) = self.find_label(name)? {
             return Ok(id);
         }
+        self.writable()?;
         let bytes = name.as_bytes();
         let id = self.labels.as_slice().len();
         if id >= STATE_LABEL as usize || id >= self.labels.max_len() {
@@ -271,6 +353,7 @@ impl<F: Flash, R: Slots<RecordRef>, L: Slots<LabelRef>> Ring<F, R, L> {
     /// evicted first: from the label with the most records (counting the new one), oldest
     /// first; ties go to the label whose oldest record is oldest.
     pub fn append(&mut self, label: u16, flags: u8, payload: &[u8]) -> Result<u32, Error> {
+        self.writable()?;
         if label as usize >= self.labels.as_slice().len() {
             return Err(Error::UnknownLabel(label));
         }
@@ -297,6 +380,7 @@ impl<F: Flash, R: Slots<RecordRef>, L: Slots<LabelRef>> Ring<F, R, L> {
 
     /// Stores a blob of state (e.g. OCW state and a checkpoint reference); the newest wins.
     pub fn set_state(&mut self, blob: &[u8]) -> Result<(), Error> {
+        self.writable()?;
         let size = self.check_payload(blob.len())?;
         let old = self.state.map(|s| s.size() as u64).unwrap_or(0);
         // The old copy stays live until the new one is durable, so reserve room for both.
@@ -311,6 +395,90 @@ impl<F: Flash, R: Slots<RecordRef>, L: Slots<LabelRef>> Ring<F, R, L> {
             flags: 0,
         });
         self.live = self.live + size as u64 - old;
+        self.flash.flush()?;
+        Ok(())
+    }
+
+    /// Writes a salvaged record (see [`Ring::salvage`]) into this store with its kind, flags,
+    /// label id and sequence number, durably. Records come in increasing sequence order;
+    /// label ids without a name record stay without a name.
+    pub fn restore(
+        &mut self,
+        kind: Kind,
+        flags: u8,
+        label: u16,
+        seq: u32,
+        payload: &[u8],
+    ) -> Result<(), Error> {
+        self.writable()?;
+        if seq < self.next_seq {
+            return Err(Error::OutOfOrder {
+                seq,
+                next: self.next_seq,
+            });
+        }
+        let size = self.check_payload(payload.len())?;
+        let label = match kind {
+            Kind::State => STATE_LABEL,
+            _ if label == STATE_LABEL => return Err(Error::UnknownLabel(label)),
+            Kind::Label
+                if payload.is_empty()
+                    || payload.len() > MAX_LABEL_NAME
+                    || core::str::from_utf8(payload).is_err() =>
+            {
+                return Err(Error::InvalidLabelName)
+            }
+            _ => label,
+        };
+        if kind != Kind::State {
+            while self.labels.as_slice().len() <= label as usize {
+                self.labels
+                    .try_push(LabelRef::MISSING)
+                    .map_err(|_| Error::LabelTableFull)?;
+            }
+        }
+        self.reserve(size, (kind == Kind::Data).then_some(label))?;
+        if kind == Kind::Data {
+            while self.records.as_slice().len() >= self.records.max_len() {
+                self.evict_one(Some(label))?;
+            }
+        }
+        self.next_seq = seq;
+        let seq = self.take_seq();
+        let flags = if kind == Kind::Data { flags } else { 0 };
+        let offset = self.write_record(kind, flags, label, seq, payload)?;
+        let r = RecordRef {
+            offset,
+            seq,
+            len: payload.len() as u32,
+            label,
+            flags,
+        };
+        match kind {
+            Kind::Data => {
+                self.records.try_push(r).map_err(|_| Error::IndexFull)?;
+                self.labels.as_mut_slice()[label as usize].count += 1;
+                self.live += size as u64;
+            }
+            Kind::Label => {
+                let entry = &mut self.labels.as_mut_slice()[label as usize];
+                if entry.has_name() {
+                    self.live -= record_size(entry.name_len as u32) as u64;
+                }
+                *entry = LabelRef {
+                    offset,
+                    name_len: payload.len() as u8,
+                    hash: crc32(payload),
+                    count: entry.count,
+                };
+                self.live += size as u64;
+            }
+            Kind::State => {
+                let old = self.state.map_or(0, |s| s.size() as u64);
+                self.state = Some(r);
+                self.live = self.live + size as u64 - old;
+            }
+        }
         self.flash.flush()?;
         Ok(())
     }
@@ -337,8 +505,7 @@ impl<F: Flash, R: Slots<RecordRef>, L: Slots<LabelRef>> Ring<F, R, L> {
                 got: buf.len().min(u32::MAX as usize) as u32,
             });
         }
-        let mut fields = [0u8; RECORD_HEADER_LEN as usize];
-        self.flash.read(r.offset, &mut fields)?;
+        let fields = self.header_at(r.offset)?;
         self.flash
             .read(r.offset + RECORD_HEADER_LEN, &mut buf[..n])?;
         let mut crc = [0u8; 4];
@@ -376,6 +543,7 @@ impl<F: Flash, R: Slots<RecordRef>, L: Slots<LabelRef>> Ring<F, R, L> {
 
     /// Removes the live data record `seq` (durably). Returns whether it existed.
     pub fn remove(&mut self, seq: u32) -> Result<bool, Error> {
+        self.writable()?;
         match self.find_seq(seq) {
             Some(i) => {
                 self.delete_at(i)?;
@@ -442,10 +610,25 @@ impl<F: Flash, R: Slots<RecordRef>, L: Slots<LabelRef>> Ring<F, R, L> {
         Ok(off)
     }
 
+    /// The 20 header bytes of the record at `off`, with one flipped bit corrected if that
+    /// makes them valid (as read otherwise).
+    pub(crate) fn header_at(
+        &mut self,
+        off: u32,
+    ) -> Result<[u8; RECORD_HEADER_LEN as usize], Error> {
+        let mut b = [0u8; RECORD_HEADER_LEN as usize];
+        self.flash.read(off, &mut b)?;
+        if let HeaderRead::Invalid = decode_record_header(&b) {
+            if let Some((_, fixed)) = correct_record_header(&b) {
+                return Ok(fixed);
+            }
+        }
+        Ok(b)
+    }
+
     /// Checks the body CRC of the record at `off` with a `len`-byte payload.
     pub(crate) fn body_ok(&mut self, off: u32, len: u32) -> Result<bool, Error> {
-        let mut fields = [0u8; RECORD_HEADER_LEN as usize];
-        self.flash.read(off, &mut fields)?;
+        let fields = self.header_at(off)?;
         let mut c = crate::crc32::Crc32::new();
         c.update(&fields[2..16]);
         let mut chunk = [0u8; 64];

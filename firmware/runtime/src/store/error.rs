@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 /// What can go wrong with a store file. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// Creating, opening, sizing, mapping or syncing the file failed.
     #[error("store {path}: {source}")]
@@ -23,6 +24,15 @@ pub enum StoreError {
     /// The file is larger than the 4 GiB a store can address.
     #[error("store {path}: {len} bytes exceed the 4 GiB limit")]
     TooLarge { path: PathBuf, len: u64 },
+    /// The path is not a regular file (a folder, a FIFO, a device).
+    #[error("store {path}: not a regular file")]
+    NotAFile { path: PathBuf },
+    /// Another process writes this store.
+    #[error("store {path} is in use by {holder}; one process at a time may write it")]
+    Locked { path: PathBuf, holder: String },
+    /// Opening found records that cannot be read; nothing was written.
+    #[error("store {path} is damaged ({summary}); nothing was written to it. `anytime-host inspect-store --repair {path}` writes a store with every intact record and keeps the damaged file beside it")]
+    Damaged { path: PathBuf, summary: String },
 }
 
 impl StoreError {

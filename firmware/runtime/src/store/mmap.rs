@@ -40,7 +40,9 @@ impl MmapFlash {
         })
     }
 
-    /// Creates (or truncates) `path` with `len` bytes and maps it.
+    /// Creates (or truncates) `path` with `len` bytes, its disk blocks reserved where the
+    /// OS allows (so that a full disk is this error, not a `SIGBUS` at a later write), and
+    /// maps it.
     pub fn create(path: &Path, len: u64) -> std::io::Result<Self> {
         let file = File::options()
             .read(true)
@@ -49,7 +51,14 @@ impl MmapFlash {
             .truncate(true)
             .open(path)?;
         file.set_len(len)?;
+        reserve(&file, len)?;
         Self::map(file)
+    }
+
+    /// Syncs the file's data and size to disk.
+    pub fn sync_file(&mut self) -> std::io::Result<()> {
+        self.map.flush()?;
+        self._file.sync_all()
     }
 
     /// Sync every flush to disk (the default), or leave writes to the OS.
@@ -125,4 +134,37 @@ impl Flash for MmapFlash {
         }
         Ok(())
     }
+}
+
+/// Reserves the disk blocks of the first `len` bytes of `file`.
+#[cfg(target_os = "linux")]
+fn reserve(file: &File, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(len)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: a plain system call on a file descriptor this function borrows.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+    match rc {
+        0 => Ok(()),
+        // File systems without fallocate: the blocks come at the first write.
+        libc::EOPNOTSUPP | libc::EINVAL => Ok(()),
+        e => Err(std::io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// Reserves the disk blocks of the first `len` bytes of `file`: by writing them where the
+/// OS offers no call for it.
+#[cfg(not(target_os = "linux"))]
+fn reserve(file: &File, len: u64) -> std::io::Result<()> {
+    use std::io::{Seek, Write};
+    let mut f = file;
+    f.seek(std::io::SeekFrom::Start(0))?;
+    let chunk = vec![0xFFu8; 1 << 16];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        f.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    Ok(())
 }

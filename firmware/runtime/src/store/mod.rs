@@ -14,12 +14,17 @@
 
 mod error;
 mod file;
+mod lock;
 mod mmap;
 mod tokens;
 
 pub use anytime_core::codec::CodecParams;
 pub use error::StoreError;
-pub use file::{LabelInfo, Sample, Store, StoreConfig};
+pub use file::{
+    damage_summary, read_locked, read_locked_by, LabelInfo, RepairReport, Sample, Store,
+    StoreConfig,
+};
+pub use lock::{lock_path, ReadLock};
 pub use mmap::{MmapFlash, FILE_ERASE_SIZE};
 pub use tokens::{decode_tokens, encode_tokens, token_weights};
 

@@ -199,3 +199,151 @@ fn store_token_records_with_tiny_model_weights() {
     let seq = s.append(l, &rec).unwrap();
     assert_eq!(s.read(seq).unwrap(), Some(rec));
 }
+
+#[test]
+fn one_writer_at_a_time_and_snapshots_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.store");
+    let mut w = Store::create(&path, small(20_000)).unwrap();
+    let cat = w.label_id("cat").unwrap();
+    w.append(cat, b"one").unwrap();
+
+    let e = Store::open(&path).unwrap_err();
+    assert!(matches!(e, StoreError::Locked { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&format!("pid {}", std::process::id())),
+        "the refusal names the holder: {msg}"
+    );
+    assert!(matches!(
+        Store::create(&path, small(20_000)).unwrap_err(),
+        StoreError::Locked { .. }
+    ));
+
+    // A reader sees every acknowledged change, and its own writes stay in its copy.
+    let mut r = Store::open_snapshot(&path).unwrap();
+    assert!(!r.is_writer());
+    assert_eq!(r.counts(), vec![1]);
+    w.append(cat, b"two").unwrap();
+    w.set_state(b"state").unwrap();
+    let mut r2 = Store::open_snapshot(&path).unwrap();
+    assert_eq!(r2.counts(), vec![2]);
+    assert_eq!(r2.state().unwrap().as_deref(), Some(&b"state"[..]));
+    r.append(cat, b"only in the copy").unwrap();
+    drop(w);
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.counts(), vec![2], "a snapshot never writes the file");
+}
+
+#[test]
+fn a_damaged_store_is_refused_then_repaired_with_every_intact_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.store");
+    let mut s = Store::create(&path, small(60_000)).unwrap();
+    let a = s.label_id("a").unwrap();
+    let b = s.label_id("b").unwrap();
+    let mut want = std::collections::BTreeMap::new();
+    for i in 0..120u32 {
+        let l = if i % 3 == 0 { a } else { b };
+        let payload = i.to_le_bytes().repeat(30);
+        let seq = s.append(l, &payload).unwrap();
+        want.insert(seq, payload);
+    }
+    s.set_state(b"state").unwrap();
+    let geo = s.geometry();
+    drop(s);
+    // Zero the header of the segment holding the first record: its records are hidden.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let seg = geo.segment_of(Store::open_snapshot(&path).unwrap().records()[0].offset);
+    let at = geo.segment_offset(seg) as usize;
+    bytes[at..at + 20].fill(0);
+    std::fs::write(&path, &bytes).unwrap();
+
+    let e = Store::open(&path).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, StoreError::Damaged { .. }), "{msg}");
+    assert!(msg.contains("--repair"), "{msg}");
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing was written");
+    let snap = Store::open_snapshot(&path).unwrap();
+    let r = snap.open_report();
+    assert_eq!(r.damaged_segments, 1, "{r:?}");
+    assert!(r.unreachable > 0 && (snap.len() as u32) < 120, "{r:?}");
+
+    let report = Store::repair(&path).unwrap();
+    assert_eq!(report.records, 120, "{report:?}");
+    // The hidden segment held the two label records too.
+    assert_eq!(report.recovered as u32 + 2, r.unreachable);
+    assert_eq!(report.labels, 2);
+    assert!(report.state);
+    assert_eq!(std::fs::read(&report.kept_as).unwrap(), bytes);
+    let mut s = Store::open(&path).unwrap();
+    assert!(!s.open_report().has_findings());
+    for (seq, payload) in &want {
+        assert_eq!(
+            s.read(*seq).unwrap().as_ref(),
+            Some(payload),
+            "record {seq}"
+        );
+    }
+    assert_eq!(s.label_name(a).unwrap(), "a");
+    assert_eq!(s.state().unwrap().as_deref(), Some(&b"state"[..]));
+    s.append(a, b"and it writes again").unwrap();
+}
+
+#[test]
+fn a_corrupt_record_met_while_sampling_is_skipped_and_reported_at_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.store");
+    let mut s = Store::create(&path, small(20_000)).unwrap();
+    let a = s.label_id("a").unwrap();
+    for i in 0..10u32 {
+        s.append(a, &i.to_le_bytes().repeat(4)).unwrap();
+    }
+    // A bit flips under the running writer (the file is mapped shared).
+    let off = s.records()[3].offset as u64 + 20 + 2;
+    {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let mut f = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut b = [0u8; 1];
+        f.seek(SeekFrom::Start(off)).unwrap();
+        f.read_exact(&mut b).unwrap();
+        f.seek(SeekFrom::Start(off)).unwrap();
+        f.write_all(&[b[0] ^ 0x40]).unwrap();
+    }
+    let got = s.sample_balanced(31, 1, None).unwrap();
+    assert_eq!(got.len(), 9);
+    assert_eq!(s.bad_reads(), 1);
+    // Appends go on; the record stays, so the next open reports it.
+    s.append(a, b"more").unwrap();
+    drop(s);
+    assert!(matches!(
+        Store::open(&path).unwrap_err(),
+        StoreError::Damaged { .. }
+    ));
+}
+
+#[test]
+fn create_leaves_nothing_behind_and_a_blank_file_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.store");
+    // What a create cut short by an older version left: a sized file of zeros.
+    std::fs::write(&path, vec![0u8; 64 * 1024]).unwrap();
+    let s = Store::open_or_create(&path, small(20_000)).unwrap();
+    assert_eq!(s.len(), 0);
+    drop(s);
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| n == "b.store" || n == "b.store.lock"),
+        "{names:?}"
+    );
+    // A folder is not a store.
+    let e = Store::open_snapshot(dir.path()).unwrap_err();
+    assert!(matches!(e, StoreError::NotAFile { .. }), "{e}");
+}

@@ -1,0 +1,279 @@
+//! Damage is never silent and never erased: a flipped bit (a random one) at every offset of
+//! a small store, and zeroed runs of several lengths all over it, then recovery. Whatever opening
+//! returns is exactly what was stored; anything missing is reported (`is_damaged`), and a
+//! damaged store refuses writes without changing a byte; salvage gives back every record
+//! the damage did not touch.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use anytime_core::mem_flash::MemFlash;
+use anytime_core::ring::layout::{header_copy_offset, record_size, Kind, STORE_HEADER_LEN};
+use anytime_core::ring::{Ring, Salvaged};
+use anytime_core::rng::SplitMix64;
+use anytime_core::Error;
+use common::*;
+
+/// A small store that has evicted and compacted: 12 segments of 128 bytes. Returns its
+/// bytes, what it holds, and the byte ranges of its live records (data, labels, state).
+fn build() -> (Vec<u8>, Snap, Vec<(usize, usize)>) {
+    let mut ring = create(small_geometry(600));
+    let a = ring.label_id("alpha").unwrap();
+    let b = ring.label_id("beta").unwrap();
+    for i in 0..70 {
+        let l = if i % 3 == 0 { a } else { b };
+        ring.append(l, 0, &payload(i, 4 + i % 12)).unwrap();
+        if i % 9 == 0 {
+            ring.set_state(&payload(i + 500, 3 + i % 5)).unwrap();
+        }
+        if i == 40 {
+            ring.label_id("gamma").unwrap();
+        }
+    }
+    assert!(ring.segments_opened() > 12, "the store must have wrapped");
+    let mut live: Vec<(usize, usize)> = ring
+        .records()
+        .iter()
+        .map(|r| (r.offset as usize, r.size() as usize))
+        .collect();
+    for l in ring.labels() {
+        live.push((l.offset as usize, record_size(l.name_len as u32) as usize));
+    }
+    let snap = snapshot(&mut ring);
+    let bytes = ring.into_flash().into_inner();
+    let mut state_at = None;
+    // The state record: the one live range the tables above do not name.
+    let mut r = reopen(bytes.clone());
+    if let Some(n) = r.state_len() {
+        let mut found = None;
+        r.salvage(|s| {
+            if s.kind == Kind::State && s.len as usize == n {
+                found = Some(s);
+            }
+        })
+        .unwrap();
+        let s = found.expect("state record");
+        state_at = Some((s.offset as usize, record_size(s.len) as usize));
+    }
+    live.extend(state_at);
+    (bytes, snap, live)
+}
+
+/// Opens damaged bytes, or `None` when the header and its copy are both gone.
+fn open(bytes: Vec<u8>) -> Option<Result<MemRing, Error>> {
+    match Ring::open(MemFlash::new(bytes, 64), Index::new(), Labels::new()) {
+        Err(Error::CorruptHeader | Error::NotAStore) => None,
+        r => Some(r),
+    }
+}
+
+/// Every intact record, salvaged into a fresh store of the same geometry (what a repair
+/// does: live copies first, one copy per sequence, in sequence order, newest state only).
+fn repaired(ring: &mut MemRing) -> Snap {
+    let mut found: BTreeMap<u32, Salvaged> = BTreeMap::new();
+    ring.salvage(|s| {
+        found.entry(s.seq).or_insert(s);
+    })
+    .unwrap();
+    let newest_state = found
+        .values()
+        .filter(|s| s.kind == Kind::State)
+        .map(|s| s.seq)
+        .max();
+    let mut fresh = create(*ring.geometry());
+    let mut buf = vec![0u8; 64];
+    for s in found.values() {
+        if s.kind == Kind::State && Some(s.seq) != newest_state {
+            continue;
+        }
+        let n = ring.read_payload(&s.record(), &mut buf).unwrap();
+        fresh
+            .restore(s.kind, s.flags, s.label, s.seq, &buf[..n])
+            .unwrap();
+    }
+    let back = reopen(fresh.into_flash().into_inner());
+    assert!(!back.open_report().has_findings());
+    let mut back = back;
+    snapshot(&mut back)
+}
+
+/// The checks after one injected fault. `hit`: the byte range the fault touched.
+fn check(
+    original: &[u8],
+    damaged: Vec<u8>,
+    snap: &Snap,
+    live: &[(usize, usize)],
+    hit: (usize, usize),
+    what: &str,
+) {
+    let geo = small_geometry(600);
+    let header_gone = {
+        let copy = header_copy_offset(&geo).unwrap() as usize;
+        hit.0 < STORE_HEADER_LEN && hit.1 > copy
+    };
+    let Some(opened) = open(damaged.clone()) else {
+        assert!(header_gone, "{what}: the header became unreadable");
+        return;
+    };
+    let mut ring = opened.unwrap_or_else(|e| panic!("{what}: open failed: {e}"));
+    let got = snapshot(&mut ring);
+    // Never a wrong record.
+    for (seq, rec) in &got.records {
+        assert_eq!(
+            snap.records.get(seq),
+            Some(rec),
+            "{what}: record {seq} differs"
+        );
+    }
+    for (id, name) in got.labels.iter().enumerate() {
+        if name.is_some() {
+            assert_eq!(name, &snap.labels[id], "{what}: label {id} differs");
+        }
+    }
+    // An unreadable newest state falls back to an older one: reported below, as a loss.
+    let report = ring.open_report();
+    let lost = got != *snap;
+    if lost {
+        assert!(
+            report.is_damaged(),
+            "{what}: lost records silently: {report:?}"
+        );
+    }
+    if report.is_damaged() {
+        assert_eq!(
+            ring.flash_mut().bytes(),
+            &damaged[..],
+            "{what}: opening a damaged store wrote"
+        );
+        let before = ring.flash_mut().bytes().to_vec();
+        assert_eq!(ring.append(0, 0, b"x"), Err(Error::Damaged), "{what}");
+        assert_eq!(ring.set_state(b"s"), Err(Error::Damaged), "{what}");
+        assert_eq!(
+            ring.flash_mut().bytes(),
+            &before[..],
+            "{what}: a damaged store was written"
+        );
+        // Salvage keeps every record the fault did not touch.
+        let back = repaired(&mut ring);
+        let touched = |off: usize, size: usize| off < hit.1 && hit.0 < off + size;
+        for (seq, rec) in &snap.records {
+            let r_off = live
+                .iter()
+                .any(|&(o, s)| touched(o, s) && original[o + 8..o + 12] == seq.to_le_bytes());
+            if !r_off {
+                assert_eq!(
+                    back.records.get(seq),
+                    Some(rec),
+                    "{what}: salvage lost record {seq}"
+                );
+            }
+        }
+        for (id, name) in snap.labels.iter().enumerate() {
+            let lost_here = back.labels.get(id).cloned().flatten() != *name;
+            if lost_here {
+                let hit_label = live.iter().any(|&(o, s)| {
+                    touched(o, s)
+                        && original[o + 2] == Kind::Label as u8
+                        && original[o + 4..o + 6] == (id as u16).to_le_bytes()
+                });
+                assert!(hit_label, "{what}: salvage lost label {id}");
+            }
+        }
+    } else {
+        ring.append(0, 0, b"more")
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let mut again = reopen(ring.into_flash().into_inner());
+        // A header corrected into validity through a zero byte, once its record is evicted,
+        // reads like zeros over a live record's deletion marker: reported (FORMAT.md §1.8).
+        let after = again.open_report();
+        assert!(
+            !after.is_damaged() || report.corrected > 0,
+            "{what}: damaged after a write: {after:?} (before: {report:?})"
+        );
+        let after = snapshot(&mut again);
+        for (seq, rec) in &after.records {
+            assert!(
+                snap.records.get(seq) == Some(rec) || rec.1 == b"more",
+                "{what}: record {seq}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_bit_flip_at_every_offset_is_harmless_or_reported() {
+    let (bytes, snap, live) = build();
+    let mut rng = SplitMix64::new(19);
+    for at in 0..bytes.len() {
+        let bit = rng.below(8);
+        let mut b = bytes.clone();
+        b[at] ^= 1 << bit;
+        check(
+            &bytes,
+            b,
+            &snap,
+            &live,
+            (at, at + 1),
+            &format!("flip of bit {bit} at {at}"),
+        );
+    }
+}
+
+#[test]
+fn every_zeroed_run_is_harmless_or_reported() {
+    let (bytes, snap, live) = build();
+    // A run over nothing but a data record's deletion marker reads as an eviction: the one
+    // damage the format cannot tell (FORMAT.md §1.8).
+    let marker_only = |start: usize, end: usize| {
+        live.iter()
+            .any(|&(o, _)| start >= o && end <= o + 2 && bytes[o + 2] == Kind::Data as u8)
+    };
+    for len in [1usize, 3, 8, 24, 100, 300] {
+        for start in (0..bytes.len()).step_by(match len {
+            1 => 1,
+            3 => 2,
+            _ => 4,
+        }) {
+            let end = (start + len).min(bytes.len());
+            if marker_only(start, end) {
+                continue;
+            }
+            let mut b = bytes.clone();
+            b[start..end].fill(0);
+            if b == bytes {
+                continue;
+            }
+            check(
+                &bytes,
+                b,
+                &snap,
+                &live,
+                (start, end),
+                &format!("zeros at {start}..{end}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn a_store_without_the_header_copy_gains_it_and_still_reads() {
+    let (mut bytes, snap, _) = build();
+    let copy = header_copy_offset(&small_geometry(600)).unwrap() as usize;
+    // What a store made before the copy existed looks like.
+    bytes[copy..copy + STORE_HEADER_LEN].fill(0xFF);
+    let mut ring = reopen(bytes.clone());
+    assert!(!ring.open_report().has_findings());
+    assert_eq!(snapshot(&mut ring), snap);
+    let written = ring.into_flash().into_inner();
+    assert_eq!(
+        written[copy..copy + STORE_HEADER_LEN],
+        bytes[..STORE_HEADER_LEN]
+    );
+    // With the copy, a destroyed header is read from it.
+    let mut b = written.clone();
+    b[..STORE_HEADER_LEN].fill(0);
+    let mut ring = reopen(b);
+    assert!(ring.open_report().header_from_copy);
+    assert_eq!(snapshot(&mut ring), snap);
+}
