@@ -172,7 +172,11 @@ fn value(row: &[u8], bits: u8, i: usize) -> f32 {
         8 => lo + (hi - lo) * (row[8 + i] as f32 / 255.0),
         _ => {
             let b = row[8 + i / 2];
-            let q = if i % 2 == 0 { b & 0x0F } else { b >> 4 };
+            let q = if i.is_multiple_of(2) {
+                b & 0x0F
+            } else {
+                b >> 4
+            };
             lo + (hi - lo) * (q as f32 / 15.0)
         }
     }
