@@ -13,7 +13,7 @@ use anyhow::{bail, ensure, Context, Result};
 use anytime_runtime::assets::ModelAssets;
 use anytime_runtime::encoder::{load_image, DynamicImage};
 use anytime_runtime::learner::Mixing;
-use anytime_runtime::predict::Predictor;
+use anytime_runtime::predict::{Prediction, Predictor};
 
 use super::LearnerArgs;
 
@@ -96,25 +96,55 @@ fn pictures(dir: &Path) -> Result<Vec<Picture>> {
         .collect()
 }
 
-/// Per label: (right, total, wrong answers).
-type Tally = BTreeMap<String, (usize, usize, Vec<String>)>;
+/// An answer: the best label, and the probability given to the picture's own label.
+struct Answer {
+    best: String,
+    p_own: f32,
+}
 
-fn tally(pics: &[Picture], answers: &[String]) -> Tally {
+fn answers(preds: Vec<Prediction>, pics: &[Picture]) -> Vec<Answer> {
+    preds
+        .into_iter()
+        .zip(pics)
+        .map(|(p, pic)| Answer {
+            best: p.ranked[0].0.clone(),
+            p_own: p
+                .ranked
+                .iter()
+                .find(|(l, _)| *l == pic.label)
+                .map_or(0.0, |(_, v)| *v),
+        })
+        .collect()
+}
+
+/// Per label: right, total, wrong answers, summed probability of the own label.
+#[derive(Default)]
+struct Row {
+    right: usize,
+    n: usize,
+    wrong: Vec<String>,
+    p_own: f32,
+}
+
+type Tally = BTreeMap<String, Row>;
+
+fn tally(pics: &[Picture], answers: &[Answer]) -> Tally {
     let mut t = Tally::new();
     for (p, a) in pics.iter().zip(answers) {
         let e = t.entry(p.label.clone()).or_default();
-        e.1 += 1;
-        if *a == p.label {
-            e.0 += 1;
+        e.n += 1;
+        e.p_own += a.p_own;
+        if a.best == p.label {
+            e.right += 1;
         } else {
-            e.2.push(a.clone());
+            e.wrong.push(a.best.clone());
         }
     }
     t
 }
 
 fn total(t: &Tally) -> (usize, usize) {
-    t.values().fold((0, 0), |(r, n), v| (r + v.0, n + v.1))
+    t.values().fold((0, 0), |(r, n), v| (r + v.right, n + v.n))
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -155,11 +185,7 @@ pub fn run(a: Args) -> Result<()> {
     let images: Vec<DynamicImage> = test.iter().map(|p| p.image.clone()).collect();
     let mut predictor = Predictor::from_assets(&assets)?;
     let set = predictor.label_set(&labels)?;
-    let before: Vec<String> = predictor
-        .predict(&images, &set)?
-        .into_iter()
-        .map(|p| p.ranked[0].0.clone())
-        .collect();
+    let before = answers(predictor.predict(&images, &set)?, &test);
 
     let tmp;
     let state = match &a.state {
@@ -197,11 +223,7 @@ pub fn run(a: Args) -> Result<()> {
     let learn_s = t.elapsed().as_secs_f64();
     learner.checkpoint()?;
     let set = learner.label_set(&labels)?;
-    let after: Vec<String> = learner
-        .predict_images(&images, &set, Mixing::Ocw)?
-        .into_iter()
-        .map(|p| p.ranked[0].0.clone())
-        .collect();
+    let after = answers(learner.predict_images(&images, &set, Mixing::Ocw)?, &test);
 
     let (tb, ta) = (tally(&test, &before), tally(&test, &after));
     println!("before:   zero-shot (the frozen CLIP alone, nothing learned)");
@@ -217,29 +239,29 @@ pub fn run(a: Args) -> Result<()> {
         learn_s,
     );
     println!("after:    the learner (tuned last block mixed in by OCW)");
-    println!("\n  {:<12} {:>8}   {:>8}", "label", "before", "after");
-    for (label, (rb, nb, wrong_b)) in &tb {
-        let (ra, _, wrong_a) = &ta[label];
+    println!("p(own label): the mean probability given to the pictures' own label");
+    println!(
+        "\n  {:<12} {:>8}   {:>8}   {:>13}",
+        "label", "before", "after", "p(own label)"
+    );
+    for (label, b) in &tb {
+        let a = &ta[label];
         let mark = if learned.contains(label) {
             "  ← learned"
         } else {
             ""
         };
-        let says = |w: &Vec<String>| {
-            if w.is_empty() {
-                String::new()
-            } else {
-                format!(" (said {})", w.join(", "))
-            }
-        };
+        let says = |w: &Vec<String>| format!(" (said {})", w.join(", "));
         println!(
-            "  {label:<12} {:>8}   {:>8}{mark}{}",
-            format!("{rb}/{nb}"),
-            format!("{ra}/{nb}"),
-            if ra < nb {
-                says(wrong_a)
-            } else if rb < nb && learned.contains(label) {
-                format!(" (before: said {})", wrong_b.join(", "))
+            "  {label:<12} {:>8}   {:>8}   {:>5.2} → {:<5.2}{mark}{}",
+            format!("{}/{}", b.right, b.n),
+            format!("{}/{}", a.right, a.n),
+            b.p_own / b.n as f32,
+            a.p_own / a.n as f32,
+            if a.right < a.n {
+                says(&a.wrong)
+            } else if b.right < b.n && learned.contains(label) {
+                format!(" (before: said {})", b.wrong.join(", "))
             } else {
                 String::new()
             }
