@@ -135,6 +135,21 @@ impl Dims {
         if self.width > 8192 || self.image_size > 4096 || self.context_length > 4096 {
             return Err("dims are implausibly large".into());
         }
+        let bounds = [
+            ("mlp", self.mlp, 16 * self.width),
+            ("embed_dim", self.embed_dim, 8192),
+            ("heads", self.heads, self.width),
+            ("layers", self.layers, 256),
+            ("vocab_size", self.vocab_size, 1 << 20),
+            ("text_width", self.text_width, 8192),
+            ("text_heads", self.text_heads, self.text_width.max(1)),
+            ("text_layers", self.text_layers, 256),
+        ];
+        if let Some((name, v, max)) = bounds.iter().find(|(_, v, max)| v > max) {
+            return Err(format!(
+                "dims.{name} = {v} is implausibly large (at most {max})"
+            ));
+        }
         Ok(())
     }
 }
@@ -379,5 +394,22 @@ mod tests {
         d.heads = 4;
         d.image_size = 60;
         assert!(d.check().unwrap_err().contains("multiple"));
+        d.image_size = 56;
+        // Refused before anything is allocated for them.
+        for (set, name) in [
+            (
+                (|d: &mut Dims| d.mlp = 100_000_000_000) as fn(&mut Dims),
+                "dims.mlp",
+            ),
+            (|d| d.layers = 100_000, "dims.layers"),
+            (|d| d.embed_dim = 1 << 30, "dims.embed_dim"),
+            (|d| d.vocab_size = 1 << 40, "dims.vocab_size"),
+            (|d| d.text_layers = 1 << 20, "dims.text_layers"),
+        ] {
+            let mut big = d;
+            set(&mut big);
+            let e = big.check().unwrap_err();
+            assert!(e.contains(name) && e.contains("implausibly large"), "{e}");
+        }
     }
 }
