@@ -8,11 +8,19 @@
 //! [`Learner::checkpoint`]).
 //!
 //! A learner lives in a folder:
-//! - `learner.json`: the model it belongs to and its codec (checked on open);
+//! - `learner.json`: the model it belongs to, its codec and its id (checked on open);
 //! - `tokens.store`: the ring buffer of compressed tokens, the label table and the state
-//!   blob (OCW estimates, counters; see [`LearnerState`]);
-//! - `tuned.safetensors`: the tuned block, `b` and the optimiser state, replaced
-//!   atomically (write, fsync, rename).
+//!   blob (OCW estimates, counters, the learner's id; see [`LearnerState`]);
+//! - `tuned.safetensors`: the tuned block, `b` and the optimiser state, with the SHA-256 of
+//!   its tensors and the learner's id, replaced atomically (write, fsync, rename).
+//!
+//! One process writes a learner folder at a time ([`Learner::open`] holds the store's
+//! writer lock until the learner is dropped; a second writer is refused, told who holds
+//! it); [`Learner::open_read_only`] reads a consistent copy beside a writer. The three files
+//! must carry the same id: another learner's store or weights are refused. NaN or an
+//! infinity is never saved: a learning rate that is not a finite positive number is
+//! refused, and a training step that makes the loss or the weights non-finite rolls the
+//! tuned weights back to the last checkpoint.
 //!
 //! The training backend ([`LearnerConfig::backend`]) is built on the first call that trains
 //! or asks for it ([`Learner::training`]): a learner that only predicts never looks for a
@@ -36,11 +44,11 @@ use crate::block::{BlockDims, FrozenHead, LastBlock, WeightsError};
 use crate::encoder::{check_label, DynamicImage, EncoderError, LabelError};
 use crate::predict::{dot, LabelSet, PredictError, Prediction, Predictor, LOGIT_SCALE};
 use crate::store::{
-    decode_tokens, encode_tokens, token_weights, Sample, Store, StoreConfig, StoreError,
+    decode_tokens, encode_tokens, token_weights, ReadLock, Sample, Store, StoreConfig, StoreError,
 };
 use crate::train::{
-    choose_backend, load_tuned, save_tuned, BackendChoice, Batch, TrainBackend, TrainConfig,
-    TrainError, Training, TunedState,
+    choose_backend, first_non_finite, load_tuned, save_tuned, BackendChoice, Batch, TrainBackend,
+    TrainConfig, TrainError, Training, TunedState,
 };
 use crate::typicality::{self, TypicalityMap};
 
@@ -51,10 +59,17 @@ type Ocw = OcwState<OCW_CAPACITY>;
 const STORE_FILE: &str = "tokens.store";
 const TUNED_FILE: &str = "tuned.safetensors";
 const META_FILE: &str = "learner.json";
-/// Version 2 adds the typicality table (version 1 is still read).
-const STATE_VERSION: u8 = 2;
+/// Version 3 adds the learner's id, version 2 the typicality table (1 and 2 are still read).
+const STATE_VERSION: u8 = 3;
+/// Bytes before the OCW state in a version 3 blob.
+const STATE_HEADER_LEN: usize = 29;
 /// Largest state blob: header, OCW length and state, typicality table.
-const STATE_MAX_LEN: usize = 21 + Ocw::MAX_ENCODED_LEN + 2 + typicality::ENTRY_LEN * OCW_CAPACITY;
+const STATE_MAX_LEN: usize =
+    STATE_HEADER_LEN + Ocw::MAX_ENCODED_LEN + 2 + typicality::ENTRY_LEN * OCW_CAPACITY;
+/// Largest learning rate accepted (AdamW steps of this size already destroy a model).
+pub const MAX_LR: f32 = 1.0;
+/// The answer when no label fits; no label may be named so.
+pub const NONE_ANSWER: &str = "none";
 
 /// Errors of the learner.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +106,30 @@ pub enum LearnError {
     TooManyLabels,
     #[error("token value at index {index} is not finite")]
     NonFinite { index: usize },
+    #[error("the sample's tokens are so large that the frozen block's output is not finite")]
+    Overflow,
+    #[error("learner configuration: {0}")]
+    Config(String),
+    #[error("{path} belongs to learner {found}, not to {expected} (the id in learner.json); the files of two learners were mixed")]
+    Mismatch {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
+    #[error("training diverged in {dir} ({what}); the tuned weights were rolled back to the checkpoint of step {step}{note}")]
+    Diverged {
+        dir: PathBuf,
+        what: String,
+        step: u64,
+        /// What became of the sample, when it matters.
+        note: &'static str,
+    },
+    #[error("learner {dir} was opened to read; it cannot learn or save")]
+    ReadOnly { dir: PathBuf },
+    #[error("{dir} is not a learner folder (no learner.json)")]
+    NotALearner { dir: PathBuf },
+    #[error("label {0:?} is reserved: it is the answer when no label fits")]
+    ReservedLabel(String),
 }
 
 /// How the per-label weight α of SPEC §2 is chosen.
@@ -182,6 +221,8 @@ pub struct LearnerState {
     ocw: Box<Ocw>,
     /// Per label, the cosines of its new samples (the "none" calibration).
     typical: TypicalityMap,
+    /// The id of the learner the blob belongs to (`None` in blobs of versions 1 and 2).
+    learner: Option<u64>,
 }
 
 impl LearnerState {
@@ -191,28 +232,31 @@ impl LearnerState {
             checkpoint_step: 0,
             ocw: Box::new(Ocw::new()),
             typical: TypicalityMap::default(),
+            learner: None,
         }
     }
 
-    /// Version 2: version byte, learned (u64), checkpoint step (u64), the OCW state's
-    /// length (u32) and bytes, then the typicality table; all little-endian. At most
-    /// `max_len` bytes: typicality entries that do not fit are left out.
+    /// Version 3: version byte, learned (u64), checkpoint step (u64), learner id (u64), the
+    /// OCW state's length (u32) and bytes, then the typicality table; all little-endian. At
+    /// most `max_len` bytes: typicality entries that do not fit are left out.
     fn encode(&self, max_len: usize) -> Vec<u8> {
-        let mut buf = vec![0u8; 21 + Ocw::MAX_ENCODED_LEN];
+        let h = STATE_HEADER_LEN;
+        let mut buf = vec![0u8; h + Ocw::MAX_ENCODED_LEN];
         buf[0] = STATE_VERSION;
         buf[1..9].copy_from_slice(&self.learned.to_le_bytes());
         buf[9..17].copy_from_slice(&self.checkpoint_step.to_le_bytes());
+        buf[17..25].copy_from_slice(&self.learner.unwrap_or(0).to_le_bytes());
         // MAX_ENCODED_LEN always suffices (see OcwState::to_slice).
-        let n = self.ocw.to_slice(&mut buf[21..]).unwrap_or(0);
-        buf[17..21].copy_from_slice(&(n as u32).to_le_bytes());
-        buf.truncate(21 + n);
+        let n = self.ocw.to_slice(&mut buf[h..]).unwrap_or(0);
+        buf[25..29].copy_from_slice(&(n as u32).to_le_bytes());
+        buf.truncate(h + n);
         let table = self.typical.encode(max_len.saturating_sub(buf.len()));
         buf.extend_from_slice(&table);
         buf
     }
 
-    /// Reads version 2, or version 1 (learned, checkpoint step, then the OCW state to the
-    /// end; no typicality table).
+    /// Reads version 3, 2 (no learner id) or 1 (learned, checkpoint step, then the OCW
+    /// state to the end; no typicality table).
     fn decode(bytes: &[u8]) -> Result<Self, String> {
         if bytes.len() < 17 {
             return Err(format!("state blob of {} bytes is too short", bytes.len()));
@@ -222,22 +266,32 @@ impl LearnerState {
             a.copy_from_slice(&bytes[i..i + 8]);
             u64::from_le_bytes(a)
         };
+        let mut learner = None;
         let (ocw_bytes, table) = match bytes[0] {
             1 => (&bytes[17..], None),
-            2 => {
+            v @ (2 | 3) => {
+                let at = if v == 3 {
+                    if bytes.len() < 25 {
+                        return Err("state blob too short for its learner id".into());
+                    }
+                    learner = Some(u64_at(17)).filter(|&id| id != 0);
+                    25
+                } else {
+                    17
+                };
                 let len = bytes
-                    .get(17..21)
+                    .get(at..at + 4)
                     .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
                     .ok_or("state blob too short for its OCW length")?;
-                let end = 21usize
+                let end = (at + 4)
                     .checked_add(len)
                     .filter(|&e| e <= bytes.len())
                     .ok_or_else(|| format!("OCW state of {len} bytes overruns the blob"))?;
-                (&bytes[21..end], Some(&bytes[end..]))
+                (&bytes[at + 4..end], Some(&bytes[end..]))
             }
             v => {
                 return Err(format!(
-                    "state version {v} (this build reads 1 and {STATE_VERSION})"
+                    "state version {v} (this build reads 1 to {STATE_VERSION})"
                 ))
             }
         };
@@ -251,12 +305,16 @@ impl LearnerState {
             checkpoint_step: u64_at(9),
             ocw: Box::new(ocw),
             typical,
+            learner,
         })
     }
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 struct Meta {
+    /// The learner's id (hex u64); absent in folders made before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
     model: String,
     tokens: usize,
     width: usize,
@@ -276,6 +334,8 @@ pub struct Learner {
     cfg: LearnerConfig,
     dir: PathBuf,
     dims: BlockDims,
+    /// The learner's id (learner.json), carried by the state blob and the tuned weights.
+    id: Option<u64>,
     /// The tuned block for inference, refreshed lazily after training.
     tuned: Option<(LastBlock, f32)>,
     since_checkpoint: u32,
@@ -292,11 +352,20 @@ impl std::fmt::Debug for Learner {
 }
 
 impl Learner {
-    /// Opens (or creates) the learner folder `dir` for the model `model` (name or path).
+    /// Opens (or creates) the learner folder `dir` for the model `model` (name or path), to
+    /// learn: holds the folder's writer lock until dropped.
     pub fn open(model: &str, dir: &Path, cfg: LearnerConfig) -> Result<Self, LearnError> {
         let assets = ModelAssets::find(model).map_err(PredictError::from)?;
         let predictor = Predictor::from_assets(&assets)?;
         Self::with_predictor(predictor, &assets, dir, cfg)
+    }
+
+    /// Opens the existing learner folder `dir` to predict: reads a consistent copy of its
+    /// store and weights (beside a writer, if one runs), writes nothing, never trains.
+    pub fn open_read_only(model: &str, dir: &Path, cfg: LearnerConfig) -> Result<Self, LearnError> {
+        let assets = ModelAssets::find(model).map_err(PredictError::from)?;
+        let predictor = Predictor::from_assets(&assets)?;
+        Self::build(predictor, &assets, dir, cfg, false)
     }
 
     /// As [`Learner::open`], reusing an already loaded predictor of `assets`.
@@ -306,18 +375,62 @@ impl Learner {
         dir: &Path,
         cfg: LearnerConfig,
     ) -> Result<Self, LearnError> {
-        let dims = assets.dims().block();
-        fs::create_dir_all(dir).map_err(|source| io_err(dir, source))?;
-        check_meta(dir, &assets.manifest.name, &dims, &cfg.codec)?;
+        Self::build(predictor, assets, dir, cfg, true)
+    }
 
+    fn build(
+        predictor: Predictor,
+        assets: &ModelAssets,
+        dir: &Path,
+        cfg: LearnerConfig,
+        write: bool,
+    ) -> Result<Self, LearnError> {
+        let dims = assets.dims().block();
+        check_train(&cfg.train)?;
         let record_max = encoded_len(dims.tokens, dims.width, &cfg.codec);
         let max_payload = (record_max.max(STATE_MAX_LEN)) as u32;
         let store_path = dir.join(STORE_FILE);
-        let mut store = Store::open_or_create(
-            &store_path,
-            StoreConfig::new(cfg.store_capacity, max_payload),
-        )?;
-        store.set_durable(cfg.durable);
+        let tuned_path = dir.join(TUNED_FILE);
+        let meta_path = dir.join(META_FILE);
+        let (store, meta, tuned) = if write {
+            if !store_path.exists() {
+                check_capacity(cfg.store_capacity, record_max, STATE_MAX_LEN)?;
+            }
+            fs::create_dir_all(dir).map_err(|source| io_err(dir, source))?;
+            // The store's writer lock is the folder's: nothing is written before it is held.
+            let mut store = Store::open_or_create(
+                &store_path,
+                StoreConfig::new(cfg.store_capacity, max_payload),
+            )?;
+            store.set_durable(cfg.durable);
+            let meta = check_meta(dir, &assets.manifest.name, &dims, &cfg.codec, true)?;
+            // A checkpoint or a learner.json write cut short leaves its temporary file.
+            let _ = fs::remove_file(dir.join(format!("{TUNED_FILE}.tmp")));
+            let _ = fs::remove_file(dir.join(format!("{META_FILE}.tmp")));
+            let tuned = read_tuned(&tuned_path, &dims)?;
+            (store, meta, tuned)
+        } else {
+            if !meta_path.is_file() {
+                return Err(LearnError::NotALearner {
+                    dir: dir.to_path_buf(),
+                });
+            }
+            let meta = check_meta(dir, &assets.manifest.name, &dims, &cfg.codec, false)?;
+            if store_path.exists() {
+                // The store and the weights are read under one shared lock: a checkpoint
+                // (new weights, then the state blob naming them) is seen whole or not at all.
+                let lock = ReadLock::acquire(&store_path)?;
+                let bytes = crate::store::read_locked_by(&lock, &store_path)?;
+                let tuned = read_tuned(&tuned_path, &dims)?;
+                drop(lock);
+                (Store::from_bytes(&store_path, bytes)?, meta, tuned)
+            } else {
+                let tuned = read_tuned(&tuned_path, &dims)?;
+                (Store::empty_in_memory(&store_path)?, meta, tuned)
+            }
+        };
+        let mut store = store;
+        let id = meta.id.as_deref().and_then(parse_id);
         let state = match store.state()? {
             Some(blob) => LearnerState::decode(&blob).map_err(|message| LearnError::State {
                 path: store_path.clone(),
@@ -325,16 +438,37 @@ impl Learner {
             })?,
             None => LearnerState::new(),
         };
-
-        let tuned_path = dir.join(TUNED_FILE);
-        let (tuned, head) = if tuned_path.is_file() {
-            load_tuned(&tuned_path, &dims)?
-        } else {
-            let original = &predictor.original;
-            (
-                TunedState::fresh(&dims, original.params.clone()),
-                original.head.clone(),
-            )
+        if let (Some(found), Some(expected)) = (state.learner, id) {
+            if found != expected {
+                return Err(LearnError::Mismatch {
+                    path: store_path,
+                    found: format_id(found),
+                    expected: format_id(expected),
+                });
+            }
+        }
+        let mut state = state;
+        state.learner = id;
+        let (tuned, head) = match tuned {
+            Some((tuned, head, owner)) => {
+                if let (Some(found), Some(expected)) = (owner, id) {
+                    if parse_id(&found) != Some(expected) {
+                        return Err(LearnError::Mismatch {
+                            path: tuned_path,
+                            found,
+                            expected: format_id(expected),
+                        });
+                    }
+                }
+                (tuned, head)
+            }
+            None => {
+                let original = &predictor.original;
+                (
+                    TunedState::fresh(&dims, original.params.clone()),
+                    original.head.clone(),
+                )
+            }
         };
         if tuned.optim.step != state.checkpoint_step {
             log::info!(
@@ -355,9 +489,30 @@ impl Learner {
             cfg,
             dir: dir.to_path_buf(),
             dims,
+            id,
             tuned: None,
             since_checkpoint: 0,
         })
+    }
+
+    /// The learner's id (from `learner.json`; `None` for a folder read before it had one).
+    pub fn id(&self) -> Option<String> {
+        self.id.map(format_id)
+    }
+
+    /// Whether this learner may learn and save (else it was opened read-only).
+    pub fn is_writer(&self) -> bool {
+        self.store.is_writer()
+    }
+
+    fn writer(&self) -> Result<(), LearnError> {
+        if self.store.is_writer() {
+            Ok(())
+        } else {
+            Err(LearnError::ReadOnly {
+                dir: self.dir.clone(),
+            })
+        }
     }
 
     /// The backend that trains and why it was chosen; builds it (looking for a GPU adapter
@@ -479,22 +634,47 @@ impl Learner {
         if let Some(index) = tokens.iter().position(|v| !v.is_finite()) {
             return Err(LearnError::NonFinite { index });
         }
+        self.writer()?;
         let label = check_label(0, label)?.to_string();
         for (i, c) in context.iter().enumerate() {
             check_label(i, c.as_ref())?;
         }
+        if label.eq_ignore_ascii_case(NONE_ANSWER) {
+            return Err(LearnError::ReservedLabel(label));
+        }
+        // A label differing only in case is the stored one (label sets ignore case).
+        let label = match self
+            .store
+            .labels()?
+            .into_iter()
+            .filter_map(|l| l.name)
+            .find(|n| n.to_lowercase() == label.to_lowercase())
+        {
+            Some(stored) => stored,
+            None => label,
+        };
         // The backend first: when it cannot be built, the store is left untouched.
         self.backend()?;
 
-        // The training label set: labels in storage, this one, then the context.
-        let y_id = self.store.label_id(&label)?;
-        let (ids, names) = self.training_labels(Some((y_id, &label)), context)?;
-        let y = ids.iter().position(|&i| i == y_id).unwrap_or_default();
+        // The training label set: labels in storage, this one, then the context. The text
+        // embeddings and the probe below pass before a new label is stored, so a refused
+        // sample leaves no label record behind.
+        let known = self.store.find_label(&label)?;
+        let (mut ids, names) = self.training_labels(Some((known, &label)), context)?;
         let text = self.predictor.encoder.encode_texts(&names)?;
+        // A new label comes right after the stored ones; it is stored once the probe passed.
+        let y = match known {
+            Some(id) => ids.iter().position(|&i| i == id).unwrap_or(ids.len()),
+            None => ids.len(),
+        };
 
         // OCW update on the new sample, before the step (SPEC §3), and the "none"
         // calibration: the tuned model's cosine to the sample's own label.
         let z_o = self.predictor.original.forward_embeddings(tokens, 1);
+        if z_o.iter().any(|v| !v.is_finite()) {
+            // Finite tokens the frozen block overflows on: the sample, not the weights.
+            return Err(LearnError::Overflow);
+        }
         let original_correct = argmax_rows(&z_o, &text) == y;
         let probe = Batch {
             tokens,
@@ -503,6 +683,25 @@ impl Learner {
             n_labels: names.len(),
         };
         let (probe_stats, mut z_t) = self.backend()?.loss_embed(&probe)?;
+        if !probe_stats.loss.is_finite() || z_t.iter().any(|v| !v.is_finite()) {
+            // The weights went bad in an earlier step: back to the checkpoint, before the
+            // sample touches the store.
+            let step = self.roll_back("the tuned model's loss on the new sample is not finite")?;
+            return Err(LearnError::Diverged {
+                dir: self.dir.clone(),
+                what: "the loss on the new sample is not finite".into(),
+                step,
+                note: "; the sample was not learned, try again",
+            });
+        }
+        let y_id = match known {
+            Some(id) => id,
+            None => {
+                let id = self.store.label_id(&label)?;
+                ids.push(id);
+                id
+            }
+        };
         let tuned_correct = probe_stats.correct == 1;
         self.state
             .ocw
@@ -547,8 +746,33 @@ impl Learner {
         self.tuned = None;
         self.state.learned += 1;
         self.since_checkpoint += 1;
+        const KEPT: &str = " (the sample is kept in the store and counted)";
+        if !stats.loss.is_finite() {
+            self.save_state()?;
+            let step = self.roll_back("the training batch's loss is not finite")?;
+            return Err(LearnError::Diverged {
+                dir: self.dir.clone(),
+                what: "the training batch's loss is not finite".into(),
+                step,
+                note: KEPT,
+            });
+        }
         if self.cfg.checkpoint_every > 0 && self.since_checkpoint >= self.cfg.checkpoint_every {
-            self.checkpoint()?;
+            if let Err(e) = self.checkpoint() {
+                // The sample is stored: the counters that say so are saved all the same.
+                self.save_state()?;
+                return Err(match e {
+                    LearnError::Diverged {
+                        dir, what, step, ..
+                    } => LearnError::Diverged {
+                        dir,
+                        what,
+                        step,
+                        note: KEPT,
+                    },
+                    e => e,
+                });
+            }
         } else {
             self.save_state()?;
         }
@@ -579,6 +803,7 @@ impl Learner {
         if steps == 0 || self.store.is_empty() {
             return Ok(None);
         }
+        self.writer()?;
         self.backend()?;
         let (ids, names) = self.training_labels(None, context)?;
         let text = self.predictor.encoder.encode_texts(&names)?;
@@ -603,8 +828,17 @@ impl Learner {
                 text: &text,
                 n_labels: names.len(),
             })?;
-            loss += f64::from(stats.loss);
             self.tuned = None;
+            if !stats.loss.is_finite() {
+                let step = self.roll_back("a rehearsal batch's loss is not finite")?;
+                return Err(LearnError::Diverged {
+                    dir: self.dir.clone(),
+                    what: "a rehearsal batch's loss is not finite".into(),
+                    step,
+                    note: "",
+                });
+            }
+            loss += f64::from(stats.loss);
         }
         self.since_checkpoint += 1;
         if self.cfg.checkpoint_every > 0 && self.since_checkpoint >= self.cfg.checkpoint_every {
@@ -613,32 +847,37 @@ impl Learner {
         Ok(Some((loss / f64::from(steps)) as f32))
     }
 
-    /// The training label set: the stored labels with samples, `new` (id and name) if not
-    /// among them, then the labels of `context` that are neither. Ids of the stored ones.
+    /// The training label set: the stored labels with samples, `new` (its id when stored,
+    /// and name) if not among them, then the labels of `context` that are neither (label
+    /// sets ignore case). Returns the ids of the stored ones, which come first in the names;
+    /// a `new` label not yet stored is the name right after them.
     fn training_labels<S: AsRef<str>>(
         &mut self,
-        new: Option<(u16, &str)>,
+        new: Option<(Option<u16>, &str)>,
         context: &[S],
     ) -> Result<(Vec<u16>, Vec<String>), LearnError> {
         let mut ids: Vec<u16> = Vec::new();
         let mut names: Vec<String> = Vec::new();
+        let new_id = new.and_then(|(id, _)| id);
         for info in self.store.labels()? {
             if let Some(name) = info.name {
-                if info.count > 0 || new.is_some_and(|(id, _)| id == info.id) {
+                if info.count > 0 || Some(info.id) == new_id {
                     ids.push(info.id);
                     names.push(name);
                 }
             }
         }
-        if let Some((id, name)) = new {
-            if !ids.contains(&id) {
+        match new {
+            Some((Some(id), name)) if !ids.contains(&id) => {
                 ids.push(id);
                 names.push(name.to_string());
             }
+            Some((None, name)) => names.push(name.to_string()),
+            _ => {}
         }
         for (i, c) in context.iter().enumerate() {
             let c = check_label(i, c.as_ref())?;
-            if !names.iter().any(|n| n == c) {
+            if !names.iter().any(|n| n.to_lowercase() == c.to_lowercase()) {
                 names.push(c.to_string());
             }
         }
@@ -670,30 +909,84 @@ impl Learner {
         }
     }
 
-    /// Saves the tuned weights atomically, then the state blob that names them.
+    /// Saves the tuned weights atomically, then the state blob that names them (readers see
+    /// both or neither). Weights holding NaN or an infinity are never saved: they are
+    /// rolled back to the last checkpoint and the call fails.
     pub fn checkpoint(&mut self) -> Result<(), LearnError> {
+        self.writer()?;
         let tuned = self.tuned_state()?;
+        if let Some(name) = first_non_finite(&tuned) {
+            let step = self.roll_back(&format!("`{name}` is not finite"))?;
+            return Err(LearnError::Diverged {
+                dir: self.dir.clone(),
+                what: format!("`{name}` holds values that are not finite"),
+                step,
+                note: "; nothing was saved",
+            });
+        }
         let path = self.dir.join(TUNED_FILE);
         let tmp = self.dir.join(format!("{TUNED_FILE}.tmp"));
         let head = &self.predictor.original.head;
-        save_tuned(&tmp, &self.dims, &tuned, head)?;
-        sync_file(&tmp)?;
-        fs::rename(&tmp, &path).map_err(|source| io_err(&path, source))?;
-        sync_dir(&self.dir);
-        self.state.checkpoint_step = tuned.optim.step;
-        self.save_state()?;
+        let id = self.id.map(format_id);
+        let saved = save_tuned(&tmp, &self.dims, &tuned, head, id.as_deref())
+            .map_err(LearnError::from)
+            .and_then(|()| sync_file(&tmp));
+        if let Err(e) = saved {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let mut state = self.state.clone();
+        state.checkpoint_step = tuned.optim.step;
+        let blob = state.encode(self.max_state_len());
+        let dir = self.dir.clone();
+        self.store.changing(|store| -> Result<(), LearnError> {
+            fs::rename(&tmp, &path).map_err(|source| io_err(&path, source))?;
+            sync_dir(&dir);
+            store.set_state(&blob)?;
+            Ok(())
+        })?;
+        self.state = state;
         self.since_checkpoint = 0;
         Ok(())
     }
 
-    /// Writes the state blob, as large as the store's records may be.
-    fn save_state(&mut self) -> Result<(), LearnError> {
+    /// Puts the tuned weights back to the last checkpoint (the original block's when none
+    /// was saved); returns its optimiser step. The samples stay in the store.
+    fn roll_back(&mut self, why: &str) -> Result<u64, LearnError> {
+        let (state, head) = match read_tuned(&self.dir.join(TUNED_FILE), &self.dims)? {
+            Some((state, head, _)) => (state, head),
+            None => (
+                TunedState::fresh(&self.dims, self.predictor.original.params.clone()),
+                self.predictor.original.head.clone(),
+            ),
+        };
+        let step = state.optim.step;
+        log::error!(
+            "learner {}: {why}; the tuned weights are rolled back to the checkpoint of step {step}",
+            self.dir.display()
+        );
+        self.trainer = Trainer::Pending {
+            state: Box::new(state),
+            head,
+        };
+        self.tuned = None;
+        self.since_checkpoint = 0;
+        Ok(step)
+    }
+
+    /// The largest state blob the store's records take.
+    fn max_state_len(&self) -> usize {
         let max_record = self.store.geometry().max_record;
         let mut max_len = max_record as usize;
         while max_len > 0 && anytime_core::ring::layout::record_size(max_len as u32) > max_record {
             max_len -= 1;
         }
-        let blob = self.state.encode(max_len);
+        max_len
+    }
+
+    /// Writes the state blob, as large as the store's records may be.
+    fn save_state(&mut self) -> Result<(), LearnError> {
+        let blob = self.state.encode(self.max_state_len());
         self.store.set_state(&blob)?;
         Ok(())
     }
@@ -800,13 +1093,17 @@ impl Learner {
 
     fn tuned_block(&mut self) -> Result<&(LastBlock, f32), LearnError> {
         if self.tuned.is_none() {
-            let (params, other_bias) = match &mut self.trainer {
-                Trainer::Pending { state, .. } => (state.params.clone(), state.other_bias),
-                Trainer::Built { backend, .. } => {
-                    let s = backend.state()?;
-                    (s.params, s.other_bias)
-                }
+            let mut trained = match &mut self.trainer {
+                Trainer::Pending { state, .. } => TunedState::clone(state),
+                Trainer::Built { backend, .. } => backend.state()?,
             };
+            if let Some(name) = first_non_finite(&trained) {
+                self.roll_back(&format!("`{name}` is not finite"))?;
+                if let Trainer::Pending { state, .. } = &self.trainer {
+                    trained = TunedState::clone(state);
+                }
+            }
+            let (params, other_bias) = (trained.params, trained.other_bias);
             let block = LastBlock {
                 dims: self.dims,
                 params,
@@ -847,14 +1144,87 @@ fn argmax_rows(z: &[f32], text: &[f32]) -> usize {
     crate::predict::argmax(&scores)
 }
 
+/// Refuses a training configuration that can make the weights non-finite: a learning rate
+/// outside `(0, MAX_LR]`, and any other hyper-parameter that is not finite or is outside
+/// its range (AdamW's betas in `[0, 1)`, a positive epsilon, a weight decay whose step
+/// `lr · wd` stays below 1, a positive logit scale of at most 1000).
+fn check_train(t: &TrainConfig) -> Result<(), LearnError> {
+    let bad = |what: &str, v: f32, range: &str| {
+        Err(LearnError::Config(format!(
+            "{what} {v} is not a finite number in {range}"
+        )))
+    };
+    if !(t.lr.is_finite() && t.lr > 0.0 && t.lr <= MAX_LR) {
+        return bad("learning rate", t.lr, &format!("(0, {MAX_LR}]"));
+    }
+    if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0 && t.lr * t.weight_decay < 1.0) {
+        return bad("weight decay", t.weight_decay, "[0, 1 / learning rate)");
+    }
+    for (what, v) in [("beta1", t.beta1), ("beta2", t.beta2)] {
+        if !(v.is_finite() && (0.0..1.0).contains(&v)) {
+            return bad(what, v, "[0, 1)");
+        }
+    }
+    if !(t.eps.is_finite() && t.eps > 0.0) {
+        return bad("epsilon", t.eps, "(0, ∞)");
+    }
+    if !(t.beta_other.is_finite() && t.beta_other >= 0.0) {
+        return bad("the \"other\" term's weight", t.beta_other, "[0, ∞)");
+    }
+    if !(t.logit_scale.is_finite() && t.logit_scale > 0.0 && t.logit_scale <= 1000.0) {
+        return bad("logit scale", t.logit_scale, "(0, 1000]");
+    }
+    Ok(())
+}
+
+/// The smallest store capacity a learner can use: the largest state blob and four samples.
+pub fn min_capacity(record_max: usize, state_max: usize) -> u64 {
+    use anytime_core::ring::layout::record_size;
+    4 * record_size(record_max as u32) as u64 + record_size(state_max as u32) as u64
+}
+
+fn check_capacity(capacity: u64, record_max: usize, state_max: usize) -> Result<(), LearnError> {
+    let min = min_capacity(record_max, state_max);
+    if capacity < min {
+        return Err(LearnError::Config(format!(
+            "a store capacity of {capacity} bytes is below the {min} this model needs (the largest state blob and four samples)"
+        )));
+    }
+    Ok(())
+}
+
+/// The tuned weights at `path`, if the file exists (checksum and values checked).
+fn read_tuned(
+    path: &Path,
+    dims: &BlockDims,
+) -> Result<Option<(TunedState, FrozenHead, Option<String>)>, LearnError> {
+    if path.is_file() {
+        Ok(Some(load_tuned(path, dims)?))
+    } else {
+        Ok(None)
+    }
+}
+
+fn format_id(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+fn parse_id(s: &str) -> Option<u64> {
+    u64::from_str_radix(s, 16).ok()
+}
+
+/// Checks `learner.json` against the model and codec and returns it. A writer (`write`)
+/// creates it, with a new id, or gives an older one its id.
 fn check_meta(
     dir: &Path,
     model: &str,
     dims: &BlockDims,
     codec: &CodecParams,
-) -> Result<(), LearnError> {
+    write: bool,
+) -> Result<Meta, LearnError> {
     let path = dir.join(META_FILE);
     let meta = Meta {
+        id: Some(format_id(rand::random::<u64>() | 1)),
         model: model.to_string(),
         tokens: dims.tokens,
         width: dims.width,
@@ -863,33 +1233,61 @@ fn check_meta(
         codec_bits: codec.bits,
         codec_weighted: codec.weighted,
     };
-    match fs::read(&path) {
-        Ok(bytes) => {
-            let found: Meta = serde_json::from_slice(&bytes).map_err(|e| LearnError::State {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-            if found.model != meta.model || found.tokens != meta.tokens || found.width != meta.width
-            {
-                return Err(LearnError::WrongModel {
-                    dir: dir.to_path_buf(),
-                    expected: meta.model,
-                    found: found.model,
-                    found_tokens: found.tokens,
-                    found_width: found.width,
-                });
-            }
-            Ok(())
+    let bytes = match fs::File::open(&path) {
+        Ok(f) => {
+            let mut bytes = Vec::new();
+            // A learner.json is a few hundred bytes; more is not one.
+            std::io::Read::read_to_end(&mut std::io::Read::take(f, 64 * 1024), &mut bytes)
+                .map_err(|source| io_err(&path, source))?;
+            Some(bytes)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let text = serde_json::to_vec_pretty(&meta).expect("plain struct");
-            let mut f = fs::File::create(&path).map_err(|source| io_err(&path, source))?;
-            f.write_all(&text)
-                .and_then(|()| f.sync_all())
-                .map_err(|source| io_err(&path, source))
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => return Err(io_err(&path, source)),
+    };
+    let Some(bytes) = bytes else {
+        if !write {
+            return Err(LearnError::NotALearner {
+                dir: dir.to_path_buf(),
+            });
         }
-        Err(source) => Err(io_err(&path, source)),
+        write_meta(&path, &meta)?;
+        return Ok(meta);
+    };
+    let mut found: Meta = serde_json::from_slice(&bytes).map_err(|e| LearnError::State {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    if found.model != meta.model || found.tokens != meta.tokens || found.width != meta.width {
+        return Err(LearnError::WrongModel {
+            dir: dir.to_path_buf(),
+            expected: meta.model,
+            found: found.model,
+            found_tokens: found.tokens,
+            found_width: found.width,
+        });
     }
+    if found.id.as_deref().and_then(parse_id).is_none() && write {
+        found.id = meta.id;
+        write_meta(&path, &found)?;
+    }
+    Ok(found)
+}
+
+/// Writes `learner.json` atomically (temporary file, fsync, rename).
+fn write_meta(path: &Path, meta: &Meta) -> Result<(), LearnError> {
+    let text = serde_json::to_vec_pretty(meta).expect("plain struct");
+    let tmp = path.with_extension("json.tmp");
+    let written = fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(&text).and_then(|()| f.sync_all()))
+        .and_then(|()| fs::rename(&tmp, path));
+    if let Err(source) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err(path, source));
+    }
+    if let Some(dir) = path.parent() {
+        sync_dir(dir);
+    }
+    Ok(())
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> LearnError {
@@ -939,11 +1337,21 @@ mod tests {
         let back = LearnerState::decode(&small).unwrap();
         assert_eq!((back.learned, back.checkpoint_step), (42, 40));
         assert!(back.typical.0.is_empty());
+        // the learner id round-trips; 0 reads as none
+        s.learner = Some(0xabc);
+        assert_eq!(LearnerState::decode(&s.encode(usize::MAX)).unwrap(), s);
+        s.learner = None;
+        // version 2 (no learner id) is still read
+        let ocw_len = u32::from_le_bytes(bytes[25..29].try_into().unwrap()) as usize;
+        let mut v2 = vec![2u8];
+        v2.extend_from_slice(&bytes[1..17]);
+        v2.extend_from_slice(&bytes[25..]);
+        let two = LearnerState::decode(&v2).unwrap();
+        assert_eq!(two, s);
         // version 1 (no OCW length, no table) is still read
         let mut v1 = vec![1u8];
         v1.extend_from_slice(&bytes[1..17]);
-        let ocw_len = u32::from_le_bytes(bytes[17..21].try_into().unwrap()) as usize;
-        v1.extend_from_slice(&bytes[21..21 + ocw_len]);
+        v1.extend_from_slice(&bytes[29..29 + ocw_len]);
         let old = LearnerState::decode(&v1).unwrap();
         assert_eq!(old.ocw, s.ocw);
         assert!(old.typical.0.is_empty());

@@ -4,7 +4,7 @@ use anytime_runtime::assets::{bundled_models_dir, ModelAssets};
 use anytime_runtime::encoder::load_image;
 use anytime_runtime::learner::{Learner, LearnerConfig, Mixing};
 use anytime_runtime::predict::Predictor;
-use anytime_runtime::train::BackendChoice;
+use anytime_runtime::train::{load_tuned, save_tuned, BackendChoice, TrainConfig};
 
 fn config() -> LearnerConfig {
     let mut cfg = LearnerConfig {
@@ -232,4 +232,215 @@ fn rehearsal_trains_on_stored_samples_and_stores_nothing() {
         l.rehearse(1, &[""]).is_err(),
         "a bad context label is refused"
     );
+}
+
+/// One writer per folder, refused with the holder's name; a reader beside it sees what was
+/// acknowledged and cannot learn.
+#[test]
+fn one_writer_per_folder_and_readers_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let red = tiny_tokens("red_square.png");
+    let mut w = Learner::open("tiny-clip", dir.path(), config()).unwrap();
+    w.learn_tokens(&red, "red").unwrap();
+    let e = Learner::open("tiny-clip", dir.path(), config()).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("in use by") && msg.contains(&format!("pid {}", std::process::id())),
+        "{msg}"
+    );
+    let mut r = Learner::open_read_only("tiny-clip", dir.path(), config()).unwrap();
+    assert_eq!(r.learned(), 1);
+    assert!(
+        r.learn_tokens(&red, "red").is_err(),
+        "a reader cannot learn"
+    );
+    assert!(r.checkpoint().is_err(), "a reader cannot save");
+    w.learn_tokens(&red, "red").unwrap();
+    let r = Learner::open_read_only("tiny-clip", dir.path(), config()).unwrap();
+    assert_eq!(r.learned(), 2);
+    drop(w);
+    Learner::open("tiny-clip", dir.path(), config()).unwrap();
+}
+
+/// The learner's three files carry one id: another learner's store or weights are refused,
+/// and so are damaged weights.
+#[test]
+fn files_of_another_learner_and_damaged_weights_are_refused() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let red = tiny_tokens("red_square.png");
+    for d in [&a, &b] {
+        let mut l = Learner::open("tiny-clip", d.path(), config()).unwrap();
+        l.learn_tokens(&red, "red").unwrap();
+        l.checkpoint().unwrap();
+    }
+    let swap = |file: &str| {
+        let c = tempfile::tempdir().unwrap();
+        for f in ["learner.json", "tokens.store", "tuned.safetensors"] {
+            let from = if f == file { b.path() } else { a.path() };
+            std::fs::copy(from.join(f), c.path().join(f)).unwrap();
+        }
+        c
+    };
+    for file in ["tokens.store", "tuned.safetensors"] {
+        let c = swap(file);
+        let e = Learner::open("tiny-clip", c.path(), config()).unwrap_err();
+        assert!(e.to_string().contains("belongs to learner"), "{file}: {e}");
+        let e = Learner::open_read_only("tiny-clip", c.path(), config()).unwrap_err();
+        assert!(e.to_string().contains("belongs to learner"), "{file}: {e}");
+    }
+    let tuned = a.path().join("tuned.safetensors");
+    let mut bytes = std::fs::read(&tuned).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x10;
+    std::fs::write(&tuned, &bytes).unwrap();
+    let e = Learner::open("tiny-clip", a.path(), config()).unwrap_err();
+    assert!(e.to_string().contains("checksum"), "{e}");
+}
+
+/// NaN or an absurd learning rate is refused; a label differing only in case is the stored
+/// one; "none" is no label; a store too small to learn is refused up front; temporary files
+/// a kill left behind are removed.
+#[test]
+fn bad_settings_and_labels_are_refused_without_a_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    for lr in [f32::NAN, f32::INFINITY, 1e30, 0.0, -1e-3] {
+        let mut cfg = config();
+        cfg.train.lr = lr;
+        let e = Learner::open("tiny-clip", dir.path(), cfg).unwrap_err();
+        assert!(e.to_string().contains("learning rate"), "{lr}: {e}");
+    }
+    let mut cfg = config();
+    cfg.store_capacity = 1;
+    let e = Learner::open("tiny-clip", &dir.path().join("tiny"), cfg).unwrap_err();
+    assert!(e.to_string().contains("store capacity"), "{e}");
+
+    let red = tiny_tokens("red_square.png");
+    let mut l = Learner::open("tiny-clip", dir.path(), config()).unwrap();
+    l.learn_tokens(&red, "red").unwrap();
+    l.checkpoint().unwrap();
+    drop(l);
+    // What a kill during a checkpoint or a learner.json write leaves is cleaned up.
+    let leftovers = ["tuned.safetensors.tmp", "learner.json.tmp"].map(|f| dir.path().join(f));
+    for f in &leftovers {
+        std::fs::write(f, b"half a file").unwrap();
+    }
+    let mut l = Learner::open("tiny-clip", dir.path(), config()).unwrap();
+    assert!(
+        leftovers.iter().all(|f| !f.exists()),
+        "temporary files left"
+    );
+    let r = l.learn_tokens(&red, "RED").unwrap();
+    assert_eq!(r.label, "red");
+    assert!(l.learn_tokens(&red, "None").is_err());
+    let labels = l.store().labels().unwrap();
+    assert_eq!(labels.len(), 1, "{labels:?}");
+    assert_eq!(labels[0].count, 2);
+}
+
+/// Overwrites the learner's tuned weights with Adam moments that make the next update
+/// infinite (first moment `f32::MAX`, second 0, at a learning rate of 1): finite on disk,
+/// so they load, but the first step turns `fc_w` into infinities.
+fn poison_moments(dir: &std::path::Path) -> Vec<u8> {
+    let dims = ModelAssets::find("tiny-clip").unwrap().dims().block();
+    let path = dir.join("tuned.safetensors");
+    let (mut state, head, owner) = load_tuned(&path, &dims).unwrap();
+    state.optim.m.fc_w.fill(f32::MAX);
+    state.optim.v.fc_w.fill(0.0);
+    save_tuned(&path, &dims, &state, &head, owner.as_deref()).unwrap();
+    std::fs::read(&path).unwrap()
+}
+
+fn all_finite(l: &mut Learner, tokens: &[f32]) -> bool {
+    let set = l.label_set(&["red", "green", "blue"]).unwrap();
+    l.predict_tokens(tokens, &set, Mixing::TunedOnly).unwrap()[0]
+        .probs
+        .iter()
+        .all(|p| p.is_finite())
+}
+
+/// Weights that a step made infinite are met by every path that reads them (the next
+/// sample's probe, a checkpoint, a prediction), rolled back to the last checkpoint and
+/// never saved; a sample refused so leaves no trace in the store.
+#[test]
+fn non_finite_weights_are_rolled_back_and_never_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let (red, green) = (
+        tiny_tokens("red_square.png"),
+        tiny_tokens("green_circle.png"),
+    );
+    let mut cfg = config();
+    cfg.checkpoint_every = 0;
+    cfg.train.lr = 1.0;
+    let mut l = Learner::open("tiny-clip", dir.path(), cfg.clone()).unwrap();
+    l.learn_tokens(&red, "red").unwrap();
+    l.learn_tokens(&green, "green").unwrap();
+    l.checkpoint().unwrap();
+    drop(l);
+    let saved = poison_moments(dir.path());
+    let tuned = dir.path().join("tuned.safetensors");
+
+    let mut l = Learner::open("tiny-clip", dir.path(), cfg.clone()).unwrap();
+    // This step makes the weights infinite (its loss is taken before the update).
+    l.learn_tokens(&red, "red").unwrap();
+    let (stored, learned) = (l.store().len(), l.learned());
+    // The next sample's probe meets them: refused, the store untouched, its label unknown.
+    let e = l.learn_tokens(&green, "blue").unwrap_err().to_string();
+    assert!(e.contains("not finite") && e.contains("rolled back"), "{e}");
+    assert_eq!((l.store().len(), l.learned()), (stored, learned));
+    assert!(
+        l.store().find_label("blue").unwrap().is_none(),
+        "no label left"
+    );
+    assert!(all_finite(&mut l, &red), "rolled back");
+
+    // A checkpoint meets them: nothing is saved.
+    l.learn_tokens(&red, "red").unwrap();
+    let e = l.checkpoint().unwrap_err().to_string();
+    assert!(e.contains("nothing was saved"), "{e}");
+    assert_eq!(std::fs::read(&tuned).unwrap(), saved);
+    assert!(all_finite(&mut l, &red));
+
+    // A prediction meets them: it is made with the checkpoint's weights.
+    l.learn_tokens(&red, "red").unwrap();
+    assert!(all_finite(&mut l, &red));
+    drop(l);
+    assert_eq!(std::fs::read(&tuned).unwrap(), saved, "never saved");
+
+    // A learn that checkpoints: refused, yet its sample is stored and counted, as said.
+    cfg.checkpoint_every = 1;
+    let mut l = Learner::open("tiny-clip", dir.path(), cfg.clone()).unwrap();
+    let learned = l.learned();
+    let e = l.learn_tokens(&red, "red").unwrap_err().to_string();
+    assert!(e.contains("kept in the store and counted"), "{e}");
+    assert_eq!(l.learned(), learned + 1);
+    drop(l);
+    assert_eq!(std::fs::read(&tuned).unwrap(), saved, "never saved");
+    let l = Learner::open_read_only("tiny-clip", dir.path(), cfg).unwrap();
+    assert_eq!(l.learned(), learned + 1, "the counter was saved");
+}
+
+/// Hyper-parameters that can make the weights non-finite are refused before anything is
+/// created.
+#[test]
+fn training_settings_that_can_diverge_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = dir.path().join("never");
+    type Set = fn(&mut TrainConfig);
+    let cases: [(&str, Set); 6] = [
+        ("weight decay", |t| t.weight_decay = f32::NAN),
+        ("weight decay", |t| t.weight_decay = 1e9),
+        ("beta1", |t| t.beta1 = 1.0),
+        ("beta2", |t| t.beta2 = f32::INFINITY),
+        ("epsilon", |t| t.eps = 0.0),
+        ("logit scale", |t| t.logit_scale = 1e30),
+    ];
+    for (what, set) in cases {
+        let mut cfg = config();
+        set(&mut cfg.train);
+        let e = Learner::open("tiny-clip", &at, cfg)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(what), "{what}: {e}");
+        assert!(!at.exists(), "{what}: nothing is created");
+    }
 }

@@ -67,8 +67,9 @@ fn train_cpu_resume_is_bit_exact() {
     for d in &batches[..3] {
         first.step(&d.batch()).unwrap();
     }
-    save_tuned(&path, &dims, &first.state().unwrap(), &head).unwrap();
-    let (loaded, head2) = load_tuned(&path, &dims).unwrap();
+    save_tuned(&path, &dims, &first.state().unwrap(), &head, Some("5eed")).unwrap();
+    let (loaded, head2, learner) = load_tuned(&path, &dims).unwrap();
+    assert_eq!(learner.as_deref(), Some("5eed"));
     assert_eq!(head2, head);
     assert_eq!(loaded.optim.step, 3);
     let mut resumed = CpuBackend::new(dims, cfg, head2, loaded).unwrap();

@@ -32,7 +32,7 @@ pub use params::{
     block_tensor_shapes, head_tensor_shapes, is_decayed, BlockDims, BlockParams, FrozenHead,
 };
 pub use weights::{
-    block_named_tensors, load_block, save_block, write_tensors, NamedTensor, TensorFile,
-    WeightsError,
+    block_named_tensors, load_block, save_block, tensors_digest, write_tensors, NamedTensor,
+    TensorFile, WeightsError,
 };
 pub use wgrad::UpdateRule;

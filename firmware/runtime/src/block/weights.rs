@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+use sha2::{Digest, Sha256};
 
 use super::params::{block_tensor_shapes, head_tensor_shapes, BlockDims, BlockParams, FrozenHead};
 
@@ -43,6 +44,12 @@ pub enum WeightsError {
     Dims(BlockDims),
     #[error("cannot write {path}: {message}")]
     Write { path: PathBuf, message: String },
+    /// The file's tensors do not match the checksum it carries: the bytes were damaged.
+    #[error("{path} is damaged: its tensors do not match the checksum it carries")]
+    Checksum { path: PathBuf },
+    /// A tensor holds NaN or an infinity.
+    #[error("{path}: tensor `{name}` holds a value that is not finite")]
+    NonFinite { path: PathBuf, name: String },
 }
 
 /// A safetensors file read into memory, with typed, shape-checked access by name.
@@ -80,6 +87,28 @@ impl TensorFile {
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// SHA-256 (hex) of every tensor, by name: name, dtype, shape and bytes (see
+    /// [`tensors_digest`]).
+    pub fn digest(&self) -> Result<String, WeightsError> {
+        let st = SafeTensors::deserialize(&self.bytes).map_err(|e| WeightsError::Corrupt {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        let mut all: Vec<(String, TensorView<'_>)> = st.tensors();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut h = Sha256::new();
+        for (name, view) in &all {
+            digest_one(
+                &mut h,
+                name,
+                &format!("{:?}", view.dtype()),
+                view.shape(),
+                view.data(),
+            );
+        }
+        Ok(hex(&h.finalize()))
     }
 
     /// A string from the file's `__metadata__`.
@@ -254,4 +283,33 @@ pub fn save_block(
         &block_named_tensors(dims, params, head),
         HashMap::new(),
     )
+}
+
+/// SHA-256 (hex) of f32 tensors as [`TensorFile::digest`] computes it from a file.
+pub fn tensors_digest(tensors: &[NamedTensor<'_>]) -> String {
+    let mut sorted: Vec<&NamedTensor<'_>> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut h = Sha256::new();
+    for t in sorted {
+        let bytes: Vec<u8> = t.data.iter().flat_map(|x| x.to_le_bytes()).collect();
+        digest_one(&mut h, &t.name, "F32", &t.shape, &bytes);
+    }
+    hex(&h.finalize())
+}
+
+fn digest_one(h: &mut Sha256, name: &str, dtype: &str, shape: &[usize], data: &[u8]) {
+    h.update((name.len() as u64).to_le_bytes());
+    h.update(name.as_bytes());
+    h.update((dtype.len() as u64).to_le_bytes());
+    h.update(dtype.as_bytes());
+    h.update((shape.len() as u64).to_le_bytes());
+    for &d in shape {
+        h.update((d as u64).to_le_bytes());
+    }
+    h.update((data.len() as u64).to_le_bytes());
+    h.update(data);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -27,7 +27,7 @@ use crate::block::{BlockDims, BlockParams, WeightsError};
 pub use adamw::{set_update_prefetch, AdamState};
 pub use choice::{choose_backend, BackendChoice, BackendReason, Training};
 pub use cpu::{set_fused_update, set_huge_pages, set_keep_awake, CpuBackend};
-pub use state::{load_tuned, save_tuned};
+pub use state::{first_non_finite, load_tuned, save_tuned};
 
 /// Every hyper-parameter of a training step.
 #[derive(Clone, Debug, PartialEq)]

@@ -11,19 +11,51 @@ use std::path::Path;
 
 use super::{AdamState, TunedState};
 use crate::block::{
-    block_named_tensors, block_tensor_shapes, write_tensors, BlockDims, FrozenHead, NamedTensor,
-    TensorFile, WeightsError,
+    block_named_tensors, block_tensor_shapes, tensors_digest, write_tensors, BlockDims, FrozenHead,
+    NamedTensor, TensorFile, WeightsError,
 };
 
 const STEP_KEY: &str = "optim.step";
+/// `__metadata__` key of the SHA-256 of every tensor ([`TensorFile::digest`]).
+pub const DIGEST_KEY: &str = "sha256";
+/// `__metadata__` key of the id of the learner the file belongs to.
+pub const LEARNER_KEY: &str = "learner";
 
-/// Writes a tuned run (and the frozen head, for a complete block file) to `path`.
+/// Whether every value of a tuned run (parameters, `b`, Adam moments) is finite; else the
+/// name of a tensor that is not.
+pub fn first_non_finite(state: &TunedState) -> Option<&'static str> {
+    let names = ["params", "optim.m", "optim.v"];
+    for (name, p) in names
+        .iter()
+        .zip([&state.params, &state.optim.m, &state.optim.v])
+    {
+        if p.tensors().iter().any(|t| t.iter().any(|v| !v.is_finite())) {
+            return Some(name);
+        }
+    }
+    let scalars = [state.other_bias, state.optim.m_bias, state.optim.v_bias];
+    if scalars.iter().any(|v| !v.is_finite()) {
+        return Some("other_bias");
+    }
+    None
+}
+
+/// Writes a tuned run (and the frozen head, for a complete block file) to `path`, with the
+/// SHA-256 of its tensors and, when given, the id of the learner it belongs to. A run
+/// holding NaN or an infinity is refused ([`WeightsError::NonFinite`]).
 pub fn save_tuned(
     path: &Path,
     dims: &BlockDims,
     state: &TunedState,
     head: &FrozenHead,
+    learner: Option<&str>,
 ) -> Result<(), WeightsError> {
+    if let Some(name) = first_non_finite(state) {
+        return Err(WeightsError::NonFinite {
+            path: path.to_path_buf(),
+            name: name.to_string(),
+        });
+    }
     let mut tensors = block_named_tensors(dims, &state.params, head);
     let bias = [state.other_bias];
     let (mb, vb) = ([state.optim.m_bias], [state.optim.v_bias]);
@@ -51,16 +83,44 @@ pub fn save_tuned(
             });
         }
     }
-    let meta = HashMap::from([(STEP_KEY.to_string(), state.optim.step.to_string())]);
+    let mut meta = HashMap::from([
+        (STEP_KEY.to_string(), state.optim.step.to_string()),
+        (DIGEST_KEY.to_string(), tensors_digest(&tensors)),
+    ]);
+    if let Some(id) = learner {
+        meta.insert(LEARNER_KEY.to_string(), id.to_string());
+    }
     write_tensors(path, &tensors, meta)
 }
 
-/// Reads a tuned run written by [`save_tuned`]; also returns the file's frozen head.
-pub fn load_tuned(path: &Path, dims: &BlockDims) -> Result<(TunedState, FrozenHead), WeightsError> {
+/// Reads a tuned run written by [`save_tuned`]; also returns the file's frozen head and
+/// the learner id it carries. The checksum is verified (only files written before it
+/// existed, which name no learner, may lack one), and every value must be finite.
+pub fn load_tuned(
+    path: &Path,
+    dims: &BlockDims,
+) -> Result<(TunedState, FrozenHead, Option<String>), WeightsError> {
     if !dims.is_valid() {
         return Err(WeightsError::Dims(*dims));
     }
     let f = TensorFile::open(path)?;
+    // A file that names its learner was written with a checksum: one without has lost it.
+    let expected = match (f.metadata(DIGEST_KEY), f.metadata(LEARNER_KEY)) {
+        (Some(digest), _) => Some(digest),
+        (None, Some(_)) => {
+            return Err(WeightsError::Checksum {
+                path: path.to_path_buf(),
+            })
+        }
+        (None, None) => None,
+    };
+    if let Some(expected) = expected {
+        if f.digest()? != expected {
+            return Err(WeightsError::Checksum {
+                path: path.to_path_buf(),
+            });
+        }
+    }
     let step = f
         .metadata(STEP_KEY)
         .and_then(|s| s.parse::<u64>().ok())
@@ -80,5 +140,68 @@ pub fn load_tuned(path: &Path, dims: &BlockDims) -> Result<(TunedState, FrozenHe
         other_bias: f.get("other_bias", &[1])?[0],
         optim,
     };
-    Ok((state, f.frozen_head(dims)?))
+    if let Some(name) = first_non_finite(&state) {
+        return Err(WeightsError::NonFinite {
+            path: path.to_path_buf(),
+            name: name.to_string(),
+        });
+    }
+    let learner = f.metadata(LEARNER_KEY).map(str::to_string);
+    Ok((state, f.frozen_head(dims)?, learner))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::BlockParams;
+
+    const DIMS: BlockDims = BlockDims {
+        width: 8,
+        heads: 2,
+        mlp: 16,
+        tokens: 3,
+        embed: 4,
+    };
+
+    #[test]
+    fn a_damaged_or_non_finite_tuned_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tuned.safetensors");
+        let head = FrozenHead::random(&DIMS, 1);
+        let state = TunedState::fresh(&DIMS, BlockParams::random(&DIMS, 2));
+        save_tuned(&path, &DIMS, &state, &head, None).unwrap();
+        let (back, _, learner) = load_tuned(&path, &DIMS).unwrap();
+        assert_eq!((back, learner), (state.clone(), None));
+
+        // One flipped bit in the last tensor byte: the checksum catches it.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let e = load_tuned(&path, &DIMS).unwrap_err();
+        assert!(matches!(e, WeightsError::Checksum { .. }), "{e}");
+
+        // A learner's file whose checksum key was damaged is refused too.
+        save_tuned(&path, &DIMS, &state, &head, Some("00000000000000ab")).unwrap();
+        let (_, _, learner) = load_tuned(&path, &DIMS).unwrap();
+        assert_eq!(learner.as_deref(), Some("00000000000000ab"));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes
+            .windows(6)
+            .position(|w| w == DIGEST_KEY.as_bytes())
+            .unwrap();
+        bytes[at] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let e = load_tuned(&path, &DIMS).unwrap_err();
+        assert!(matches!(e, WeightsError::Checksum { .. }), "{e}");
+
+        // NaN is never saved.
+        let mut bad = state;
+        bad.params.fc_w[3] = f32::NAN;
+        let e = save_tuned(&path, &DIMS, &bad, &head, None).unwrap_err();
+        assert!(matches!(e, WeightsError::NonFinite { .. }), "{e}");
+        bad.params.fc_w[3] = 0.0;
+        bad.optim.v_bias = f32::INFINITY;
+        assert!(save_tuned(&path, &DIMS, &bad, &head, None).is_err());
+    }
 }
