@@ -127,3 +127,50 @@ fn inspect_store_refuses_other_files() {
     assert!(!missing.status.success());
     assert!(text(&missing.stderr).contains("missing.store"));
 }
+
+#[test]
+fn inspect_store_reports_a_lost_segment_header_and_repairs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.store");
+    let (_, first) = make_store(&path);
+    let mut bytes = std::fs::read(&path).unwrap();
+    // Zero the header of the segment holding every record (4096-byte segments).
+    let seg = first as usize / 4096 * 4096;
+    bytes[seg..seg + 20].fill(0);
+    std::fs::write(&path, &bytes).unwrap();
+
+    let out = inspect(&path);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("records        0"), "{stdout}");
+    assert!(
+        stdout.contains("1 segments have an unreadable header: the 15 intact records"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("--repair"), "{stderr}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bytes,
+        "inspect modified the file"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_anytime-host"))
+        .args(["inspect-store", "--repair"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(
+        stdout.contains("11 records kept (11 from unreadable segments), 3 labels"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("records        11"), "{stdout}");
+    assert!(stdout.contains("state blob     9 bytes"), "{stdout}");
+    assert!(stdout.contains("damage         none"), "{stdout}");
+    assert_eq!(
+        std::fs::read(dir.path().join("tokens.store.damaged")).unwrap(),
+        bytes,
+        "the damaged file is kept"
+    );
+}

@@ -1,13 +1,16 @@
 //! `inspect-store`: prints a store's header, labels and counts per label, bytes used, and
-//! verifies every CRC. Works on an in-memory copy of the file, so the file is never modified
-//! (opening a store can repair it, e.g. undo an interrupted compaction; the copy absorbs that).
-//! Exits with an error when the store is unreadable or any record fails its CRC.
+//! verifies every CRC. Works on an in-memory copy of the file, read under a shared lock
+//! (a writer beside it never tears it), so the file is never modified (opening a store can
+//! repair it, e.g. undo an interrupted compaction; the copy absorbs that). Exits with an
+//! error when the store is unreadable or damaged, saying what is lost; `--repair` writes a
+//! store with every intact record and keeps the damaged file beside it.
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use anytime_core::mem_flash::MemFlash;
 use anytime_core::ring::layout::{STORE_HEADER_LEN, STORE_MAGIC};
 use anytime_core::ring::{LabelRef, RecordRef, Ring, MAX_LABEL_NAME};
+use anytime_runtime::store::{read_locked, Store};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -16,19 +19,41 @@ pub struct Args {
     /// Also list every live record (sequence, label, flags, payload bytes).
     #[arg(long)]
     records: bool,
+    /// Write a fresh store with every intact record (those of segments whose header is
+    /// unreadable included), keeping the damaged file as `PATH.damaged`; then inspect it.
+    /// Refused while a learner writes the store.
+    #[arg(long)]
+    repair: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let bytes =
-        std::fs::read(&args.path).with_context(|| format!("reading {}", args.path.display()))?;
-    let file_len = bytes.len() as u64;
-    if file_len > u32::MAX as u64 {
-        bail!(
-            "{}: {} bytes exceed the 4 GiB a store can address",
-            args.path.display(),
-            file_len
+    if args.repair {
+        let r = Store::repair(&args.path)?;
+        println!(
+            "repaired       {} records kept ({} from unreadable segments), {} labels, {}",
+            r.records,
+            r.recovered,
+            r.labels,
+            if r.state {
+                "the state blob"
+            } else {
+                "no state blob"
+            }
         );
+        if r.missing_bytes > 0 {
+            println!(
+                "               the file was {} bytes short; the missing end read as erased",
+                r.missing_bytes
+            );
+        }
+        println!(
+            "               the damaged file is kept as {}",
+            r.kept_as.display()
+        );
+        println!();
     }
+    let bytes = read_locked(&args.path)?;
+    let file_len = bytes.len() as u64;
     if bytes.len() >= STORE_HEADER_LEN && bytes[..8] == STORE_MAGIC {
         let version = u16::from_le_bytes([bytes[8], bytes[9]]);
         println!(
@@ -106,11 +131,47 @@ pub fn run(args: Args) -> Result<()> {
         report.torn,
         report.duplicates
     );
-    if bad > 0 || report.corrupt > 0 {
+    let mut findings = Vec::new();
+    if report.header_from_copy {
+        findings.push("the store header is unreadable; its copy was used".to_string());
+    }
+    if report.corrected > 0 {
+        findings.push(format!(
+            "{} headers had a flipped bit (corrected when read)",
+            report.corrected
+        ));
+    }
+    if report.damaged_segments > 0 {
+        findings.push(format!(
+            "{} segments have an unreadable header: the {} intact records in them are not read",
+            report.damaged_segments, report.unreachable
+        ));
+    }
+    if report.corrupt > 0 || bad > 0 {
+        findings.push(format!(
+            "{} corrupt records or unreadable runs of bytes: what they held is lost",
+            report.corrupt + bad
+        ));
+    }
+    println!(
+        "damage         {}",
+        if findings.is_empty() {
+            "none".to_string()
+        } else {
+            findings.join("; ")
+        }
+    );
+    if !findings.is_empty() {
+        let hint = if report.is_damaged() || bad > 0 {
+            "a learner refuses to write it until"
+        } else {
+            "nothing is lost;"
+        };
         bail!(
-            "{}: {} corrupt records",
+            "{} is damaged: {}; {hint} `anytime-host inspect-store --repair {}` writes a store with every intact record",
             args.path.display(),
-            bad + report.corrupt
+            findings.join("; "),
+            args.path.display()
         );
     }
     Ok(())
