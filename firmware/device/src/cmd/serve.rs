@@ -8,15 +8,23 @@
 //! - `{"checkpoint": true}` — save the tuned weights now
 //! - `{"stats": true}` — samples learned, labels and their stored counts, training backend
 //!
+//! A request line is at most [`MAX_REQUEST`] bytes of UTF-8; a longer or invalid one gets an
+//! error line and the loop goes on. On a socket every client has its own thread (at most
+//! [`MAX_CLIENTS`]); requests take turns on the learner, images are read and decoded
+//! outside it, so a silent or slow client holds up no other.
+//!
 //! SIGTERM or SIGINT: the request in progress finishes, the tuned weights are saved, and the
-//! process exits 0. After SIGKILL the store and the last checkpoint are consistent (see the
-//! learner's documentation).
-use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+//! process exits 0. A request still running after [`STOP_GRACE`] is abandoned: the process
+//! exits 1 without the final checkpoint (every acknowledged sample is in the store). After
+//! SIGKILL the store and the last checkpoint are consistent (see the learner's
+//! documentation).
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, TryLockError};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use anytime_runtime::encoder::load_image;
+use anytime_runtime::encoder::{load_image, DynamicImage};
 use anytime_runtime::learner::{Learner, Mixing};
 use serde_json::{json, Value};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -25,100 +33,197 @@ use signal_hook::iterator::Signals;
 use super::predict::{prediction_json, NoneRule};
 use super::{parse_mixing, LearnerArgs};
 
+/// Longest request line, in bytes.
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// How long a stop signal waits for the request in progress.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Most socket clients served at once; more are told so and closed.
+pub const MAX_CLIENTS: usize = 32;
+/// A socket client silent this long is closed.
+const CLIENT_IDLE: Duration = Duration::from_secs(600);
+/// A socket client that does not read its answer this long is closed.
+const CLIENT_WRITE: Duration = Duration::from_secs(30);
+
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     learner: LearnerArgs,
-    /// Listen on this Unix socket instead of stdin/stdout.
+    /// Listen on this Unix socket instead of stdin/stdout. A stale socket there is replaced;
+    /// anything else there (a file, a socket a server listens on) is an error.
     #[arg(long)]
     socket: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<()> {
+    // The learner first: a second server on one learner is refused before any socket.
     let (learner, training) = a.learner.open_to_train()?;
+    #[cfg(unix)]
+    let listener = match &a.socket {
+        Some(path) => Some(socket::bind(path)?),
+        None => None,
+    };
+    #[cfg(not(unix))]
+    if let Some(path) = &a.socket {
+        anyhow::bail!("Unix sockets are not available here ({})", path.display());
+    }
     eprintln!("serving; {training}");
     let learner = Arc::new(Mutex::new(learner));
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
     {
         let learner = Arc::clone(&learner);
-        let socket = a.socket.clone();
+        #[cfg(unix)]
+        let bound = listener.as_ref().map(|(_, b)| b.clone());
         std::thread::spawn(move || {
             if let Some(sig) = signals.forever().next() {
-                // Waits for the request in progress, then saves and leaves.
-                let code = match learner.lock() {
-                    Ok(mut l) => match l.checkpoint() {
-                        Ok(()) => 0,
-                        Err(e) => {
-                            eprintln!("error: saving on signal {sig}: {e:#}");
-                            1
-                        }
-                    },
-                    Err(_) => 1,
-                };
-                if let Some(s) = socket {
-                    let _ = std::fs::remove_file(s);
-                }
-                eprintln!("stopped on signal {sig}");
-                std::process::exit(code);
+                stop(&learner, sig, |code| {
+                    #[cfg(unix)]
+                    if let Some(b) = bound {
+                        b.remove();
+                    }
+                    eprintln!("stopped on signal {sig}");
+                    std::process::exit(code)
+                });
             }
         });
     }
-    match &a.socket {
-        None => {
-            let stdin = std::io::stdin();
-            let stdout = std::io::stdout();
-            serve_stream(&learner, stdin.lock(), stdout.lock())?;
-        }
-        Some(path) => {
-            #[cfg(unix)]
-            {
-                let _ = std::fs::remove_file(path);
-                let listener = std::os::unix::net::UnixListener::bind(path)
-                    .with_context(|| format!("binding {}", path.display()))?;
-                for stream in listener.incoming() {
-                    let stream = stream.context("accepting a connection")?;
-                    let reader = BufReader::new(stream.try_clone()?);
-                    if let Err(e) = serve_stream(&learner, reader, stream) {
-                        log::warn!("connection ended: {e:#}");
+    #[cfg(unix)]
+    let served = match listener {
+        Some((l, _)) => socket::serve(&learner, l),
+        None => serve_stdio(&learner),
+    };
+    #[cfg(not(unix))]
+    let served = serve_stdio(&learner);
+    // Saved even when the input failed: what was learned is not thrown away.
+    let saved = learner
+        .lock()
+        .map_err(|_| anyhow::anyhow!("a request panicked; the tuned weights are not saved"))?
+        .checkpoint()
+        .context("saving the tuned weights");
+    served.and(saved)
+}
+
+fn serve_stdio(learner: &Mutex<Learner>) -> Result<()> {
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    serve_stream(learner, stdin.lock(), stdout.lock())
+}
+
+/// Waits up to [`STOP_GRACE`] for the request in progress, saves, and ends the process
+/// with `exit` (given the exit status; it does not return) while it still holds the
+/// learner, so that no request starts after the final checkpoint.
+fn stop(learner: &Mutex<Learner>, sig: i32, exit: impl FnOnce(i32)) {
+    let deadline = Instant::now() + STOP_GRACE;
+    loop {
+        match learner.try_lock() {
+            Ok(mut l) => {
+                let code = match l.checkpoint() {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("error: saving on signal {sig}: {e}");
+                        1
                     }
-                }
+                };
+                return exit(code);
             }
-            #[cfg(not(unix))]
-            anyhow::bail!("Unix sockets are not available here ({})", path.display());
+            Err(TryLockError::Poisoned(_)) => {
+                eprintln!("error: a request panicked; stopping without the final checkpoint");
+                return exit(1);
+            }
+            Err(TryLockError::WouldBlock) if Instant::now() >= deadline => {
+                eprintln!(
+                    "error: a request still runs {} s after signal {sig}; stopping without the final checkpoint (every acknowledged sample is in the store)",
+                    STOP_GRACE.as_secs()
+                );
+                return exit(1);
+            }
+            Err(TryLockError::WouldBlock) => std::thread::sleep(Duration::from_millis(20)),
         }
     }
-    learner
-        .lock()
-        .map_err(|_| anyhow::anyhow!("learner lock poisoned"))?
-        .checkpoint()
-        .context("saving the tuned weights")?;
-    Ok(())
+}
+
+/// One request line as read.
+enum Line {
+    /// A line (without its newline) is in the buffer.
+    Complete,
+    /// A line longer than the limit was skipped.
+    TooLong,
+    /// The input ended.
+    End,
+}
+
+/// Reads one line of at most `max` bytes into `buf` (a longer one is consumed and
+/// dropped, never held in memory whole).
+fn read_line_bounded(
+    input: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Line> {
+    buf.clear();
+    let mut too_long = false;
+    let mut any = false;
+    loop {
+        let avail = match input.fill_buf() {
+            Ok(a) => a,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if avail.is_empty() {
+            return Ok(match (any, too_long) {
+                (false, _) => Line::End,
+                (true, true) => Line::TooLong,
+                (true, false) => Line::Complete,
+            });
+        }
+        any = true;
+        let (chunk, done) = match avail.iter().position(|&b| b == b'\n') {
+            Some(i) => (&avail[..i], Some(i + 1)),
+            None => (avail, None),
+        };
+        if !too_long && buf.len() + chunk.len() <= max {
+            buf.extend_from_slice(chunk);
+        } else {
+            too_long = true;
+            buf.clear();
+        }
+        let used = done.unwrap_or(avail.len());
+        input.consume(used);
+        if done.is_some() {
+            return Ok(if too_long {
+                Line::TooLong
+            } else {
+                Line::Complete
+            });
+        }
+    }
 }
 
 fn serve_stream(
     learner: &Mutex<Learner>,
-    input: impl BufRead,
+    mut input: impl BufRead,
     mut output: impl Write,
 ) -> Result<()> {
-    for line in input.lines() {
-        let line = line.context("reading a request")?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let reply = {
-            let mut l = learner
-                .lock()
-                .map_err(|_| anyhow::anyhow!("learner lock poisoned"))?;
-            handle(&mut l, &line)
+    let mut buf = Vec::new();
+    loop {
+        let reply = match read_line_bounded(&mut input, &mut buf, MAX_REQUEST)
+            .context("reading a request")?
+        {
+            Line::End => return Ok(()),
+            Line::TooLong => {
+                json!({"error": format!("request line longer than {MAX_REQUEST} bytes; skipped")})
+            }
+            Line::Complete => match std::str::from_utf8(&buf) {
+                Err(e) => json!({"error": format!("request is not UTF-8 ({e})")}),
+                Ok(line) if line.trim().is_empty() => continue,
+                Ok(line) => handle(learner, line),
+            },
         };
         writeln!(output, "{reply}")?;
         output.flush()?;
     }
-    Ok(())
 }
 
 /// Answers one request line; errors become `{"error": ...}`.
-pub fn handle(learner: &mut Learner, line: &str) -> Value {
+pub fn handle(learner: &Mutex<Learner>, line: &str) -> Value {
     let req: Value = match serde_json::from_str(line) {
         Ok(v @ Value::Object(_)) => v,
         Ok(_) => return json!({"error": "a request is a JSON object"}),
@@ -134,7 +239,18 @@ pub fn handle(learner: &mut Learner, line: &str) -> Value {
     reply
 }
 
-fn answer(learner: &mut Learner, req: &Value) -> Result<Value> {
+fn lock(learner: &Mutex<Learner>) -> Result<std::sync::MutexGuard<'_, Learner>> {
+    learner
+        .lock()
+        .map_err(|_| anyhow::anyhow!("an earlier request panicked; the learner is unusable"))
+}
+
+/// Reads and decodes an image outside the learner's lock.
+fn image(path: &str) -> Result<DynamicImage> {
+    Ok(load_image(Path::new(path))?)
+}
+
+fn answer(learner: &Mutex<Learner>, req: &Value) -> Result<Value> {
     if let Some(path) = req.get("learn") {
         let path = path.as_str().context("\"learn\" must be an image path")?;
         let label = req
@@ -150,8 +266,8 @@ fn answer(learner: &mut Learner, req: &Value) -> Result<Value> {
                 .map(|l| l.as_str().map(str::to_string).context("labels are strings"))
                 .collect::<Result<_>>()?,
         };
-        let img = load_image(path.as_ref())?;
-        let r = learner.learn_image_in(&img, label, &among)?;
+        let img = image(path)?;
+        let r = lock(learner)?.learn_image_in(&img, label, &among)?;
         return Ok(
             json!({"ok": true, "learned": r.learned, "label": r.label, "loss": r.loss,
                          "batch": r.batch, "labels": r.labels, "tuned_correct": r.tuned_correct,
@@ -186,9 +302,12 @@ fn answer(learner: &mut Learner, req: &Value) -> Result<Value> {
         };
         let none = NoneRule::new(other, rate);
         let top = req.get("top").and_then(Value::as_u64).unwrap_or(5) as usize;
-        let set = learner.label_set(&labels)?;
-        let img = load_image(path.as_ref())?;
-        let p = learner.predict_images(&[img], &set, mixing)?.remove(0);
+        let img = image(path)?;
+        let p = {
+            let mut l = lock(learner)?;
+            let set = l.label_set(&labels)?;
+            l.predict_images(&[img], &set, mixing)?.remove(0)
+        };
         return Ok(prediction_json(
             path,
             &p,
@@ -197,19 +316,132 @@ fn answer(learner: &mut Learner, req: &Value) -> Result<Value> {
         ));
     }
     if req.get("checkpoint").is_some() {
-        learner.checkpoint()?;
-        return Ok(json!({"ok": true, "learned": learner.learned()}));
+        let mut l = lock(learner)?;
+        l.checkpoint()?;
+        return Ok(json!({"ok": true, "learned": l.learned()}));
     }
     if req.get("stats").is_some() {
-        let backend = learner.training()?.backend;
-        let learned = learner.learned();
-        let labels: Vec<Value> = learner
+        let mut l = lock(learner)?;
+        let backend = l.training()?.backend;
+        let learned = l.learned();
+        let bad_reads = l.store().bad_reads();
+        let labels: Vec<Value> = l
             .store()
             .labels()?
             .into_iter()
             .map(|l| json!({"label": l.name, "stored": l.count}))
             .collect();
-        return Ok(json!({"learned": learned, "training": backend, "labels": labels}));
+        return Ok(
+            json!({"learned": learned, "training": backend, "labels": labels,
+                         "damaged_records_met": bad_reads}),
+        );
     }
     anyhow::bail!("unknown request: expected \"learn\", \"predict\", \"checkpoint\" or \"stats\"")
+}
+
+#[cfg(unix)]
+mod socket {
+    use std::io::BufReader;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// The socket this server bound: removed on exit only if it is still this one.
+    #[derive(Debug, Clone)]
+    pub struct Bound {
+        path: PathBuf,
+        dev_ino: Option<(u64, u64)>,
+    }
+
+    impl Bound {
+        pub fn remove(&self) {
+            let same = std::fs::symlink_metadata(&self.path)
+                .map(|m| Some((m.dev(), m.ino())) == self.dev_ino)
+                .unwrap_or(false);
+            if same {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+
+    /// Binds `path`: free, or a stale socket nobody listens on (replaced). A socket a
+    /// server listens on, or anything that is not a socket, is an error and left alone.
+    pub fn bind(path: &Path) -> Result<(UnixListener, Bound)> {
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_socket() => match UnixStream::connect(path) {
+                Ok(_) => anyhow::bail!(
+                    "{}: another server is listening on this socket",
+                    path.display()
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    log::info!("{}: replacing a stale socket", path.display());
+                    std::fs::remove_file(path)
+                        .with_context(|| format!("removing the stale socket {}", path.display()))?;
+                }
+                Err(e) => anyhow::bail!(
+                    "{}: a socket that cannot be probed ({e}); not replacing it",
+                    path.display()
+                ),
+            },
+            Ok(_) => anyhow::bail!(
+                "{} exists and is not a socket; not replacing it",
+                path.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("checking {}", path.display())),
+        }
+        let listener =
+            UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+        let dev_ino = std::fs::symlink_metadata(path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        Ok((
+            listener,
+            Bound {
+                path: path.to_path_buf(),
+                dev_ino,
+            },
+        ))
+    }
+
+    /// Serves every client in its own thread until the process is stopped.
+    pub fn serve(learner: &Arc<Mutex<Learner>>, listener: UnixListener) -> Result<()> {
+        let clients = Arc::new(AtomicUsize::new(0));
+        for stream in listener.incoming() {
+            let mut stream = match stream {
+                Ok(s) => s,
+                Err(e) => {
+                    log::warn!("accepting a connection: {e}");
+                    continue;
+                }
+            };
+            if clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
+                clients.fetch_sub(1, Ordering::SeqCst);
+                let _ = stream.set_write_timeout(Some(CLIENT_WRITE));
+                let _ = writeln!(
+                    stream,
+                    "{}",
+                    json!({"error": format!("busy: {MAX_CLIENTS} clients are connected")})
+                );
+                continue;
+            }
+            let (learner, clients) = (Arc::clone(learner), Arc::clone(&clients));
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(CLIENT_IDLE));
+                let _ = stream.set_write_timeout(Some(CLIENT_WRITE));
+                match stream.try_clone() {
+                    Ok(read) => {
+                        if let Err(e) = serve_stream(&learner, BufReader::new(read), stream) {
+                            log::info!("connection ended: {e:#}");
+                        }
+                    }
+                    Err(e) => log::warn!("connection: {e}"),
+                }
+                clients.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+        Ok(())
+    }
 }
