@@ -60,15 +60,21 @@ pub fn run(a: Args) -> Result<()> {
     let (mut learner, training) = a.learner.open_to_train()?;
     eprintln!("{training}");
     let mut failed = 0usize;
-    for (path, label) in &samples {
+    let mut not_reached = 0usize;
+    for (i, (path, label)) in samples.iter().enumerate() {
         if stop.load(Ordering::Relaxed) {
+            not_reached = samples.len() - i;
             eprintln!("stopping on signal");
             break;
         }
         let shown = path.to_string_lossy();
-        let result = load_image(path)
-            .map_err(anyhow::Error::from)
-            .and_then(|img| Ok(learner.learn_image_in(&img, label, &among)?));
+        // An image's error names it; learning's is given its name here.
+        let result = match load_image(path) {
+            Ok(img) => learner
+                .learn_image_in(&img, label, &among)
+                .with_context(|| shown.to_string()),
+            Err(e) => Err(e.into()),
+        };
         match (result, a.json) {
             (Ok(r), true) => println!(
                 "{}",
@@ -86,13 +92,22 @@ pub fn run(a: Args) -> Result<()> {
             }
             (Err(e), false) => {
                 failed += 1;
-                eprintln!("error: {shown}: {e:#}");
+                eprintln!("error: {e:#}");
             }
         }
     }
     learner.checkpoint().context("saving the tuned weights")?;
-    if failed > 0 {
-        bail!("{failed} of {} images could not be learned", samples.len());
+    if failed > 0 || not_reached > 0 {
+        let mut parts = Vec::new();
+        if failed > 0 {
+            parts.push(format!("{failed} could not be learned"));
+        }
+        if not_reached > 0 {
+            parts.push(format!(
+                "{not_reached} were not reached (stopped on signal)"
+            ));
+        }
+        bail!("of {} images, {}", samples.len(), parts.join(" and "));
     }
     Ok(())
 }

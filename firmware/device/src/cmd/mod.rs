@@ -41,17 +41,17 @@ pub struct LearnerArgs {
     #[arg(long)]
     pub gpu: bool,
     /// Learning rate (default: the model's `[learner] lr`, else SPEC's 9.375e-6 for
-    /// ViT-B/32).
-    #[arg(long)]
+    /// ViT-B/32); a finite number in (0, 1].
+    #[arg(long, value_parser = parse_lr)]
     pub lr: Option<f32>,
 }
 
 impl LearnerArgs {
-    /// Opens the learner to predict with: no training backend is built, no GPU adapter
-    /// looked for.
+    /// Opens the learner to predict with: a read-only copy beside any writer; no training
+    /// backend is built, no GPU adapter looked for.
     pub fn open_to_predict(&self) -> Result<Learner> {
-        // Prediction never trains; were something to, the CPU path looks for no adapter.
-        self.open(BackendChoice::Cpu)
+        let cfg = self.config(BackendChoice::Cpu)?;
+        Ok(Learner::open_read_only(&self.model, &self.state, cfg)?)
     }
 
     /// Opens the learner and builds its training backend; returns it with the line that
@@ -65,8 +65,15 @@ impl LearnerArgs {
         Ok((learner, training_line(&training, asked_by.as_deref())))
     }
 
-    /// Opens the learner; its backend is built when it first trains.
+    /// Opens the learner to write (holding its lock); its backend is built when it first
+    /// trains.
     fn open(&self, backend: BackendChoice) -> Result<Learner> {
+        let cfg = self.config(backend)?;
+        // The learner's errors name the folder and the file; no context repeats them.
+        Ok(Learner::open(&self.model, &self.state, cfg)?)
+    }
+
+    fn config(&self, backend: BackendChoice) -> Result<LearnerConfig> {
         let mut cfg = LearnerConfig {
             store_capacity: self.capacity,
             checkpoint_every: self.checkpoint_every,
@@ -81,13 +88,7 @@ impl LearnerArgs {
         if let Some(lr) = self.lr.map_or_else(model_lr, |lr| Ok(Some(lr)))? {
             cfg.train.lr = lr;
         }
-        Learner::open(&self.model, &self.state, cfg).with_context(|| {
-            format!(
-                "opening learner {} for model `{}`",
-                self.state.display(),
-                self.model
-            )
-        })
+        Ok(cfg)
     }
 
     /// The backend asked for and by what (`--cpu`, `ANYTIME_EDGE_TRAIN=gpu`; `None`: the
@@ -131,6 +132,14 @@ fn training_line(t: &Training, asked_by: Option<&str>) -> String {
         }
         _ => format!("training on {t}"),
     }
+}
+
+/// Parses a learning rate: a finite number in (0, 1].
+pub fn parse_lr(s: &str) -> Result<f32, String> {
+    s.parse::<f32>()
+        .ok()
+        .filter(|lr| lr.is_finite() && *lr > 0.0 && *lr <= anytime_runtime::learner::MAX_LR)
+        .ok_or_else(|| format!("`{s}` is not a learning rate (a finite number in (0, 1])"))
 }
 
 /// Parses a mixing name.

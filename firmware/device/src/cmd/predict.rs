@@ -101,9 +101,11 @@ pub fn run(a: Args) -> Result<()> {
     let mut failed = 0usize;
     for path in &a.images {
         let shown = path.to_string_lossy();
-        let result = load_image(path)
-            .map_err(anyhow::Error::from)
-            .and_then(|img| model.predict(img, &set));
+        // An image's error names it; the prediction's is given its name here.
+        let result = match load_image(path) {
+            Ok(img) => model.predict(img, &set).with_context(|| shown.to_string()),
+            Err(e) => Err(e.into()),
+        };
         match result {
             Ok(p) => print_prediction(&shown, &p, a.top, &rule, a.json),
             Err(e) => {
@@ -111,7 +113,7 @@ pub fn run(a: Args) -> Result<()> {
                 if a.json {
                     println!("{}", json!({"image": shown, "error": format!("{e:#}")}));
                 } else {
-                    eprintln!("error: {shown}: {e:#}");
+                    eprintln!("error: {e:#}");
                 }
             }
         }

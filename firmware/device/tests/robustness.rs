@@ -1,0 +1,366 @@
+//! What a deployment meets, on the release binary's commands: a second writer on a learner
+//! (refused, naming the holder) and a reader beside the writer; a socket path that is not
+//! the server's to take; request lines that are not UTF-8 or are too long; inputs that are
+//! not regular files; a signal in the middle of `learn` (a failing exit status).
+#![cfg(unix)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+mod common;
+use common::bin;
+
+fn image(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/tiny-clip/images")
+        .join(name)
+}
+
+fn red() -> String {
+    image("red_square.png").to_str().unwrap().to_string()
+}
+
+/// `serve --cpu` on stdin/stdout.
+struct Server {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Server {
+    fn start(state: &Path) -> Self {
+        let mut child = bin()
+            .args(["serve", "--cpu", "--state"])
+            .arg(state)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Self {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> Value {
+        self.stdin.write_all(bytes).unwrap();
+        self.stdin.write_all(b"\n").unwrap();
+        self.stdin.flush().unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert!(!line.is_empty(), "the server closed its output");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+    }
+
+    fn finish(self) -> (bool, String) {
+        let Self {
+            mut child, stdin, ..
+        } = self;
+        drop(stdin);
+        let ok = child.wait().unwrap().success();
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (ok, err)
+    }
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn a_second_writer_is_refused_and_a_reader_works_beside_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("learner");
+    let mut s = Server::start(&state);
+    let r = s.send(
+        json!({"learn": red(), "label": "red"})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    let pid = s.child.id();
+
+    let o = bin()
+        .args(["learn", "--cpu", "--label", "red", "--state"])
+        .arg(&state)
+        .arg(red())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains(&format!("in use by pid {pid}")), "{err}");
+    // Said once: the message does not repeat itself.
+    assert_eq!(err.matches("in use by").count(), 1, "{err}");
+
+    let o = bin()
+        .args(["predict", "--json", "--labels", "red,blue", "--state"])
+        .arg(&state)
+        .arg(red())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let p: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        p["ranked"][0]["p"].as_f64().is_some_and(f64::is_finite),
+        "{p}"
+    );
+
+    let r = s.send(br#"{"stats": true}"#);
+    assert_eq!(r["learned"], 1, "{r}");
+    let (ok, err) = s.finish();
+    assert!(ok, "{err}");
+}
+
+#[test]
+fn serve_answers_bad_lines_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("learner");
+    let mut s = Server::start(&state);
+    let r = s.send(b"{\"stats\": \xff\xfe}");
+    assert!(r["error"].as_str().unwrap().contains("not UTF-8"), "{r}");
+    let long = format!(r#"{{"stats": true, "pad": "{}"}}"#, "x".repeat(200_000));
+    let r = s.send(long.as_bytes());
+    assert!(r["error"].as_str().unwrap().contains("longer than"), "{r}");
+    let r = s.send(
+        json!({"learn": red(), "label": "red"})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    let (ok, err) = s.finish();
+    assert!(ok, "{err}");
+    assert!(state.join("tuned.safetensors").is_file(), "saved on EOF");
+}
+
+/// Waits until something listens on `sock` (or panics after a minute).
+fn wait_listening(sock: &Path, child: &mut Child) {
+    let start = Instant::now();
+    while std::os::unix::net::UnixStream::connect(sock).is_err() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the server exited before listening"
+        );
+        assert!(start.elapsed() < Duration::from_secs(60), "never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn socket_server(state: &Path, sock: &Path) -> Command {
+    let mut c = bin();
+    c.args(["serve", "--cpu", "--state"])
+        .arg(state)
+        .arg("--socket")
+        .arg(sock)
+        .stderr(Stdio::piped());
+    c
+}
+
+#[test]
+fn the_socket_path_is_never_clobbered() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("edge.sock");
+    // A file at the path is left alone.
+    std::fs::write(&sock, b"precious").unwrap();
+    let o = socket_server(&dir.path().join("a"), &sock)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("not a socket"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&sock).unwrap(), b"precious");
+    std::fs::remove_file(&sock).unwrap();
+
+    // A socket a server listens on is not taken over.
+    let mut a = socket_server(&dir.path().join("a"), &sock).spawn().unwrap();
+    wait_listening(&sock, &mut a);
+    let o = socket_server(&dir.path().join("b"), &sock)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("another server is listening"),
+        "{}",
+        stderr(&o)
+    );
+
+    // A silent client does not hold up another.
+    let _silent = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    writeln!(c, r#"{{"stats": true}}"#).unwrap();
+    let mut line = String::new();
+    BufReader::new(c.try_clone().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("\"learned\""), "{line}");
+
+    // After a SIGKILL the stale socket is replaced.
+    a.kill().unwrap();
+    a.wait().unwrap();
+    let mut b = socket_server(&dir.path().join("a"), &sock).spawn().unwrap();
+    wait_listening(&sock, &mut b);
+    assert!(Command::new("kill")
+        .args(["-TERM", &b.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert!(b.wait().unwrap().success());
+    assert!(!sock.exists(), "the server removes its own socket");
+}
+
+#[test]
+fn inputs_that_are_not_regular_files_are_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe.png");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let start = Instant::now();
+    let o = bin()
+        .args(["predict", "--labels", "a,b", "/dev/zero"])
+        .arg(&fifo)
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(60),
+        "a FIFO hung predict"
+    );
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert_eq!(err.matches("not a regular file").count(), 3, "{err}");
+    assert!(err.contains("3 of 3 images"), "{err}");
+}
+
+#[test]
+fn learn_stopped_by_a_signal_fails_and_bad_rates_are_refused() {
+    let o = bin()
+        .args(["learn", "--cpu", "--lr", "NaN", "--label", "x", "--state"])
+        .arg("/nonexistent/never-created")
+        .arg(red())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("not a learning rate"), "{}", stderr(&o));
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("learner");
+    let many: Vec<String> = (0..3000).map(|_| red()).collect();
+    let mut child = bin()
+        .args(["learn", "--cpu", "--label", "red", "--state"])
+        .arg(&state)
+        .args(&many)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("training on") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "learn ended early");
+    }
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    assert!(!status.success(), "partial work is not success: {rest}");
+    assert!(rest.contains("were not reached"), "{rest}");
+    assert!(
+        state.join("tuned.safetensors").is_file(),
+        "saved what it learned"
+    );
+}
+
+fn term(pid: u32) {
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// Waits for `child` at most `limit`; kills it and fails past that.
+fn wait_at_most(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running {} s after SIGTERM", limit.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// SIGTERM ends a server that runs no request at once, whatever its clients do (silent,
+/// or half a line sent), saving the tuned weights: well within the 10 s it may wait for a
+/// request in progress.
+#[test]
+fn sigterm_ends_the_server_in_time_whatever_its_clients_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("stdio");
+    let mut s = Server::start(&state);
+    let r = s.send(
+        json!({"learn": red(), "label": "red"})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    s.stdin.write_all(br#"{"stats": tr"#).unwrap();
+    s.stdin.flush().unwrap();
+    term(s.child.id());
+    let status = wait_at_most(&mut s.child, Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    assert!(
+        state.join("tuned.safetensors").is_file(),
+        "saved on SIGTERM"
+    );
+
+    let state = dir.path().join("socket");
+    let sock = dir.path().join("edge.sock");
+    let mut b = socket_server(&state, &sock).spawn().unwrap();
+    wait_listening(&sock, &mut b);
+    let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    writeln!(c, "{}", json!({"learn": red(), "label": "red"})).unwrap();
+    let mut line = String::new();
+    BufReader::new(c.try_clone().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("\"ok\":true"), "{line}");
+    let _silent = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    let mut half = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    half.write_all(br#"{"predict": "#).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    term(b.id());
+    let status = wait_at_most(&mut b, Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    assert!(
+        state.join("tuned.safetensors").is_file(),
+        "saved on SIGTERM"
+    );
+    assert!(!sock.exists(), "the server removes its own socket");
+}
