@@ -2,9 +2,9 @@
 //! the original for the rest; a reopened learner continues where it stopped.
 use anytime_runtime::assets::{bundled_models_dir, ModelAssets};
 use anytime_runtime::encoder::load_image;
-use anytime_runtime::learner::{Learner, LearnerConfig, Mixing};
+use anytime_runtime::learner::{LearnError, Learner, LearnerConfig, Mixing};
 use anytime_runtime::predict::Predictor;
-use anytime_runtime::train::{load_tuned, save_tuned, BackendChoice, TrainConfig};
+use anytime_runtime::train::{load_tuned, save_tuned, BackendChoice, TrainConfig, TrainError};
 
 fn config() -> LearnerConfig {
     let mut cfg = LearnerConfig {
@@ -363,12 +363,40 @@ fn all_finite(l: &mut Learner, tokens: &[f32]) -> bool {
 /// never saved; a sample refused so leaves no trace in the store.
 #[test]
 fn non_finite_weights_are_rolled_back_and_never_saved() {
+    rolled_back_and_never_saved(BackendChoice::Cpu);
+}
+
+/// The same on the wgpu backend (its weights are read back from the adapter). Skips
+/// without an adapter, unless `ANYTIME_EDGE_REQUIRE_GPU` is set (as CI sets it).
+#[cfg(feature = "gpu")]
+#[test]
+fn non_finite_weights_are_rolled_back_and_never_saved_on_wgpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config();
+    cfg.backend = BackendChoice::Gpu;
+    let probe = Learner::open("tiny-clip", dir.path(), cfg).and_then(|mut l| l.training());
+    match probe {
+        Ok(_) => rolled_back_and_never_saved(BackendChoice::Gpu),
+        Err(LearnError::Train(TrainError::NoAdapter)) => {
+            assert!(
+                std::env::var("ANYTIME_EDGE_REQUIRE_GPU")
+                    .map_or(true, |v| v.is_empty() || v == "0"),
+                "no GPU adapter, and ANYTIME_EDGE_REQUIRE_GPU is set (CI installs lavapipe)"
+            );
+            eprintln!("skipped: no GPU adapter (install mesa-vulkan-drivers for lavapipe)");
+        }
+        Err(e) => panic!("GPU backend: {e}"),
+    }
+}
+
+fn rolled_back_and_never_saved(backend: BackendChoice) {
     let dir = tempfile::tempdir().unwrap();
     let (red, green) = (
         tiny_tokens("red_square.png"),
         tiny_tokens("green_circle.png"),
     );
     let mut cfg = config();
+    cfg.backend = backend;
     cfg.checkpoint_every = 0;
     cfg.train.lr = 1.0;
     let mut l = Learner::open("tiny-clip", dir.path(), cfg.clone()).unwrap();
