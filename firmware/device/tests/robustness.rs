@@ -207,6 +207,34 @@ fn the_socket_path_is_never_clobbered() {
         .unwrap();
     assert!(line.contains("\"learned\""), "{line}");
 
+    // At most 32 clients at once: one more is told so; once they leave, all is served.
+    let mut held: Vec<_> = (0..30)
+        .map(|_| std::os::unix::net::UnixStream::connect(&sock).unwrap())
+        .collect();
+    let one_more = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    one_more
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(one_more).read_line(&mut line).unwrap();
+    assert!(line.contains("busy: 32 clients"), "{line}");
+    held.clear();
+    drop(_silent);
+    let start = Instant::now();
+    loop {
+        let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        writeln!(c, r#"{{"stats": true}}"#).unwrap();
+        let mut line = String::new();
+        BufReader::new(c).read_line(&mut line).unwrap();
+        if line.contains("\"learned\"") {
+            break;
+        }
+        assert!(line.contains("busy"), "{line}");
+        assert!(start.elapsed() < Duration::from_secs(30), "still busy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // After a SIGKILL the stale socket is replaced.
     a.kill().unwrap();
     a.wait().unwrap();
