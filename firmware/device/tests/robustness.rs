@@ -392,3 +392,55 @@ fn sigterm_ends_the_server_in_time_whatever_its_clients_do() {
     );
     assert!(!sock.exists(), "the server removes its own socket");
 }
+
+/// A request that outlasts `--stop-grace` (a predict over 7000 new labels, seconds on any
+/// machine in a debug build) is abandoned on SIGTERM: the process ends within the grace,
+/// exits 1 saying so, and every acknowledged sample is still in the store.
+#[test]
+fn sigterm_abandons_a_request_that_outlasts_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("learner");
+    let mut child = bin()
+        .args(["serve", "--cpu", "--stop-grace", "0.5", "--state"])
+        .arg(&state)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    writeln!(stdin, "{}", json!({"learn": red(), "label": "red"})).unwrap();
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.contains("\"ok\":true"), "{line}");
+    let labels: Vec<String> = (0..7000).map(|i| format!("t{i}")).collect();
+    writeln!(stdin, "{}", json!({"predict": red(), "labels": labels})).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let start = Instant::now();
+    term(child.id());
+    let status = wait_at_most(&mut child, Duration::from_secs(10));
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("still runs 0.5 s after signal"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(5), "{err}");
+
+    let o = bin()
+        .args(["predict", "--json", "--labels", "red,blue", "--state"])
+        .arg(&state)
+        .arg(red())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut s = Server::start(&state);
+    let r = s.send(br#"{"stats": true}"#);
+    assert_eq!(r["learned"], 1, "the acknowledged sample is kept: {r}");
+    let (ok, err) = s.finish();
+    assert!(ok, "{err}");
+}

@@ -14,7 +14,8 @@
 //! outside it, so a silent or slow client holds up no other.
 //!
 //! SIGTERM or SIGINT: the request in progress finishes, the tuned weights are saved, and the
-//! process exits 0. A request still running after [`STOP_GRACE`] is abandoned: the process
+//! process exits 0. A request still running after `--stop-grace` seconds ([`STOP_GRACE`]
+//! by default; a predict over thousands of new labels can take that long) is abandoned: the process
 //! exits 1 without the final checkpoint (every acknowledged sample is in the store). After
 //! SIGKILL the store and the last checkpoint are consistent (see the learner's
 //! documentation).
@@ -35,7 +36,7 @@ use super::{parse_mixing, LearnerArgs};
 
 /// Longest request line, in bytes.
 pub const MAX_REQUEST: usize = 64 * 1024;
-/// How long a stop signal waits for the request in progress.
+/// How long a stop signal waits for the request in progress, unless `--stop-grace` says.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Most socket clients served at once; more are told so and closed.
 pub const MAX_CLIENTS: usize = 32;
@@ -52,6 +53,17 @@ pub struct Args {
     /// anything else there (a file, a socket a server listens on) is an error.
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// Seconds SIGTERM or SIGINT waits for the request in progress before the process exits
+    /// 1 without the final checkpoint (0 to 3600).
+    #[arg(long, default_value_t = STOP_GRACE.as_secs_f64(), value_parser = parse_grace)]
+    stop_grace: f64,
+}
+
+fn parse_grace(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|g| (0.0..=3600.0).contains(g))
+        .ok_or_else(|| format!("`{s}` is not a number of seconds from 0 to 3600"))
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -71,11 +83,12 @@ pub fn run(a: Args) -> Result<()> {
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
     {
         let learner = Arc::clone(&learner);
+        let grace = Duration::from_secs_f64(a.stop_grace);
         #[cfg(unix)]
         let bound = listener.as_ref().map(|(_, b)| b.clone());
         std::thread::spawn(move || {
             if let Some(sig) = signals.forever().next() {
-                stop(&learner, sig, |code| {
+                stop(&learner, sig, grace, |code| {
                     #[cfg(unix)]
                     if let Some(b) = bound {
                         b.remove();
@@ -108,11 +121,11 @@ fn serve_stdio(learner: &Mutex<Learner>) -> Result<()> {
     serve_stream(learner, stdin.lock(), stdout.lock())
 }
 
-/// Waits up to [`STOP_GRACE`] for the request in progress, saves, and ends the process
+/// Waits up to `grace` for the request in progress, saves, and ends the process
 /// with `exit` (given the exit status; it does not return) while it still holds the
 /// learner, so that no request starts after the final checkpoint.
-fn stop(learner: &Mutex<Learner>, sig: i32, exit: impl FnOnce(i32)) {
-    let deadline = Instant::now() + STOP_GRACE;
+fn stop(learner: &Mutex<Learner>, sig: i32, grace: Duration, exit: impl FnOnce(i32)) {
+    let deadline = Instant::now() + grace;
     loop {
         match learner.try_lock() {
             Ok(mut l) => {
@@ -132,7 +145,7 @@ fn stop(learner: &Mutex<Learner>, sig: i32, exit: impl FnOnce(i32)) {
             Err(TryLockError::WouldBlock) if Instant::now() >= deadline => {
                 eprintln!(
                     "error: a request still runs {} s after signal {sig}; stopping without the final checkpoint (every acknowledged sample is in the store)",
-                    STOP_GRACE.as_secs()
+                    grace.as_secs_f64()
                 );
                 return exit(1);
             }
