@@ -9,6 +9,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use sha2::{Digest, Sha256};
+
 use super::{AdamState, TunedState};
 use crate::block::{
     block_named_tensors, block_tensor_shapes, tensors_digest, write_tensors, BlockDims, FrozenHead,
@@ -16,10 +18,33 @@ use crate::block::{
 };
 
 const STEP_KEY: &str = "optim.step";
-/// `__metadata__` key of the SHA-256 of every tensor ([`TensorFile::digest`]).
+/// `__metadata__` key of the file's checksum (see [`file_digest`]).
 pub const DIGEST_KEY: &str = "sha256";
 /// `__metadata__` key of the id of the learner the file belongs to.
 pub const LEARNER_KEY: &str = "learner";
+
+/// The checksum a tuned file carries: SHA-256 (hex) of its tensors' digest
+/// ([`tensors_digest`]), its step and the learner it names, so that a flipped bit in the
+/// metadata is caught as surely as one in a tensor.
+fn file_digest(tensors: &str, step: Option<&str>, learner: Option<&str>) -> String {
+    let mut h = Sha256::new();
+    for (key, value) in [
+        ("tensors", Some(tensors)),
+        (STEP_KEY, step),
+        (LEARNER_KEY, learner),
+    ] {
+        h.update(key.as_bytes());
+        match value {
+            Some(v) => {
+                h.update([1u8]);
+                h.update((v.len() as u64).to_le_bytes());
+                h.update(v.as_bytes());
+            }
+            None => h.update([0u8]),
+        }
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// Whether every value of a tuned run (parameters, `b`, Adam moments) is finite; else the
 /// name of a tensor that is not.
@@ -83,9 +108,11 @@ pub fn save_tuned(
             });
         }
     }
+    let step = state.optim.step.to_string();
+    let digest = file_digest(&tensors_digest(&tensors), Some(&step), learner);
     let mut meta = HashMap::from([
-        (STEP_KEY.to_string(), state.optim.step.to_string()),
-        (DIGEST_KEY.to_string(), tensors_digest(&tensors)),
+        (STEP_KEY.to_string(), step),
+        (DIGEST_KEY.to_string(), digest),
     ]);
     if let Some(id) = learner {
         meta.insert(LEARNER_KEY.to_string(), id.to_string());
@@ -115,7 +142,8 @@ pub fn load_tuned(
         (None, None) => None,
     };
     if let Some(expected) = expected {
-        if f.digest()? != expected {
+        let found = file_digest(&f.digest()?, f.metadata(STEP_KEY), f.metadata(LEARNER_KEY));
+        if found != expected {
             return Err(WeightsError::Checksum {
                 path: path.to_path_buf(),
             });
@@ -194,6 +222,32 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let e = load_tuned(&path, &DIMS).unwrap_err();
         assert!(matches!(e, WeightsError::Checksum { .. }), "{e}");
+
+        // Every single flipped bit of a learner's file is reported or harmless.
+        save_tuned(&path, &DIMS, &state, &head, Some("00000000000000ab")).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        let expected = load_tuned(&path, &DIMS).unwrap();
+        let mut silent = Vec::new();
+        // Every bit of the header's length and of its metadata (step, learner, checksum),
+        // and one bit of every 13th byte of the rest (names, shapes, offsets, tensors),
+        // which the checksum covers alike (all of them take a minute in a debug build).
+        let meta = good.windows(12).position(|w| w == b"__metadata__").unwrap();
+        let meta_end = meta + good[meta..].iter().position(|&b| b == b'}').unwrap();
+        let every_bit = (0..8)
+            .chain(meta..=meta_end)
+            .flat_map(|i| (0..8).map(move |b| (i, b)));
+        let some = (8..good.len()).step_by(13).map(|i| (i, i % 8));
+        for (i, bit) in every_bit.chain(some) {
+            let mut bytes = good.clone();
+            bytes[i] ^= 1 << bit;
+            std::fs::write(&path, &bytes).unwrap();
+            if let Ok(loaded) = load_tuned(&path, &DIMS) {
+                if loaded != expected {
+                    silent.push((i, bit));
+                }
+            }
+        }
+        assert!(silent.is_empty(), "flips read silently at {silent:?}");
 
         // NaN is never saved.
         let mut bad = state;
