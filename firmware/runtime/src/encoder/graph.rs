@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::prelude::*;
 
 use super::EncoderError;
@@ -21,6 +22,8 @@ pub(crate) enum InputType {
 /// of shape `[batch, out...]`.
 pub(crate) struct Graph {
     plan: Plan,
+    /// The threads tract's matrix products run on.
+    executor: Executor,
     file: PathBuf,
     input_rest: Vec<usize>,
     output_rest: Vec<usize>,
@@ -46,12 +49,13 @@ fn onnx_err(file: &Path, e: impl std::fmt::Display) -> EncoderError {
 impl Graph {
     /// Loads `file`, declares its input as `[batch, input_rest...]` of `ty` with a
     /// symbolic batch, optimises it, and checks that the output is
-    /// `[batch, expected_output...]`.
+    /// `[batch, expected_output...]`. Runs use `executor`'s threads.
     pub(crate) fn load(
         file: &Path,
         ty: InputType,
         input_rest: &[usize],
         expected_output: &[usize],
+        executor: Executor,
     ) -> Result<Self, EncoderError> {
         let mut model = tract_onnx::onnx()
             .model_for_path(file)
@@ -98,6 +102,7 @@ impl Graph {
             .map_err(|e| onnx_err(file, e))?;
         Ok(Self {
             plan,
+            executor,
             file: file.to_path_buf(),
             input_rest: input_rest.to_vec(),
             output_rest: expected_output.to_vec(),
@@ -143,10 +148,9 @@ impl Graph {
     }
 
     fn run(&self, batch: usize, input: Tensor) -> Result<Vec<f32>, EncoderError> {
-        let out = self
-            .plan
-            .run(tvec![input.into()])
-            .map_err(|e| onnx_err(&self.file, e))?;
+        let out =
+            multithread_tract_scope(self.executor.clone(), || self.plan.run(tvec![input.into()]))
+                .map_err(|e| onnx_err(&self.file, e))?;
         let view = out[0]
             .to_plain_array_view::<f32>()
             .map_err(|e| onnx_err(&self.file, e))?;
@@ -168,6 +172,15 @@ impl Graph {
             });
         }
         Ok(values)
+    }
+}
+
+/// An executor of `threads` threads for [`Graph::load`] (one thread: the caller's).
+pub(crate) fn executor(threads: usize) -> Executor {
+    if threads > 1 {
+        Executor::multithread_with_name(threads, "anytime-trunk")
+    } else {
+        Executor::SingleThread
     }
 }
 

@@ -69,6 +69,29 @@ pub enum EncoderError {
     Label(#[from] LabelError),
 }
 
+/// Environment variable that limits the threads of the frozen encoders (default: every
+/// core the process may use).
+pub const THREADS_ENV: &str = "ANYTIME_EDGE_THREADS";
+
+/// How the frozen encoders run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncoderOptions {
+    /// Threads of the trunk's and the text tower's matrix products (at least 1).
+    pub threads: usize,
+}
+
+impl Default for EncoderOptions {
+    /// `$ANYTIME_EDGE_THREADS` when it is a positive number, else the cores available.
+    fn default() -> Self {
+        let threads = std::env::var(THREADS_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        Self { threads }
+    }
+}
+
 /// The frozen CLIP encoder. Build it once with [`Encoder::load`] and reuse it.
 #[derive(Debug)]
 pub struct Encoder {
@@ -84,6 +107,12 @@ impl Encoder {
     /// Loads the visual trunk, the text tower and the tokenizer of a model,
     /// checking their sha256 against the manifest and their shapes against its dims.
     pub fn load(assets: &ModelAssets) -> Result<Self, EncoderError> {
+        Self::load_with(assets, EncoderOptions::default())
+    }
+
+    /// [`Encoder::load`] with explicit options.
+    pub fn load_with(assets: &ModelAssets, options: EncoderOptions) -> Result<Self, EncoderError> {
+        let executor = graph::executor(options.threads.max(1));
         for file in [VISUAL_TRUNK, TEXTUAL, TOKENIZER] {
             assets.verify_file(file)?;
         }
@@ -94,12 +123,14 @@ impl Encoder {
             InputType::F32,
             &[3, s, s],
             &[dims.tokens(), dims.width],
+            executor.clone(),
         )?;
         let text = Graph::load(
             &assets.file(TEXTUAL),
             InputType::I64,
             &[dims.context_length],
             &[dims.embed_dim],
+            executor,
         )?;
         let tokenizer = ClipTokenizer::load(&assets.file(TOKENIZER), dims.context_length)?;
         Ok(Self {
