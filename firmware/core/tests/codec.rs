@@ -79,11 +79,7 @@ fn exact_at_n_minus_one_without_quantisation() {
             weighted,
         };
         let (out, _) = round_trip(&t, &w, n, d, p);
-        let max = t
-            .iter()
-            .zip(&out)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let max = anytime_testkit::max_abs_diff(&t, &out);
         assert!(max < 1e-4, "weighted {weighted}: max error {max}");
     }
 }

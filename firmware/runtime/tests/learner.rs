@@ -5,6 +5,7 @@ use anytime_runtime::encoder::load_image;
 use anytime_runtime::learner::{Learner, LearnerConfig, Mixing};
 use anytime_runtime::predict::Predictor;
 use anytime_runtime::train::BackendChoice;
+use anytime_testkit::close;
 
 fn config() -> LearnerConfig {
     let mut cfg = LearnerConfig {
@@ -71,7 +72,7 @@ fn ocw_uses_the_tuned_model_for_learned_labels_and_the_original_for_the_rest() {
         .unwrap()[0];
     // Learned label: α = c_t / (c_t + 0 + 1e-8) ≈ 1, so the tuned probability.
     assert!(
-        (mixed.probs[0] - tuned.probs[0]).abs() < 1e-5,
+        close(mixed.probs[0], tuned.probs[0], 1e-5, 0.0),
         "{mixed:?} vs {tuned:?}"
     );
     // Never-learned label: α = 0, exactly the original probability.

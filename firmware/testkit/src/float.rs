@@ -18,10 +18,18 @@ impl Float for f64 {
     }
 }
 
-/// Whether `|got − want| ≤ atol + rtol·|want|` with both finite (false for NaN or ±inf).
-pub fn close(got: impl Float, want: impl Float, atol: f64, rtol: f64) -> bool {
+impl<T: Float> Float for &T {
+    fn to_f64(self) -> f64 {
+        (*self).to_f64()
+    }
+}
+
+/// Whether `|got − want| ≤ atol + rtol·|want|` with both finite (false for NaN or ±inf,
+/// and for a NaN tolerance).
+pub fn close(got: impl Float, want: impl Float, atol: impl Float, rtol: impl Float) -> bool {
     let (g, w) = (got.to_f64(), want.to_f64());
-    g.is_finite() && w.is_finite() && (g - w).abs() <= atol + rtol * w.abs()
+    let tol = atol.to_f64() + rtol.to_f64() * w.abs();
+    g.is_finite() && w.is_finite() && (g - w).abs() <= tol
 }
 
 /// The first index at which `a` or `b` holds a non-finite value, or a description of a
@@ -48,6 +56,15 @@ pub fn max_abs_diff<A: Float, B: Float>(a: &[A], b: &[B]) -> f64 {
         .zip(b)
         .map(|(x, y)| (x.to_f64() - y.to_f64()).abs())
         .fold(0.0, f64::max)
+}
+
+/// `max |a[i]|` in f64. Panics (at the caller) when any value is NaN or infinite.
+#[track_caller]
+pub fn max_abs<A: Float>(a: &[A]) -> f64 {
+    if let Some(i) = a.iter().position(|x| !x.to_f64().is_finite()) {
+        panic!("max_abs: non-finite value at [{i}]: {:?}", a[i]);
+    }
+    a.iter().map(|x| x.to_f64().abs()).fold(0.0, f64::max)
 }
 
 /// Asserts `|got[i] − want[i]| ≤ atol + rtol·|want[i]|` for every `i`, with every value
@@ -97,7 +114,7 @@ mod tests {
     }
 
     #[test]
-    fn max_abs_diff_panics_on_nan_and_both_infinities() {
+    fn max_abs_diff_and_max_abs_panic_on_nan_and_both_infinities() {
         assert_eq!(max_abs_diff(&[1.0f32, 2.0], &[1.5f32, 2.0]), 0.5);
         for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
             assert!(panics(|| {
@@ -113,17 +130,47 @@ mod tests {
         assert!(panics(|| {
             max_abs_diff(&[0.0f32], &[0.0f32, 0.0]);
         }));
+        assert_eq!(max_abs(&[1.0f32, -3.0]), 3.0);
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            assert!(panics(|| {
+                max_abs(&[1.0f32, bad]);
+            }));
+        }
     }
 
     #[test]
     fn assert_close_fails_on_nan_and_both_infinities_at_any_tolerance() {
         assert_close("ok", &[1.0f32, 2.0], &[1.0f64, 2.001], 1e-2, 0.0);
-        assert!(panics(|| assert_close("far", &[1.0f32], &[2.0f32], 0.5, 0.0)));
+        assert!(panics(|| assert_close(
+            "far",
+            &[1.0f32],
+            &[2.0f32],
+            0.5,
+            0.0
+        )));
         for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-            assert!(panics(|| assert_close("got", &[bad], &[0.0f32], 1e30, 1e30)));
-            assert!(panics(|| assert_close("want", &[0.0f32], &[bad], 1e30, 1e30)));
+            assert!(panics(|| assert_close(
+                "got",
+                &[bad],
+                &[0.0f32],
+                1e30,
+                1e30
+            )));
+            assert!(panics(|| assert_close(
+                "want",
+                &[0.0f32],
+                &[bad],
+                1e30,
+                1e30
+            )));
             assert!(panics(|| assert_close("both", &[bad], &[bad], 1e30, 1e30)));
         }
-        assert!(panics(|| assert_close("len", &[0.0f32], &[0.0f32; 2], 1.0, 0.0)));
+        assert!(panics(|| assert_close(
+            "len",
+            &[0.0f32],
+            &[0.0f32; 2],
+            1.0,
+            0.0
+        )));
     }
 }

@@ -8,4 +8,4 @@
 pub mod float;
 pub mod skip;
 
-pub use float::{assert_close, close, max_abs_diff};
+pub use float::{assert_close, close, max_abs, max_abs_diff};

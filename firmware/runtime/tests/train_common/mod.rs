@@ -85,8 +85,10 @@ pub fn small_backend<B: TrainBackend>(make: Make<B>, cfg: TrainConfig, seed: u64
     make(SMALL, cfg, FrozenHead::random(&SMALL, seed + 1), state).expect("backend")
 }
 
+/// `|fd − g| ≤ RTOL·max(|fd|, |g|) + ATOL·scale`, false when any of them is not finite.
 fn close(fd: f32, g: f32, scale: f32) -> bool {
-    (fd - g).abs() <= RTOL * fd.abs().max(g.abs()) + ATOL * scale
+    let tol = RTOL * fd.abs().max(g.abs()) + ATOL * scale;
+    tol.is_finite() && anytime_testkit::close(g, fd, tol as f64, 0.0)
 }
 
 fn loss_at<B: TrainBackend>(be: &mut B, state: &TunedState, data: &Data) -> f32 {
@@ -105,7 +107,7 @@ pub fn check_param_gradients<B: TrainBackend>(make: Make<B>, cfg: TrainConfig) {
     let mut failures = vec![];
     for (t, (name, _)) in names.iter().enumerate() {
         let g = grads.params.tensors()[t];
-        let scale = g.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let scale = anytime_testkit::max_abs(g) as f32;
         assert!(scale > 0.0, "{name}: gradient is all zero");
         let argmax = (0..g.len())
             .max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs()))
@@ -161,9 +163,11 @@ pub fn check_token_gradients<B: TrainBackend>(make: Make<B>, cfg: TrainConfig) {
     let (nd, w) = (SMALL.tokens_len(), SMALL.width);
     let is_cls = |i: usize| i % nd < w;
     let group_max = |cls: bool| {
-        (0..g.len())
+        let group: Vec<f32> = (0..g.len())
             .filter(|&i| is_cls(i) == cls)
-            .fold(0.0f32, |m, i| m.max(g[i].abs()))
+            .map(|i| g[i])
+            .collect();
+        anytime_testkit::max_abs(&group) as f32
     };
     let (scale_cls, scale_patch) = (group_max(true), group_max(false));
     assert!(scale_patch > 0.0, "patch token gradients are all zero");
@@ -214,8 +218,15 @@ pub fn check_step_contract<B: TrainBackend>(make: Make<B>) {
     let before = be.state().expect("state");
     let l2 = be.step(&data.batch()).expect("step");
     let after = be.state().expect("state");
-    assert!((l0.loss - l1.loss).abs() <= 1e-5 * l0.loss.abs().max(1.0));
-    assert!((l0.loss - l2.loss).abs() <= 1e-5 * l0.loss.abs().max(1.0));
+    let tol = 1e-5 * l0.loss.abs().max(1.0) as f64;
+    assert!(
+        anytime_testkit::close(l1.loss, l0.loss, tol, 0.0),
+        "{l0:?} {l1:?}"
+    );
+    assert!(
+        anytime_testkit::close(l2.loss, l0.loss, tol, 0.0),
+        "{l0:?} {l2:?}"
+    );
     assert_eq!(l2.step, 1);
     assert_eq!(after.optim.step, 1);
     assert_ne!(before.params, after.params);
