@@ -940,7 +940,7 @@ mod tests {
     #[test]
     fn mini_clip_learns_unseen_cifar_classes_and_keeps_fashion_mnist() {
         let (Ok(_), Ok(_)) = (dataset::find("cifar-10"), dataset::find("fashion-mnist")) else {
-            crate::skip::data_absent(
+            anytime_testkit::skip::data_absent(
                 "mini_clip_learns_unseen_cifar_classes_and_keeps_fashion_mnist",
                 "needs CIFAR-10 ($ANYTIME_EDGE_ASSETS/data/cifar-10) and Fashion-MNIST \
                  (Debian package dataset-fashion-mnist)",
