@@ -84,7 +84,10 @@ mod tests {
         for narrow in ["avx", "avx2"] {
             assert!(Build::Baseline.runs_here(narrow));
             assert!(Build::widest(narrow).runs_here(narrow));
-            let here: Vec<Build> = Build::ALL.into_iter().filter(|b| b.runs_here(narrow)).collect();
+            let here: Vec<Build> = Build::ALL
+                .into_iter()
+                .filter(|b| b.runs_here(narrow))
+                .collect();
             assert_eq!(here[0], Build::Baseline);
             assert_eq!(*here.last().unwrap(), Build::widest(narrow));
         }
