@@ -231,14 +231,28 @@ pub fn check_step_contract<B: TrainBackend>(make: Make<B>) {
     assert_eq!(after.optim.step, 1);
     assert_ne!(before.params, after.params);
     assert_ne!(before.other_bias, after.other_bias);
-    let bad = Batch {
-        labels: &[7],
+    // A label list of the wrong length is a shape error; one of the right length with a
+    // label outside the set reaches the range check (and names that label).
+    let short = Batch {
+        labels: &[0],
         ..data.batch()
     };
-    assert!(matches!(
-        be.step(&bad),
-        Err(TrainError::Shape { .. }) | Err(TrainError::Label { .. })
-    ));
+    assert!(
+        matches!(be.step(&short), Err(TrainError::Shape { .. })),
+        "a short label list"
+    );
+    let mut labels = data.labels.clone();
+    labels[2] = 3; // the label set has 3 labels
+    let bad = Batch {
+        labels: &labels,
+        ..data.batch()
+    };
+    match be.step(&bad) {
+        Err(TrainError::Label { label, n_labels }) => assert_eq!((label, n_labels), (3, 3)),
+        other => panic!("a label out of range gave {other:?}"),
+    }
+    // Neither bad batch changed the state.
+    assert_eq!(be.state().expect("state").params, after.params);
 }
 
 /// Learning: repeated steps on one fixed batch drive the loss down and the predictions
