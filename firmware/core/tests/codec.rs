@@ -35,7 +35,9 @@ fn round_trip(t: &[f32], w: &[f32], n: usize, d: usize, p: CodecParams) -> (Vec<
     (out, len)
 }
 
+/// `‖a − b‖ / ‖a‖`; panics on a non-finite value on either side (so NaN never passes).
 fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    anytime_testkit::max_abs_diff(a, b);
     let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
     let den: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum();
     (num / den).sqrt()
