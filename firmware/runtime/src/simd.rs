@@ -31,7 +31,10 @@ impl Build {
             #[cfg(target_arch = "x86_64")]
             Build::Avx512 => is_x86_feature_detected!("avx512f"),
             #[cfg(not(target_arch = "x86_64"))]
-            _ => false,
+            _ => {
+                let _ = narrow; // x86-64 extensions only
+                false
+            }
         }
     }
 
