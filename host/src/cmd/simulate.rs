@@ -852,7 +852,7 @@ mod tests {
         let (full, best) = (last("full"), last("zero-shot").max(last("tuned")));
         assert!(
             full >= best - margin,
-            "full {full:.1} < max(zero-shot, tuned) {best:.1} − {margin}"
+            "full {full:.1} < max(zero-shot, tuned) {best:.1} − {margin:.1}"
         );
     }
 

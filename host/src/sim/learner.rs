@@ -466,7 +466,12 @@ mod tests {
         let full = parse_method("full", c, 50).unwrap().unwrap();
         assert_eq!(full.mixing, Mixing::Ocw);
         assert_eq!(full.training.codec, c);
-        assert!(anytime_testkit::close(full.training.beta_other, 0.1, 1e-9, 0.0));
+        assert!(anytime_testkit::close(
+            full.training.beta_other,
+            0.1,
+            1e-9,
+            0.0
+        ));
         let tuned = parse_method("tuned", c, 50).unwrap().unwrap();
         assert_eq!(
             tuned.training, full.training,
