@@ -7,8 +7,6 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 mod sim;
-#[cfg(test)]
-mod skip;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -1,5 +1,5 @@
 //! Every kernel against a plain CPU reference on small shapes, on whatever adapter exists
-//! (Mesa lavapipe in CI). Without an adapter each test prints a skip reason and passes,
+//! (Mesa lavapipe in CI). Without an adapter each test logs a skip (`anytime_testkit::skip`) and passes,
 //! unless `ANYTIME_EDGE_REQUIRE_GPU` is set (`.ci/run` sets it): then it fails.
 //!
 //! Tolerance: `|gpu − ref| ≤ 1e-5 + 1e-4·|ref|` elementwise (f32 kernels against f64 or
@@ -10,21 +10,17 @@ use anytime_shaders::kernels::{
     loss_fwd_bwd, matmul,
 };
 use anytime_shaders::{GpuContext, GpuError, Kernels};
+use anytime_testkit::close;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-fn gpu() -> Option<(GpuContext, Kernels)> {
+fn gpu(test: &str) -> Option<(GpuContext, Kernels)> {
     match GpuContext::new() {
         Ok(ctx) => {
             let k = Kernels::new(&ctx).expect("kernels build");
             Some((ctx, k))
         }
         Err(GpuError::NoAdapter) => {
-            assert!(
-                std::env::var("ANYTIME_EDGE_REQUIRE_GPU")
-                    .map_or(true, |v| v.is_empty() || v == "0"),
-                "no GPU adapter, and ANYTIME_EDGE_REQUIRE_GPU is set (CI installs lavapipe)"
-            );
-            eprintln!("skipped: no GPU adapter (install mesa-vulkan-drivers for lavapipe)");
+            anytime_testkit::skip::gpu_absent(test);
             None
         }
         Err(e) => panic!("GPU context: {e}"),
@@ -37,30 +33,17 @@ fn rand_vec(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
         .collect()
 }
 
+/// The file's tolerance (see the top), NaN and infinities failing.
 #[track_caller]
 fn assert_close(what: &str, got: &[f32], want: &[f64]) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let mut worst = (0usize, 0.0f64);
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let err = (g as f64 - w).abs();
-        let tol = 1e-5 + 1e-4 * w.abs();
-        if err > tol && err > worst.1 {
-            worst = (i, err);
-        }
-    }
-    assert!(
-        worst.1 == 0.0,
-        "{what}: element {} is {} but the reference is {} (error {:e})",
-        worst.0,
-        got[worst.0],
-        want[worst.0],
-        worst.1
-    );
+    anytime_testkit::assert_close(what, got, want, 1e-5, 1e-4);
 }
 
 #[test]
 fn gpu_matmul_all_layouts_offsets_bias_accumulate() {
-    let Some((ctx, k)) = gpu() else { return };
+    let Some((ctx, k)) = gpu("gpu_matmul_all_layouts_offsets_bias_accumulate") else {
+        return;
+    };
     let mut rng = StdRng::seed_from_u64(1);
     let (m, n, kk) = (37, 45, 70);
     for (ta, tb, acc, bias) in [
@@ -147,7 +130,9 @@ fn gpu_matmul_all_layouts_offsets_bias_accumulate() {
 
 #[test]
 fn gpu_matmul_rejects_short_buffers() {
-    let Some((ctx, k)) = gpu() else { return };
+    let Some((ctx, k)) = gpu("gpu_matmul_rejects_short_buffers") else {
+        return;
+    };
     let small = ctx.storage_zeroed("small", 10);
     let big = ctx.storage_zeroed("big", 1000);
     let err = k
@@ -200,7 +185,9 @@ fn ln_ref(x: &[f32], d: usize, w: &[f32], b: &[f32]) -> (Vec<f64>, Vec<f64>, Vec
 
 #[test]
 fn gpu_layer_norm_forward_and_backward() {
-    let Some((ctx, k)) = gpu() else { return };
+    let Some((ctx, k)) = gpu("gpu_layer_norm_forward_and_backward") else {
+        return;
+    };
     let mut rng = StdRng::seed_from_u64(2);
     let (rows, d) = (13, 24);
     let x: Vec<f32> = rand_vec(&mut rng, rows * d, 2.0)
@@ -294,7 +281,9 @@ fn gpu_layer_norm_forward_and_backward() {
 
 #[test]
 fn gpu_attention_forward_and_backward() {
-    let Some((ctx, k)) = gpu() else { return };
+    let Some((ctx, k)) = gpu("gpu_attention_forward_and_backward") else {
+        return;
+    };
     let mut rng = StdRng::seed_from_u64(3);
     // 70 keys: more than one 64-thread pass over the keys.
     let (batch, heads, n_k, d) = (2usize, 3usize, 70usize, 12usize);
@@ -383,7 +372,9 @@ fn gpu_attention_forward_and_backward() {
 
 #[test]
 fn gpu_quick_gelu_forward_and_backward() {
-    let Some((ctx, k)) = gpu() else { return };
+    let Some((ctx, k)) = gpu("gpu_quick_gelu_forward_and_backward") else {
+        return;
+    };
     let mut rng = StdRng::seed_from_u64(4);
     let n = 1000;
     let x = rand_vec(&mut rng, n, 6.0);
@@ -413,7 +404,9 @@ fn gpu_quick_gelu_forward_and_backward() {
 
 #[test]
 fn gpu_copy_rows_and_col_sum() {
-    let Some((ctx, k)) = gpu() else { return };
+    let Some((ctx, k)) = gpu("gpu_copy_rows_and_col_sum") else {
+        return;
+    };
     let mut rng = StdRng::seed_from_u64(5);
     let (rows, cols, lds, ldd) = (9usize, 6usize, 10usize, 8usize);
     let src = rand_vec(&mut rng, 2 + rows * lds, 1.0);
@@ -473,7 +466,9 @@ fn gpu_copy_rows_and_col_sum() {
 
 #[test]
 fn gpu_adamw_matches_reference() {
-    let Some((ctx, k)) = gpu() else { return };
+    let Some((ctx, k)) = gpu("gpu_adamw_matches_reference") else {
+        return;
+    };
     let mut rng = StdRng::seed_from_u64(6);
     let n = 300;
     let p0 = rand_vec(&mut rng, n, 1.0);
@@ -555,7 +550,9 @@ fn gpu_adamw_matches_reference() {
 
 #[test]
 fn gpu_loss_matches_reference() {
-    let Some((ctx, k)) = gpu() else { return };
+    let Some((ctx, k)) = gpu("gpu_loss_matches_reference") else {
+        return;
+    };
     let mut rng = StdRng::seed_from_u64(7);
     let (batch, ny, e) = (5usize, 4usize, 8usize);
     let (tau, beta, bias) = (10.0f64, 0.1f64, 0.4f32);
@@ -642,14 +639,8 @@ fn gpu_loss_matches_reference() {
         .unwrap();
     for (r, chunk) in raw.chunks(loss_fwd_bwd::STATS_PER_SAMPLE).enumerate() {
         let st = loss_fwd_bwd::SampleStats::from_raw(chunk);
-        assert!(
-            (st.label - l1s[r]).abs() <= 1e-5 + 1e-5 * l1s[r].abs(),
-            "L1[{r}]"
-        );
-        assert!(
-            (st.other - l2s[r]).abs() <= 1e-5 + 1e-5 * l2s[r].abs(),
-            "L2[{r}]"
-        );
+        assert!(close(st.label, l1s[r], 1e-5, 1e-5), "L1[{r}]");
+        assert!(close(st.other, l2s[r], 1e-5, 1e-5), "L2[{r}]");
     }
     assert_close("d emb", &ctx.read_f32(&gdemb, batch * e).unwrap(), &demb);
     assert_close("d b", &ctx.read_f32(&ggrads, 4).unwrap()[3..], &[db]);

@@ -91,8 +91,9 @@ mod tests {
     use super::*;
     use crate::ocw::{LabelStats, OcwState};
 
+    /// Within 1e-6, both finite.
     fn close(a: f32, b: f32) -> bool {
-        (a - b).abs() <= 1e-6
+        anytime_testkit::close(a, b, 1e-6, 0.0)
     }
 
     #[test]
@@ -100,7 +101,7 @@ mod tests {
         let mut p = [0.0; 3];
         // exp(100) overflows f32: only the max-shifted form gets this right
         softmax(&[100.0, 100.0, 100.0 + libm::logf(2.0)], &mut p).unwrap();
-        let near = |a: f32, b: f32| (a - b).abs() <= 1e-5;
+        let near = |a: f32, b: f32| anytime_testkit::close(a, b, 1e-5, 0.0);
         assert!(
             near(p[0], 0.25) && near(p[1], 0.25) && near(p[2], 0.5),
             "{p:?}"

@@ -280,8 +280,9 @@ impl<const N: usize> OcwState<N> {
 mod tests {
     use super::*;
 
+    /// Within 1e-6, both finite.
     fn close(a: f32, b: f32) -> bool {
-        (a - b).abs() <= 1e-6
+        anytime_testkit::close(a, b, 1e-6, 0.0)
     }
 
     #[test]
@@ -342,7 +343,12 @@ mod tests {
             s.observe(true, true);
             expected_gap *= ETA;
         }
-        assert!((1.0 - s.c_tuned - expected_gap).abs() < 1e-4);
+        assert!(anytime_testkit::close(
+            1.0 - s.c_tuned,
+            expected_gap,
+            1e-4,
+            0.0
+        ));
     }
 
     #[test]

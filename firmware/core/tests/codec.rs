@@ -35,7 +35,9 @@ fn round_trip(t: &[f32], w: &[f32], n: usize, d: usize, p: CodecParams) -> (Vec<
     (out, len)
 }
 
+/// `‖a − b‖ / ‖a‖`; panics on a non-finite value on either side (so NaN never passes).
 fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    anytime_testkit::max_abs_diff(a, b);
     let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
     let den: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum();
     (num / den).sqrt()
@@ -79,11 +81,7 @@ fn exact_at_n_minus_one_without_quantisation() {
             weighted,
         };
         let (out, _) = round_trip(&t, &w, n, d, p);
-        let max = t
-            .iter()
-            .zip(&out)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let max = anytime_testkit::max_abs_diff(&t, &out);
         assert!(max < 1e-4, "weighted {weighted}: max error {max}");
     }
 }

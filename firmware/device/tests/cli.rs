@@ -3,6 +3,8 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use anytime_testkit::close;
+
 mod common;
 use common::bin;
 
@@ -65,7 +67,7 @@ fn predicts_ranked_labels_and_json() {
     let ranked = v["ranked"].as_array().unwrap();
     assert_eq!(ranked.len(), 3);
     let total: f64 = ranked.iter().map(|r| r["p"].as_f64().unwrap()).sum();
-    assert!((total - 1.0).abs() < 1e-4);
+    assert!(close(total, 1.0, 1e-4, 0.0));
     let ps: Vec<f64> = ranked.iter().map(|r| r["p"].as_f64().unwrap()).collect();
     assert!(ps.windows(2).all(|w| w[0] >= w[1]), "not ranked: {ps:?}");
 }

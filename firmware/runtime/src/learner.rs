@@ -1356,4 +1356,48 @@ mod tests {
         assert_eq!(old.ocw, s.ocw);
         assert!(old.typical.0.is_empty());
     }
+
+    /// Golden blobs of versions 1 and 2 (`tests/data/learner_state_v{1,2}.bin`, written by
+    /// this test under `ANYTIME_EDGE_WRITE_GOLDEN=1` only where absent) decode to the state
+    /// they were written from, and version 2 is what this build writes: a format change
+    /// that breaks reading a learner saved by an earlier build fails here.
+    #[test]
+    fn learner_state_golden_files_of_versions_1_and_2_read() {
+        let mut s = LearnerState::new();
+        (s.learned, s.checkpoint_step) = (1234, 1200);
+        for (label, t, o) in [(3, true, false), (3, false, false), (7, true, true)] {
+            s.ocw.observe(label, t, o).unwrap();
+        }
+        for (label, cos) in [(3, 0.25), (3, 0.5), (7, -0.125)] {
+            s.typical.observe(label, cos);
+        }
+        let v2 = s.encode(usize::MAX);
+        let ocw_len = u32::from_le_bytes(v2[17..21].try_into().unwrap()) as usize;
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&v2[1..17]);
+        v1.extend_from_slice(&v2[21..21 + ocw_len]);
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+        let golden = |name: &str, fresh: &[u8]| {
+            let path = dir.join(name);
+            if std::env::var("ANYTIME_EDGE_WRITE_GOLDEN").is_ok_and(|v| v == "1") && !path.exists()
+            {
+                std::fs::write(&path, fresh).unwrap();
+            }
+            std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        };
+        let (g1, g2) = (
+            golden("learner_state_v1.bin", &v1),
+            golden("learner_state_v2.bin", &v2),
+        );
+        assert_eq!((g1[0], g2[0]), (1, 2), "version bytes");
+        assert_eq!(STATE_VERSION, 2, "a new version needs a new golden file");
+        assert_eq!(LearnerState::decode(&g2).unwrap(), s);
+        assert_eq!(g2, v2, "this build writes other bytes than version 2's");
+        let old = LearnerState::decode(&g1).unwrap();
+        assert_eq!((old.learned, old.checkpoint_step), (1234, 1200));
+        assert_eq!(old.ocw, s.ocw);
+        assert!(old.typical.0.is_empty());
+        let t3 = s.typical.get(3).unwrap();
+        assert_eq!(t3.n, 2);
+    }
 }

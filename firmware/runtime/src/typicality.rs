@@ -184,8 +184,8 @@ mod tests {
         xs.iter().for_each(|&x| t.observe(x));
         let mean = xs.iter().sum::<f32>() / 5.0;
         let var = xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / 5.0;
-        assert!((t.mean - mean).abs() < 1e-6, "{t:?}");
-        assert!((t.var - var).abs() < 1e-6, "{t:?}");
+        assert!(anytime_testkit::close(t.mean, mean, 1e-6, 0.0), "{t:?}");
+        assert!(anytime_testkit::close(t.var, var, 1e-6, 0.0), "{t:?}");
         assert_eq!(t.n, 5);
         t.observe(f32::NAN);
         assert_eq!(t.n, 5, "a NaN is not a sample");
@@ -206,7 +206,12 @@ mod tests {
             .repeat(10)
             .into_iter()
             .for_each(|x| u.observe(x));
-        assert!(u.score(0.2).unwrap().abs() < 1e-3);
+        assert!(anytime_testkit::close(
+            u.score(0.2).unwrap(),
+            0.0,
+            1e-3,
+            0.0
+        ));
         assert!(u.score(0.0).unwrap() > 1.9);
         assert!(u.score(0.4).unwrap() < -1.9);
     }
@@ -246,7 +251,10 @@ mod tests {
             (0.001, 3.090_232),
         ] {
             let got = threshold_for_rate(rate).unwrap();
-            assert!((got - z).abs() < 1e-5, "{rate}: {got} vs {z}");
+            assert!(
+                anytime_testkit::close(got, z, 1e-5, 0.0),
+                "{rate}: {got} vs {z}"
+            );
         }
         assert!(threshold_for_rate(0.0).is_none());
         assert!(threshold_for_rate(1.0).is_none());

@@ -2,6 +2,7 @@
 //! attention and MLP, plain loops), and the CLS→patch weights.
 
 use anytime_runtime::block::{BlockDims, BlockParams, FrozenHead, LastBlock};
+use anytime_testkit::close;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 const DIMS: BlockDims = BlockDims {
@@ -122,12 +123,12 @@ fn block_forward_matches_naive_full_block() {
         for k in 0..DIMS.embed {
             let got = raw[b * DIMS.embed + k] as f64;
             assert!(
-                (got - want[k]).abs() < 1e-4 * (1.0 + want[k].abs()),
+                close(got, want[k], 1e-4, 1e-4),
                 "raw[{b},{k}] {got} vs {}",
                 want[k]
             );
             let gz = z[b * DIMS.embed + k] as f64;
-            assert!((gz - want[k] / norm).abs() < 1e-5, "z[{b},{k}]");
+            assert!(close(gz, want[k] / norm, 1e-5, 0.0), "z[{b},{k}]");
         }
     }
 }
@@ -150,7 +151,7 @@ fn block_cls_attention_sums_to_one_and_matches_naive() {
     assert_eq!(w.len(), batch * (n - 1));
     for b in 0..batch {
         let row = &w[b * (n - 1)..(b + 1) * (n - 1)];
-        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        assert!(close(row.iter().sum::<f32>(), 1.0, 1e-5, 0.0));
         let (_, probs) = naive(
             &DIMS,
             &blk.params,
@@ -162,7 +163,7 @@ fn block_cls_attention_sums_to_one_and_matches_naive() {
             let want: f64 =
                 probs.iter().map(|p| p[i + 1] / (1.0 - p[0])).sum::<f64>() / DIMS.heads as f64;
             assert!(
-                (row[i] as f64 - want).abs() < 1e-5,
+                close(row[i] as f64, want, 1e-5, 0.0),
                 "w[{b},{i}] {} vs {want}",
                 row[i]
             );

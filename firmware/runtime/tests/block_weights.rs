@@ -7,6 +7,7 @@ use anytime_runtime::block::{
     block_tensor_shapes, head_tensor_shapes, load_block, save_block, BlockDims, BlockParams,
     FrozenHead, LastBlock, WeightsError,
 };
+use anytime_testkit::close;
 use safetensors::{tensor::TensorView, Dtype};
 
 const DIMS: BlockDims = BlockDims {
@@ -79,7 +80,7 @@ fn block_weights_f16_is_converted() {
     let (p2, _) = load_block(&path, &DIMS).unwrap();
     let (p, _) = fixture();
     for (a, b) in p.in_proj_w.iter().zip(&p2.in_proj_w) {
-        assert!((a - b).abs() <= 1e-3 * (1.0 + a.abs()));
+        assert!(close(a, b, 1e-3 * (1.0 + a.abs()), 0.0));
     }
 }
 

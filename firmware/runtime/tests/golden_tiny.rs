@@ -3,6 +3,7 @@
 use anytime_runtime::assets::{bundled_models_dir, ModelAssets};
 use anytime_runtime::encoder::{l2_normalised, Encoder};
 use anytime_runtime::predict::Predictor;
+use anytime_testkit::{close, max_abs_diff};
 use serde_json::Value;
 
 fn golden() -> Value {
@@ -16,14 +17,6 @@ fn floats(v: &Value) -> Vec<f32> {
         .iter()
         .map(|x| x.as_f64().expect("number") as f32)
         .collect()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 fn normalised_rows(v: &[f32], width: usize) -> Vec<f32> {
@@ -96,7 +89,7 @@ fn label_embeddings_are_cached_and_normalised() {
     assert_eq!(&a[e..], &b[..e]);
     for row in a.chunks(e) {
         let n: f32 = row.iter().map(|x| x * x).sum::<f32>().sqrt();
-        assert!((n - 1.0).abs() < 1e-5);
+        assert!(close(n, 1.0f32, 1e-5, 0.0), "norm {n}");
     }
     // Prompts are "a photo of a {label}.": equal to the raw embedding of that text.
     let raw = enc.encode_raw_texts(&["a photo of a cat."]).unwrap();

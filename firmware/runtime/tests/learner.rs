@@ -5,6 +5,7 @@ use anytime_runtime::encoder::load_image;
 use anytime_runtime::learner::{LearnError, Learner, LearnerConfig, Mixing};
 use anytime_runtime::predict::Predictor;
 use anytime_runtime::train::{load_tuned, save_tuned, BackendChoice, TrainConfig, TrainError};
+use anytime_testkit::close;
 
 fn config() -> LearnerConfig {
     let mut cfg = LearnerConfig {
@@ -71,7 +72,7 @@ fn ocw_uses_the_tuned_model_for_learned_labels_and_the_original_for_the_rest() {
         .unwrap()[0];
     // Learned label: α = c_t / (c_t + 0 + 1e-8) ≈ 1, so the tuned probability.
     assert!(
-        (mixed.probs[0] - tuned.probs[0]).abs() < 1e-5,
+        close(mixed.probs[0], tuned.probs[0], 1e-5, 0.0),
         "{mixed:?} vs {tuned:?}"
     );
     // Never-learned label: α = 0, exactly the original probability.
@@ -95,6 +96,56 @@ fn ocw_uses_the_tuned_model_for_learned_labels_and_the_original_for_the_rest() {
         .predict_tokens(&tokens, &unlearned, Mixing::Ocw)
         .unwrap()[0];
     assert_eq!(p.none_score, None);
+}
+
+/// SPEC §3: OCW observes each new sample **before** the training step on it. Before each
+/// learn call the tuned model's own answer over the training label set is taken; the
+/// report's `tuned_correct` and OCW's `c_t` (the exact running mean during warm-up) must
+/// be those answers, and some step must flip the answer from wrong to right, so that an
+/// observation after the step would give another `c_t`.
+#[test]
+fn ocw_observes_each_new_sample_before_its_training_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut learner = Learner::open("tiny-clip", dir.path(), config()).unwrap();
+    let tokens = tiny_tokens("red_square.png");
+    let pair = learner.label_set(&["alpha", "beta"]).unwrap();
+    let zero_shot = &learner
+        .predict_tokens(&tokens, &pair, Mixing::OriginalOnly)
+        .unwrap()[0];
+    let taught = pair.labels[1 - zero_shot.best()].clone();
+    let other = pair.labels[zero_shot.best()].clone();
+    learner
+        .learn_tokens(&tiny_tokens("green_circle.png"), &other)
+        .unwrap();
+    // The training label set of every call below: the two stored labels.
+    let set = learner
+        .label_set(&[taught.as_str(), other.as_str()])
+        .unwrap();
+    let tuned_right = |l: &mut Learner| {
+        let p = &l.predict_tokens(&tokens, &set, Mixing::TunedOnly).unwrap()[0];
+        set.labels[p.best()] == taught
+    };
+    let (mut before, mut after) = (Vec::new(), Vec::new());
+    for _ in 0..30 {
+        before.push(tuned_right(&mut learner));
+        let r = learner.learn_tokens(&tokens, &taught).unwrap();
+        after.push(tuned_right(&mut learner));
+        assert_eq!(r.tuned_correct, *before.last().unwrap(), "{before:?}");
+    }
+    assert!(
+        before.iter().zip(&after).any(|(b, a)| !b && *a),
+        "no step flipped the tuned answer, so the order is not tested: {before:?}"
+    );
+    let mean = |v: &[bool]| v.iter().filter(|&&x| x).count() as f32 / v.len() as f32;
+    let (c_t, c_o, n) = learner.ocw(&taught).unwrap().unwrap();
+    assert_eq!((c_o, n), (0.0, 30));
+    assert!(
+        close(c_t, mean(&before), 1e-6, 0.0),
+        "c_t {c_t}: before the steps {}, after {}",
+        mean(&before),
+        mean(&after)
+    );
+    assert!(!close(c_t, mean(&after), 1e-6, 0.0));
 }
 
 /// Mixing::OcwHard takes the tuned model where its OCW estimate beats the original's and

@@ -1,7 +1,7 @@
 //! The wgpu backend against the shared numeric checks (`train_common`, the same bodies the
 //! CPU backend runs) and against the CPU backend itself (parity of gradients, of one step
 //! and of ten steps). Runs on whatever adapter exists (Mesa lavapipe in CI); without one
-//! every test prints a skip reason and passes, unless `ANYTIME_EDGE_REQUIRE_GPU` is set
+//! every test logs a skip (`anytime_testkit::skip`) and passes, unless `ANYTIME_EDGE_REQUIRE_GPU` is set
 //! (`.ci/run` sets it), which makes a missing adapter a failure.
 //!
 //! Parity tolerances (f32 on both sides, different summation orders, LayerNorm statistics
@@ -21,13 +21,15 @@ mod train_common;
 use anytime_runtime::block::{block_tensor_shapes, BlockDims, BlockParams, FrozenHead};
 use anytime_runtime::train::gpu::GpuBackend;
 use anytime_runtime::train::{CpuBackend, TrainBackend, TrainConfig, TrainError, TunedState};
+use anytime_testkit::{close, max_abs, max_abs_diff};
 use train_common::*;
 
 const GPU: Make<GpuBackend> = GpuBackend::new;
 const CPU: Make<CpuBackend> = CpuBackend::new;
 
-/// Whether an adapter exists; prints the skip reason when not.
-fn gpu_available() -> bool {
+/// Whether an adapter exists; logs `test`'s skip when not (a failure under
+/// `ANYTIME_EDGE_REQUIRE_GPU`).
+fn gpu_available(test: &str) -> bool {
     let dims = SMALL;
     let state = TunedState::fresh(&dims, BlockParams::random(&dims, 1));
     match GpuBackend::new(
@@ -38,12 +40,7 @@ fn gpu_available() -> bool {
     ) {
         Ok(_) => true,
         Err(TrainError::NoAdapter) => {
-            assert!(
-                std::env::var("ANYTIME_EDGE_REQUIRE_GPU")
-                    .map_or(true, |v| v.is_empty() || v == "0"),
-                "no GPU adapter, and ANYTIME_EDGE_REQUIRE_GPU is set (CI installs lavapipe)"
-            );
-            eprintln!("skipped: no GPU adapter (install mesa-vulkan-drivers for lavapipe)");
+            anytime_testkit::skip::gpu_absent(test);
             false
         }
         Err(e) => panic!("GPU backend: {e}"),
@@ -52,14 +49,14 @@ fn gpu_available() -> bool {
 
 #[test]
 fn train_gpu_param_gradients_match_finite_differences() {
-    if gpu_available() {
+    if gpu_available("train_gpu_param_gradients_match_finite_differences") {
         check_param_gradients(GPU, TrainConfig::default());
     }
 }
 
 #[test]
 fn train_gpu_param_gradients_match_finite_differences_at_small_logit_scale() {
-    if gpu_available() {
+    if gpu_available("train_gpu_param_gradients_match_finite_differences_at_small_logit_scale") {
         check_param_gradients(
             GPU,
             TrainConfig {
@@ -72,36 +69,24 @@ fn train_gpu_param_gradients_match_finite_differences_at_small_logit_scale() {
 
 #[test]
 fn train_gpu_token_gradients_match_finite_differences() {
-    if gpu_available() {
+    if gpu_available("train_gpu_token_gradients_match_finite_differences") {
         check_token_gradients(GPU, TrainConfig::default());
     }
 }
 
 #[test]
 fn train_gpu_step_contract() {
-    if gpu_available() {
+    if gpu_available("train_gpu_step_contract") {
         check_step_contract(GPU);
     }
 }
 
 #[test]
 fn train_gpu_learns_a_fixed_batch_on_the_tiny_model() {
-    if gpu_available() {
+    if gpu_available("train_gpu_learns_a_fixed_batch_on_the_tiny_model") {
         let (dims, p, h) = tiny_block();
         check_learning(GPU, dims, p, h, 60);
     }
-}
-
-/// Largest `|a − b|` over two equally long slices.
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
-}
-
-fn max_abs(a: &[f32]) -> f32 {
-    a.iter().fold(0.0f32, |m, x| m.max(x.abs()))
 }
 
 /// Both backends on the tiny dims from the same state, config and head.
@@ -116,7 +101,7 @@ fn both(cfg: &TrainConfig) -> (BlockDims, CpuBackend, GpuBackend) {
 
 #[test]
 fn train_gpu_gradients_match_the_cpu_path() {
-    if !gpu_available() {
+    if !gpu_available("train_gpu_gradients_match_the_cpu_path") {
         return;
     }
     let cfg = TrainConfig::default();
@@ -125,7 +110,7 @@ fn train_gpu_gradients_match_the_cpu_path() {
     let (sc, gc) = cpu.gradients(&data.batch()).unwrap();
     let (sg, gg) = gpu.gradients(&data.batch()).unwrap();
     assert!(
-        (sc.loss - sg.loss).abs() <= 1e-5 * sc.loss.abs().max(1.0),
+        close(sg.loss, sc.loss, 1e-5 * sc.loss.abs().max(1.0), 0.0),
         "loss cpu {} gpu {}",
         sc.loss,
         sg.loss
@@ -135,15 +120,18 @@ fn train_gpu_gradients_match_the_cpu_path() {
     let mut report = vec![];
     for (i, (name, _)) in names.iter().enumerate() {
         let (c, g) = (gc.params.tensors()[i], gg.params.tensors()[i]);
-        let (diff, scale) = (max_diff(c, g), max_abs(c));
+        let (diff, scale) = (max_abs_diff(c, g), max_abs(c));
         report.push(format!("{name}: max diff {diff:e}, scale {scale:e}"));
         assert!(diff <= 1e-4 * scale, "{name}: {diff:e} vs scale {scale:e}");
     }
-    let (diff, scale) = (max_diff(&gc.tokens, &gg.tokens), max_abs(&gc.tokens));
+    let (diff, scale) = (max_abs_diff(&gc.tokens, &gg.tokens), max_abs(&gc.tokens));
     report.push(format!("tokens: max diff {diff:e}, scale {scale:e}"));
     assert!(diff <= 1e-4 * scale, "tokens: {diff:e} vs scale {scale:e}");
-    let diff = (gc.other_bias - gg.other_bias).abs();
-    assert!(diff <= 1e-4 * gc.other_bias.abs().max(1e-3), "b: {diff:e}");
+    let tol = 1e-4 * gc.other_bias.abs().max(1e-3) as f64;
+    assert!(
+        close(gg.other_bias, gc.other_bias, tol, 0.0),
+        "b: {gg:?} vs {gc:?}"
+    );
     eprintln!("gradient parity:\n{}", report.join("\n"));
 }
 
@@ -159,7 +147,7 @@ fn check_step_parity(steps: usize) {
         let sc = cpu.step(&data.batch()).unwrap();
         let sg = gpu.step(&data.batch()).unwrap();
         assert!(
-            (sc.loss - sg.loss).abs() <= 1e-4 * sc.loss.abs().max(1.0),
+            close(sg.loss, sc.loss, 1e-4 * sc.loss.abs().max(1.0), 0.0),
             "step {s}: loss cpu {} gpu {}",
             sc.loss,
             sg.loss
@@ -169,15 +157,15 @@ fn check_step_parity(steps: usize) {
     let (c, g) = (cpu.state().unwrap(), gpu.state().unwrap());
     assert_eq!(c.optim.step, steps as u64);
     assert_eq!(g.optim.step, steps as u64);
-    let tol = 2e-3 * cfg.lr * steps as f32;
+    let tol = 2e-3 * cfg.lr as f64 * steps as f64;
     let names = block_tensor_shapes(&dims);
     let mut report = vec![];
     for (i, (name, _)) in names.iter().enumerate() {
-        let diff = max_diff(c.params.tensors()[i], g.params.tensors()[i]);
+        let diff = max_abs_diff(c.params.tensors()[i], g.params.tensors()[i]);
         report.push(format!("{name}: max |Δθ| {diff:e}"));
         assert!(diff <= tol, "{name}: weights differ by {diff:e} > {tol:e}");
     }
-    let diff = (c.other_bias - g.other_bias).abs();
+    let diff = max_abs_diff(&[c.other_bias], &[g.other_bias]);
     report.push(format!("b: |Δ| {diff:e}"));
     assert!(diff <= tol, "b differs by {diff:e}");
     eprintln!(
@@ -188,21 +176,21 @@ fn check_step_parity(steps: usize) {
 
 #[test]
 fn train_gpu_one_step_matches_the_cpu_path() {
-    if gpu_available() {
+    if gpu_available("train_gpu_one_step_matches_the_cpu_path") {
         check_step_parity(1);
     }
 }
 
 #[test]
 fn train_gpu_ten_steps_match_the_cpu_path() {
-    if gpu_available() {
+    if gpu_available("train_gpu_ten_steps_match_the_cpu_path") {
         check_step_parity(10);
     }
 }
 
 #[test]
 fn train_gpu_state_round_trips_and_batch_shapes_change() {
-    if !gpu_available() {
+    if !gpu_available("train_gpu_state_round_trips_and_batch_shapes_change") {
         return;
     }
     let mut gpu = small_backend(GPU, TrainConfig::default(), 5);

@@ -788,6 +788,74 @@ mod tests {
         root.to_string_lossy().into_owned()
     }
 
+    /// What always answering each evaluation group's most frequent test label scores (%),
+    /// over the groups that are not held out (as `acc_all` counts them): the chance level
+    /// a learner's bar starts from. The datasets are opened as `simulate` opened them.
+    fn majority_rate(report: &Report, a: &Args) -> f64 {
+        let mut names = a.dataset.clone();
+        names.extend(a.held_out.iter().cloned());
+        let mut sources: Vec<Dataset> = names
+            .iter()
+            .map(|n| open_dataset(n, &a.out).unwrap())
+            .collect();
+        if let Some(classes) = &a.classes {
+            sources[0].restrict_classes(classes).unwrap();
+        }
+        let (mut best, mut total) = (0usize, 0usize);
+        for g in report.plan.groups.iter().filter(|g| !g.held_out) {
+            let mut counts = std::collections::HashMap::new();
+            for s in &g.samples {
+                let item = &sources[usize::from(s.source)].items(g.split)[s.index as usize];
+                *counts.entry(item.label).or_insert(0usize) += 1;
+            }
+            best += counts.values().copied().max().unwrap_or(0);
+            total += g.samples.len();
+        }
+        assert!(total > 0, "no test samples");
+        100.0 * best as f64 / total as f64
+    }
+
+    /// The bars of a learner's method `m` at the end of a run: `margin` points above both
+    /// the majority-class rate and zero-shot (the original model alone), so a learner
+    /// that learns nothing, or answers one class, fails.
+    fn assert_learned(report: &Report, a: &Args, m: &str, margin: f64) {
+        let majority = majority_rate(report, a);
+        let zs = summary(report, "zero-shot").final_acc.unwrap();
+        let acc = summary(report, m).final_acc.unwrap();
+        println!("{m}: {acc:.1} (majority {majority:.1}, zero-shot {zs:.1})");
+        assert!(
+            acc >= majority + margin,
+            "{m} {acc:.1} < majority-class rate {majority:.1} + {margin}"
+        );
+        assert!(
+            acc >= zs + margin,
+            "{m} {acc:.1} < zero-shot {zs:.1} + {margin}"
+        );
+    }
+
+    /// OCW mixing keeps the better of its two models: at the end of the run, `full` at
+    /// most `margin` points below max(zero-shot, tuned). Only at the end: in the first
+    /// stages OCW's estimates rest on a handful of samples (a label whose few samples the
+    /// tuned model got wrong before their steps has c_t = 0, so α = 0 and the original
+    /// answers), and `full` trails the tuned model there by design (SPEC §2–3).
+    fn assert_mixing_keeps_the_better_model(report: &Report, margin: f64) {
+        let last = |m: &str| rows(report, m).last().unwrap().acc_all.unwrap();
+        for (k, f) in rows(report, "full").iter().enumerate() {
+            let (zs, tuned) = (rows(report, "zero-shot")[k], rows(report, "tuned")[k]);
+            println!(
+                "stage {k}: full {:.1}, zero-shot {:.1}, tuned {:.1}",
+                f.acc_all.unwrap(),
+                zs.acc_all.unwrap(),
+                tuned.acc_all.unwrap()
+            );
+        }
+        let (full, best) = (last("full"), last("zero-shot").max(last("tuned")));
+        assert!(
+            full >= best - margin,
+            "full {full:.1} < max(zero-shot, tuned) {best:.1} − {margin:.1}"
+        );
+    }
+
     fn rows<'a>(report: &'a Report, method: &str) -> Vec<&'a crate::sim::metrics::StageResult> {
         report.rows.iter().filter(|r| r.method == method).collect()
     }
@@ -890,12 +958,16 @@ mod tests {
 
         let zs = summary(&report, "zero-shot").final_acc.unwrap();
         let ncm = summary(&report, "ncm").final_acc.unwrap();
-        let full = summary(&report, "full").final_acc.unwrap();
-        let tuned = summary(&report, "tuned").final_acc.unwrap();
         assert!(zs < 50.0, "the tiny CLIP is near chance on shapes: {zs}");
         assert!(ncm >= 66.0, "class means separate the shapes: {ncm}");
-        assert!(full >= zs + 30.0, "full {full} vs zero-shot {zs}");
-        assert!(tuned >= zs + 30.0, "tuned {tuned} vs zero-shot {zs}");
+        // 9 test images of 3 balanced classes (majority 33.3 %): 30 points is 3 images.
+        for m in ["tuned", "full", "alpha-other", "no-other", "raw", "k2b4"] {
+            assert_learned(&report, &a, m, 30.0);
+        }
+        // At most one of the 9 images below the better model (measured: full ends one
+        // image below tuned, 77.8 against 88.9); a mixing that falls back to the
+        // original scores zero-shot's 0 and fails by far.
+        assert_mixing_keeps_the_better_model(&report, 100.0 / 9.0 + 0.1);
 
         let last = |m: &str| *rows(&report, m).last().unwrap();
         // 12 samples, one training step each
@@ -940,7 +1012,7 @@ mod tests {
     #[test]
     fn mini_clip_learns_unseen_cifar_classes_and_keeps_fashion_mnist() {
         let (Ok(_), Ok(_)) = (dataset::find("cifar-10"), dataset::find("fashion-mnist")) else {
-            crate::skip::data_absent(
+            anytime_testkit::skip::data_absent(
                 "mini_clip_learns_unseen_cifar_classes_and_keeps_fashion_mnist",
                 "needs CIFAR-10 ($ANYTIME_EDGE_ASSETS/data/cifar-10) and Fashion-MNIST \
                  (Debian package dataset-fashion-mnist)",
@@ -950,7 +1022,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("out");
         let methods = ["zero-shot", "ncm", "tuned", "full"];
-        let report = simulate(&args(&[
+        let a = args(&[
             "--model",
             "mini-clip",
             "--dataset",
@@ -971,8 +1043,8 @@ mod tests {
             "1",
             "--out",
             out.to_str().unwrap(),
-        ]))
-        .unwrap();
+        ]);
+        let report = simulate(&a).unwrap();
         check_outputs(&report, &out, &methods);
         let shipped = ModelAssets::find("mini-clip").unwrap().manifest.learner.lr;
         assert_eq!(
@@ -983,14 +1055,19 @@ mod tests {
         let fin = |m: &str| summary(&report, m).final_acc.unwrap();
         let (zs, ncm, tuned, full) = (fin("zero-shot"), fin("ncm"), fin("tuned"), fin("full"));
         println!("unseen CIFAR-10 classes: zero-shot {zs}, ncm {ncm}, tuned {tuned}, full {full}");
-        // five balanced classes: answering one class scores 20 %
-        let majority = 20.0;
-        assert!(full >= majority + 25.0, "full {full} vs the majority rate");
-        assert!(full >= zs + 25.0, "full {full} vs zero-shot {zs}");
-        // Not asserted: full ≥ tuned. On these unseen classes OCW mixes in the original,
-        // whose confident wrong answers cost full a few points against the tuned model
-        // alone (BENCHMARKS.md, claim 1); that is a measured finding, not a bar.
-        assert!(full >= tuned - 8.0, "full {full} far below tuned {tuned}");
+        // 500 test images of five balanced classes (majority 20 %); zero-shot is 33 %
+        // (BENCHMARKS.md). 20 points over both is what one update per sample at the
+        // shipped rate must give; a learner at chance, or one answering one class, can't.
+        for m in ["tuned", "full"] {
+            assert_learned(&report, &a, m, 20.0);
+        }
+        // OCW mixes in the original, whose confident wrong answers on these never-seen
+        // classes cost `full` a few points against the tuned model alone: measured −2.2
+        // at 2 of 7 stages on 1,000 test images (BENCHMARKS.md, claim 1) and about −4 on
+        // other splits. The bar allows that finding plus the noise of 500 images (one
+        // image is 0.2 points; the paired difference's standard error is about 1.5
+        // points), and no more: a mixing that drops to zero-shot is 25 points below.
+        assert_mixing_keeps_the_better_model(&report, 6.0);
         // held-out Fashion-MNIST, after every stage: never trained, so OCW keeps it zero-shot
         let g = report.plan.groups.iter().position(|g| g.held_out).unwrap();
         let zs_rows = rows(&report, "zero-shot");
@@ -1015,7 +1092,7 @@ mod tests {
         let ds = shape_range(tmp.path(), "shapes", 0, 4, 12);
         let out = tmp.path().join("out");
         let methods = ["zero-shot", "ncm", "full", "tuned"];
-        let report = simulate(&args(&[
+        let a = args(&[
             "--dataset",
             &ds,
             "--protocol",
@@ -1032,8 +1109,8 @@ mod tests {
             "7",
             "--limit-test",
             "12",
-        ]))
-        .unwrap();
+        ]);
+        let report = simulate(&a).unwrap();
         check_outputs(&report, &out, &methods);
         assert_eq!(report.plan.stages.len(), 2);
         for m in methods {
@@ -1045,13 +1122,14 @@ mod tests {
             );
             assert_eq!(r[0].samples_seen, 12);
         }
-        // the tiny CLIP cannot zero-shot the shapes; after both groups the learner can
-        let zs = summary(&report, "zero-shot").final_acc.unwrap();
+        // the tiny CLIP cannot zero-shot the shapes; after both groups the learner can:
+        // 12 test images of 4 balanced classes (majority 25 %), 25 points is 3 images
         for m in ["full", "tuned"] {
-            let acc = summary(&report, m).final_acc.unwrap();
-            assert!(acc >= zs + 30.0, "{m} {acc} vs zero-shot {zs}");
+            assert_learned(&report, &a, m, 25.0);
             assert!(summary(&report, m).forgetting.is_some());
         }
+        // At most one of the 12 images below the better model.
+        assert_mixing_keeps_the_better_model(&report, 100.0 / 12.0 + 0.1);
     }
 
     /// Task-incremental with a held-out dataset: the full method never trains on the
@@ -1064,8 +1142,8 @@ mod tests {
         let a2 = shape_range(tmp.path(), "second", 2, 2, 14);
         let held = shape_range(tmp.path(), "held", 4, 3, 15);
         let out = tmp.path().join("out");
-        let methods = ["zero-shot", "full"];
-        let report = simulate(&args(&[
+        let methods = ["zero-shot", "tuned", "full"];
+        let a = args(&[
             "--dataset",
             &format!("{a1},{a2}"),
             "--held-out",
@@ -1080,8 +1158,8 @@ mod tests {
             "2e-3",
             "--replay",
             "7",
-        ]))
-        .unwrap();
+        ]);
+        let report = simulate(&a).unwrap();
         check_outputs(&report, &out, &methods);
         let g = report.plan.groups.iter().position(|g| g.held_out).unwrap();
         let zs = rows(&report, "zero-shot");
@@ -1091,7 +1169,12 @@ mod tests {
             assert_eq!(full[k].acc_groups[g], zs[k].acc_groups[g], "stage {k}");
         }
         assert_eq!(full[1].samples_seen, 24);
-        assert!(full[1].acc_all.unwrap() > zs[1].acc_all.unwrap());
+        // two 2-way tasks of 6 test images each (majority 50 %): 25 points is 3 images
+        for m in ["tuned", "full"] {
+            assert_learned(&report, &a, m, 25.0);
+        }
+        // At most one of the 12 images below the better model (measured: none).
+        assert_mixing_keeps_the_better_model(&report, 100.0 / 12.0 + 0.1);
         assert_eq!(summary(&report, "full").held_out.len(), 1);
     }
 }

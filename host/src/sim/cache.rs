@@ -345,7 +345,7 @@ mod tests {
         c.put(0, &[0.1, -3.3, 1000.3], None).unwrap();
         let back = c.get(0).unwrap().unwrap();
         for (a, b) in back.iter().zip([0.1f32, -3.3, 1000.3]) {
-            assert!((a - b).abs() <= b.abs() * 1e-3, "{a} vs {b}");
+            assert!(anytime_testkit::close(*a, b, 0.0, 1e-3), "{a} vs {b}");
         }
     }
 
@@ -436,11 +436,7 @@ mod tests {
         let mut c = FeatureCache::open(&path, "k", n as u32, d as u32, Encoding::Codec(p)).unwrap();
         assert_eq!(c.len(), 2);
         let back = c.get(4).unwrap().unwrap();
-        let err = back
-            .iter()
-            .zip(&t)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let err = anytime_testkit::max_abs_diff(&back, &t);
         assert!(err < 0.05, "max error {err}");
         // another encoding of the same file is refused
         assert!(FeatureCache::open(&path, "k", n as u32, d as u32, Encoding::F16).is_err());

@@ -869,7 +869,7 @@ mod tests {
     #[test]
     fn reads_fashion_mnist_when_installed() {
         let Ok(root) = find("fashion-mnist") else {
-            crate::skip::data_absent(
+            anytime_testkit::skip::data_absent(
                 "reads_fashion_mnist_when_installed",
                 "Fashion-MNIST is not installed (Debian package dataset-fashion-mnist)",
             );

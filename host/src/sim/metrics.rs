@@ -507,7 +507,12 @@ mod tests {
             0.5,
         );
         assert_eq!(e.abstain_unlearned, Some(50.0));
-        assert!((e.abstain_learned.unwrap() - 100.0 / 3.0).abs() < 1e-9);
+        assert!(anytime_testkit::close(
+            e.abstain_learned.unwrap(),
+            100.0 / 3.0,
+            1e-9,
+            0.0
+        ));
         assert_eq!(e.acc_answered, Some(50.0));
         assert_eq!(e.auroc, Some(0.5));
     }

@@ -1,6 +1,7 @@
 //! LayerNorm over the last axis (eps 1e-5): forward, and its backward rule.
 
 use super::sums;
+use crate::simd::Build;
 
 /// LayerNorm epsilon of CLIP.
 pub(crate) const LN_EPS: f32 = 1e-5;
@@ -11,9 +12,18 @@ pub(crate) const LN_EPS: f32 = 1e-5;
 /// operation is exact IEEE arithmetic (Rust never fuses a multiply and an add), so every
 /// build gives the same bits; the baseline SSE2 build does two f64 lanes per instruction.
 pub(crate) fn layernorm_normalise(x: &[f32], d: usize, xhat: &mut [f32], rstd: &mut [f32]) {
+    normalise_with(Build::widest(NARROW), x, d, xhat, rstd)
+}
+
+/// The 256-bit extension of [`normalise_body`]'s narrow build.
+const NARROW: &str = "avx2";
+
+/// [`layernorm_normalise`] in the given build (panics when the CPU lacks it).
+fn normalise_with(build: Build, x: &[f32], d: usize, xhat: &mut [f32], rstd: &mut [f32]) {
     let rows = rstd.len();
     assert!(x.len() == rows * d && xhat.len() == rows * d);
-    widest_build!(
+    build_of!(
+        build,
         "avx2",
         normalise_body(x: &[f32], d: usize, xhat: &mut [f32], rstd: &mut [f32]) -> ()
     )
@@ -137,10 +147,17 @@ pub(crate) fn layernorm_backward(
 mod tests {
     use super::*;
 
-    /// The dispatched build (the widest vectors this CPU has) gives the baseline build's
+    /// Every build this CPU runs (baseline, AVX2, AVX-512) gives the baseline build's
     /// bits, on widths with and without a tail of the eight partial sums.
     #[test]
     fn layernorm_vector_builds_give_the_baseline_bits() {
+        const TEST: &str = "layernorm_vector_builds_give_the_baseline_bits";
+        for build in crate::simd::builds_to_test(TEST, "LayerNorm", NARROW) {
+            check_build(build);
+        }
+    }
+
+    fn check_build(build: Build) {
         for d in [1usize, 7, 8, 13, 768] {
             let rows = 5;
             let x: Vec<f32> = (0..rows * d)
@@ -148,11 +165,11 @@ mod tests {
                 .collect();
             let (mut h1, mut r1) = (vec![0.0; rows * d], vec![0.0; rows]);
             let (mut h2, mut r2) = (h1.clone(), r1.clone());
-            layernorm_normalise(&x, d, &mut h1, &mut r1);
-            normalise_body(&x, d, &mut h2, &mut r2);
+            normalise_with(build, &x, d, &mut h1, &mut r1);
+            normalise_with(Build::Baseline, &x, d, &mut h2, &mut r2);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&h1), bits(&h2), "d = {d}");
-            assert_eq!(bits(&r1), bits(&r2), "d = {d}");
+            assert_eq!(bits(&h1), bits(&h2), "{build:?}, d = {d}");
+            assert_eq!(bits(&r1), bits(&r2), "{build:?}, d = {d}");
             // Four rows at a time give what one row at a time does.
             for (r, xr) in x.chunks_exact(d).enumerate() {
                 let mean = sums::sum(xr) / d as f64;

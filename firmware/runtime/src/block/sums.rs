@@ -159,11 +159,16 @@ mod tests {
             let plain: f64 = x.iter().map(|&v| v as f64).sum();
             // The slice walk adds in `fold8`'s order, bit for bit.
             assert_eq!(sum(&x).to_bits(), fold8(len, |i| x[i] as f64).to_bits());
-            assert!((sum(&x) - plain).abs() < 1e-12);
+            assert!(anytime_testkit::close(sum(&x), plain, 1e-12, 0.0));
             let dev: f64 = x.iter().map(|&v| (v as f64 - 0.25).powi(2)).sum();
-            assert!((sum_sq_dev(&x, 0.25) - dev).abs() < 1e-12);
+            assert!(anytime_testkit::close(
+                sum_sq_dev(&x, 0.25),
+                dev,
+                1e-12,
+                0.0
+            ));
             let d: f64 = x.iter().zip(&y).map(|(&a, &b)| a as f64 * b).sum();
-            assert!((dot(&x, &y) - d).abs() < 1e-12);
+            assert!(anytime_testkit::close(dot(&x, &y), d, 1e-12, 0.0));
             // The slice walk adds in `fold8`'s order, bit for bit.
             let folded = fold8(len, |i| x[i] as f64 * y[i]);
             assert_eq!(dot(&x, &y).to_bits(), folded.to_bits());

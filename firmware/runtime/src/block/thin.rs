@@ -855,15 +855,81 @@ mod tests {
         v.iter().map(|x| x.to_bits()).collect()
     }
 
-    /// Whether the AVX-512 builds can run here (printing why not).
-    fn have_avx512() -> bool {
+    /// Whether the AVX-512 builds can run here (logging which, or why not, for `test`).
+    fn have_avx512(test: &str) -> bool {
         let ok = is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma");
-        if !ok {
-            println!("skipped: this CPU lacks AVX-512F (the AVX-512 builds never run here)");
+        if ok {
+            anytime_testkit::skip::ran(test, "thin GEMM AVX-512 builds");
+        } else {
+            let why = "thin GEMM AVX-512 builds: this CPU lacks AVX-512F";
+            anytime_testkit::skip::not_here(test, why);
         }
         ok
+    }
+
+    /// Whether the AVX2 builds can run here (logging which, or why not, for `test`).
+    fn have_avx2(test: &str) -> bool {
+        let ok = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        if ok {
+            anytime_testkit::skip::ran(test, "thin GEMM AVX2+FMA builds");
+        } else {
+            let why =
+                "thin GEMM AVX2+FMA builds: this CPU lacks AVX2 or FMA (the kernel never runs)";
+            anytime_testkit::skip::not_here(test, why);
+        }
+        ok
+    }
+
+    /// The AVX2 broadcast form against a plain loop (f32 rounding), for A row-major with
+    /// row, column and reduction tails, accumulating or not: the baseline the AVX-512
+    /// build is compared with bit for bit below.
+    #[test]
+    fn thin_avx2_broadcast_matches_a_plain_loop() {
+        if !have_avx2("thin_avx2_broadcast_matches_a_plain_loop") {
+            return;
+        }
+        for (m, k, n) in [
+            (12, 50, 768),
+            (13, 64, 50),
+            (7, 3, 33),
+            (1, 1, 7),
+            (6, 12, 65),
+        ] {
+            let (lda, ldb, ldc) = (k + 2, n + 3, n + 1);
+            let (a, b, c0) = (
+                sines(m * lda, 0.37),
+                sines(k * ldb, 0.11),
+                sines(m * ldc, 0.05),
+            );
+            for acc in [false, true] {
+                let mut got = c0.clone();
+                let (am, bm) = (
+                    Mat {
+                        ptr: a.as_ptr(),
+                        ld: lda,
+                    },
+                    Mat {
+                        ptr: b.as_ptr(),
+                        ld: ldb,
+                    },
+                );
+                // SAFETY: the buffers cover the shapes; the CPU has AVX2 and FMA.
+                unsafe { nn_avx2(m, k, am, bm, got.as_mut_ptr(), ldc, acc, (0, n)) };
+                for i in 0..m {
+                    for j in 0..n {
+                        let want: f32 = (0..k).map(|p| a[i * lda + p] * b[p * ldb + j]).sum();
+                        let base = if acc { c0[i * ldc + j] } else { 0.0 };
+                        let g = got[i * ldc + j] - base;
+                        assert!(
+                            anytime_testkit::close(g, want, 1e-4, 1e-4),
+                            "{m}x{k}x{n} acc={acc} ({i},{j}): {g} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     /// Column ranges covering `0..n`: whole, and split at a tile boundary and off one.
@@ -882,7 +948,7 @@ mod tests {
     /// or not, however the columns are split.
     #[test]
     fn thin_avx512_broadcast_gives_the_avx2_bits_for_any_strides_and_split() {
-        if !have_avx512() {
+        if !have_avx512("thin_avx512_broadcast_gives_the_avx2_bits_for_any_strides_and_split") {
             return;
         }
         for (m, k, n) in [
@@ -948,14 +1014,13 @@ mod tests {
     /// reduction tails (k mod 16 ≠ 0); the AVX-512 build where the CPU has it.
     #[test]
     fn thin_dot_form_builds_match_a_plain_loop_for_any_split() {
-        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-        if !avx2 {
-            println!("skipped: this CPU lacks AVX2 and FMA (the thin kernel never runs here)");
+        const TEST: &str = "thin_dot_form_builds_match_a_plain_loop_for_any_split";
+        if !have_avx2(TEST) {
             return;
         }
         type Build = unsafe fn(usize, usize, Mat, Mat, *mut f32, usize, bool, (usize, usize));
         let mut builds: Vec<(&str, Build)> = vec![("AVX2", nt_avx2)];
-        if have_avx512() {
+        if have_avx512(TEST) {
             builds.push(("AVX-512", nt_avx512));
         }
         for (name, build) in builds {
@@ -1000,7 +1065,7 @@ mod tests {
                             let base = if acc { c0[i * ldc + j] } else { 0.0 };
                             let g = got[i * ldc + j] - base;
                             assert!(
-                                (g - want).abs() < 1e-4 * (1.0 + want.abs()),
+                                anytime_testkit::close(g, want, 1e-4, 1e-4),
                                 "{name} {m}x{k}x{n} acc={acc} ({i},{j}): {g} vs {want}"
                             );
                         }

@@ -324,7 +324,12 @@ mod tests {
             assert_eq!((&one.0, &one.1), (&three.0, &three.1), "thread count");
             for (got, want) in one.2.iter().zip(&want_dx).chain(one.3.iter().zip(&want_g)) {
                 assert!(
-                    (*got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()) * rows.max(r) as f64,
+                    anytime_testkit::close(
+                        got,
+                        want,
+                        1e-5 * rows.max(r) as f64,
+                        1e-5 * rows.max(r) as f64
+                    ),
                     "{got} vs {want} ({r}, {rows}, {inn})"
                 );
             }

@@ -188,8 +188,8 @@ mod tests {
         let red = |x: usize, y: usize| out[y * 10 + x];
         let hi = (1.0 - norm.mean[0]) / norm.std[0];
         let lo = (0.0 - norm.mean[0]) / norm.std[0];
-        assert!((red(0, 5) - hi).abs() < 1e-5);
-        assert!((red(9, 5) - lo).abs() < 1e-5);
+        assert!(anytime_testkit::close(red(0, 5), hi, 1e-5, 0.0));
+        assert!(anytime_testkit::close(red(9, 5), lo, 1e-5, 0.0));
     }
 
     #[test]

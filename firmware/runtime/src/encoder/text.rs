@@ -148,13 +148,17 @@ mod tests {
     /// The real CLIP BPE from the shared assets, against SOURCE.md's known case.
     #[test]
     fn real_clip_tokenizer_matches_the_known_tokenisation() {
+        // CI provides no real CLIP assets: their absence is logged, not a failure.
+        const TEST: &str = "real_clip_tokenizer_matches_the_known_tokenisation";
         let Some(root) = crate::assets::assets_root() else {
-            eprintln!("skipped: ${} is not set", crate::assets::ASSETS_ENV);
+            let why = format!("${} is not set", crate::assets::ASSETS_ENV);
+            anytime_testkit::skip::not_here(TEST, &why);
             return;
         };
         let path = root.join("models/clip-bpe/tokenizer.json");
         if !path.is_file() {
-            eprintln!("skipped: {} is absent", path.display());
+            let why = format!("{} is absent", path.display());
+            anytime_testkit::skip::not_here(TEST, &why);
             return;
         }
         let tok = ClipTokenizer::load(&path, 77).unwrap();

@@ -8,6 +8,7 @@ use rayon::prelude::*;
 
 use super::TrainConfig;
 use crate::block::{block_tensor_shapes, is_decayed, BlockDims, BlockParams};
+use crate::simd::Build;
 
 /// First and second moments of every trainable scalar, and the step count.
 #[derive(Clone, Debug, PartialEq)]
@@ -160,7 +161,16 @@ fn update_prefetching(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c:
 /// SSE2 build does a quarter of AVX-512's lanes per division and square root: the whole
 /// update took 5.4 ms against 4.6 on the AVX-512 machine of `BENCHMARKS.md`).
 fn update_tensor(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: Coeffs) {
-    widest_build!(
+    update_with(Build::widest(NARROW), p, g, m, v, c)
+}
+
+/// The 256-bit extension of [`update_chosen`]'s narrow build.
+const NARROW: &str = "avx";
+
+/// [`update_tensor`] in the given build (panics when the CPU lacks it).
+fn update_with(build: Build, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: Coeffs) {
+    build_of!(
+        build,
         "avx",
         update_chosen(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: Coeffs) -> ()
     )
@@ -276,11 +286,18 @@ mod tests {
         }
     }
 
-    /// The dispatched (vector) update gives the baseline build's bits, on lengths with
-    /// and without a vector tail, both decayed and not, prefetching or not (lengths past
-    /// the prefetch distance, and with a partial last block).
+    /// Every build this CPU runs (baseline, AVX, AVX-512) gives the plain body's bits,
+    /// on lengths with and without a vector tail, both decayed and not, prefetching or
+    /// not (lengths past the prefetch distance, and with a partial last block).
     #[test]
     fn adamw_vector_builds_give_the_baseline_bits() {
+        const TEST: &str = "adamw_vector_builds_give_the_baseline_bits";
+        for build in crate::simd::builds_to_test(TEST, "AdamW", NARROW) {
+            check_build(build);
+        }
+    }
+
+    fn check_build(build: Build) {
         use rand::{rngs::StdRng, Rng, SeedableRng};
         let mut rng = StdRng::seed_from_u64(17);
         let cfg = TrainConfig {
@@ -304,11 +321,15 @@ mod tests {
                 for t in 1..=3 {
                     let (s, c2) = corrections(&cfg, t);
                     let c = Coeffs::new(&cfg, decay, s, c2);
-                    update_tensor(&mut p1, &g, &mut m1, &mut v1, c);
+                    update_with(build, &mut p1, &g, &mut m1, &mut v1, c);
                     update_body(&mut p2, &g, &mut m2, &mut v2, c);
                 }
                 let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&p1), bits(&p2), "len {len}, decay {decay}, {prefetch}");
+                assert_eq!(
+                    bits(&p1),
+                    bits(&p2),
+                    "{build:?} len {len}, decay {decay}, {prefetch}"
+                );
                 assert_eq!(bits(&m1), bits(&m2));
                 assert_eq!(bits(&v1), bits(&v2));
             }
@@ -353,7 +374,11 @@ mod tests {
                     r.step(g.tensors()[t][i] as f64, s as i32 + 1, &cfg, decay);
                 }
                 let got = params.tensors()[t][i] as f64;
-                assert!((got - r.p).abs() < 1e-6, "{name}[{i}]: {got} vs {}", r.p);
+                assert!(
+                    anytime_testkit::close(got, r.p, 1e-6, 0.0),
+                    "{name}[{i}]: {got} vs {}",
+                    r.p
+                );
             }
         }
         let mut r = Reference {
@@ -364,7 +389,11 @@ mod tests {
         for (s, &g) in g_bias.iter().enumerate() {
             r.step(g as f64, s as i32 + 1, &cfg, false);
         }
-        assert!((bias as f64 - r.p).abs() < 1e-6, "b: {bias} vs {}", r.p);
+        assert!(
+            anytime_testkit::close(bias, r.p, 1e-6, 0.0),
+            "b: {bias} vs {}",
+            r.p
+        );
         // The choice itself: decay on the four weight matrices only.
         let decayed: Vec<&str> = names
             .iter()

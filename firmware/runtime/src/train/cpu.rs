@@ -453,6 +453,7 @@ mod tests {
     /// changes its contents.
     #[test]
     fn huge_pages_back_a_large_array_and_keep_its_contents() {
+        const TEST: &str = "huge_pages_back_a_large_array_and_keep_its_contents";
         let mut v: Vec<f32> = (0..4 << 20).map(|i| i as f32).collect(); // 16 MiB, touched
         let want = v.clone();
         super::huge_pages(&mut v);
@@ -465,11 +466,12 @@ mod tests {
             .map(|x| x.parse::<u32>().unwrap_or(0));
         let (major, minor) = (version.next().unwrap_or(0), version.next().unwrap_or(0));
         if thp.is_empty() || thp.contains("[never]") || (major, minor) < (6, 1) {
-            println!(
-                "skipped the huge-page check: THP `{}`, kernel {}",
+            let why = format!(
+                "the huge-page check: THP `{}`, kernel {}",
                 thp.trim(),
                 release.trim()
             );
+            anytime_testkit::skip::not_here(TEST, &why);
             return;
         }
         let lo = v.as_ptr() as usize;
@@ -478,7 +480,8 @@ mod tests {
             // A user-mode emulator (CI's aarch64 tests under qemu) takes the advice and
             // drops it, and shows the host's mappings. Natively on x86-64 (CI's own
             // machine) the advice must arrive.
-            println!("skipped the huge-page check: the advice never reached the kernel");
+            let why = "the huge-page check: the advice never reached the kernel (an emulator)";
+            anytime_testkit::skip::not_here(TEST, why);
             return;
         }
         assert!(marked, "no MADV_HUGEPAGE mark on the array's mappings");

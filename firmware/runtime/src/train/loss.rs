@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use super::{StepStats, TrainConfig};
 use crate::block::sums;
+use crate::simd::Build;
 
 /// Loss value, statistics and the gradients w.r.t. the unnormalised embeddings
 /// (`[B, E]`) and `b`.
@@ -50,7 +51,22 @@ struct LabelSet<'a> {
 /// and every operation is exact IEEE arithmetic or a libm call, so every build gives
 /// the same bits; the baseline SSE2 build does two f64 lanes per instruction.
 fn sample_terms(set: &LabelSet<'_>, er: &[f32], y: usize, d_er: &mut [f32]) -> SampleTerms {
-    widest_build!(
+    terms_with(Build::widest(NARROW), set, er, y, d_er)
+}
+
+/// The 256-bit extension of [`terms_body`]'s narrow build.
+const NARROW: &str = "avx2";
+
+/// [`sample_terms`] in the given build (panics when the CPU lacks it).
+fn terms_with(
+    build: Build,
+    set: &LabelSet<'_>,
+    er: &[f32],
+    y: usize,
+    d_er: &mut [f32],
+) -> SampleTerms {
+    build_of!(
+        build,
         "avx2",
         terms_body(set: &LabelSet<'_>, er: &[f32], y: usize, d_er: &mut [f32]) -> SampleTerms
     )
@@ -235,9 +251,20 @@ mod tests {
             l2 += ce(&without_y, 2); // "other" is last of the three left
         }
         let (l1, l2) = (l1 / 2.0, l2 / 2.0);
-        assert!((out.stats.loss_label as f64 - l1).abs() < 1e-6, "{out:?}");
-        assert!((out.stats.loss_other as f64 - l2).abs() < 1e-6, "{out:?}");
-        assert!((out.stats.loss as f64 - (l1 + beta * l2)).abs() < 1e-6);
+        assert!(
+            anytime_testkit::close(out.stats.loss_label, l1, 1e-6, 0.0),
+            "{out:?}"
+        );
+        assert!(
+            anytime_testkit::close(out.stats.loss_other, l2, 1e-6, 0.0),
+            "{out:?}"
+        );
+        assert!(anytime_testkit::close(
+            out.stats.loss,
+            l1 + beta * l2,
+            1e-6,
+            0.0
+        ));
         // Sample 0 (direction (0.6, 0.8)) is closest to label 1; sample 1 to label 2.
         assert_eq!(out.stats.correct, 2);
         assert_eq!(out.stats.batch, 2);
@@ -284,13 +311,20 @@ mod tests {
         (l, d_er)
     }
 
-    /// Every build of the per-sample terms (the dispatched one, and the baseline body)
-    /// gives the plain one-row-at-a-time order's gradient (f32) and loss term (f64) bit
-    /// for bit, with label counts and widths that leave remainders (`K mod 4`, `E mod 8`).
+    /// Every build of the per-sample terms this CPU runs (baseline, AVX2, AVX-512) gives
+    /// the plain one-row-at-a-time order's gradient (f32) and loss term (f64) bit for
+    /// bit, with label counts and widths that leave remainders (`K mod 4`, `E mod 8`).
     /// A small logit scale, so that every row's term counts in the sums (at 100 the
     /// softmax leaves most of them far below an ulp).
     #[test]
     fn sample_terms_builds_give_the_plain_order_bits() {
+        const TEST: &str = "sample_terms_builds_give_the_plain_order_bits";
+        for build in crate::simd::builds_to_test(TEST, "loss per-sample terms", NARROW) {
+            check_build(build);
+        }
+    }
+
+    fn check_build(build: Build) {
         let cfg = TrainConfig {
             logit_scale: 1.5,
             ..TrainConfig::default()
@@ -309,10 +343,10 @@ mod tests {
                 other_bias: 0.25,
                 batch: 3,
             };
-            let t1 = sample_terms(&set, &er, y, &mut d1);
+            let t1 = terms_with(build, &set, &er, y, &mut d1);
             let t2 = terms_body(&set, &er, y, &mut d2);
             let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&d1), bits(&want), "K={k}, E={e}");
+            assert_eq!(bits(&d1), bits(&want), "{build:?} K={k}, E={e}");
             assert_eq!(bits(&d2), bits(&want), "K={k}, E={e}");
             let ce = logsumexp(l.iter().copied()) - l[y];
             assert_eq!(t1.ce_label.to_bits(), ce.to_bits());
@@ -327,6 +361,11 @@ mod tests {
         assert_eq!(out.stats.loss_other, 0.0);
         // CE(y; {y, other}) with logit τ·1 = 100 against b = 0.3.
         let expect = (1.0f64 + (0.3f64 - 100.0).exp()).ln();
-        assert!((out.stats.loss_label as f64 - expect).abs() < 1e-9);
+        assert!(anytime_testkit::close(
+            out.stats.loss_label,
+            expect,
+            1e-9,
+            0.0
+        ));
     }
 }

@@ -85,8 +85,10 @@ pub fn small_backend<B: TrainBackend>(make: Make<B>, cfg: TrainConfig, seed: u64
     make(SMALL, cfg, FrozenHead::random(&SMALL, seed + 1), state).expect("backend")
 }
 
+/// `|fd − g| ≤ RTOL·max(|fd|, |g|) + ATOL·scale`, false when any of them is not finite.
 fn close(fd: f32, g: f32, scale: f32) -> bool {
-    (fd - g).abs() <= RTOL * fd.abs().max(g.abs()) + ATOL * scale
+    let tol = RTOL * fd.abs().max(g.abs()) + ATOL * scale;
+    tol.is_finite() && anytime_testkit::close(g, fd, tol as f64, 0.0)
 }
 
 fn loss_at<B: TrainBackend>(be: &mut B, state: &TunedState, data: &Data) -> f32 {
@@ -105,7 +107,7 @@ pub fn check_param_gradients<B: TrainBackend>(make: Make<B>, cfg: TrainConfig) {
     let mut failures = vec![];
     for (t, (name, _)) in names.iter().enumerate() {
         let g = grads.params.tensors()[t];
-        let scale = g.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let scale = anytime_testkit::max_abs(g) as f32;
         assert!(scale > 0.0, "{name}: gradient is all zero");
         let argmax = (0..g.len())
             .max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs()))
@@ -161,9 +163,11 @@ pub fn check_token_gradients<B: TrainBackend>(make: Make<B>, cfg: TrainConfig) {
     let (nd, w) = (SMALL.tokens_len(), SMALL.width);
     let is_cls = |i: usize| i % nd < w;
     let group_max = |cls: bool| {
-        (0..g.len())
+        let group: Vec<f32> = (0..g.len())
             .filter(|&i| is_cls(i) == cls)
-            .fold(0.0f32, |m, i| m.max(g[i].abs()))
+            .map(|i| g[i])
+            .collect();
+        anytime_testkit::max_abs(&group) as f32
     };
     let (scale_cls, scale_patch) = (group_max(true), group_max(false));
     assert!(scale_patch > 0.0, "patch token gradients are all zero");
@@ -214,20 +218,41 @@ pub fn check_step_contract<B: TrainBackend>(make: Make<B>) {
     let before = be.state().expect("state");
     let l2 = be.step(&data.batch()).expect("step");
     let after = be.state().expect("state");
-    assert!((l0.loss - l1.loss).abs() <= 1e-5 * l0.loss.abs().max(1.0));
-    assert!((l0.loss - l2.loss).abs() <= 1e-5 * l0.loss.abs().max(1.0));
+    let tol = 1e-5 * l0.loss.abs().max(1.0) as f64;
+    assert!(
+        anytime_testkit::close(l1.loss, l0.loss, tol, 0.0),
+        "{l0:?} {l1:?}"
+    );
+    assert!(
+        anytime_testkit::close(l2.loss, l0.loss, tol, 0.0),
+        "{l0:?} {l2:?}"
+    );
     assert_eq!(l2.step, 1);
     assert_eq!(after.optim.step, 1);
     assert_ne!(before.params, after.params);
     assert_ne!(before.other_bias, after.other_bias);
-    let bad = Batch {
-        labels: &[7],
+    // A label list of the wrong length is a shape error; one of the right length with a
+    // label outside the set reaches the range check (and names that label).
+    let short = Batch {
+        labels: &[0],
         ..data.batch()
     };
-    assert!(matches!(
-        be.step(&bad),
-        Err(TrainError::Shape { .. }) | Err(TrainError::Label { .. })
-    ));
+    assert!(
+        matches!(be.step(&short), Err(TrainError::Shape { .. })),
+        "a short label list"
+    );
+    let mut labels = data.labels.clone();
+    labels[2] = 3; // the label set has 3 labels
+    let bad = Batch {
+        labels: &labels,
+        ..data.batch()
+    };
+    match be.step(&bad) {
+        Err(TrainError::Label { label, n_labels }) => assert_eq!((label, n_labels), (3, 3)),
+        other => panic!("a label out of range gave {other:?}"),
+    }
+    // Neither bad batch changed the state.
+    assert_eq!(be.state().expect("state").params, after.params);
 }
 
 /// Learning: repeated steps on one fixed batch drive the loss down and the predictions
