@@ -38,6 +38,7 @@ enum Command {
 static ALLOC: anytime_runtime::lines::CacheLineAlloc = anytime_runtime::lines::CacheLineAlloc;
 
 fn main() -> Result<()> {
+    anytime_runtime::train::quiet_device_select();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().command {
         Command::BenchEncode(a) => cmd::bench_encode::run(a),

@@ -34,6 +34,7 @@ enum Command {
 static ALLOC: anytime_runtime::lines::CacheLineAlloc = anytime_runtime::lines::CacheLineAlloc;
 
 fn main() -> ExitCode {
+    anytime_runtime::train::quiet_device_select();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let result: Result<()> = match Cli::parse().command {
         Command::Predict(a) => cmd::predict::run(a),

@@ -32,7 +32,8 @@ fn edge() -> Command {
     let mut c = bin();
     c.env_remove("ANYTIME_EDGE_TRAIN")
         .env_remove("RUST_LOG")
-        .env_remove("XDG_RUNTIME_DIR");
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("NODEVICE_SELECT");
     c
 }
 
@@ -96,6 +97,10 @@ fn learn_trains_on_a_software_adapter_only_when_asked() {
     // The default.
     let (o, err) = run(learn(&state, &[]));
     assert!(o.status.success(), "{err}");
+    assert!(
+        !err.contains("error:"),
+        "a probe that did not fail the command prints no error line: {err}"
+    );
     match &best {
         Some((adapter, true)) => {
             // `adapter` is "NAME (API, Cpu)"; the line names the adapter by its NAME.
@@ -126,6 +131,7 @@ fn learn_trains_on_a_software_adapter_only_when_asked() {
         match &best {
             Some((adapter, software)) => {
                 assert!(o.status.success(), "{err}");
+                assert!(!err.contains("error:"), "{err}");
                 let line = format!("training on wgpu: asked for ({by}), on {adapter}");
                 assert!(err.contains(&line), "expected `{line}` in: {err}");
                 assert_eq!(

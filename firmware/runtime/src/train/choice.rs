@@ -189,3 +189,16 @@ mod gpu {
         ))
     }
 }
+
+/// Turns off Mesa's Vulkan device-select layer when `XDG_RUNTIME_DIR` is unset or not a
+/// folder: there it prints "error: XDG_RUNTIME_DIR is invalid or not set in the environment."
+/// on every adapter probe, a failure of nothing. The layer only orders the adapters, and
+/// wgpu lists them all. Call it at the start of `main`, before any thread exists (it sets
+/// `NODEVICE_SELECT=1` in the process environment unless that variable is already set).
+pub fn quiet_device_select() {
+    let runtime_dir_ok = std::env::var_os("XDG_RUNTIME_DIR")
+        .is_some_and(|d| !d.is_empty() && std::path::Path::new(&d).is_dir());
+    if !runtime_dir_ok && std::env::var_os("NODEVICE_SELECT").is_none() {
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
+}
