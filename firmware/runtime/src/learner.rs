@@ -1357,12 +1357,12 @@ mod tests {
         assert!(old.typical.0.is_empty());
     }
 
-    /// Golden blobs of versions 1 and 2 (`tests/data/learner_state_v{1,2}.bin`, written by
-    /// this test under `ANYTIME_EDGE_WRITE_GOLDEN=1` only where absent) decode to the state
-    /// they were written from, and version 2 is what this build writes: a format change
-    /// that breaks reading a learner saved by an earlier build fails here.
+    /// Golden blobs of versions 1, 2 and 3 (`tests/data/learner_state_v{1,2,3}.bin`,
+    /// written by this test under `ANYTIME_EDGE_WRITE_GOLDEN=1` only where absent) decode
+    /// to the state they were written from, and version 3 is what this build writes: a
+    /// format change that breaks reading a learner saved by an earlier build fails here.
     #[test]
-    fn learner_state_golden_files_of_versions_1_and_2_read() {
+    fn learner_state_golden_files_of_versions_1_to_3_read() {
         let mut s = LearnerState::new();
         (s.learned, s.checkpoint_step) = (1234, 1200);
         for (label, t, o) in [(3, true, false), (3, false, false), (7, true, true)] {
@@ -1371,11 +1371,18 @@ mod tests {
         for (label, cos) in [(3, 0.25), (3, 0.5), (7, -0.125)] {
             s.typical.observe(label, cos);
         }
-        let v2 = s.encode(usize::MAX);
-        let ocw_len = u32::from_le_bytes(v2[17..21].try_into().unwrap()) as usize;
+        let mut with_id = s.clone();
+        with_id.learner = Some(0x0123_4567_89ab_cdef);
+        let v3 = with_id.encode(usize::MAX);
+        // Versions 2 and 1 as earlier builds wrote them: no learner id; v1 no OCW length
+        // and no typicality table.
+        let ocw_len = u32::from_le_bytes(v3[25..29].try_into().unwrap()) as usize;
+        let mut v2 = vec![2u8];
+        v2.extend_from_slice(&v3[1..17]);
+        v2.extend_from_slice(&v3[25..]);
         let mut v1 = vec![1u8];
-        v1.extend_from_slice(&v2[1..17]);
-        v1.extend_from_slice(&v2[21..21 + ocw_len]);
+        v1.extend_from_slice(&v3[1..17]);
+        v1.extend_from_slice(&v3[29..29 + ocw_len]);
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
         let golden = |name: &str, fresh: &[u8]| {
             let path = dir.join(name);
@@ -1385,14 +1392,17 @@ mod tests {
             }
             std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         };
-        let (g1, g2) = (
+        let (g1, g2, g3) = (
             golden("learner_state_v1.bin", &v1),
             golden("learner_state_v2.bin", &v2),
+            golden("learner_state_v3.bin", &v3),
         );
-        assert_eq!((g1[0], g2[0]), (1, 2), "version bytes");
-        assert_eq!(STATE_VERSION, 2, "a new version needs a new golden file");
+        assert_eq!((g1[0], g2[0], g3[0]), (1, 2, 3), "version bytes");
+        assert_eq!(STATE_VERSION, 3, "a new version needs a new golden file");
+        assert_eq!(LearnerState::decode(&g3).unwrap(), with_id);
+        assert_eq!(g3, v3, "this build writes other bytes than version 3's");
         assert_eq!(LearnerState::decode(&g2).unwrap(), s);
-        assert_eq!(g2, v2, "this build writes other bytes than version 2's");
+        assert_eq!(g2, v2, "version 2's layout, as this build derives it");
         let old = LearnerState::decode(&g1).unwrap();
         assert_eq!((old.learned, old.checkpoint_step), (1234, 1200));
         assert_eq!(old.ocw, s.ocw);
