@@ -67,6 +67,9 @@ fn parse_grace(s: &str) -> Result<f64, String> {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    // Signals are caught from here on, before the socket can be reached: a stop signal
+    // that arrives before the handler thread runs waits for it instead of killing.
+    let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
     // The learner first: a second server on one learner is refused before any socket.
     let (learner, training) = a.learner.open_to_train()?;
     #[cfg(unix)]
@@ -80,7 +83,6 @@ pub fn run(a: Args) -> Result<()> {
     }
     eprintln!("serving; {training}");
     let learner = Arc::new(Mutex::new(learner));
-    let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
     {
         let learner = Arc::clone(&learner);
         let grace = Duration::from_secs_f64(a.stop_grace);
