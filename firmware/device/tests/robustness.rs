@@ -393,16 +393,49 @@ fn sigterm_ends_the_server_in_time_whatever_its_clients_do() {
     assert!(!sock.exists(), "the server removes its own socket");
 }
 
-/// A request that outlasts `--stop-grace` (a predict over 7000 new labels, seconds on any
-/// machine in a debug build) is abandoned on SIGTERM: the process ends within the grace,
-/// exits 1 saying so, and every acknowledged sample is still in the store.
+/// A predict over 7000 new labels encodes them without the learner's lock: SIGTERM in the
+/// middle of it checkpoints and ends the server at once, exit 0.
+#[test]
+fn sigterm_during_a_long_predict_stops_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("learner");
+    let labels: Vec<String> = (0..7000).map(|i| format!("t{i}")).collect();
+    let (status, err, elapsed) = term_during(&state, json!({"predict": red(), "labels": labels}));
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(!err.contains("still runs"), "{err}");
+    assert!(elapsed < Duration::from_secs(5), "{err}");
+    assert!(
+        state.join("tuned.safetensors").is_file(),
+        "saved on SIGTERM"
+    );
+    learned_one(&state);
+}
+
+/// A request that holds the learner longer than `--stop-grace` (a learn among 7000 new
+/// labels, seconds on any machine in a debug build) is abandoned on SIGTERM: the process
+/// ends within the grace, exits 1 saying so, and every acknowledged sample is still in the
+/// store.
 #[test]
 fn sigterm_abandons_a_request_that_outlasts_the_grace() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("learner");
+    let among: Vec<String> = (0..7000).map(|i| format!("t{i}")).collect();
+    let (status, err, elapsed) = term_during(
+        &state,
+        json!({"learn": red(), "label": "red", "among": among}),
+    );
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("still runs 0.5 s after signal"), "{err}");
+    assert!(elapsed < Duration::from_secs(5), "{err}");
+    learned_one(&state);
+}
+
+/// Starts `serve --stop-grace 0.5`, learns one sample, sends `request`, and SIGTERMs the
+/// server 1 s later: its exit status, stderr, and the time from signal to exit.
+fn term_during(state: &Path, request: Value) -> (std::process::ExitStatus, String, Duration) {
     let mut child = bin()
         .args(["serve", "--cpu", "--stop-grace", "0.5", "--state"])
-        .arg(&state)
+        .arg(state)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -414,12 +447,12 @@ fn sigterm_abandons_a_request_that_outlasts_the_grace() {
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
     assert!(line.contains("\"ok\":true"), "{line}");
-    let labels: Vec<String> = (0..7000).map(|i| format!("t{i}")).collect();
-    writeln!(stdin, "{}", json!({"predict": red(), "labels": labels})).unwrap();
+    writeln!(stdin, "{request}").unwrap();
     std::thread::sleep(Duration::from_secs(1));
     let start = Instant::now();
     term(child.id());
     let status = wait_at_most(&mut child, Duration::from_secs(10));
+    let elapsed = start.elapsed();
     let mut err = String::new();
     child
         .stderr
@@ -427,18 +460,19 @@ fn sigterm_abandons_a_request_that_outlasts_the_grace() {
         .unwrap()
         .read_to_string(&mut err)
         .unwrap();
-    assert_eq!(status.code(), Some(1), "{err}");
-    assert!(err.contains("still runs 0.5 s after signal"), "{err}");
-    assert!(start.elapsed() < Duration::from_secs(5), "{err}");
+    (status, err, elapsed)
+}
 
+/// The learner at `state` reopens with its one acknowledged sample.
+fn learned_one(state: &Path) {
     let o = bin()
         .args(["predict", "--json", "--labels", "red,blue", "--state"])
-        .arg(&state)
+        .arg(state)
         .arg(red())
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    let mut s = Server::start(&state);
+    let mut s = Server::start(state);
     let r = s.send(br#"{"stats": true}"#);
     assert_eq!(r["learned"], 1, "the acknowledged sample is kept: {r}");
     let (ok, err) = s.finish();

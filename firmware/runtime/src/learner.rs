@@ -1003,8 +1003,15 @@ impl Learner {
     }
 
     /// Checks labels and embeds their prompts (cached).
-    pub fn label_set<S: AsRef<str>>(&mut self, labels: &[S]) -> Result<LabelSet, LearnError> {
+    pub fn label_set<S: AsRef<str>>(&self, labels: &[S]) -> Result<LabelSet, LearnError> {
         Ok(self.predictor.label_set(labels)?)
+    }
+
+    /// The frozen encoder, shared: encode images ([`Encoder::encode_images`]) and label sets
+    /// ([`LabelSet::embed`]) with it outside a lock that guards the learner, then hand the
+    /// tokens to [`Learner::learn_tokens_in`] or [`Learner::predict_tokens`].
+    pub fn encoder(&self) -> std::sync::Arc<crate::encoder::Encoder> {
+        std::sync::Arc::clone(&self.predictor.encoder)
     }
 
     /// Predicts images over any label set (SPEC §2) with the chosen mixing.

@@ -1,9 +1,21 @@
 //! Prediction over any label set (SPEC §2): the original model's `P_o(y|x) =
 //! softmax_y(τ z_o·e_y)`, ranked.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use safetensors::{Dtype, SafeTensors};
+
 use crate::assets::{AssetsError, ModelAssets, LAST_BLOCK};
 use crate::block::{LastBlock, WeightsError};
 use crate::encoder::{DynamicImage, Encoder, EncoderError};
+
+/// Fixed inputs and the exporting framework's outputs, in models exported from a real
+/// checkpoint (`models/README.md`); checked at every load.
+pub const REFERENCE: &str = "reference.safetensors";
+/// Max abs difference of normalised embeddings the load-time check allows (the golden
+/// test holds 1e-4; a wrong head count or image size is off by > 1e-2).
+const REFERENCE_TOL: f32 = 1e-3;
 
 /// The fixed logit scale τ.
 pub const LOGIT_SCALE: f32 = 100.0;
@@ -19,6 +31,13 @@ pub enum PredictError {
     Weights(#[from] WeightsError),
     #[error("token value at index {index} is not finite")]
     NonFinite { index: usize },
+    #[error(
+        "{file}: the model does not reproduce its reference output (max |diff| {diff:.2e}, \
+         allowed {tol:.0e}); do manifest.toml's [dims] match the model files?"
+    )]
+    Reference { file: PathBuf, diff: f32, tol: f32 },
+    #[error("{file}: {message}")]
+    ReferenceFile { file: PathBuf, message: String },
     #[error("tokens of length {found} are not a whole batch of [N={tokens}, D={width}] sets")]
     Tokens {
         found: usize,
@@ -35,6 +54,13 @@ pub struct LabelSet {
 }
 
 impl LabelSet {
+    /// Checks `labels` and embeds their prompts with `encoder` (cached).
+    pub fn embed<S: AsRef<str>>(encoder: &Encoder, labels: &[S]) -> Result<Self, EncoderError> {
+        let text = encoder.encode_texts(labels)?;
+        let labels = crate::encoder::check_labels(labels)?;
+        Ok(Self { labels, text })
+    }
+
     pub fn len(&self) -> usize {
         self.labels.len()
     }
@@ -89,7 +115,8 @@ impl Prediction {
 /// Zero-shot CLIP: the frozen encoder and the original last block.
 #[derive(Debug)]
 pub struct Predictor {
-    pub encoder: Encoder,
+    /// Shared so that images and labels can be encoded without holding a learner's lock.
+    pub encoder: Arc<Encoder>,
     pub original: LastBlock,
 }
 
@@ -102,16 +129,77 @@ impl Predictor {
 
     pub fn from_assets(assets: &ModelAssets) -> Result<Self, PredictError> {
         assets.verify_file(LAST_BLOCK)?;
-        let encoder = Encoder::load(assets)?;
+        let encoder = Arc::new(Encoder::load(assets)?);
         let original = LastBlock::load(&assets.file(LAST_BLOCK), assets.dims().block())?;
-        Ok(Self { encoder, original })
+        let p = Self { encoder, original };
+        p.check_reference(assets)?;
+        Ok(p)
+    }
+
+    /// Where the manifest lists [`REFERENCE`]: the first reference image through trunk and
+    /// block must give the reference embedding, so that `[dims]` that do not match the
+    /// files (a wrong head count, say) are refused instead of silently predicting wrong.
+    fn check_reference(&self, assets: &ModelAssets) -> Result<(), PredictError> {
+        if !assets.manifest.files.contains_key(REFERENCE) {
+            return Ok(());
+        }
+        assets.verify_file(REFERENCE)?;
+        let file = assets.file(REFERENCE);
+        let bad = |message: String| PredictError::ReferenceFile {
+            file: file.clone(),
+            message,
+        };
+        let bytes = std::fs::read(&file).map_err(|e| bad(e.to_string()))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+        let first_row = |name: &str, row: usize| -> Result<Vec<f32>, PredictError> {
+            let t = st.tensor(name).map_err(|e| bad(format!("{name}: {e}")))?;
+            let shape = t.shape();
+            if t.dtype() != Dtype::F32 || shape.len() < 2 || shape[0] == 0 {
+                return Err(bad(format!(
+                    "{name}: expected f32 [B, ..], found {:?} {shape:?}",
+                    t.dtype()
+                )));
+            }
+            let per: usize = shape[1..].iter().product();
+            if per != row {
+                return Err(bad(format!(
+                    "{name} has rows of {per} values; manifest.toml's [dims] make {row}"
+                )));
+            }
+            Ok(t.data()[..4 * per]
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect())
+        };
+        let d = self.encoder.dims();
+        let pixels = first_row("pixels", 3 * d.image_size * d.image_size)?;
+        let reference = first_row("image_embeds", d.embed_dim)?;
+        let ours = self.embed(&self.encoder.encode_pixels(1, &pixels)?)?;
+        let want = crate::encoder::l2_normalised(&reference);
+        let diff = ours
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, |m, x| {
+                if x.is_nan() || m.is_nan() {
+                    f32::NAN
+                } else {
+                    m.max(x)
+                }
+            });
+        if diff.is_nan() || diff > REFERENCE_TOL {
+            return Err(PredictError::Reference {
+                file,
+                diff,
+                tol: REFERENCE_TOL,
+            });
+        }
+        Ok(())
     }
 
     /// Checks labels and embeds their prompts (cached).
-    pub fn label_set<S: AsRef<str>>(&mut self, labels: &[S]) -> Result<LabelSet, PredictError> {
-        let text = self.encoder.encode_texts(labels)?;
-        let labels = crate::encoder::check_labels(labels).map_err(EncoderError::from)?;
-        Ok(LabelSet { labels, text })
+    pub fn label_set<S: AsRef<str>>(&self, labels: &[S]) -> Result<LabelSet, PredictError> {
+        Ok(LabelSet::embed(&self.encoder, labels)?)
     }
 
     /// `P_o` for images.

@@ -8,10 +8,15 @@ use anytime_runtime::predict::{PredictError, Predictor};
 
 /// A copy of the tiny model in a temporary folder.
 fn copy_tiny() -> (tempfile::TempDir, PathBuf) {
+    copy_model("tiny-clip")
+}
+
+/// A copy of a bundled model's top-level files (what loading reads) in a temporary folder.
+fn copy_model(name: &str) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
-    let dst = tmp.path().join("tiny-copy");
+    let dst = tmp.path().join(format!("{name}-copy"));
     fs::create_dir(&dst).unwrap();
-    let src = bundled_models_dir().join("tiny-clip");
+    let src = bundled_models_dir().join(name);
     for entry in fs::read_dir(&src).unwrap() {
         let entry = entry.unwrap();
         if entry.file_type().unwrap().is_file() {
@@ -146,7 +151,7 @@ fn non_finite_pixels_and_wrong_lengths_are_refused() {
 
 #[test]
 fn nan_tokens_are_refused_by_prediction() {
-    let mut p = Predictor::load("tiny-clip").unwrap();
+    let p = Predictor::load("tiny-clip").unwrap();
     let set = p.label_set(&["cat", "dog"]).unwrap();
     let d = p.encoder.dims();
     let mut tokens = vec![0.1f32; d.tokens() * d.width];
@@ -154,4 +159,19 @@ fn nan_tokens_are_refused_by_prediction() {
     tokens[5] = f32::INFINITY;
     assert!(p.predict_tokens(&tokens, &set).is_err());
     assert!(p.predict_tokens(&tokens[1..], &set).is_err());
+}
+
+/// `[dims]` that divide evenly but do not match the files (8 heads for a 4-head block)
+/// pass every shape check; the load-time reference check refuses them.
+#[test]
+fn dims_that_do_not_match_the_files_are_refused_at_load() {
+    let (_tmp, dir) = copy_model("mini-clip");
+    Predictor::from_assets(&ModelAssets::open(&dir).unwrap()).expect("the unchanged copy loads");
+    edit_manifest(&dir, "heads = 4\n", "heads = 8\n");
+    let err = Predictor::from_assets(&ModelAssets::open(&dir).unwrap()).unwrap_err();
+    assert!(
+        matches!(err, PredictError::Reference { diff, .. } if diff > 1e-2),
+        "{err}"
+    );
+    assert!(err.to_string().contains("[dims]"), "{err}");
 }

@@ -136,7 +136,7 @@ fn check_model(dir: &Path) {
     };
     listed(REFERENCE);
     let r = Reference::open(&assets.file(REFERENCE));
-    let mut p = Predictor::from_assets(&assets).unwrap();
+    let p = Predictor::from_assets(&assets).unwrap();
     let dims = assets.dims();
     let (e, s) = (dims.embed_dim, dims.image_size);
 

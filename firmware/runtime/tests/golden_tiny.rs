@@ -1,7 +1,7 @@
 //! Golden tests on the generated tiny CLIP: tract's trunk plus our last block against
 //! onnxruntime's outputs stored in `models/tiny-clip/golden.json`.
 use anytime_runtime::assets::{bundled_models_dir, ModelAssets};
-use anytime_runtime::encoder::{l2_normalised, Encoder};
+use anytime_runtime::encoder::{l2_normalised, Encoder, LABEL_CACHE_MAX};
 use anytime_runtime::predict::Predictor;
 use anytime_testkit::{close, max_abs_diff};
 use serde_json::Value;
@@ -81,7 +81,7 @@ fn text_ids_and_embeddings_equal_onnxruntime() {
 
 #[test]
 fn label_embeddings_are_cached_and_normalised() {
-    let mut enc = Encoder::load(&ModelAssets::find("tiny-clip").unwrap()).unwrap();
+    let enc = Encoder::load(&ModelAssets::find("tiny-clip").unwrap()).unwrap();
     let a = enc.encode_texts(&["cat", "dog"]).unwrap();
     let b = enc.encode_texts(&["dog", "cat"]).unwrap();
     let e = enc.dims().embed_dim;
@@ -94,4 +94,13 @@ fn label_embeddings_are_cached_and_normalised() {
     // Prompts are "a photo of a {label}.": equal to the raw embedding of that text.
     let raw = enc.encode_raw_texts(&["a photo of a cat."]).unwrap();
     assert!(max_abs_diff(&l2_normalised(&raw), &a[..e]) < 1e-6);
+    assert_eq!(enc.cached_labels(), 2);
+
+    // Ever new labels never grow the cache past its bound, and answers stay the same.
+    let many: Vec<String> = (0..LABEL_CACHE_MAX + 10).map(|i| format!("l{i}")).collect();
+    for chunk in many.chunks(1000) {
+        enc.encode_texts(chunk).unwrap();
+        assert!(enc.cached_labels() <= LABEL_CACHE_MAX);
+    }
+    assert_eq!(enc.encode_texts(&["cat", "dog"]).unwrap(), a);
 }

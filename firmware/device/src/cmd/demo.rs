@@ -183,7 +183,7 @@ pub fn run(a: Args) -> Result<()> {
     println!("labels asked for: {}\n", labels.join(", "));
 
     let images: Vec<DynamicImage> = test.iter().map(|p| p.image.clone()).collect();
-    let mut predictor = Predictor::from_assets(&assets)?;
+    let predictor = Predictor::from_assets(&assets)?;
     let set = predictor.label_set(&labels)?;
     let before = answers(predictor.predict(&images, &set)?, &test);
 

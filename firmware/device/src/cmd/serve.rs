@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use anytime_runtime::encoder::{load_image, DynamicImage};
 use anytime_runtime::learner::{Learner, Mixing};
+use anytime_runtime::predict::LabelSet;
 use serde_json::{json, Value};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -282,7 +283,10 @@ fn answer(learner: &Mutex<Learner>, req: &Value) -> Result<Value> {
                 .collect::<Result<_>>()?,
         };
         let img = image(path)?;
-        let r = lock(learner)?.learn_image_in(&img, label, &among)?;
+        // The trunk runs outside the lock: other clients' requests go on meanwhile.
+        let encoder = lock(learner)?.encoder();
+        let tokens = encoder.encode_images(&[img])?;
+        let r = lock(learner)?.learn_tokens_in(&tokens, label, &among)?;
         return Ok(
             json!({"ok": true, "learned": r.learned, "label": r.label, "loss": r.loss,
                          "batch": r.batch, "labels": r.labels, "tuned_correct": r.tuned_correct,
@@ -318,11 +322,13 @@ fn answer(learner: &Mutex<Learner>, req: &Value) -> Result<Value> {
         let none = NoneRule::new(other, rate);
         let top = req.get("top").and_then(Value::as_u64).unwrap_or(5) as usize;
         let img = image(path)?;
-        let p = {
-            let mut l = lock(learner)?;
-            let set = l.label_set(&labels)?;
-            l.predict_images(&[img], &set, mixing)?.remove(0)
-        };
+        // Encoding the image and the labels, the costly part, holds no lock.
+        let encoder = lock(learner)?.encoder();
+        let set = LabelSet::embed(&encoder, &labels)?;
+        let tokens = encoder.encode_images(&[img])?;
+        let p = lock(learner)?
+            .predict_tokens(&tokens, &set, mixing)?
+            .remove(0);
         return Ok(prediction_json(
             path,
             &p,

@@ -7,7 +7,7 @@
 //! use anytime_runtime::assets::ModelAssets;
 //! use anytime_runtime::encoder::{load_image, Encoder};
 //! let assets = ModelAssets::find("tiny-clip")?;
-//! let mut enc = Encoder::load(&assets)?;
+//! let enc = Encoder::load(&assets)?;
 //! let tokens = enc.encode_images(&[load_image("cat.png".as_ref())?])?; // [1, N, D]
 //! let labels = enc.encode_texts(&["cat", "dog"])?; // [2, E], L2-normalised
 //! # Ok(()) }
@@ -19,6 +19,7 @@ mod text;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 pub use self::image::{decode_image, load_image, preprocess_into, MAX_FILE_BYTES, MAX_IMAGE_SIDE};
 pub use self::text::{check_label, check_labels, prompt, LabelError, MAX_LABELS, MAX_LABEL_BYTES};
@@ -32,6 +33,9 @@ use text::ClipTokenizer;
 const IMAGE_CHUNK: usize = 8;
 /// Prompts per text-tower call.
 const TEXT_CHUNK: usize = 64;
+/// Most label embeddings kept in the cache; when full it starts over (a server asked for
+/// ever new labels must not grow without bound).
+pub const LABEL_CACHE_MAX: usize = 4096;
 
 /// Errors of the encoder.
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +96,8 @@ impl Default for EncoderOptions {
     }
 }
 
-/// The frozen CLIP encoder. Build it once with [`Encoder::load`] and reuse it.
+/// The frozen CLIP encoder. Build it once with [`Encoder::load`] and reuse it; it is
+/// `Sync`, so threads may share it (the label cache has its own lock).
 #[derive(Debug)]
 pub struct Encoder {
     dims: Dims,
@@ -100,7 +105,7 @@ pub struct Encoder {
     trunk: Graph,
     text: Graph,
     tokenizer: ClipTokenizer,
-    label_cache: HashMap<String, Vec<f32>>,
+    label_cache: Mutex<HashMap<String, Vec<f32>>>,
 }
 
 impl Encoder {
@@ -139,7 +144,7 @@ impl Encoder {
             trunk,
             text,
             tokenizer,
-            label_cache: HashMap::new(),
+            label_cache: Mutex::new(HashMap::new()),
         })
     }
 
@@ -209,27 +214,50 @@ impl Encoder {
     }
 
     /// L2-normalised embeddings `[k, E]` of the prompts "a photo of a {label}."
-    /// for a checked label set; computed once per label and cached.
-    pub fn encode_texts<S: AsRef<str>>(&mut self, labels: &[S]) -> Result<Vec<f32>, EncoderError> {
+    /// for a checked label set; computed once per label and cached (the text tower runs
+    /// outside the cache's lock).
+    pub fn encode_texts<S: AsRef<str>>(&self, labels: &[S]) -> Result<Vec<f32>, EncoderError> {
         let labels = check_labels(labels)?;
-        let missing: Vec<&String> = labels
-            .iter()
-            .filter(|l| !self.label_cache.contains_key(*l))
-            .collect();
-        if !missing.is_empty() {
-            let prompts: Vec<String> = missing.iter().map(|l| prompt(l)).collect();
-            let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-            let raw = self.encode_raw_texts(&refs)?;
-            let e = self.dims.embed_dim;
-            for (label, row) in missing.iter().zip(raw.chunks(e)) {
-                self.label_cache
-                    .insert((*label).clone(), l2_normalised(row));
+        let e = self.dims.embed_dim;
+        let mut out = vec![0f32; labels.len() * e];
+        let mut missing: Vec<usize> = Vec::new();
+        {
+            let cache = self.cache();
+            for (i, l) in labels.iter().enumerate() {
+                match cache.get(l) {
+                    Some(v) => out[i * e..(i + 1) * e].copy_from_slice(v),
+                    None => missing.push(i),
+                }
             }
         }
-        Ok(labels
-            .iter()
-            .flat_map(|l| self.label_cache[l].iter().copied())
-            .collect())
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let prompts: Vec<String> = missing.iter().map(|&i| prompt(&labels[i])).collect();
+        let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        let raw = self.encode_raw_texts(&refs)?;
+        let mut cache = self.cache();
+        for (&i, row) in missing.iter().zip(raw.chunks(e)) {
+            let v = l2_normalised(row);
+            out[i * e..(i + 1) * e].copy_from_slice(&v);
+            if cache.len() >= LABEL_CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(labels[i].clone(), v);
+        }
+        Ok(out)
+    }
+
+    /// Labels whose embeddings are cached now.
+    pub fn cached_labels(&self) -> usize {
+        self.cache().len()
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<f32>>> {
+        // The cache holds finished rows only: a panic elsewhere cannot leave it torn.
+        self.label_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
