@@ -74,6 +74,12 @@ pub fn normalise(x: &mut [f32]) {
     }
 }
 
+/// The dot product `a·b` over the shorter of the two, summed in order in `f32` (the
+/// cosine of two L2-normalised embeddings).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
 /// Index of the largest value (the first one on ties); `None` for an empty slice.
 /// NaNs never win.
 pub fn argmax(x: &[f32]) -> Option<usize> {

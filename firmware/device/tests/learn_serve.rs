@@ -3,8 +3,7 @@
 #![cfg(unix)]
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 
@@ -12,86 +11,16 @@ const LABELS: [&str; 3] = ["red square", "green circle", "blue triangle"];
 const FILES: [&str; 3] = ["red_square.png", "green_circle.png", "blue_triangle.png"];
 
 mod common;
-use common::bin;
-
-fn image(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../models/tiny-clip/images")
-        .join(name)
-}
+use common::{bin, image, Server};
 
 fn img(i: usize) -> String {
     image(FILES[i]).to_str().unwrap().to_string()
 }
 
-/// `serve --cpu` on a learner folder, talking over stdin/stdout.
-struct Server {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Server {
-    fn start(state: &Path, extra: &[&str]) -> Self {
-        let mut child = bin()
-            .args(["serve", "--cpu", "--state"])
-            .arg(state)
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        Self {
-            child,
-            stdin,
-            stdout,
-        }
-    }
-
-    fn ask(&mut self, req: &str) -> Value {
-        writeln!(self.stdin, "{req}").unwrap();
-        self.stdin.flush().unwrap();
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        assert!(!line.is_empty(), "server closed its output on {req}");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
-    }
-
-    fn learn(&mut self, i: usize) -> Value {
-        let r = self.ask(&json!({"learn": img(i), "label": LABELS[i]}).to_string());
-        assert_eq!(r["ok"], true, "{r}");
-        r
-    }
-
-    fn stats(&mut self) -> Value {
-        self.ask(r#"{"stats": true}"#)
-    }
-
-    /// Closes the input, waits for the exit and returns (success, status and stderr).
-    fn finish(self) -> (bool, String) {
-        let Self { child, stdin, .. } = self;
-        drop(stdin);
-        Self::exit(child)
-    }
-
-    /// Waits for the exit with the input still open (a signal must end it).
-    fn wait(self) -> (bool, String) {
-        let Self { child, stdin, .. } = self;
-        let r = Self::exit(child);
-        drop(stdin);
-        r
-    }
-
-    fn exit(mut child: Child) -> (bool, String) {
-        let status = child.wait().unwrap();
-        let ok = status.success();
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut s).unwrap();
-        (ok, format!("{status:?}; stderr: {s}"))
-    }
+fn learn(s: &mut Server, i: usize) -> Value {
+    let r = s.ask(&json!({"learn": img(i), "label": LABELS[i]}).to_string());
+    assert_eq!(r["ok"], true, "{r}");
+    r
 }
 
 fn stored(stats: &Value, label: &str) -> u64 {
@@ -204,7 +133,7 @@ fn serve_answers_every_request_line_and_saves_on_eof() {
     let state = dir.path().join("learner");
     let mut s = Server::start(&state, &[]);
     for i in 0..3 {
-        let r = s.learn(i);
+        let r = learn(&mut s, i);
         assert_eq!(r["learned"], (i + 1) as u64, "{r}");
     }
     let r = s.ask(
@@ -247,7 +176,7 @@ fn serve_answers_every_request_line_and_saves_on_eof() {
         &json!({"learn": img(0), "label": LABELS[0], "among": ["cat", LABELS[1]]}).to_string(),
     );
     assert_eq!(r["labels"], 4, "three stored labels and cat: {r}");
-    let st = s.stats();
+    let st = s.ask(r#"{"stats": true}"#);
     assert_eq!(st["learned"], 4, "{st}");
     assert_eq!(stored(&st, "cat"), 0, "{st}");
     assert_eq!(st["training"], "cpu", "{st}");
@@ -263,8 +192,8 @@ fn sigterm_saves_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("learner");
     let mut s = Server::start(&state, &["--checkpoint-every", "100"]);
-    s.learn(0);
-    s.learn(1);
+    learn(&mut s, 0);
+    learn(&mut s, 1);
     let pid = s.child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
@@ -278,7 +207,7 @@ fn sigterm_saves_and_exits_cleanly() {
     // The tuned weights were saved on the signal: a new server starts from two steps
     // without any warning about lost steps.
     let mut s = Server::start(&state, &[]);
-    let st = s.stats();
+    let st = s.ask(r#"{"stats": true}"#);
     assert_eq!(st["learned"], 2, "{st}");
     let (ok, err) = s.finish();
     assert!(ok, "{err}");
@@ -291,7 +220,7 @@ fn sigkill_leaves_a_consistent_learner() {
     let state = dir.path().join("learner");
     let mut s = Server::start(&state, &["--checkpoint-every", "2"]);
     for i in [0, 1, 2, 0, 1] {
-        s.learn(i);
+        learn(&mut s, i);
     }
     // A sixth request is in flight (or not yet read) when the server is killed.
     writeln!(s.stdin, "{}", json!({"learn": img(2), "label": LABELS[2]})).unwrap();
@@ -313,13 +242,13 @@ fn sigkill_leaves_a_consistent_learner() {
     // Every acknowledged sample is in the store and counted (the sixth at most once,
     // counted if stored); the learner goes on learning and predicting.
     let mut s = Server::start(&state, &[]);
-    let st = s.stats();
+    let st = s.ask(r#"{"stats": true}"#);
     let learned = st["learned"].as_u64().unwrap();
     assert!(learned == 5 || learned == 6, "{st}");
     assert_eq!(stored(&st, "red square"), 2, "{st}");
     assert_eq!(stored(&st, "green circle"), 2, "{st}");
     assert_eq!(stored(&st, "blue triangle"), learned - 4, "{st}");
-    let r = s.learn(2);
+    let r = learn(&mut s, 2);
     assert_eq!(r["learned"], learned + 1, "{r}");
     let r = s.ask(&json!({"predict": img(2), "labels": LABELS}).to_string());
     assert!(r["ranked"].is_array(), "{r}");

@@ -5,76 +5,17 @@
 #![cfg(unix)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 mod common;
-use common::bin;
-
-fn image(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../models/tiny-clip/images")
-        .join(name)
-}
+use common::{bin, image, Server};
 
 fn red() -> String {
     image("red_square.png").to_str().unwrap().to_string()
-}
-
-/// `serve --cpu` on stdin/stdout.
-struct Server {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Server {
-    fn start(state: &Path) -> Self {
-        let mut child = bin()
-            .args(["serve", "--cpu", "--state"])
-            .arg(state)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        Self {
-            child,
-            stdin,
-            stdout,
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) -> Value {
-        self.stdin.write_all(bytes).unwrap();
-        self.stdin.write_all(b"\n").unwrap();
-        self.stdin.flush().unwrap();
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        assert!(!line.is_empty(), "the server closed its output");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
-    }
-
-    fn finish(self) -> (bool, String) {
-        let Self {
-            mut child, stdin, ..
-        } = self;
-        drop(stdin);
-        let ok = child.wait().unwrap().success();
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        (ok, err)
-    }
 }
 
 fn stderr(o: &std::process::Output) -> String {
@@ -85,7 +26,7 @@ fn stderr(o: &std::process::Output) -> String {
 fn a_second_writer_is_refused_and_a_reader_works_beside_the_first() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("learner");
-    let mut s = Server::start(&state);
+    let mut s = Server::start(&state, &[]);
     let r = s.send(
         json!({"learn": red(), "label": "red"})
             .to_string()
@@ -129,7 +70,7 @@ fn a_second_writer_is_refused_and_a_reader_works_beside_the_first() {
 fn serve_answers_bad_lines_and_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("learner");
-    let mut s = Server::start(&state);
+    let mut s = Server::start(&state, &[]);
     let r = s.send(b"{\"stats\": \xff\xfe}");
     assert!(r["error"].as_str().unwrap().contains("not UTF-8"), "{r}");
     let long = format!(r#"{{"stats": true, "pad": "{}"}}"#, "x".repeat(200_000));
@@ -350,7 +291,7 @@ fn wait_at_most(child: &mut Child, limit: Duration) -> std::process::ExitStatus 
 fn sigterm_ends_the_server_in_time_whatever_its_clients_do() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("stdio");
-    let mut s = Server::start(&state);
+    let mut s = Server::start(&state, &[]);
     let r = s.send(
         json!({"learn": red(), "label": "red"})
             .to_string()
@@ -472,7 +413,7 @@ fn learned_one(state: &Path) {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    let mut s = Server::start(state);
+    let mut s = Server::start(state, &[]);
     let r = s.send(br#"{"stats": true}"#);
     assert_eq!(r["learned"], 1, "the acknowledged sample is kept: {r}");
     let (ok, err) = s.finish();

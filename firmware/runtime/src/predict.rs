@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use safetensors::{Dtype, SafeTensors};
 
+use anytime_core::mixing::{self, dot};
+
 use crate::assets::{AssetsError, ModelAssets, LAST_BLOCK};
 use crate::block::{LastBlock, WeightsError};
 use crate::encoder::{DynamicImage, Encoder, EncoderError};
@@ -106,9 +108,9 @@ impl Prediction {
         }
     }
 
-    /// Index (in label-set order) of the most probable label.
+    /// Index (in label-set order) of the most probable label (0 when none is a number).
     pub fn best(&self) -> usize {
-        argmax(&self.probs)
+        mixing::argmax(&self.probs).unwrap_or(0)
     }
 }
 
@@ -246,36 +248,16 @@ impl Predictor {
     }
 }
 
+/// `τ z·e_y` for each row `e_y` of `text` (`[k, E]`).
+pub fn logits(z: &[f32], text: &[f32], scale: f32) -> Vec<f32> {
+    text.chunks(z.len()).map(|e| scale * dot(z, e)).collect()
+}
+
 /// `softmax_y(τ z·e_y)` over the rows of `text` (`[k, E]`).
 pub fn zero_shot_probs(z: &[f32], text: &[f32], scale: f32) -> Vec<f32> {
-    let logits: Vec<f32> = text.chunks(z.len()).map(|e| scale * dot(z, e)).collect();
-    softmax(&logits)
-}
-
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-/// Numerically stable softmax.
-pub fn softmax(logits: &[f32]) -> Vec<f32> {
-    let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let ex: Vec<f32> = logits.iter().map(|l| (l - m).exp()).collect();
-    let s: f32 = ex.iter().sum();
-    ex.iter().map(|x| x / s).collect()
-}
-
-/// Index of the largest value (the first one on ties).
-pub fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &x)| {
-            if x > best.1 {
-                (i, x)
-            } else {
-                best
-            }
-        })
-        .0
+    let mut p = logits(z, text, scale);
+    mixing::softmax_in_place(&mut p);
+    p
 }
 
 #[cfg(test)]
@@ -287,7 +269,7 @@ mod tests {
         let z = [0.6, 0.8];
         let text = [1.0, 0.0, 0.0, 1.0, -1.0, 0.0];
         let p = zero_shot_probs(&z, &text, LOGIT_SCALE);
-        assert_eq!(argmax(&p), 1);
+        assert_eq!(mixing::argmax(&p), Some(1));
         assert!(anytime_testkit::close(
             p.iter().sum::<f32>(),
             1.0,

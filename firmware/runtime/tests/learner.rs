@@ -25,23 +25,50 @@ fn tiny_tokens(image: &str) -> Vec<f32> {
     p.encoder.encode_images(&[img]).unwrap()
 }
 
-#[test]
-fn ocw_uses_the_tuned_model_for_learned_labels_and_the_original_for_the_rest() {
+/// A fresh learner, the red square's tokens, the label of "alpha"/"beta" the original model
+/// does not pick for them (`taught`: c_o = 0 on it) and the other one, stored once with the
+/// green circle so that the training set is {taught, other}.
+struct Taught {
+    _dir: tempfile::TempDir,
+    learner: Learner,
+    tokens: Vec<f32>,
+    taught: String,
+    other: String,
+}
+
+fn taught_setup() -> Taught {
     let dir = tempfile::tempdir().unwrap();
     let mut learner = Learner::open("tiny-clip", dir.path(), config()).unwrap();
     let tokens = tiny_tokens("red_square.png");
-
-    // Teach the label the original model does NOT pick, so it is always wrong on it:
-    // c_o = 0 exactly, and α → 1 once the tuned model gets it right.
     let pair = learner.label_set(&["alpha", "beta"]).unwrap();
     let zero_shot = &learner
         .predict_tokens(&tokens, &pair, Mixing::OriginalOnly)
         .unwrap()[0];
     let taught = pair.labels[1 - zero_shot.best()].clone();
     let other = pair.labels[zero_shot.best()].clone();
-    // A second label in storage makes the training set {taught, other}.
-    let other_tokens = tiny_tokens("green_circle.png");
-    learner.learn_tokens(&other_tokens, &other).unwrap();
+    learner
+        .learn_tokens(&tiny_tokens("green_circle.png"), &other)
+        .unwrap();
+    Taught {
+        _dir: dir,
+        learner,
+        tokens,
+        taught,
+        other,
+    }
+}
+
+#[test]
+fn ocw_uses_the_tuned_model_for_learned_labels_and_the_original_for_the_rest() {
+    // Teach the label the original model does NOT pick, so it is always wrong on it:
+    // c_o = 0 exactly, and α → 1 once the tuned model gets it right.
+    let Taught {
+        _dir,
+        mut learner,
+        tokens,
+        taught,
+        ..
+    } = taught_setup();
     let mut reports = Vec::new();
     for _ in 0..40 {
         reports.push(learner.learn_tokens(&tokens, &taught).unwrap());
@@ -105,18 +132,13 @@ fn ocw_uses_the_tuned_model_for_learned_labels_and_the_original_for_the_rest() {
 /// observation after the step would give another `c_t`.
 #[test]
 fn ocw_observes_each_new_sample_before_its_training_step() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut learner = Learner::open("tiny-clip", dir.path(), config()).unwrap();
-    let tokens = tiny_tokens("red_square.png");
-    let pair = learner.label_set(&["alpha", "beta"]).unwrap();
-    let zero_shot = &learner
-        .predict_tokens(&tokens, &pair, Mixing::OriginalOnly)
-        .unwrap()[0];
-    let taught = pair.labels[1 - zero_shot.best()].clone();
-    let other = pair.labels[zero_shot.best()].clone();
-    learner
-        .learn_tokens(&tiny_tokens("green_circle.png"), &other)
-        .unwrap();
+    let Taught {
+        _dir,
+        mut learner,
+        tokens,
+        taught,
+        other,
+    } = taught_setup();
     // The training label set of every call below: the two stored labels.
     let set = learner
         .label_set(&[taught.as_str(), other.as_str()])
@@ -152,18 +174,13 @@ fn ocw_observes_each_new_sample_before_its_training_step() {
 /// the original elsewhere, with nothing in between.
 #[test]
 fn hard_mixing_picks_one_model_per_label() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut learner = Learner::open("tiny-clip", dir.path(), config()).unwrap();
-    let tokens = tiny_tokens("red_square.png");
-    let pair = learner.label_set(&["alpha", "beta"]).unwrap();
-    let zero_shot = &learner
-        .predict_tokens(&tokens, &pair, Mixing::OriginalOnly)
-        .unwrap()[0];
-    let taught = pair.labels[1 - zero_shot.best()].clone();
-    let other = pair.labels[zero_shot.best()].clone();
-    learner
-        .learn_tokens(&tiny_tokens("green_circle.png"), &other)
-        .unwrap();
+    let Taught {
+        _dir,
+        mut learner,
+        tokens,
+        taught,
+        ..
+    } = taught_setup();
     for _ in 0..30 {
         learner.learn_tokens(&tokens, &taught).unwrap();
     }

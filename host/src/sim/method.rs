@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{ensure, Context, Result};
-use anytime_core::mixing::argmax;
+use anytime_core::mixing::{argmax, dot};
 
 /// What a method is given of one image.
 #[derive(Debug, Clone, Copy)]
@@ -117,14 +117,7 @@ impl LabelEmbeddings {
 
 /// Scales `v` to unit length (left as it is when it is all zeros).
 pub fn normalise(v: &mut [f32]) {
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if n > 0.0 {
-        v.iter_mut().for_each(|x| *x /= n);
-    }
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    anytime_runtime::block::l2_normalise(v, v.len().max(1));
 }
 
 fn pick(scores: &[f32]) -> Result<usize> {

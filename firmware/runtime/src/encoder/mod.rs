@@ -261,12 +261,9 @@ impl Encoder {
     }
 }
 
-/// `v / ‖v‖` (a zero vector stays zero).
+/// `v / ‖v‖` (a zero vector stays zero): [`crate::block::l2_normalise`] of one row.
 pub fn l2_normalised(v: &[f32]) -> Vec<f32> {
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if n > 0.0 {
-        v.iter().map(|x| x / n).collect()
-    } else {
-        v.to_vec()
-    }
+    let mut out = v.to_vec();
+    crate::block::l2_normalise(&mut out, v.len().max(1));
+    out
 }

@@ -31,26 +31,35 @@
 //! `checkpoint_every − 1` training steps behind). Both are always readable.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anytime_core::codec::{encoded_len, CodecParams};
-use anytime_core::mixing;
+use anytime_core::mixing::{self, dot};
 use anytime_core::ocw::OcwState;
 use serde::{Deserialize, Serialize};
 
-use crate::assets::{ModelAssets, LAST_BLOCK};
+use crate::assets::ModelAssets;
 use crate::block::{BlockDims, FrozenHead, LastBlock, WeightsError};
 use crate::encoder::{check_label, DynamicImage, EncoderError, LabelError};
-use crate::predict::{dot, LabelSet, PredictError, Prediction, Predictor, LOGIT_SCALE};
+use crate::predict::{PredictError, Predictor, LOGIT_SCALE};
 use crate::store::{
-    decode_tokens, encode_tokens, token_weights, ReadLock, Sample, Store, StoreConfig, StoreError,
+    decode_tokens, encode_tokens, token_weights, ReadLock, Store, StoreConfig, StoreError,
 };
 use crate::train::{
-    choose_backend, first_non_finite, load_tuned, save_tuned, BackendChoice, Batch, TrainBackend,
+    choose_backend, first_non_finite, save_tuned, BackendChoice, Batch, StepStats, TrainBackend,
     TrainConfig, TrainError, Training, TunedState,
 };
-use crate::typicality::{self, TypicalityMap};
+
+mod folder;
+mod predict;
+mod state;
+
+use folder::{
+    check_capacity, check_meta, format_id, io_err, parse_id, read_tuned, sync_dir, sync_file,
+};
+pub use folder::{min_capacity, original_block_path};
+pub use state::LearnerState;
+use state::STATE_MAX_LEN;
 
 /// Labels the OCW state can hold.
 pub const OCW_CAPACITY: usize = 4096;
@@ -59,13 +68,6 @@ type Ocw = OcwState<OCW_CAPACITY>;
 const STORE_FILE: &str = "tokens.store";
 const TUNED_FILE: &str = "tuned.safetensors";
 const META_FILE: &str = "learner.json";
-/// Version 3 adds the learner's id, version 2 the typicality table (1 and 2 are still read).
-const STATE_VERSION: u8 = 3;
-/// Bytes before the OCW state in a version 3 blob.
-const STATE_HEADER_LEN: usize = 29;
-/// Largest state blob: header, OCW length and state, typicality table.
-const STATE_MAX_LEN: usize =
-    STATE_HEADER_LEN + Ocw::MAX_ENCODED_LEN + 2 + typicality::ENTRY_LEN * OCW_CAPACITY;
 /// Largest learning rate accepted (AdamW steps of this size already destroy a model).
 pub const MAX_LR: f32 = 1.0;
 /// The answer when no label fits; no label may be named so.
@@ -209,119 +211,6 @@ pub struct LearnReport {
     pub record_bytes: usize,
     /// Samples learned so far (this one included).
     pub learned: u64,
-}
-
-/// Persisted in the store's state blob.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LearnerState {
-    /// Samples learned.
-    pub learned: u64,
-    /// Optimiser step of the newest tuned checkpoint.
-    pub checkpoint_step: u64,
-    ocw: Box<Ocw>,
-    /// Per label, the cosines of its new samples (the "none" calibration).
-    typical: TypicalityMap,
-    /// The id of the learner the blob belongs to (`None` in blobs of versions 1 and 2).
-    learner: Option<u64>,
-}
-
-impl LearnerState {
-    fn new() -> Self {
-        Self {
-            learned: 0,
-            checkpoint_step: 0,
-            ocw: Box::new(Ocw::new()),
-            typical: TypicalityMap::default(),
-            learner: None,
-        }
-    }
-
-    /// Version 3: version byte, learned (u64), checkpoint step (u64), learner id (u64), the
-    /// OCW state's length (u32) and bytes, then the typicality table; all little-endian. At
-    /// most `max_len` bytes: typicality entries that do not fit are left out.
-    fn encode(&self, max_len: usize) -> Vec<u8> {
-        let h = STATE_HEADER_LEN;
-        let mut buf = vec![0u8; h + Ocw::MAX_ENCODED_LEN];
-        buf[0] = STATE_VERSION;
-        buf[1..9].copy_from_slice(&self.learned.to_le_bytes());
-        buf[9..17].copy_from_slice(&self.checkpoint_step.to_le_bytes());
-        buf[17..25].copy_from_slice(&self.learner.unwrap_or(0).to_le_bytes());
-        // MAX_ENCODED_LEN always suffices (see OcwState::to_slice).
-        let n = self.ocw.to_slice(&mut buf[h..]).unwrap_or(0);
-        buf[25..29].copy_from_slice(&(n as u32).to_le_bytes());
-        buf.truncate(h + n);
-        let table = self.typical.encode(max_len.saturating_sub(buf.len()));
-        buf.extend_from_slice(&table);
-        buf
-    }
-
-    /// Reads version 3, 2 (no learner id) or 1 (learned, checkpoint step, then the OCW
-    /// state to the end; no typicality table).
-    fn decode(bytes: &[u8]) -> Result<Self, String> {
-        if bytes.len() < 17 {
-            return Err(format!("state blob of {} bytes is too short", bytes.len()));
-        }
-        let u64_at = |i: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&bytes[i..i + 8]);
-            u64::from_le_bytes(a)
-        };
-        let mut learner = None;
-        let (ocw_bytes, table) = match bytes[0] {
-            1 => (&bytes[17..], None),
-            v @ (2 | 3) => {
-                let at = if v == 3 {
-                    if bytes.len() < 25 {
-                        return Err("state blob too short for its learner id".into());
-                    }
-                    learner = Some(u64_at(17)).filter(|&id| id != 0);
-                    25
-                } else {
-                    17
-                };
-                let len = bytes
-                    .get(at..at + 4)
-                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-                    .ok_or("state blob too short for its OCW length")?;
-                let end = (at + 4)
-                    .checked_add(len)
-                    .filter(|&e| e <= bytes.len())
-                    .ok_or_else(|| format!("OCW state of {len} bytes overruns the blob"))?;
-                (&bytes[at + 4..end], Some(&bytes[end..]))
-            }
-            v => {
-                return Err(format!(
-                    "state version {v} (this build reads 1 to {STATE_VERSION})"
-                ))
-            }
-        };
-        let ocw = Ocw::from_bytes(ocw_bytes).map_err(|e| format!("OCW state: {e}"))?;
-        let typical = match table {
-            Some(t) => TypicalityMap::decode(t)?,
-            None => TypicalityMap::default(),
-        };
-        Ok(Self {
-            learned: u64_at(1),
-            checkpoint_step: u64_at(9),
-            ocw: Box::new(ocw),
-            typical,
-            learner,
-        })
-    }
-}
-
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
-struct Meta {
-    /// The learner's id (hex u64); absent in folders made before it existed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    id: Option<String>,
-    model: String,
-    tokens: usize,
-    width: usize,
-    embed: usize,
-    codec_k: u16,
-    codec_bits: u8,
-    codec_weighted: bool,
 }
 
 /// The anytime learner: a frozen encoder and original block, a tuned block that trains
@@ -686,13 +575,10 @@ impl Learner {
         if !probe_stats.loss.is_finite() || z_t.iter().any(|v| !v.is_finite()) {
             // The weights went bad in an earlier step: back to the checkpoint, before the
             // sample touches the store.
-            let step = self.roll_back("the tuned model's loss on the new sample is not finite")?;
-            return Err(LearnError::Diverged {
-                dir: self.dir.clone(),
-                what: "the loss on the new sample is not finite".into(),
-                step,
-                note: "; the sample was not learned, try again",
-            });
+            return Err(self.diverged(
+                "the tuned model's loss on the new sample is not finite".into(),
+                "; the sample was not learned, try again",
+            ));
         }
         let y_id = match known {
             Some(id) => id,
@@ -730,32 +616,22 @@ impl Learner {
 
         // One step on the new sample and class-balanced stored ones.
         let seed = self.cfg.seed ^ self.state.learned.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let replay = self
-            .store
-            .sample_balanced(self.cfg.replay, seed, Some(seq))?;
-        let mut batch_tokens = Vec::with_capacity((1 + replay.len()) * per);
-        batch_tokens.extend_from_slice(tokens);
-        let mut labels = vec![y as u32];
-        self.push_replayed(&replay, &ids, &mut batch_tokens, &mut labels);
-        let stats = self.backend()?.step(&Batch {
-            tokens: &batch_tokens,
-            labels: &labels,
-            text: &text,
-            n_labels: names.len(),
-        })?;
-        self.tuned = None;
+        let (stats, batch) = self
+            .replay_step(
+                Some((tokens, y as u32)),
+                self.cfg.replay,
+                seed,
+                Some(seq),
+                &ids,
+                &text,
+            )?
+            .expect("the batch holds the new sample");
         self.state.learned += 1;
         self.since_checkpoint += 1;
         const KEPT: &str = " (the sample is kept in the store and counted)";
         if !stats.loss.is_finite() {
             self.save_state()?;
-            let step = self.roll_back("the training batch's loss is not finite")?;
-            return Err(LearnError::Diverged {
-                dir: self.dir.clone(),
-                what: "the training batch's loss is not finite".into(),
-                step,
-                note: KEPT,
-            });
+            return Err(self.diverged("the training batch's loss is not finite".into(), KEPT));
         }
         if self.cfg.checkpoint_every > 0 && self.since_checkpoint >= self.cfg.checkpoint_every {
             if let Err(e) = self.checkpoint() {
@@ -783,7 +659,7 @@ impl Learner {
             tuned_correct,
             original_correct,
             loss: stats.loss,
-            batch: labels.len(),
+            batch,
             labels: names.len(),
             record_bytes: record.len(),
             learned: self.state.learned,
@@ -807,36 +683,18 @@ impl Learner {
         self.backend()?;
         let (ids, names) = self.training_labels(None, context)?;
         let text = self.predictor.encoder.encode_texts(&names)?;
-        let per = self.dims.tokens_len();
         let mut loss = 0.0f64;
         for step in 0..steps {
             let seed = self.cfg.seed
                 ^ self.state.learned.wrapping_mul(0x9E37_79B9_7F4A_7C15)
                 ^ (u64::from(step) + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
-            let replay = self
-                .store
-                .sample_balanced(self.cfg.replay + 1, seed, None)?;
-            let mut batch_tokens = Vec::with_capacity(replay.len() * per);
-            let mut labels = Vec::with_capacity(replay.len());
-            self.push_replayed(&replay, &ids, &mut batch_tokens, &mut labels);
-            if labels.is_empty() {
+            let Some((stats, _)) =
+                self.replay_step(None, self.cfg.replay + 1, seed, None, &ids, &text)?
+            else {
                 return Ok(None);
-            }
-            let stats = self.backend()?.step(&Batch {
-                tokens: &batch_tokens,
-                labels: &labels,
-                text: &text,
-                n_labels: names.len(),
-            })?;
-            self.tuned = None;
+            };
             if !stats.loss.is_finite() {
-                let step = self.roll_back("a rehearsal batch's loss is not finite")?;
-                return Err(LearnError::Diverged {
-                    dir: self.dir.clone(),
-                    what: "a rehearsal batch's loss is not finite".into(),
-                    step,
-                    note: "",
-                });
+                return Err(self.diverged("a rehearsal batch's loss is not finite".into(), ""));
             }
             loss += f64::from(stats.loss);
         }
@@ -884,15 +742,28 @@ impl Learner {
         Ok((ids, names))
     }
 
-    /// Appends the decodable records of `replay` whose label is in `ids` to a batch.
-    fn push_replayed(
-        &self,
-        replay: &[Sample],
+    /// One training step on `first` (a sample's tokens and label index), if any, and up to
+    /// `count` class-balanced stored samples (not `exclude`) whose labels are among `ids`,
+    /// over the label embeddings `text`. Returns the step's statistics and batch size, or
+    /// `None` when the batch is empty; the loss may be non-finite (the caller rolls back).
+    fn replay_step(
+        &mut self,
+        first: Option<(&[f32], u32)>,
+        count: usize,
+        seed: u64,
+        exclude: Option<u32>,
         ids: &[u16],
-        batch_tokens: &mut Vec<f32>,
-        labels: &mut Vec<u32>,
-    ) {
-        for s in replay {
+        text: &[f32],
+    ) -> Result<Option<(StepStats, usize)>, LearnError> {
+        let replay = self.store.sample_balanced(count, seed, exclude)?;
+        let per = self.dims.tokens_len();
+        let mut tokens = Vec::with_capacity((1 + replay.len()) * per);
+        let mut labels = Vec::with_capacity(1 + replay.len());
+        if let Some((t, y)) = first {
+            tokens.extend_from_slice(t);
+            labels.push(y);
+        }
+        for s in &replay {
             let Some(li) = ids.iter().position(|&i| i == s.label) else {
                 continue; // a record whose label name was lost
             };
@@ -901,12 +772,24 @@ impl Learner {
             });
             match decoded {
                 Some((t, _, _)) => {
-                    batch_tokens.extend_from_slice(&t);
+                    tokens.extend_from_slice(&t);
                     labels.push(li as u32);
                 }
                 None => log::warn!("store record {} does not decode to tokens; skipped", s.seq),
             }
         }
+        if labels.is_empty() {
+            return Ok(None);
+        }
+        let n_labels = text.len() / self.dims.embed;
+        let stats = self.backend()?.step(&Batch {
+            tokens: &tokens,
+            labels: &labels,
+            text,
+            n_labels,
+        })?;
+        self.tuned = None;
+        Ok(Some((stats, labels.len())))
     }
 
     /// Saves the tuned weights atomically, then the state blob that names them (readers see
@@ -916,13 +799,10 @@ impl Learner {
         self.writer()?;
         let tuned = self.tuned_state()?;
         if let Some(name) = first_non_finite(&tuned) {
-            let step = self.roll_back(&format!("`{name}` is not finite"))?;
-            return Err(LearnError::Diverged {
-                dir: self.dir.clone(),
-                what: format!("`{name}` holds values that are not finite"),
-                step,
-                note: "; nothing was saved",
-            });
+            return Err(self.diverged(
+                format!("`{name}` holds values that are not finite"),
+                "; nothing was saved",
+            ));
         }
         let path = self.dir.join(TUNED_FILE);
         let tmp = self.dir.join(format!("{TUNED_FILE}.tmp"));
@@ -948,6 +828,20 @@ impl Learner {
         self.state = state;
         self.since_checkpoint = 0;
         Ok(())
+    }
+
+    /// Rolls the tuned weights back because of `what` and returns the error that says so
+    /// (or the error of the roll-back itself).
+    fn diverged(&mut self, what: String, note: &'static str) -> LearnError {
+        match self.roll_back(&what) {
+            Ok(step) => LearnError::Diverged {
+                dir: self.dir.clone(),
+                what,
+                step,
+                note,
+            },
+            Err(e) => e,
+        }
     }
 
     /// Puts the tuned weights back to the last checkpoint (the original block's when none
@@ -990,136 +884,6 @@ impl Learner {
         self.store.set_state(&blob)?;
         Ok(())
     }
-
-    /// The "none" calibration of a label (see [`crate::typicality`]), if it was learned.
-    pub fn typicality(
-        &mut self,
-        label: &str,
-    ) -> Result<Option<typicality::Typicality>, LearnError> {
-        let Some(id) = self.store.find_label(label)? else {
-            return Ok(None);
-        };
-        Ok(self.state.typical.get(id).copied())
-    }
-
-    /// Checks labels and embeds their prompts (cached).
-    pub fn label_set<S: AsRef<str>>(&self, labels: &[S]) -> Result<LabelSet, LearnError> {
-        Ok(self.predictor.label_set(labels)?)
-    }
-
-    /// The frozen encoder, shared: encode images ([`Encoder::encode_images`]) and label sets
-    /// ([`LabelSet::embed`]) with it outside a lock that guards the learner, then hand the
-    /// tokens to [`Learner::learn_tokens_in`] or [`Learner::predict_tokens`].
-    pub fn encoder(&self) -> std::sync::Arc<crate::encoder::Encoder> {
-        std::sync::Arc::clone(&self.predictor.encoder)
-    }
-
-    /// Predicts images over any label set (SPEC §2) with the chosen mixing.
-    pub fn predict_images(
-        &mut self,
-        images: &[DynamicImage],
-        set: &LabelSet,
-        mixing: Mixing,
-    ) -> Result<Vec<Prediction>, LearnError> {
-        let tokens = self.predictor.encoder.encode_images(images)?;
-        self.predict_tokens(&tokens, set, mixing)
-    }
-
-    /// Predicts trunk tokens `[B, N, D]` over any label set (SPEC §2).
-    pub fn predict_tokens(
-        &mut self,
-        tokens: &[f32],
-        set: &LabelSet,
-        mixing: Mixing,
-    ) -> Result<Vec<Prediction>, LearnError> {
-        let z_o = self.predictor.embed(tokens)?;
-        if mixing == Mixing::OriginalOnly {
-            return Ok(self.predictor.predict_tokens(tokens, set)?);
-        }
-        let batch = tokens.len() / self.dims.tokens_len();
-        let (z_t, b) = {
-            let (tuned, b) = self.tuned_block()?;
-            (tuned.forward_embeddings(tokens, batch), *b)
-        };
-        // Store ids of the query's labels (none for labels never learned: α = 0).
-        let mut known: Vec<Option<u16>> = Vec::with_capacity(set.len());
-        for l in &set.labels {
-            known.push(self.store.find_label(l)?);
-        }
-        let e = self.dims.embed;
-        let k = set.len();
-        let mut out = Vec::with_capacity(batch);
-        for (zo, zt) in z_o.chunks(e).zip(z_t.chunks(e)) {
-            let original = crate::predict::zero_shot_probs(zo, &set.text, LOGIT_SCALE);
-            let mut logits: Vec<f32> = set
-                .text
-                .chunks(e)
-                .map(|t| LOGIT_SCALE * dot(zt, t))
-                .collect();
-            logits.push(b);
-            let mut tuned = vec![0f32; k];
-            let p_other = mixing::tuned_probabilities(&logits, &mut tuned).unwrap_or(0.0);
-            let alphas: Vec<f32> = known
-                .iter()
-                .map(|id| match (mixing, id) {
-                    (Mixing::TunedOnly, _) => 1.0,
-                    (_, None) => 0.0,
-                    (Mixing::Ocw, Some(id)) => self.state.ocw.alpha(*id),
-                    (Mixing::OcwOther, Some(id)) => self.state.ocw.alpha_with_other(*id, p_other),
-                    (Mixing::OcwHard, Some(id)) => match self.state.ocw.get(*id) {
-                        Some(s) if s.c_tuned > s.c_original => 1.0,
-                        _ => 0.0,
-                    },
-                    (Mixing::Fixed(a), Some(id)) => {
-                        if self.state.ocw.get(*id).is_some() {
-                            a
-                        } else {
-                            0.0
-                        }
-                    }
-                    (Mixing::OriginalOnly, _) => 0.0,
-                })
-                .collect();
-            let mut mixed = vec![0f32; k];
-            // Lengths agree by construction.
-            let _ = mixing::mix(&tuned, &original, &alphas, &mut mixed);
-            let name = if mixing == Mixing::TunedOnly {
-                "tuned"
-            } else {
-                "mixed"
-            };
-            let mut p = Prediction::new(name, mixed, &set.labels, Some(p_other));
-            let best = p.best();
-            p.none_score = known[best]
-                .and_then(|id| self.state.typical.get(id))
-                .and_then(|t| t.score(dot(zt, &set.text[best * e..(best + 1) * e])));
-            out.push(p);
-        }
-        Ok(out)
-    }
-
-    fn tuned_block(&mut self) -> Result<&(LastBlock, f32), LearnError> {
-        if self.tuned.is_none() {
-            let mut trained = match &mut self.trainer {
-                Trainer::Pending { state, .. } => TunedState::clone(state),
-                Trainer::Built { backend, .. } => backend.state()?,
-            };
-            if let Some(name) = first_non_finite(&trained) {
-                self.roll_back(&format!("`{name}` is not finite"))?;
-                if let Trainer::Pending { state, .. } = &self.trainer {
-                    trained = TunedState::clone(state);
-                }
-            }
-            let (params, other_bias) = (trained.params, trained.other_bias);
-            let block = LastBlock {
-                dims: self.dims,
-                params,
-                head: self.predictor.original.head.clone(),
-            };
-            self.tuned = Some((block, other_bias));
-        }
-        Ok(self.tuned.as_ref().expect("set above"))
-    }
 }
 
 /// The training backend of a learner, built when first needed.
@@ -1147,8 +911,7 @@ impl Trainer {
 
 /// Index of the row of `text` (`[k, E]`) with the largest dot product with `z` (`[E]`).
 fn argmax_rows(z: &[f32], text: &[f32]) -> usize {
-    let scores: Vec<f32> = text.chunks(z.len()).map(|t| dot(z, t)).collect();
-    crate::predict::argmax(&scores)
+    mixing::argmax(&crate::predict::logits(z, text, LOGIT_SCALE)).unwrap_or(0)
 }
 
 /// Refuses a training configuration that can make the weights non-finite: a learning rate
@@ -1182,239 +945,4 @@ fn check_train(t: &TrainConfig) -> Result<(), LearnError> {
         return bad("logit scale", t.logit_scale, "(0, 1000]");
     }
     Ok(())
-}
-
-/// The smallest store capacity a learner can use: the largest state blob and four samples.
-pub fn min_capacity(record_max: usize, state_max: usize) -> u64 {
-    use anytime_core::ring::layout::record_size;
-    4 * record_size(record_max as u32) as u64 + record_size(state_max as u32) as u64
-}
-
-fn check_capacity(capacity: u64, record_max: usize, state_max: usize) -> Result<(), LearnError> {
-    let min = min_capacity(record_max, state_max);
-    if capacity < min {
-        return Err(LearnError::Config(format!(
-            "a store capacity of {capacity} bytes is below the {min} this model needs (the largest state blob and four samples)"
-        )));
-    }
-    Ok(())
-}
-
-/// The tuned weights at `path`, if the file exists (checksum and values checked).
-fn read_tuned(
-    path: &Path,
-    dims: &BlockDims,
-) -> Result<Option<(TunedState, FrozenHead, Option<String>)>, LearnError> {
-    if path.is_file() {
-        Ok(Some(load_tuned(path, dims)?))
-    } else {
-        Ok(None)
-    }
-}
-
-fn format_id(id: u64) -> String {
-    format!("{id:016x}")
-}
-
-fn parse_id(s: &str) -> Option<u64> {
-    u64::from_str_radix(s, 16).ok()
-}
-
-/// Checks `learner.json` against the model and codec and returns it. A writer (`write`)
-/// creates it, with a new id, or gives an older one its id.
-fn check_meta(
-    dir: &Path,
-    model: &str,
-    dims: &BlockDims,
-    codec: &CodecParams,
-    write: bool,
-) -> Result<Meta, LearnError> {
-    let path = dir.join(META_FILE);
-    let meta = Meta {
-        id: Some(format_id(rand::random::<u64>() | 1)),
-        model: model.to_string(),
-        tokens: dims.tokens,
-        width: dims.width,
-        embed: dims.embed,
-        codec_k: codec.k,
-        codec_bits: codec.bits,
-        codec_weighted: codec.weighted,
-    };
-    let bytes = match fs::File::open(&path) {
-        Ok(f) => {
-            let mut bytes = Vec::new();
-            // A learner.json is a few hundred bytes; more is not one.
-            std::io::Read::read_to_end(&mut std::io::Read::take(f, 64 * 1024), &mut bytes)
-                .map_err(|source| io_err(&path, source))?;
-            Some(bytes)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(source) => return Err(io_err(&path, source)),
-    };
-    let Some(bytes) = bytes else {
-        if !write {
-            return Err(LearnError::NotALearner {
-                dir: dir.to_path_buf(),
-            });
-        }
-        write_meta(&path, &meta)?;
-        return Ok(meta);
-    };
-    let mut found: Meta = serde_json::from_slice(&bytes).map_err(|e| LearnError::State {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
-    if found.model != meta.model || found.tokens != meta.tokens || found.width != meta.width {
-        return Err(LearnError::WrongModel {
-            dir: dir.to_path_buf(),
-            expected: meta.model,
-            found: found.model,
-            found_tokens: found.tokens,
-            found_width: found.width,
-        });
-    }
-    if found.id.as_deref().and_then(parse_id).is_none() && write {
-        found.id = meta.id;
-        write_meta(&path, &found)?;
-    }
-    Ok(found)
-}
-
-/// Writes `learner.json` atomically (temporary file, fsync, rename).
-fn write_meta(path: &Path, meta: &Meta) -> Result<(), LearnError> {
-    let text = serde_json::to_vec_pretty(meta).expect("plain struct");
-    let tmp = path.with_extension("json.tmp");
-    let written = fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(&text).and_then(|()| f.sync_all()))
-        .and_then(|()| fs::rename(&tmp, path));
-    if let Err(source) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_err(path, source));
-    }
-    if let Some(dir) = path.parent() {
-        sync_dir(dir);
-    }
-    Ok(())
-}
-
-fn io_err(path: &Path, source: std::io::Error) -> LearnError {
-    LearnError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-fn sync_file(path: &Path) -> Result<(), LearnError> {
-    fs::File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(|source| io_err(path, source))
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
-/// The original block's file of a model folder (for tools that only need the block).
-pub fn original_block_path(assets: &ModelAssets) -> PathBuf {
-    assets.file(LAST_BLOCK)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn state_blob_round_trips_and_rejects_garbage() {
-        let mut s = LearnerState::new();
-        s.learned = 42;
-        s.checkpoint_step = 40;
-        s.ocw.observe(3, true, false).unwrap();
-        s.typical.observe(3, 0.25);
-        let bytes = s.encode(usize::MAX);
-        assert_eq!(LearnerState::decode(&bytes).unwrap(), s);
-        assert!(LearnerState::decode(&bytes[..5]).is_err());
-        assert!(LearnerState::decode(&bytes[..bytes.len() - 1]).is_err());
-        let mut bad = bytes.clone();
-        bad[0] = 9;
-        assert!(LearnerState::decode(&bad).unwrap_err().contains("version"));
-        // a blob with no room for the table keeps everything else
-        let small = s.encode(bytes.len() - 1);
-        let back = LearnerState::decode(&small).unwrap();
-        assert_eq!((back.learned, back.checkpoint_step), (42, 40));
-        assert!(back.typical.0.is_empty());
-        // the learner id round-trips; 0 reads as none
-        s.learner = Some(0xabc);
-        assert_eq!(LearnerState::decode(&s.encode(usize::MAX)).unwrap(), s);
-        s.learner = None;
-        // version 2 (no learner id) is still read
-        let ocw_len = u32::from_le_bytes(bytes[25..29].try_into().unwrap()) as usize;
-        let mut v2 = vec![2u8];
-        v2.extend_from_slice(&bytes[1..17]);
-        v2.extend_from_slice(&bytes[25..]);
-        let two = LearnerState::decode(&v2).unwrap();
-        assert_eq!(two, s);
-        // version 1 (no OCW length, no table) is still read
-        let mut v1 = vec![1u8];
-        v1.extend_from_slice(&bytes[1..17]);
-        v1.extend_from_slice(&bytes[29..29 + ocw_len]);
-        let old = LearnerState::decode(&v1).unwrap();
-        assert_eq!(old.ocw, s.ocw);
-        assert!(old.typical.0.is_empty());
-    }
-
-    /// Golden blobs of versions 1, 2 and 3 (`tests/data/learner_state_v{1,2,3}.bin`,
-    /// written by this test under `ANYTIME_EDGE_WRITE_GOLDEN=1` only where absent) decode
-    /// to the state they were written from, and version 3 is what this build writes: a
-    /// format change that breaks reading a learner saved by an earlier build fails here.
-    #[test]
-    fn learner_state_golden_files_of_versions_1_to_3_read() {
-        let mut s = LearnerState::new();
-        (s.learned, s.checkpoint_step) = (1234, 1200);
-        for (label, t, o) in [(3, true, false), (3, false, false), (7, true, true)] {
-            s.ocw.observe(label, t, o).unwrap();
-        }
-        for (label, cos) in [(3, 0.25), (3, 0.5), (7, -0.125)] {
-            s.typical.observe(label, cos);
-        }
-        let mut with_id = s.clone();
-        with_id.learner = Some(0x0123_4567_89ab_cdef);
-        let v3 = with_id.encode(usize::MAX);
-        // Versions 2 and 1 as earlier builds wrote them: no learner id; v1 no OCW length
-        // and no typicality table.
-        let ocw_len = u32::from_le_bytes(v3[25..29].try_into().unwrap()) as usize;
-        let mut v2 = vec![2u8];
-        v2.extend_from_slice(&v3[1..17]);
-        v2.extend_from_slice(&v3[25..]);
-        let mut v1 = vec![1u8];
-        v1.extend_from_slice(&v3[1..17]);
-        v1.extend_from_slice(&v3[29..29 + ocw_len]);
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
-        let golden = |name: &str, fresh: &[u8]| {
-            let path = dir.join(name);
-            if std::env::var("ANYTIME_EDGE_WRITE_GOLDEN").is_ok_and(|v| v == "1") && !path.exists()
-            {
-                std::fs::write(&path, fresh).unwrap();
-            }
-            std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        };
-        let (g1, g2, g3) = (
-            golden("learner_state_v1.bin", &v1),
-            golden("learner_state_v2.bin", &v2),
-            golden("learner_state_v3.bin", &v3),
-        );
-        assert_eq!((g1[0], g2[0], g3[0]), (1, 2, 3), "version bytes");
-        assert_eq!(STATE_VERSION, 3, "a new version needs a new golden file");
-        assert_eq!(LearnerState::decode(&g3).unwrap(), with_id);
-        assert_eq!(g3, v3, "this build writes other bytes than version 3's");
-        assert_eq!(LearnerState::decode(&g2).unwrap(), s);
-        assert_eq!(g2, v2, "version 2's layout, as this build derives it");
-        let old = LearnerState::decode(&g1).unwrap();
-        assert_eq!((old.learned, old.checkpoint_step), (1234, 1200));
-        assert_eq!(old.ocw, s.ocw);
-        assert!(old.typical.0.is_empty());
-        let t3 = s.typical.get(3).unwrap();
-        assert_eq!(t3.n, 2);
-    }
 }

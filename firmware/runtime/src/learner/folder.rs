@@ -1,0 +1,170 @@
+//! The learner's folder: `learner.json` (model, codec, id), the tuned weights file, the
+//! store's geometry, and the file-system helpers that keep them consistent.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use anytime_core::codec::CodecParams;
+
+use super::{LearnError, META_FILE};
+use crate::assets::{ModelAssets, LAST_BLOCK};
+use crate::block::{BlockDims, FrozenHead};
+use crate::train::{load_tuned, TunedState};
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub(super) struct Meta {
+    /// The learner's id (hex u64); absent in folders made before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) id: Option<String>,
+    pub(super) model: String,
+    pub(super) tokens: usize,
+    pub(super) width: usize,
+    pub(super) embed: usize,
+    pub(super) codec_k: u16,
+    pub(super) codec_bits: u8,
+    pub(super) codec_weighted: bool,
+}
+
+/// The smallest store capacity a learner can use: the largest state blob and four samples.
+pub fn min_capacity(record_max: usize, state_max: usize) -> u64 {
+    use anytime_core::ring::layout::record_size;
+    4 * record_size(record_max as u32) as u64 + record_size(state_max as u32) as u64
+}
+
+pub(super) fn check_capacity(
+    capacity: u64,
+    record_max: usize,
+    state_max: usize,
+) -> Result<(), LearnError> {
+    let min = min_capacity(record_max, state_max);
+    if capacity < min {
+        return Err(LearnError::Config(format!(
+            "a store capacity of {capacity} bytes is below the {min} this model needs (the largest state blob and four samples)"
+        )));
+    }
+    Ok(())
+}
+
+/// The tuned weights at `path`, if the file exists (checksum and values checked).
+pub(super) fn read_tuned(
+    path: &Path,
+    dims: &BlockDims,
+) -> Result<Option<(TunedState, FrozenHead, Option<String>)>, LearnError> {
+    if path.is_file() {
+        Ok(Some(load_tuned(path, dims)?))
+    } else {
+        Ok(None)
+    }
+}
+
+pub(super) fn format_id(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+pub(super) fn parse_id(s: &str) -> Option<u64> {
+    u64::from_str_radix(s, 16).ok()
+}
+
+/// Checks `learner.json` against the model and codec and returns it. A writer (`write`)
+/// creates it, with a new id, or gives an older one its id.
+pub(super) fn check_meta(
+    dir: &Path,
+    model: &str,
+    dims: &BlockDims,
+    codec: &CodecParams,
+    write: bool,
+) -> Result<Meta, LearnError> {
+    let path = dir.join(META_FILE);
+    let meta = Meta {
+        id: Some(format_id(rand::random::<u64>() | 1)),
+        model: model.to_string(),
+        tokens: dims.tokens,
+        width: dims.width,
+        embed: dims.embed,
+        codec_k: codec.k,
+        codec_bits: codec.bits,
+        codec_weighted: codec.weighted,
+    };
+    let bytes = match fs::File::open(&path) {
+        Ok(f) => {
+            let mut bytes = Vec::new();
+            // A learner.json is a few hundred bytes; more is not one.
+            std::io::Read::read_to_end(&mut std::io::Read::take(f, 64 * 1024), &mut bytes)
+                .map_err(|source| io_err(&path, source))?;
+            Some(bytes)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => return Err(io_err(&path, source)),
+    };
+    let Some(bytes) = bytes else {
+        if !write {
+            return Err(LearnError::NotALearner {
+                dir: dir.to_path_buf(),
+            });
+        }
+        write_meta(&path, &meta)?;
+        return Ok(meta);
+    };
+    let mut found: Meta = serde_json::from_slice(&bytes).map_err(|e| LearnError::State {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    if found.model != meta.model || found.tokens != meta.tokens || found.width != meta.width {
+        return Err(LearnError::WrongModel {
+            dir: dir.to_path_buf(),
+            expected: meta.model,
+            found: found.model,
+            found_tokens: found.tokens,
+            found_width: found.width,
+        });
+    }
+    if found.id.as_deref().and_then(parse_id).is_none() && write {
+        found.id = meta.id;
+        write_meta(&path, &found)?;
+    }
+    Ok(found)
+}
+
+/// Writes `learner.json` atomically (temporary file, fsync, rename).
+pub(super) fn write_meta(path: &Path, meta: &Meta) -> Result<(), LearnError> {
+    let text = serde_json::to_vec_pretty(meta).expect("plain struct");
+    let tmp = path.with_extension("json.tmp");
+    let written = fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(&text).and_then(|()| f.sync_all()))
+        .and_then(|()| fs::rename(&tmp, path));
+    if let Err(source) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err(path, source));
+    }
+    if let Some(dir) = path.parent() {
+        sync_dir(dir);
+    }
+    Ok(())
+}
+
+pub(super) fn io_err(path: &Path, source: std::io::Error) -> LearnError {
+    LearnError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub(super) fn sync_file(path: &Path) -> Result<(), LearnError> {
+    fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|source| io_err(path, source))
+}
+
+pub(super) fn sync_dir(dir: &Path) {
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// The original block's file of a model folder (for tools that only need the block).
+pub fn original_block_path(assets: &ModelAssets) -> PathBuf {
+    assets.file(LAST_BLOCK)
+}

@@ -1,0 +1,212 @@
+//! The state blob a learner keeps in its store: counters, the OCW state, the "none"
+//! calibration and the learner's id, in a versioned little-endian layout.
+
+use super::{Ocw, OCW_CAPACITY};
+use crate::typicality::{self, TypicalityMap};
+
+/// Version 3 adds the learner's id, version 2 the typicality table (1 and 2 are still read).
+const STATE_VERSION: u8 = 3;
+/// Bytes before the OCW state in a version 3 blob.
+const STATE_HEADER_LEN: usize = 29;
+/// Largest state blob: header, OCW length and state, typicality table.
+pub(super) const STATE_MAX_LEN: usize =
+    STATE_HEADER_LEN + Ocw::MAX_ENCODED_LEN + 2 + typicality::ENTRY_LEN * OCW_CAPACITY;
+
+/// Persisted in the store's state blob.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LearnerState {
+    /// Samples learned.
+    pub learned: u64,
+    /// Optimiser step of the newest tuned checkpoint.
+    pub checkpoint_step: u64,
+    pub(super) ocw: Box<Ocw>,
+    /// Per label, the cosines of its new samples (the "none" calibration).
+    pub(super) typical: TypicalityMap,
+    /// The id of the learner the blob belongs to (`None` in blobs of versions 1 and 2).
+    pub(super) learner: Option<u64>,
+}
+
+impl LearnerState {
+    pub(super) fn new() -> Self {
+        Self {
+            learned: 0,
+            checkpoint_step: 0,
+            ocw: Box::new(Ocw::new()),
+            typical: TypicalityMap::default(),
+            learner: None,
+        }
+    }
+
+    /// Version 3: version byte, learned (u64), checkpoint step (u64), learner id (u64), the
+    /// OCW state's length (u32) and bytes, then the typicality table; all little-endian. At
+    /// most `max_len` bytes: typicality entries that do not fit are left out.
+    pub(super) fn encode(&self, max_len: usize) -> Vec<u8> {
+        let h = STATE_HEADER_LEN;
+        let mut buf = vec![0u8; h + Ocw::MAX_ENCODED_LEN];
+        buf[0] = STATE_VERSION;
+        buf[1..9].copy_from_slice(&self.learned.to_le_bytes());
+        buf[9..17].copy_from_slice(&self.checkpoint_step.to_le_bytes());
+        buf[17..25].copy_from_slice(&self.learner.unwrap_or(0).to_le_bytes());
+        // MAX_ENCODED_LEN always suffices (see OcwState::to_slice).
+        let n = self.ocw.to_slice(&mut buf[h..]).unwrap_or(0);
+        buf[25..29].copy_from_slice(&(n as u32).to_le_bytes());
+        buf.truncate(h + n);
+        let table = self.typical.encode(max_len.saturating_sub(buf.len()));
+        buf.extend_from_slice(&table);
+        buf
+    }
+
+    /// Reads version 3, 2 (no learner id) or 1 (learned, checkpoint step, then the OCW
+    /// state to the end; no typicality table).
+    pub(super) fn decode(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.len() < 17 {
+            return Err(format!("state blob of {} bytes is too short", bytes.len()));
+        }
+        let u64_at = |i: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&bytes[i..i + 8]);
+            u64::from_le_bytes(a)
+        };
+        let mut learner = None;
+        let (ocw_bytes, table) = match bytes[0] {
+            1 => (&bytes[17..], None),
+            v @ (2 | 3) => {
+                let at = if v == 3 {
+                    if bytes.len() < 25 {
+                        return Err("state blob too short for its learner id".into());
+                    }
+                    learner = Some(u64_at(17)).filter(|&id| id != 0);
+                    25
+                } else {
+                    17
+                };
+                let len = bytes
+                    .get(at..at + 4)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+                    .ok_or("state blob too short for its OCW length")?;
+                let end = (at + 4)
+                    .checked_add(len)
+                    .filter(|&e| e <= bytes.len())
+                    .ok_or_else(|| format!("OCW state of {len} bytes overruns the blob"))?;
+                (&bytes[at + 4..end], Some(&bytes[end..]))
+            }
+            v => {
+                return Err(format!(
+                    "state version {v} (this build reads 1 to {STATE_VERSION})"
+                ))
+            }
+        };
+        let ocw = Ocw::from_bytes(ocw_bytes).map_err(|e| format!("OCW state: {e}"))?;
+        let typical = match table {
+            Some(t) => TypicalityMap::decode(t)?,
+            None => TypicalityMap::default(),
+        };
+        Ok(Self {
+            learned: u64_at(1),
+            checkpoint_step: u64_at(9),
+            ocw: Box::new(ocw),
+            typical,
+            learner,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn state_blob_round_trips_and_rejects_garbage() {
+        let mut s = LearnerState::new();
+        s.learned = 42;
+        s.checkpoint_step = 40;
+        s.ocw.observe(3, true, false).unwrap();
+        s.typical.observe(3, 0.25);
+        let bytes = s.encode(usize::MAX);
+        assert_eq!(LearnerState::decode(&bytes).unwrap(), s);
+        assert!(LearnerState::decode(&bytes[..5]).is_err());
+        assert!(LearnerState::decode(&bytes[..bytes.len() - 1]).is_err());
+        let mut bad = bytes.clone();
+        bad[0] = 9;
+        assert!(LearnerState::decode(&bad).unwrap_err().contains("version"));
+        // a blob with no room for the table keeps everything else
+        let small = s.encode(bytes.len() - 1);
+        let back = LearnerState::decode(&small).unwrap();
+        assert_eq!((back.learned, back.checkpoint_step), (42, 40));
+        assert!(back.typical.0.is_empty());
+        // the learner id round-trips; 0 reads as none
+        s.learner = Some(0xabc);
+        assert_eq!(LearnerState::decode(&s.encode(usize::MAX)).unwrap(), s);
+        s.learner = None;
+        // version 2 (no learner id) is still read
+        let ocw_len = u32::from_le_bytes(bytes[25..29].try_into().unwrap()) as usize;
+        let mut v2 = vec![2u8];
+        v2.extend_from_slice(&bytes[1..17]);
+        v2.extend_from_slice(&bytes[25..]);
+        let two = LearnerState::decode(&v2).unwrap();
+        assert_eq!(two, s);
+        // version 1 (no OCW length, no table) is still read
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&bytes[1..17]);
+        v1.extend_from_slice(&bytes[29..29 + ocw_len]);
+        let old = LearnerState::decode(&v1).unwrap();
+        assert_eq!(old.ocw, s.ocw);
+        assert!(old.typical.0.is_empty());
+    }
+
+    /// Golden blobs of versions 1, 2 and 3 (`tests/data/learner_state_v{1,2,3}.bin`,
+    /// written by this test under `ANYTIME_EDGE_WRITE_GOLDEN=1` only where absent) decode
+    /// to the state they were written from, and version 3 is what this build writes: a
+    /// format change that breaks reading a learner saved by an earlier build fails here.
+    #[test]
+    fn learner_state_golden_files_of_versions_1_to_3_read() {
+        let mut s = LearnerState::new();
+        (s.learned, s.checkpoint_step) = (1234, 1200);
+        for (label, t, o) in [(3, true, false), (3, false, false), (7, true, true)] {
+            s.ocw.observe(label, t, o).unwrap();
+        }
+        for (label, cos) in [(3, 0.25), (3, 0.5), (7, -0.125)] {
+            s.typical.observe(label, cos);
+        }
+        let mut with_id = s.clone();
+        with_id.learner = Some(0x0123_4567_89ab_cdef);
+        let v3 = with_id.encode(usize::MAX);
+        // Versions 2 and 1 as earlier builds wrote them: no learner id; v1 no OCW length
+        // and no typicality table.
+        let ocw_len = u32::from_le_bytes(v3[25..29].try_into().unwrap()) as usize;
+        let mut v2 = vec![2u8];
+        v2.extend_from_slice(&v3[1..17]);
+        v2.extend_from_slice(&v3[25..]);
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&v3[1..17]);
+        v1.extend_from_slice(&v3[29..29 + ocw_len]);
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+        let golden = |name: &str, fresh: &[u8]| {
+            let path = dir.join(name);
+            if std::env::var("ANYTIME_EDGE_WRITE_GOLDEN").is_ok_and(|v| v == "1") && !path.exists()
+            {
+                std::fs::write(&path, fresh).unwrap();
+            }
+            std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        };
+        let (g1, g2, g3) = (
+            golden("learner_state_v1.bin", &v1),
+            golden("learner_state_v2.bin", &v2),
+            golden("learner_state_v3.bin", &v3),
+        );
+        assert_eq!((g1[0], g2[0], g3[0]), (1, 2, 3), "version bytes");
+        assert_eq!(STATE_VERSION, 3, "a new version needs a new golden file");
+        assert_eq!(LearnerState::decode(&g3).unwrap(), with_id);
+        assert_eq!(g3, v3, "this build writes other bytes than version 3's");
+        assert_eq!(LearnerState::decode(&g2).unwrap(), s);
+        assert_eq!(g2, v2, "version 2's layout, as this build derives it");
+        let old = LearnerState::decode(&g1).unwrap();
+        assert_eq!((old.learned, old.checkpoint_step), (1234, 1200));
+        assert_eq!(old.ocw, s.ocw);
+        assert!(old.typical.0.is_empty());
+        let t3 = s.typical.get(3).unwrap();
+        assert_eq!(t3.n, 2);
+    }
+}
