@@ -20,6 +20,8 @@ use anytime_testkit::max_abs_diff;
 use safetensors::{Dtype, SafeTensors};
 
 const REFERENCE: &str = "reference.safetensors";
+/// A folder of model folders exported by open_clip in this run (see `.ci/run`).
+const REFERENCE_MODELS_ENV: &str = "ANYTIME_EDGE_REFERENCE_MODELS";
 const IMAGES: &str = "images";
 /// Max abs difference allowed between normalised embeddings.
 const EMBED_TOL: f64 = 1e-4;
@@ -278,6 +280,28 @@ fn bundled_models_equal_open_clip_reference() {
     assert!(
         dirs.iter().any(|d| d.ends_with("mini-clip")),
         "no bundled mini-clip with {REFERENCE} in {dirs:?}"
+    );
+    for dir in dirs {
+        check_model(&dir);
+    }
+}
+
+/// Models that open_clip itself exported in this run: CI installs torch and open_clip,
+/// exports a random-init mini-clip into the folder `$ANYTIME_EDGE_REFERENCE_MODELS` names
+/// (`.ci/run`), and this test must find one there. Unset: logged, not a failure.
+#[test]
+fn models_open_clip_exported_in_this_run_equal_its_reference() {
+    const TEST: &str = "models_open_clip_exported_in_this_run_equal_its_reference";
+    let Some(root) = std::env::var_os(REFERENCE_MODELS_ENV) else {
+        let why = format!("${REFERENCE_MODELS_ENV} is not set (.ci/run sets it)");
+        anytime_testkit::skip::not_here(TEST, &why);
+        return;
+    };
+    let dirs = real_models(Path::new(&root));
+    assert!(
+        !dirs.is_empty(),
+        "${REFERENCE_MODELS_ENV}={}: no model folder with {REFERENCE}",
+        Path::new(&root).display()
     );
     for dir in dirs {
         check_model(&dir);
