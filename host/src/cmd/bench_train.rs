@@ -388,10 +388,7 @@ pub fn run(a: Args) -> Result<()> {
 
     let state = TunedState::fresh(&dims, BlockParams::random(&dims, 1));
     let head = FrozenHead::random(&dims, 2);
-    let cfg = TrainConfig {
-        batch: a.batch,
-        ..TrainConfig::default()
-    };
+    let cfg = TrainConfig::default();
     let mut cpu = CpuBackend::new(dims, cfg.clone(), head.clone(), state.clone())
         .context("building the CPU backend")?;
     let (fwd_s, step_s) = time_backend(&mut cpu, &batch, a.steps)?;

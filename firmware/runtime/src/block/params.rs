@@ -80,13 +80,10 @@ pub fn head_tensor_shapes(d: &BlockDims) -> [(&'static str, Vec<usize>); 3] {
     ]
 }
 
-/// Whether weight decay applies to the tensor of this name: only the four weight
-/// matrices; LayerNorm scales/shifts and biases are not decayed (nor is `b`).
+/// Whether weight decay applies to the tensor of this name: SPEC §4 decays every
+/// parameter but `b` (the "other" bias, which is not a block tensor).
 pub fn is_decayed(name: &str) -> bool {
-    matches!(
-        name,
-        "attn.in_proj_weight" | "attn.out_proj.weight" | "mlp.c_fc.weight" | "mlp.c_proj.weight"
-    )
+    name != "b"
 }
 
 /// The trainable tensors of the block (also used for gradients and Adam moments).

@@ -34,8 +34,8 @@ pub use state::{first_non_finite, load_tuned, save_tuned};
 pub struct TrainConfig {
     /// AdamW learning rate (SPEC: 9.375e-6).
     pub lr: f32,
-    /// Decoupled weight decay, applied to the four weight matrices only: not to
-    /// LayerNorm scales/shifts, biases or `b` (see [`crate::block::is_decayed`]).
+    /// Decoupled weight decay, applied to every tensor of the block but not to `b`
+    /// (SPEC §4; see [`crate::block::is_decayed`]).
     pub weight_decay: f32,
     pub beta1: f32,
     pub beta2: f32,
@@ -44,8 +44,6 @@ pub struct TrainConfig {
     pub beta_other: f32,
     /// Fixed logit scale `τ` (100).
     pub logit_scale: f32,
-    /// Nominal batch size `B` (32); a step accepts any batch ≥ 1.
-    pub batch: usize,
 }
 
 impl Default for TrainConfig {
@@ -58,7 +56,6 @@ impl Default for TrainConfig {
             eps: 1e-8,
             beta_other: 0.1,
             logit_scale: 100.0,
-            batch: 32,
         }
     }
 }

@@ -101,7 +101,10 @@ mod tests {
         assert_eq!(layout.len(), p.len() + 1);
         assert_eq!(layout.offsets[t::IN_W], 16);
         assert_eq!(layout.lens[t::IN_W], 3 * 8 * 8);
-        assert!(layout.decayed[t::FC_W] && !layout.decayed[t::FC_B]);
+        assert!(
+            layout.decayed.iter().all(|&d| d),
+            "SPEC §4: every block tensor decays"
+        );
         let flat = layout.flatten(&p, 0.25);
         let (q, b) = layout.unflatten(&dims, &flat);
         assert_eq!(p, q);
