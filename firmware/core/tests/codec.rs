@@ -1,7 +1,9 @@
 //! Codec properties: error falls with k, exact at k = N−1 without quantisation, the
 //! ViT-B/32 record size, and malformed records rejected without panics.
 
-use anytime_core::codec::{decode, encode, encode_scratch_len, encoded_len, CodecParams};
+use anytime_core::codec::{
+    decode, encode, encode_scratch_len, encoded_len, record_shape, CodecParams,
+};
 use anytime_core::rng::SplitMix64;
 
 /// Tokens with rank-`r` structure plus noise, and attention-like weights (CLS = 1, patches a
@@ -128,6 +130,29 @@ fn weighting_favours_heavy_tokens() {
         cls_err(true),
         cls_err(false)
     );
+}
+
+/// The record says how it was encoded: its header gives back k, bits and the weighting,
+/// for every combination; a weighted record's bits byte is the bits alone (as every record
+/// written before the flag existed).
+#[test]
+fn the_header_records_k_bits_and_weighting() {
+    let (n, d) = (10, 16);
+    let (t, w) = tokens(n, d, 3, 0.05, 2);
+    for bits in [4, 8, 32] {
+        for weighted in [true, false] {
+            let p = CodecParams {
+                k: 3,
+                bits,
+                weighted,
+            };
+            let mut out = vec![0u8; encoded_len(n, d, &p)];
+            let mut scratch = vec![0f32; encode_scratch_len(n, d, 3)];
+            encode(&t, &w, n, d, &p, &mut scratch, &mut out).unwrap();
+            assert_eq!(out[1] == bits, weighted, "bits byte {:#x}", out[1]);
+            assert_eq!(record_shape(&out).unwrap(), (n, d, p));
+        }
+    }
 }
 
 #[test]

@@ -10,6 +10,8 @@ use crate::error::Error;
 pub const CODEC_VERSION: u8 = 1;
 /// Bytes of the codec record header.
 pub const CODEC_HEADER_LEN: usize = 8;
+/// Flag in the header's bits byte: the record was encoded with plain PCA (unweighted).
+const PLAIN_PCA: u8 = 0x80;
 
 /// How one image's tokens are compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,16 +50,13 @@ pub fn record_shape(rec: &[u8]) -> Result<(usize, usize, CodecParams), Error> {
     if rec.len() < CODEC_HEADER_LEN || rec[0] != CODEC_VERSION {
         return Err(Error::CorruptCodecRecord);
     }
-    let bits = rec[1];
+    let bits = rec[1] & !PLAIN_PCA;
+    let weighted = rec[1] & PLAIN_PCA == 0;
     check_bits(bits).map_err(|_| Error::CorruptCodecRecord)?;
     let k = u16::from_le_bytes([rec[2], rec[3]]);
     let n = u16::from_le_bytes([rec[4], rec[5]]) as usize;
     let d = u16::from_le_bytes([rec[6], rec[7]]) as usize;
-    let p = CodecParams {
-        k,
-        bits,
-        weighted: true,
-    };
+    let p = CodecParams { k, bits, weighted };
     if k == 0 || n == 0 || d == 0 || k as usize > n || rec.len() < encoded_len(n, d, &p) {
         return Err(Error::CorruptCodecRecord);
     }
@@ -173,7 +172,11 @@ pub fn encode(
     }
     // Serialise.
     out[0] = CODEC_VERSION;
-    out[1] = p.bits;
+    out[1] = if p.weighted {
+        p.bits
+    } else {
+        p.bits | PLAIN_PCA
+    };
     out[2..4].copy_from_slice(&p.k.to_le_bytes());
     out[4..6].copy_from_slice(&(n as u16).to_le_bytes());
     out[6..8].copy_from_slice(&(d as u16).to_le_bytes());
