@@ -149,10 +149,33 @@ mod tests {
         assert!(close(out[0], 0.2) && close(out[1], 0.25) && close(out[2], 0.2));
         normalise(&mut out);
         assert!(close(out.iter().sum::<f32>(), 1.0));
-        assert_eq!(
-            mix(&[0.2], &[0.6, 0.2], &[1.0, 0.5], &mut out[..2]),
-            Err(Error::InvalidShape)
-        );
+        // Any one slice of the wrong length is refused.
+        let (two, one) = ([0.5f32, 0.5], [0.5f32]);
+        for (t, o, a) in [
+            (&one[..], &two[..], &two[..]),
+            (&two, &one, &two),
+            (&two, &two, &one),
+        ] {
+            assert_eq!(mix(t, o, a, &mut out[..2]), Err(Error::InvalidShape));
+        }
+        assert_eq!(mix(&two, &two, &two, &mut out), Err(Error::InvalidShape));
+    }
+
+    #[test]
+    fn normalise_leaves_a_zero_sum_alone() {
+        let mut z = [0.0f32; 3];
+        normalise(&mut z);
+        assert_eq!(z, [0.0; 3]);
+        let mut v = [1.0f32, 3.0];
+        normalise(&mut v);
+        assert_eq!(v, [0.25, 0.75]);
+    }
+
+    #[test]
+    fn dot_is_the_sum_of_products_over_the_shorter_slice() {
+        assert_eq!(dot(&[1.0, 2.0, -3.0], &[4.0, 0.5, 2.0]), -1.0);
+        assert_eq!(dot(&[2.0, 3.0], &[5.0]), 10.0);
+        assert_eq!(dot(&[], &[1.0]), 0.0);
     }
 
     #[test]
