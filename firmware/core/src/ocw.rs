@@ -337,6 +337,11 @@ mod tests {
         assert!(close(s.c_tuned, 0.99 * 0.5 + 0.01));
         assert!(close(s.c_original, 0.99 * 0.25));
         assert_eq!(s.n, WARMUP + 1);
+        // and the other way round: the tuned model wrong, the original right
+        let (t, o) = (s.c_tuned, s.c_original);
+        s.observe(false, true);
+        assert!(close(s.c_tuned, 0.99 * t), "{s:?}");
+        assert!(close(s.c_original, 0.99 * o + 0.01), "{s:?}");
         // many more hits converge towards 1 geometrically
         let mut expected_gap = 1.0 - s.c_tuned;
         for _ in 0..200 {
@@ -495,6 +500,9 @@ mod tests {
         let mut buf = [0u8; OcwState::<8>::MAX_ENCODED_LEN];
         let used = st.to_slice(&mut buf).unwrap();
         assert_eq!(OcwState::<8>::from_bytes(&buf[..used]).unwrap(), st);
+        // The bound is tight but for the length varint (1 byte here, 5 allowed): the
+        // store budgets the state blob by it.
+        assert_eq!(OcwState::<8>::MAX_ENCODED_LEN - used, 4);
         assert!(matches!(
             st.to_slice(&mut buf[..used - 1]),
             Err(Error::BufferTooSmall { got, .. }) if got as usize == used - 1
