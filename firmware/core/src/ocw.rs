@@ -484,6 +484,22 @@ mod tests {
     }
 
     #[test]
+    fn len_is_empty_and_clear_count_labels() {
+        let mut st = OcwState::<4>::new();
+        assert!(st.is_empty());
+        assert_eq!((st.len(), st.capacity()), (0, 4));
+        st.observe(7, true, false).unwrap();
+        st.observe(2, false, true).unwrap();
+        st.observe(7, true, true).unwrap();
+        assert!(!st.is_empty());
+        assert_eq!(st.len(), 2);
+        st.clear();
+        assert!(st.is_empty());
+        assert_eq!(st.len(), 0);
+        assert_eq!(st.get(7), None);
+    }
+
+    #[test]
     fn full_state_fits_max_encoded_len() {
         let mut st = OcwState::<8>::new();
         for l in 0..8u16 {
