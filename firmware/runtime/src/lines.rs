@@ -4,11 +4,9 @@
 //! ones), straight from the arrays they are given: the thin GEMM streams a weight from
 //! its row-major storage, AdamW the weights and both moments. glibc's `malloc` puts a
 //! large block 16 bytes past a page boundary (and a smaller one anywhere on 16 bytes),
-//! so such a load straddles two lines, and every one of them costs two. With every
-//! array of at least [`LARGE`] bytes on a line, `[32, 768] · [3072, 768]ᵀ` on the thin
-//! kernel took 1.38 against 1.82 ms on one thread (2-core AVX-512 VM), and the ViT-B/32
-//! training step 17.6–18.4 against 19.1–21.3 ms over three pairs of alternating runs
-//! (`bench-train` has the same-run comparison; figures in `BENCHMARKS.md`).
+//! so such a load straddles two lines, and every one of them costs two. This allocator
+//! puts every array of at least [`LARGE`] bytes on a line (`bench-train` compares both in
+//! one run; history in `docs/perf-log.md`).
 //!
 //! Blocks of [`HUGE`] bytes or more start on a 2 MiB boundary as well.
 //!

@@ -220,8 +220,7 @@ fn backward_with(
     // read for its input gradient before its own gradient is taken (which may update
     // it). `c_proj` (768 × 3072 for ViT-B/32) is wider than tall: the one-pass
     // `backprop` would add up partial input gradients as large as a quarter of it, and
-    // lost to matrixmultiply there (4.8 against 4.2 ms a step with its gradient); it won
-    // on the other three (`c_fc` 3.7 against 4.1 ms).
+    // is slower than matrixmultiply there; it serves the other three (docs/perf-log.md).
     let mut dfc = zeros(batch * m);
     matmul_nn(batch, d, m, &dx3, d, p.cproj.w(), m, &mut dfc, m, false);
     p.cproj.grad(batch, m, &dx3, d, &saved.act, m, 1.0, true);

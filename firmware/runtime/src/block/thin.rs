@@ -13,21 +13,19 @@
 //! [`nn`] is the broadcast form `C = A·B` with B row-major, for a short reduction (an
 //! image's attention probabilities times its 50 normalised tokens, a head's 64 query or
 //! output-gradient columns times its 64 rows of a weight): 6 rows of A by 16 columns of
-//! B, each element one `fma` chain over the reduction, B's block staying in cache. Over
-//! a long reduction (`dY·W` through a whole weight) the AVX2 build ran slower than
-//! `matrixmultiply` in the training step (it reads a weight's column strip across rows
-//! a page or more apart, which the prefetchers do not follow, and whose lines share a
-//! few cache sets), as did a broadcast form of `dYᵀ·X` (its tiles spilled registers);
-//! the AVX-512 build runs such a reduction in chunks of contiguous rows of B (see
-//! [`nn_avx512`]) and beat `matrixmultiply` there.
+//! B, each element one `fma` chain over the reduction, B's block staying in cache. The
+//! AVX2 build serves short reductions only (a long one, `dY·W` through a whole weight,
+//! reads a column strip across rows a page apart, which the prefetchers do not follow);
+//! the AVX-512 build runs a long reduction in chunks of contiguous rows of B (see
+//! [`nn_avx512`]).
 //!
 //! Where the CPU has AVX-512F (and [`avx512_active`]), both forms run AVX-512 builds
 //! with 32 registers of 16 lanes: [`nt`] in 4 × 6 tiles whose lanes are added by a
 //! 16-lane tree (so its last bits differ from the AVX2 build's, and depend on the CPU,
 //! never on the thread count), and [`nn_avx512`] in 6-row × 64-column tiles, each
 //! element the same `fma` chain as in [`nn`] (the same bits), also for a transposed A.
-//! `matrixmultiply` itself runs AVX-512 kernels on such a CPU, so the AVX2 builds lost
-//! to it there; the AVX-512 ones do not (figures in `BENCHMARKS.md`).
+//! On such a CPU `matrixmultiply` runs AVX-512 kernels too, so only the AVX-512 builds
+//! are used there (comparisons in `docs/perf-log.md`).
 
 use std::arch::x86_64::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -305,10 +303,7 @@ const SHARES: usize = 64;
 /// [`nt_tiles`] asks for the next group of W's rows while it computes the current
 /// group's tiles, each tile taking a share, so that a weight streamed from memory (the
 /// forward's projections, each read once a step) arrives before it is needed instead
-/// of being waited for by the group's first tile. A `[32, 768] · [3072, 768]ᵀ` product
-/// over weights not in cache took 1.40–1.62 ms against 1.63–2.25 ms without (the same
-/// product over one weight kept in cache: 1.05–1.25 ms either way), and a ViT-B/32 step
-/// 22.45 ms against 23.0 ms at the mean of 6 alternating rounds of each (2-core VM).
+/// of being waited for by the group's first tile (measured in `docs/perf-log.md`).
 /// `left` lines remain, from row `row`, column `col` of the block.
 #[derive(Clone, Copy)]
 struct Ahead {

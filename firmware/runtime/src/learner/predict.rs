@@ -27,9 +27,10 @@ impl Learner {
         Ok(self.predictor.label_set(labels)?)
     }
 
-    /// The frozen encoder, shared: encode images ([`Encoder::encode_images`]) and label sets
-    /// ([`LabelSet::embed`]) with it outside a lock that guards the learner, then hand the
-    /// tokens to [`Learner::learn_tokens_in`] or [`Learner::predict_tokens`].
+    /// The frozen encoder, shared: encode images
+    /// ([`crate::encoder::Encoder::encode_images`]) and label sets ([`LabelSet::embed`])
+    /// with it outside a lock that guards the learner, then hand the tokens to
+    /// [`Learner::learn_tokens_in`] or [`Learner::predict_tokens`].
     pub fn encoder(&self) -> std::sync::Arc<crate::encoder::Encoder> {
         std::sync::Arc::clone(&self.predictor.encoder)
     }

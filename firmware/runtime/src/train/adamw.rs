@@ -113,12 +113,9 @@ pub fn set_update_prefetch(on: bool) {
 }
 
 /// Elements ahead of the update at which the lines of the weights and of both moments are
-/// prefetched (1.5 KiB). The update streams three arrays from memory (the gradient is
-/// in cache in the fused step) and one core's hardware prefetching kept some 21 GB/s of
-/// it in flight; with this, a ViT-B/32 step took about 1 ms less (same-process
-/// alternating rounds on the 2-core VM of `BENCHMARKS.md`: medians 22.2/21.9/23.0 ms
-/// against 24.3/23.6/24.3 ms without; 256 and 384 elements ahead did about as well, 128
-/// and 512 less, and prefetching the gradient too did not help).
+/// prefetched (1.5 KiB): the update streams three arrays from memory (the gradient is
+/// in cache in the fused step), more than the hardware prefetchers keep in flight
+/// (`bench-train` compares both; history in `docs/perf-log.md`).
 #[cfg(target_arch = "x86_64")]
 const PREFETCH_AHEAD: usize = 384;
 
@@ -157,9 +154,8 @@ fn update_prefetching(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c:
     }
 }
 
-/// One update of a tensor in place, with the widest vectors the CPU has (the baseline
-/// SSE2 build does a quarter of AVX-512's lanes per division and square root: the whole
-/// update took 5.4 ms against 4.6 on the AVX-512 machine of `BENCHMARKS.md`).
+/// One update of a tensor in place, with the widest vectors the CPU has (the same bits
+/// as the baseline build).
 fn update_tensor(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: Coeffs) {
     update_with(Build::widest(NARROW), p, g, m, v, c)
 }

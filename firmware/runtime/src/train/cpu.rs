@@ -209,10 +209,8 @@ static HUGE_PAGES: AtomicBool = AtomicBool::new(true);
 /// (weights, gradients, Adam moments: 113 MB for ViT-B/32) with transparent huge pages,
 /// so that a benchmark can compare both in one run.
 ///
-/// A step streams these arrays (AdamW alone reads 4 and writes 3 of them, 198 MB), and
-/// with 4 KiB pages every 4 KiB costs a TLB miss, whose page walk is long under a
-/// hypervisor: on the VM of `BENCHMARKS.md`, AdamW's loop over 4 arrays of 28 MB took
-/// 4.7–6.4 ms on huge pages against 5.8–8.4 ms on 4 KiB pages (cold caches, alternating).
+/// A step streams these arrays (AdamW alone reads 4 and writes 3 of them), and with
+/// 4 KiB pages every 4 KiB costs a TLB miss, whose page walk is long under a hypervisor.
 /// Where transparent huge pages are off, or not on Linux, the advice does nothing.
 pub fn set_huge_pages(on: bool) {
     HUGE_PAGES.store(on, Ordering::Relaxed);
@@ -262,19 +260,16 @@ static KEEP_AWAKE: AtomicBool = AtomicBool::new(true);
 ///
 /// A step is some fifty parallel sections (GEMM parts, per-image and per-head loops, the
 /// AdamW chunks) with short serial stretches between them. A rayon worker that finds no
-/// work for a few tens of microseconds goes to sleep, and waking it costs the next
-/// section 35–150 µs on the 2-core VM the benchmarks ran on (a `join` of two 20 µs
-/// halves after a 50 µs pause took 56 µs at the median, 158 µs at the 90th percentile,
-/// against 22 µs without the pause). Kept awake, the other workers spin (running any
-/// work that appears) until the step ends: the step is faster and uses more CPU time in
-/// its serial stretches.
+/// work for a few tens of microseconds goes to sleep, and waking it delays the next
+/// section. Kept awake, the other workers spin (running any work that appears) until the
+/// step ends (or spin 2 ms without work): the step is faster and burns more
+/// CPU time in its serial stretches, which a battery-powered device may not want.
 pub fn set_keep_awake(on: bool) {
     KEEP_AWAKE.store(on, Ordering::Relaxed);
 }
 
 /// How long a kept-awake worker spins without finding work before it goes back to
-/// rayon's own waiting: well above the serial stretches of a ViT-B/32 step (under 1 ms
-/// each in a temporary probe).
+/// rayon's own waiting: longer than a step's serial stretches.
 const KEEP_AWAKE_IDLE: Duration = Duration::from_millis(2);
 
 /// Runs `f` on a worker of the rayon pool, so that the many parallel sections of a step
