@@ -253,3 +253,43 @@ fn decode_equals_the_plain_reconstruction() {
         }
     }
 }
+
+/// The codec against an independent implementation: numpy's SVD of the weighted centred
+/// tokens (`tests/data/codec_svd_reference.py`, which CI reruns with `--check`). For
+/// k = 1…5, weighted and plain, the unquantised round trip equals numpy's reconstruction.
+#[test]
+fn unquantised_round_trip_equals_numpy_svd() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/codec_svd_reference.bin"
+    );
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert_eq!(&bytes[..8], b"SVDREF1\0", "{path}: magic");
+    let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap()) as usize;
+    let (n, d, k_max) = (u32_at(8), u32_at(12), u32_at(16));
+    let floats: Vec<f32> = bytes[20..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert_eq!(floats.len(), n * d + n + 2 * k_max * n * d, "{path}: size");
+    let (t, rest) = floats.split_at(n * d);
+    let (w, mut recs) = rest.split_at(n);
+    let scale = t.iter().fold(0f32, |m, x| m.max(x.abs()));
+    for weighted in [true, false] {
+        for k in 1..=k_max {
+            let (want, tail) = recs.split_at(n * d);
+            recs = tail;
+            let p = CodecParams {
+                k: k as u16,
+                bits: 32,
+                weighted,
+            };
+            let (ours, _) = round_trip(t, w, n, d, p);
+            let diff = anytime_testkit::max_abs_diff(&ours, want);
+            assert!(
+                diff <= 1e-4 * f64::from(scale),
+                "k {k}, weighted {weighted}: max |diff| {diff} (max |T| {scale})"
+            );
+        }
+    }
+}
