@@ -406,6 +406,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(st.alpha(8), 0.0, "both 0 → 0, no NaN");
+        // ε is added, never taken: a tiny c_t (after a long run of wrong answers) against
+        // c_o = 0 gives c_t / (c_t + ε), inside [0, 1].
+        assert!(close(alpha(1e-9, 0.0), 1.0 / 11.0), "{}", alpha(1e-9, 0.0));
         st.insert(
             9,
             LabelStats {
