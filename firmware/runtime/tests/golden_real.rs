@@ -15,11 +15,10 @@ use std::path::{Path, PathBuf};
 
 use anytime_runtime::assets::{assets_root, bundled_models_dir, ModelAssets, MANIFEST};
 use anytime_runtime::encoder::{l2_normalised, load_image, preprocess_into};
-use anytime_runtime::predict::Predictor;
+use anytime_runtime::predict::{Predictor, REFERENCE};
 use anytime_testkit::max_abs_diff;
 use safetensors::{Dtype, SafeTensors};
 
-const REFERENCE: &str = "reference.safetensors";
 /// A folder of model folders exported by open_clip in this run (see `.ci/run`).
 const REFERENCE_MODELS_ENV: &str = "ANYTIME_EDGE_REFERENCE_MODELS";
 const IMAGES: &str = "images";

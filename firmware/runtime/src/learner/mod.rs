@@ -447,10 +447,6 @@ impl Learner {
         &self.predictor
     }
 
-    pub fn predictor_mut(&mut self) -> &mut Predictor {
-        &mut self.predictor
-    }
-
     pub fn store(&mut self) -> &mut Store {
         &mut self.store
     }
