@@ -31,7 +31,7 @@ enum Command {
 
 /// Large arrays on cache lines: the training step's kernels load them a line at a time.
 #[global_allocator]
-static ALLOC: anytime_runtime::lines::CacheLineAlloc = anytime_runtime::lines::CacheLineAlloc;
+static ALLOC: anytime_linalg::lines::CacheLineAlloc = anytime_linalg::lines::CacheLineAlloc;
 
 fn main() -> ExitCode {
     anytime_runtime::train::quiet_device_select();

@@ -92,11 +92,11 @@ fn naive(d: &BlockDims, p: &BlockParams, h: &FrozenHead, x: &[f32]) -> (Vec<f64>
 }
 
 fn block() -> LastBlock {
-    LastBlock {
-        dims: DIMS,
-        params: BlockParams::random(&DIMS, 1),
-        head: FrozenHead::random(&DIMS, 2),
-    }
+    LastBlock::new(
+        DIMS,
+        BlockParams::random(&DIMS, 1),
+        FrozenHead::random(&DIMS, 2),
+    )
 }
 
 fn tokens(batch: usize, seed: u64) -> Vec<f32> {

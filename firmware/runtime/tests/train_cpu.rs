@@ -6,8 +6,7 @@ mod train_common;
 use anytime_runtime::block::{load_block, BlockDims, BlockParams, FrozenHead};
 use anytime_runtime::train::adamw::adamw_update;
 use anytime_runtime::train::{
-    load_tuned, save_tuned, set_fused_update, set_keep_awake, CpuBackend, TrainBackend,
-    TrainConfig, TunedState,
+    load_tuned, save_tuned, CpuBackend, CpuOptions, TrainBackend, TrainConfig, TunedState,
 };
 use train_common::*;
 
@@ -154,14 +153,17 @@ fn train_cpu_keeping_workers_awake_changes_no_result_and_every_step_ends() {
             .unwrap();
         let run = |awake: bool| {
             pool.install(|| {
-                set_keep_awake(awake);
+                let options = CpuOptions {
+                    keep_awake: awake,
+                    ..CpuOptions::default()
+                };
+                let (dims, cfg, head) = (WIDE, cfg.clone(), head.clone());
                 let mut be =
-                    CpuBackend::new(WIDE, cfg.clone(), head.clone(), start.clone()).unwrap();
+                    CpuBackend::with_options(dims, cfg, head, start.clone(), options).unwrap();
                 let losses: Vec<f32> = batches
                     .iter()
                     .map(|d| be.step(&d.batch()).unwrap().loss)
                     .collect();
-                set_keep_awake(true);
                 (losses, be.state().unwrap())
             })
         };
@@ -233,12 +235,14 @@ fn train_cpu_fused_update_is_adamw_of_the_gradients_bit_for_bit() {
                     "{dims:?}: the fused step is not AdamW of the gradients"
                 );
             }
-            set_fused_update(false);
             let mut unfused = new(&start);
+            unfused.set_options(CpuOptions {
+                fused_update: false,
+                ..unfused.options()
+            });
             for d in &batches {
                 unfused.step(&d.batch()).unwrap();
             }
-            set_fused_update(true);
             assert!(
                 state_bits(&unfused.state().unwrap()) == state_bits(&want),
                 "{dims:?}: the unfused step differs"

@@ -173,11 +173,11 @@ pub fn run(args: Args) -> Result<()> {
 
     // Codec at ViT-B/32 shapes, random-weight original block.
     let dims = BlockDims::VIT_B32;
-    let block = LastBlock {
+    let block = LastBlock::new(
         dims,
-        params: BlockParams::random(&dims, args.seed),
-        head: FrozenHead::random(&dims, args.seed + 1),
-    };
+        BlockParams::random(&dims, args.seed),
+        FrozenHead::random(&dims, args.seed + 1),
+    );
     let mut tokens = Vec::new();
     for _ in 0..args.images {
         tokens.extend(synthetic_tokens(&mut rng, dims.tokens, dims.width));

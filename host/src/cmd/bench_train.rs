@@ -16,16 +16,13 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use anytime_runtime::block::{
-    memory_report, set_thin_avx512, set_thin_kernels, sgemm_nn, step_flops, thin_avx512_active,
-    thin_kernels_active, BlockDims, BlockParams, FrozenHead,
-};
-use anytime_runtime::lines::set_line_aligned;
+use anytime_linalg::lines::set_line_aligned;
+use anytime_linalg::{Gemm, GemmOptions, MatMut, MatRef};
+use anytime_runtime::block::{memory_report, step_flops, BlockDims, BlockParams, FrozenHead};
 use anytime_runtime::train::adamw::adamw_update;
 use anytime_runtime::train::gpu::GpuBackend;
 use anytime_runtime::train::{
-    set_fused_update, set_huge_pages, set_keep_awake, set_update_prefetch, Batch, CpuBackend,
-    TrainBackend, TrainConfig, TrainError, TunedState,
+    Batch, CpuBackend, CpuOptions, TrainBackend, TrainConfig, TrainError, TunedState,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::json;
@@ -104,7 +101,8 @@ impl Sgemm {
     fn gflops(&mut self) -> f64 {
         let (m, k, n) = self.dims;
         let t = Instant::now();
-        sgemm_nn(m, k, n, &self.a, &self.b, &mut self.c);
+        let (a, b) = (MatRef::new(&self.a, m, k, k), MatRef::new(&self.b, k, n, n));
+        Gemm::new(GemmOptions::default()).matmul(a, b, MatMut::new(&mut self.c, m, n, n), false);
         std::hint::black_box(&self.c);
         2.0 * (m * k * n) as f64 / t.elapsed().as_secs_f64() / 1e9
     }
@@ -252,16 +250,20 @@ impl Ab {
     }
 }
 
-/// Times the step with `set(true)` and `set(false)` in alternating rounds of steps, so
-/// both see the same machine state (this VM's speed drifts by 20 % and more between
-/// runs); the medians over the rounds. Leaves the switch on.
-fn ab(cpu: &mut CpuBackend, batch: &Batch<'_>, set: fn(bool)) -> Result<Ab> {
+/// Times the step of `cpu` with its options and with `set(options, false)`, in
+/// alternating rounds of steps, so both see the same machine state (this VM's speed
+/// drifts by 20 % and more between runs); the medians over the rounds. Leaves the
+/// backend's options as they were.
+fn ab(cpu: &mut CpuBackend, batch: &Batch<'_>, set: fn(&mut CpuOptions, bool)) -> Result<Ab> {
     let (mut on, mut off) = (Vec::new(), Vec::new());
+    let base = cpu.options();
     for _ in 0..ROUNDS {
         for (flag, out) in [(true, &mut on), (false, &mut off)] {
-            set(flag);
+            let mut options = base;
+            set(&mut options, flag);
+            cpu.set_options(options);
             let r = time_backend(cpu, batch, ROUND_STEPS);
-            set(true);
+            cpu.set_options(base);
             out.push(r?.1);
         }
     }
@@ -273,25 +275,25 @@ fn ab(cpu: &mut CpuBackend, batch: &Batch<'_>, set: fn(bool)) -> Result<Ab> {
 }
 
 /// Times the step of `cpu` against a second backend with the same state, made by
-/// `make` with `set(false)`, in alternating rounds, as [`ab`] does; when `steps_too`,
-/// also with `set(false)` while the second one steps (a switch that also governs what a
-/// step allocates). Leaves the switch on.
+/// `make` (which may change the process's allocator placement through `lines`), in
+/// alternating rounds, as [`ab`] does; when `lines`, the second one also steps with
+/// large blocks placed 16 bytes past a cache line (its steps' buffers too).
 fn ab_backends(
     cpu: &mut CpuBackend,
     batch: &Batch<'_>,
-    (set, steps_too): (fn(bool), bool),
+    lines: bool,
     make: impl FnOnce(&CpuBackend) -> Result<CpuBackend, TrainError>,
 ) -> Result<Ab> {
-    set(false);
+    set_line_aligned(!lines);
     let off = make(cpu);
-    set(true);
+    set_line_aligned(true);
     let mut off = off.context("building the CPU backend")?;
     let (mut t_on, mut t_off) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         t_on.push(time_backend(cpu, batch, ROUND_STEPS)?.1);
-        set(!steps_too);
+        set_line_aligned(!lines);
         let r = time_backend(&mut off, batch, ROUND_STEPS);
-        set(true);
+        set_line_aligned(true);
         t_off.push(r?.1);
     }
     Ok(Ab {
@@ -389,30 +391,40 @@ pub fn run(a: Args) -> Result<()> {
     let state = TunedState::fresh(&dims, BlockParams::random(&dims, 1));
     let head = FrozenHead::random(&dims, 2);
     let cfg = TrainConfig::default();
-    let mut cpu = CpuBackend::new(dims, cfg.clone(), head.clone(), state.clone())
+    let options = CpuOptions::default();
+    let mut cpu = CpuBackend::with_options(dims, cfg.clone(), head.clone(), state.clone(), options)
         .context("building the CPU backend")?;
     let (fwd_s, step_s) = time_backend(&mut cpu, &batch, a.steps)?;
     // The thin-GEMM kernel (when this CPU has it), then the kept-awake workers.
-    let thin = if thin_kernels_active() {
-        Some(ab(&mut cpu, &batch, set_thin_kernels)?)
+    let thin = if options.gemm.thin_active() {
+        Some(ab(&mut cpu, &batch, |o, on| o.gemm.thin = on)?)
     } else {
         None
     };
-    let avx512 = if thin_avx512_active() {
-        Some(ab(&mut cpu, &batch, set_thin_avx512)?)
+    let avx512 = if options.gemm.thin_avx512_active() {
+        Some(ab(&mut cpu, &batch, |o, on| o.gemm.thin_avx512 = on)?)
     } else {
         None
     };
-    let awake = ab(&mut cpu, &batch, set_keep_awake)?;
-    let fused = ab(&mut cpu, &batch, set_fused_update)?;
-    let prefetch = ab(&mut cpu, &batch, set_update_prefetch)?;
-    let twin =
-        |c: &CpuBackend| CpuBackend::new(dims, cfg.clone(), head.clone(), c.state_ref().clone());
+    let awake = ab(&mut cpu, &batch, |o, on| o.keep_awake = on)?;
+    let fused = ab(&mut cpu, &batch, |o, on| o.fused_update = on)?;
+    let prefetch = ab(&mut cpu, &batch, |o, on| o.update_prefetch = on)?;
+    let twin = |options: CpuOptions| {
+        let (cfg, head) = (&cfg, &head);
+        move |c: &CpuBackend| {
+            let state = c.state_ref().clone();
+            CpuBackend::with_options(dims, cfg.clone(), head.clone(), state, options)
+        }
+    };
     // Huge pages are asked for when a backend is made: a second one made without.
-    let huge = ab_backends(&mut cpu, &batch, (set_huge_pages, false), twin)?;
+    let no_huge = CpuOptions {
+        huge_pages: false,
+        ..options
+    };
+    let huge = ab_backends(&mut cpu, &batch, false, twin(no_huge))?;
     // Large arrays on cache lines (this binary's allocator): a second backend whose
     // arrays, and whose steps' buffers, start 16 bytes past a line, as `malloc` puts them.
-    let lines = ab_backends(&mut cpu, &batch, (set_line_aligned, true), twin)?;
+    let lines = ab_backends(&mut cpu, &batch, true, twin(options))?;
     let flops = step_flops(&dims, a.batch, a.labels);
     let inter = interleaved_roofline(&mut cpu, &batch, flops.executed as f64)?;
     let adamw_s = time_adamw(&dims, &cfg, cpu.state_ref(), a.steps);

@@ -22,9 +22,9 @@
 use rayon::prelude::*;
 
 use super::forward::{recompute_affine, zeros};
-use super::gemm::{matmul_nn, matmul_nt, matmul_tn};
 use super::params::BlockDims;
 use super::wgrad::Weight;
+use anytime_linalg::{Gemm, MatMut, MatRef};
 
 /// Softmax of each row of width `n`, in place (max-subtracted).
 pub(crate) fn softmax_rows(s: &mut [f32], n: usize) {
@@ -65,7 +65,7 @@ fn heads_to_rows(dims: &BlockDims, blocks: &[f32], scale: f32, out: &mut [f32]) 
 }
 
 /// `q̃ = s·W_kᵀ q` per head: `qt` `[H, B, D]` from `q` `[B, D]` and `W_k` `[D, D]`.
-pub(crate) fn folded_queries(dims: &BlockDims, q: &[f32], wk: &[f32], qt: &mut [f32]) {
+pub(crate) fn folded_queries(gemm: &Gemm, dims: &BlockDims, q: &[f32], wk: &[f32], qt: &mut [f32]) {
     let (d, dh) = (dims.width, dims.head_dim());
     let batch = q.len() / d;
     let scale = 1.0 / (dh as f32).sqrt();
@@ -73,13 +73,19 @@ pub(crate) fn folded_queries(dims: &BlockDims, q: &[f32], wk: &[f32], qt: &mut [
         .enumerate()
         .for_each(|(h, out)| {
             let w = &wk[h * dh * d..(h + 1) * dh * d];
-            matmul_nn(batch, dh, d, &q[h * dh..], d, w, d, out, d, false);
+            gemm.matmul(
+                MatRef::new(&q[h * dh..], batch, dh, d),
+                MatRef::new(w, dh, d, d),
+                MatMut::new(out, batch, d, d),
+                false,
+            );
             out.iter_mut().for_each(|v| *v *= scale);
         });
 }
 
 /// Scores of image `b` (`[H, N]`, softmax not applied) from its `x̂` rows and `u` (`[H, B, D]`).
 fn image_scores(
+    gemm: &Gemm,
     dims: &BlockDims,
     b: usize,
     batch: usize,
@@ -88,12 +94,18 @@ fn image_scores(
     s: &mut [f32],
 ) {
     let (n, d, heads) = (dims.tokens, dims.width, dims.heads);
-    matmul_nt(heads, d, n, &u[b * d..], batch * d, xhat_b, d, s, n, false);
+    gemm.matmul(
+        MatRef::new(&u[b * d..], heads, d, batch * d),
+        MatRef::new(xhat_b, n, d, d).t(),
+        MatMut::new(s, heads, n, n),
+        false,
+    );
 }
 
 /// Forward of the attention core: `probs` (`[B, H, N]`) and `ā` (`[B, H, D]`) from the LN1
 /// normalised tokens `xhat` and `u = w1 ⊙ q̃` (`[H, B, D]`).
 pub(crate) fn attention_core_forward(
+    gemm: &Gemm,
     dims: &BlockDims,
     xhat: &[f32],
     u: &[f32],
@@ -110,15 +122,27 @@ pub(crate) fn attention_core_forward(
         .enumerate()
         .for_each(|(b, (pb, ab))| {
             let xb = &xhat[b * n * d..(b + 1) * n * d];
-            image_scores(dims, b, batch, xb, u, pb);
+            image_scores(gemm, dims, b, batch, xb, u, pb);
             softmax_rows(pb, n);
-            matmul_nn(heads, n, d, pb, n, xb, d, ab, d, false);
+            gemm.matmul(
+                MatRef::new(pb, heads, n, n),
+                MatRef::new(xb, n, d, d),
+                MatMut::new(ab, heads, d, d),
+                false,
+            );
         });
 }
 
 /// `o` (`[B, D]`, heads concatenated, before `out_proj`) from `a` (`[B, H, D]`), `W_v`
 /// (`[D, D]`) and `b_v` (`[D]`).
-pub(crate) fn value_output(dims: &BlockDims, a: &[f32], wv: &[f32], bv: &[f32], o: &mut [f32]) {
+pub(crate) fn value_output(
+    gemm: &Gemm,
+    dims: &BlockDims,
+    a: &[f32],
+    wv: &[f32],
+    bv: &[f32],
+    o: &mut [f32],
+) {
     let (d, dh, heads) = (dims.width, dims.head_dim(), dims.heads);
     let batch = o.len() / d;
     let mut blocks = vec![0.0f32; heads * batch * dh];
@@ -127,7 +151,12 @@ pub(crate) fn value_output(dims: &BlockDims, a: &[f32], wv: &[f32], bv: &[f32], 
         .enumerate()
         .for_each(|(h, out)| {
             let w = &wv[h * dh * d..(h + 1) * dh * d];
-            matmul_nt(batch, d, dh, &a[h * d..], heads * d, w, d, out, dh, false);
+            gemm.matmul(
+                MatRef::new(&a[h * d..], batch, d, heads * d),
+                MatRef::new(w, dh, d, d).t(),
+                MatMut::new(out, batch, dh, dh),
+                false,
+            );
         });
     heads_to_rows(dims, &blocks, 1.0, o);
     for row in o.chunks_exact_mut(d) {
@@ -174,7 +203,9 @@ fn add_partials(parts: &[f32], out: &mut [f32]) {
 
 /// Backward from `d_o` (`[B, D]`) given the forward's saved values (`s.q`, `q̃`, `probs`, `ā`)
 /// and the weights `W_k`, `W_v`, which get their gradients (see [`Weight`]) once read.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn cls_attention_backward(
+    gemm: &Gemm,
     dims: &BlockDims,
     s: &AttentionSaved<'_>,
     wk: Weight<'_>,
@@ -204,8 +235,13 @@ pub(crate) fn cls_attention_backward(
         .enumerate()
         .for_each(|(h, ((wvh, da), (pw, pb)))| {
             let (dout, ah) = (&d_o[h * dh..], &a[h * d..]);
-            matmul_nn(batch, dh, d, dout, d, wvh.w(), d, da, d, false);
-            wvh.grad(batch, d, dout, d, ah, heads * d, 1.0, false);
+            gemm.matmul(
+                MatRef::new(dout, batch, dh, d),
+                MatRef::new(wvh.w(), dh, d, d),
+                MatMut::new(da, batch, d, d),
+                false,
+            );
+            wvh.grad(gemm, batch, d, dout, d, ah, heads * d, 1.0, false);
             for (b, dar) in da.chunks_exact_mut(d).enumerate() {
                 let abr = &s.abar[(b * heads + h) * d..(b * heads + h + 1) * d];
                 for ((((w, b), x), &a), &s) in pw
@@ -241,16 +277,10 @@ pub(crate) fn cls_attention_backward(
         .for_each(|(b, ((dsb, dub), pw))| {
             let xb = &s.xhat[b * n * d..(b + 1) * n * d];
             let pb = &s.probs[b * heads * n..(b + 1) * heads * n];
-            matmul_nt(
-                heads,
-                d,
-                n,
-                &dabar[b * d..],
-                batch * d,
-                xb,
-                d,
-                dsb,
-                n,
+            gemm.matmul(
+                MatRef::new(&dabar[b * d..], heads, d, batch * d),
+                MatRef::new(xb, n, d, d).t(),
+                MatMut::new(dsb, heads, n, n),
                 false,
             );
             for (dsr, pr) in dsb.chunks_exact_mut(n).zip(pb.chunks_exact(n)) {
@@ -259,7 +289,12 @@ pub(crate) fn cls_attention_backward(
                     .zip(pr)
                     .for_each(|(x, &p)| *x = p * (*x - pdp));
             }
-            matmul_nn(heads, n, d, dsb, n, xb, d, dub, d, false);
+            gemm.matmul(
+                MatRef::new(dsb, heads, n, n),
+                MatRef::new(xb, n, d, d),
+                MatMut::new(dub, heads, d, d),
+                false,
+            );
             for (h, dur) in dub.chunks_exact_mut(d).enumerate() {
                 let qr = &s.qt[(h * batch + b) * d..(h * batch + b + 1) * d];
                 for (((w, x), &q), &s) in pw.iter_mut().zip(dur.iter_mut()).zip(qr).zip(w1) {
@@ -279,19 +314,14 @@ pub(crate) fn cls_attention_backward(
         .enumerate()
         .for_each(|(h, (wkh, dqh))| {
             let dq_tilde = &dqt[h * d..];
-            matmul_nt(
-                batch,
-                d,
-                dh,
-                dq_tilde,
-                heads * d,
-                wkh.w(),
-                d,
-                dqh,
-                dh,
+            gemm.matmul(
+                MatRef::new(dq_tilde, batch, d, heads * d),
+                MatRef::new(wkh.w(), dh, d, d).t(),
+                MatMut::new(dqh, batch, dh, dh),
                 false,
             );
             wkh.grad(
+                gemm,
                 batch,
                 d,
                 &s.q[h * dh..],
@@ -314,8 +344,18 @@ pub(crate) fn cls_attention_backward(
             .for_each(|(b, dxb)| {
                 let pb = &s.probs[b * heads * n..(b + 1) * heads * n];
                 let dsb = &ds[b * heads * n..(b + 1) * heads * n];
-                matmul_tn(n, heads, d, pb, n, &dabar[b * d..], batch * d, dxb, d, true);
-                matmul_tn(n, heads, d, dsb, n, &u[b * d..], batch * d, dxb, d, true);
+                gemm.matmul(
+                    MatRef::new(pb, heads, n, n).t(),
+                    MatRef::new(&dabar[b * d..], heads, d, batch * d),
+                    MatMut::new(dxb, n, d, d),
+                    true,
+                );
+                gemm.matmul(
+                    MatRef::new(dsb, heads, n, n).t(),
+                    MatRef::new(&u[b * d..], heads, d, batch * d),
+                    MatMut::new(dxb, n, d, d),
+                    true,
+                );
             });
     }
 }
@@ -323,13 +363,26 @@ pub(crate) fn cls_attention_backward(
 /// SPEC §5 weights of the patches: per head, softmax over the `N−1` patch keys of the CLS
 /// query's scores (the CLS key left out), then the mean over heads. `[B, N−1]`, each row
 /// sums to 1. `u = w1 ⊙ q̃` (`[H, B, D]`) as computed by the forward.
-pub(crate) fn cls_patch_weights(dims: &BlockDims, xhat: &[f32], u: &[f32]) -> Vec<f32> {
+pub(crate) fn cls_patch_weights(
+    gemm: &Gemm,
+    dims: &BlockDims,
+    xhat: &[f32],
+    u: &[f32],
+) -> Vec<f32> {
     let (n, d, heads) = (dims.tokens, dims.width, dims.heads);
     let batch = xhat.len() / (n * d);
     let mut out = vec![0.0f32; batch * (n - 1)];
     out.par_chunks_mut(n - 1).enumerate().for_each(|(b, w)| {
         let mut s = vec![0.0f32; heads * n];
-        image_scores(dims, b, batch, &xhat[b * n * d..(b + 1) * n * d], u, &mut s);
+        image_scores(
+            gemm,
+            dims,
+            b,
+            batch,
+            &xhat[b * n * d..(b + 1) * n * d],
+            u,
+            &mut s,
+        );
         for row in s.chunks_exact_mut(n) {
             softmax_rows(&mut row[1..], n - 1);
             for (x, &p) in w.iter_mut().zip(&row[1..]) {

@@ -8,10 +8,10 @@ use rayon::prelude::*;
 
 use super::attention::{cls_attention_backward, AttentionGrads, AttentionSaved};
 use super::forward::{recompute_affine, zeros, Saved};
-use super::gemm::{matmul_nn, matmul_nt};
 use super::layernorm::{layernorm_backward, normalise_backward};
 use super::params::{BlockDims, BlockParams, FrozenHead};
 use super::wgrad::{UpdateRule, Weight};
+use anytime_linalg::{Gemm, MatMut, MatRef};
 
 /// Column sums of `dy` (`[rows, n]`) written to `db` (`[n]`).
 fn bias_grad(dy: &[f32], db: &mut [f32]) {
@@ -91,7 +91,9 @@ impl<'a> VectorGrads<'a> {
 /// it with the input tokens' gradient. A training step leaves it out: the tokens come
 /// from the frozen trunk, and without it backward touches no `[B·N, D]` buffer but the
 /// saved LN1 output.
+#[allow(clippy::too_many_arguments)]
 pub fn backward(
+    gemm: &Gemm,
     dims: &BlockDims,
     p: &BlockParams,
     head: &FrozenHead,
@@ -124,7 +126,7 @@ pub fn backward(
             g: gc,
         },
     };
-    backward_with(dims, params, head, saved, d_embed, vectors, d_tokens);
+    backward_with(gemm, dims, params, head, saved, d_embed, vectors, d_tokens);
 }
 
 /// Backward with the optimiser step of the four weight matrices ([`FUSED_TENSORS`])
@@ -136,6 +138,7 @@ pub fn backward(
 /// the gradient bits that [`backward`] would store.
 #[allow(clippy::too_many_arguments)]
 pub fn backward_update(
+    gemm: &Gemm,
     dims: &BlockDims,
     p: &mut BlockParams,
     head: &FrozenHead,
@@ -182,11 +185,13 @@ pub fn backward_update(
             &mut v.cproj_w,
         ),
     };
-    backward_with(dims, params, head, saved, d_embed, vectors, None);
+    backward_with(gemm, dims, params, head, saved, d_embed, vectors, None);
 }
 
 /// Backward itself, over the parameters as [`Params`] (stored or fused weight gradients).
+#[allow(clippy::too_many_arguments)]
 fn backward_with(
+    gemm: &Gemm,
     dims: &BlockDims,
     p: Params<'_>,
     head: &FrozenHead,
@@ -205,7 +210,12 @@ fn backward_with(
 
     // Head: e = u·proj (frozen), u = ln_post(x3).
     let mut du = vec![0.0; batch * d];
-    matmul_nt(batch, e, d, d_embed, e, &head.proj, e, &mut du, d, false);
+    gemm.matmul(
+        MatRef::new(d_embed, batch, e, e),
+        MatRef::new(&head.proj, d, e, e).t(),
+        MatMut::new(&mut du, batch, d, d),
+        false,
+    );
     let mut dx3 = vec![0.0; batch * d];
     layernorm_backward(
         &du,
@@ -222,13 +232,19 @@ fn backward_with(
     // `backprop` would add up partial input gradients as large as a quarter of it, and
     // is slower than matrixmultiply there; it serves the other three (docs/perf-log.md).
     let mut dfc = zeros(batch * m);
-    matmul_nn(batch, d, m, &dx3, d, p.cproj.w(), m, &mut dfc, m, false);
-    p.cproj.grad(batch, m, &dx3, d, &saved.act, m, 1.0, true);
+    gemm.matmul(
+        MatRef::new(&dx3, batch, d, d),
+        MatRef::new(p.cproj.w(), d, m, m),
+        MatMut::new(&mut dfc, batch, m, m),
+        false,
+    );
+    p.cproj
+        .grad(gemm, batch, m, &dx3, d, &saved.act, m, 1.0, true);
     bias_grad(&dx3, grads.cproj_b);
     dfc.iter_mut().zip(&saved.dact).for_each(|(g, &s)| *g *= s);
     let h2 = recompute_affine(&saved.xhat2, d, p.ln_2_w, p.ln_2_b);
     let mut dh2 = vec![0.0; batch * d];
-    p.fc.backprop(batch, d, &dfc, m, &h2, d, &mut dh2);
+    p.fc.backprop(gemm, batch, d, &dfc, m, &h2, d, &mut dh2);
     bias_grad(&dfc, grads.fc_b);
 
     // LN2 and the first residual: dx2 = dx3 + LN2ᵀ(dh2).
@@ -247,7 +263,7 @@ fn backward_with(
     // out_proj: x2 = x + attn·Woᵀ + bo.
     let mut dattn = vec![0.0; batch * d];
     p.out_proj
-        .backprop(batch, d, &dx2, d, &saved.attn, d, &mut dattn);
+        .backprop(gemm, batch, d, &dx2, d, &saved.attn, d, &mut dattn);
     bias_grad(&dx2, grads.out_proj_b);
 
     // Attention of the CLS query, then q = h1_cls·Wqᵀ + bq.
@@ -275,9 +291,9 @@ fn backward_with(
         probs: &saved.probs,
         abar: &saved.abar,
     };
-    cls_attention_backward(dims, &s, wk, wv, p.ln_1_b, &dattn, g);
+    cls_attention_backward(gemm, dims, &s, wk, wv, p.ln_1_b, &dattn, g);
     let mut dh1_cls = vec![0.0; batch * d];
-    wq.backprop(batch, d, &dq, d, &saved.h1_cls, d, &mut dh1_cls);
+    wq.backprop(gemm, batch, d, &dq, d, &saved.h1_cls, d, &mut dh1_cls);
     bias_grad(&dq, gbq);
 
     // LN1 of the CLS rows (the queries' input): h1 = x̂ ⊙ w1 + b1.

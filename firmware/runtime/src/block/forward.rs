@@ -10,9 +10,9 @@ use rayon::prelude::*;
 use super::attention::{
     attention_core_forward, cls_patch_weights, folded_queries, scale_rows, value_output,
 };
-use super::gemm::{matmul_nn, matmul_nt};
 use super::layernorm::{layernorm_affine, layernorm_forward, layernorm_normalise};
 use super::params::{BlockDims, BlockParams, FrozenHead};
+use anytime_linalg::{Gemm, MatMut, MatRef};
 
 /// Activations saved by the forward pass for backward (`R = B·N` rows of all tokens,
 /// `H` heads). Reused across steps by [`forward_into`].
@@ -95,6 +95,7 @@ fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
 
 /// LN1 of every token, the CLS rows' LN1 output and the CLS queries, into `s`.
 fn attention_inputs(
+    gemm: &Gemm,
     dims: &BlockDims,
     p: &BlockParams,
     tokens: &[f32],
@@ -123,25 +124,20 @@ fn attention_inputs(
     }
     let q = sized(&mut s.q, batch * d);
     broadcast_rows(q, &p.in_proj_b[..d]);
-    matmul_nt(
-        batch,
-        d,
-        d,
-        &s.h1_cls,
-        d,
-        &p.in_proj_w[..d * d],
-        d,
-        q,
-        d,
+    gemm.matmul(
+        MatRef::new(&s.h1_cls, batch, d, d),
+        MatRef::new(&p.in_proj_w[..d * d], d, d, d).t(),
+        MatMut::new(q, batch, d, d),
         true,
     );
     let qt = sized(&mut s.qt, dims.heads * batch * d);
-    folded_queries(dims, &s.q, &p.in_proj_w[d * d..2 * d * d], qt);
+    folded_queries(gemm, dims, &s.q, &p.in_proj_w[d * d..2 * d * d], qt);
 }
 
 /// Forward of `batch` token sets (`[B, N, D]`): the saved activations, whose `embed`
 /// holds the unnormalised embeddings.
 pub fn forward(
+    gemm: &Gemm,
     dims: &BlockDims,
     p: &BlockParams,
     head: &FrozenHead,
@@ -149,12 +145,13 @@ pub fn forward(
     batch: usize,
 ) -> Saved {
     let mut s = Saved::default();
-    forward_into(dims, p, head, tokens, batch, &mut s);
+    forward_into(gemm, dims, p, head, tokens, batch, &mut s);
     s
 }
 
 /// [`forward`] into `s`, reusing its buffers.
 pub fn forward_into(
+    gemm: &Gemm,
     dims: &BlockDims,
     p: &BlockParams,
     head: &FrozenHead,
@@ -164,17 +161,18 @@ pub fn forward_into(
 ) {
     let (n, d, m, e, heads) = (dims.tokens, dims.width, dims.mlp, dims.embed, dims.heads);
     s.batch = batch;
-    attention_inputs(dims, p, tokens, batch, s);
+    attention_inputs(gemm, dims, p, tokens, batch, s);
 
     let mut u = zeros(heads * batch * d);
     scale_rows(&s.qt, &p.ln_1_w, &mut u);
     let probs = sized(&mut s.probs, batch * heads * n);
     let abar = sized(&mut s.abar, batch * heads * d);
-    attention_core_forward(dims, &s.xhat1, &u, probs, abar);
+    attention_core_forward(gemm, dims, &s.xhat1, &u, probs, abar);
     // a = ā ⊙ w1 + b1 (the probabilities sum to 1), then o = W_v a + b_v per head.
     let a = recompute_affine(&s.abar, d, &p.ln_1_w, &p.ln_1_b);
     let attn = sized(&mut s.attn, batch * d);
     value_output(
+        gemm,
         dims,
         &a,
         &p.in_proj_w[2 * d * d..],
@@ -193,7 +191,12 @@ pub fn forward_into(
             *x = t + bo;
         }
     }
-    matmul_nt(batch, d, d, &s.attn, d, &p.out_proj_w, d, &mut x2, d, true);
+    gemm.matmul(
+        MatRef::new(&s.attn, batch, d, d),
+        MatRef::new(&p.out_proj_w, d, d, d).t(),
+        MatMut::new(&mut x2, batch, d, d),
+        true,
+    );
 
     let mut h2 = vec![0.0; batch * d];
     layernorm_forward(
@@ -207,7 +210,12 @@ pub fn forward_into(
     );
     let fc = sized(&mut s.act, batch * m);
     broadcast_rows(fc, &p.fc_b);
-    matmul_nt(batch, d, m, &h2, d, &p.fc_w, d, fc, m, true);
+    gemm.matmul(
+        MatRef::new(&h2, batch, d, d),
+        MatRef::new(&p.fc_w, m, d, d).t(),
+        MatMut::new(fc, batch, m, m),
+        true,
+    );
     quick_gelu_rows(fc, sized(&mut s.dact, batch * m), m);
 
     // x3 = x2 + act·Wpᵀ + bp
@@ -215,7 +223,12 @@ pub fn forward_into(
     for row in x3.chunks_exact_mut(d) {
         row.iter_mut().zip(&p.cproj_b).for_each(|(x, &b)| *x += b);
     }
-    matmul_nt(batch, m, d, &s.act, m, &p.cproj_w, m, &mut x3, d, true);
+    gemm.matmul(
+        MatRef::new(&s.act, batch, m, m),
+        MatRef::new(&p.cproj_w, d, m, m).t(),
+        MatMut::new(&mut x3, batch, d, d),
+        true,
+    );
 
     let mut u_post = vec![0.0; batch * d];
     layernorm_forward(
@@ -228,7 +241,12 @@ pub fn forward_into(
         &mut u_post,
     );
     let embed = sized(&mut s.embed, batch * e);
-    matmul_nn(batch, d, e, &u_post, d, &head.proj, e, embed, e, false);
+    gemm.matmul(
+        MatRef::new(&u_post, batch, d, d),
+        MatRef::new(&head.proj, d, e, e),
+        MatMut::new(embed, batch, e, e),
+        false,
+    );
 }
 
 /// `h = xhat·w + b` recomputed from a saved LayerNorm output (in parallel by blocks of
@@ -254,10 +272,16 @@ pub fn l2_normalise(x: &mut [f32], e: usize) {
 }
 
 /// SPEC §5 CLS→patch weights (`[B, N−1]`), computed without the rest of the block.
-pub fn cls_attention(dims: &BlockDims, p: &BlockParams, tokens: &[f32], batch: usize) -> Vec<f32> {
+pub fn cls_attention(
+    gemm: &Gemm,
+    dims: &BlockDims,
+    p: &BlockParams,
+    tokens: &[f32],
+    batch: usize,
+) -> Vec<f32> {
     let mut s = Saved::default();
-    attention_inputs(dims, p, tokens, batch, &mut s);
+    attention_inputs(gemm, dims, p, tokens, batch, &mut s);
     let mut u = vec![0.0; s.qt.len()];
     scale_rows(&s.qt, &p.ln_1_w, &mut u);
-    cls_patch_weights(dims, &s.xhat1, &u)
+    cls_patch_weights(gemm, dims, &s.xhat1, &u)
 }

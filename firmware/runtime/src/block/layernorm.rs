@@ -1,7 +1,7 @@
 //! LayerNorm over the last axis (eps 1e-5): forward, and its backward rule.
 
-use super::sums;
 use crate::simd::Build;
+use anytime_linalg::sums;
 
 /// LayerNorm epsilon of CLIP.
 pub(crate) const LN_EPS: f32 = 1e-5;
@@ -22,7 +22,7 @@ const NARROW: &str = "avx2";
 fn normalise_with(build: Build, x: &[f32], d: usize, xhat: &mut [f32], rstd: &mut [f32]) {
     let rows = rstd.len();
     assert!(x.len() == rows * d && xhat.len() == rows * d);
-    build_of!(
+    anytime_linalg::build_of!(
         build,
         "avx2",
         normalise_body(x: &[f32], d: usize, xhat: &mut [f32], rstd: &mut [f32]) -> ()

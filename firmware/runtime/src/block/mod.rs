@@ -9,23 +9,16 @@ mod attention;
 mod backward;
 mod flops;
 mod forward;
-mod gemm;
 mod layernorm;
 mod memory;
 mod model;
 mod params;
-pub(crate) mod sums;
-#[cfg(target_arch = "x86_64")]
-mod thin;
 mod weights;
 mod wgrad;
 
 pub use backward::{backward, backward_update, FUSED_TENSORS};
 pub use flops::{step_flops, StepFlops};
 pub use forward::{cls_attention, forward, forward_into, l2_normalise, Saved};
-pub use gemm::{
-    set_thin_avx512, set_thin_kernels, sgemm_nn, thin_avx512_active, thin_kernels_active,
-};
 pub use memory::{memory_report, MemoryReport};
 pub use model::LastBlock;
 pub use params::{

@@ -3,11 +3,9 @@
 //! [`super::backward::backward_update`]: the gradient is never written out, and the
 //! optimiser does not stream it back in).
 
-use std::cell::RefCell;
-
 use rayon::prelude::*;
 
-use super::gemm::matmul_here;
+use anytime_linalg::{Gemm, MatMut, MatRef};
 
 /// Rows of a weight gradient computed, then stored or applied, at a time: 32 rows of the
 /// widest weight (3,072 columns) are 384 KiB, which stay in a core's L2 between the
@@ -37,14 +35,6 @@ pub(crate) enum Weight<'a> {
 /// Groups of strips run in parallel by [`Weight::backprop`], each with its own partial
 /// input gradient.
 pub(crate) const GROUPS: usize = 8;
-
-thread_local! {
-    /// A strip of gradient on its way to the optimiser, kept from call to call.
-    static STRIP_BUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// The partial input gradients of [`Weight::backprop`]'s groups but the first, kept
-    /// from call to call.
-    static PARTIALS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
 
 impl<'a> Weight<'a> {
     /// The weights (before any update: backward reads them for the input gradient first).
@@ -115,6 +105,7 @@ impl<'a> Weight<'a> {
     #[allow(clippy::too_many_arguments)]
     pub fn grad(
         self,
+        gemm: &Gemm,
         r: usize,
         inn: usize,
         dy: &[f32],
@@ -125,8 +116,9 @@ impl<'a> Weight<'a> {
         par: bool,
     ) {
         let strips = self.chunks(STRIP * inn);
-        let run =
-            |(s, w): (usize, Weight<'_>)| w.deliver(s * STRIP, r, inn, dy, ldy, x, ldx, scale);
+        let run = |(s, w): (usize, Weight<'_>)| {
+            w.deliver(gemm, s * STRIP, r, inn, dy, ldy, x, ldx, scale)
+        };
         if par {
             strips.into_par_iter().enumerate().for_each(run);
         } else {
@@ -147,6 +139,7 @@ impl<'a> Weight<'a> {
     #[allow(clippy::too_many_arguments)]
     pub fn backprop(
         self,
+        gemm: &Gemm,
         r: usize,
         inn: usize,
         dy: &[f32],
@@ -159,10 +152,8 @@ impl<'a> Weight<'a> {
         assert!(rows * inn == self.w().len() && dx.len() == r * inn);
         let per_group = rows.div_ceil(GROUPS).next_multiple_of(STRIP);
         let groups = self.chunks(per_group * inn);
-        // Out of the thread's slot for the call: while the parallel section waits, rayon
-        // runs other work on this thread (a concurrent step's too), and a call there
-        // finds the slot empty and makes its own.
-        let mut partials = PARTIALS.take();
+        // The partial input gradients of the groups but the first, in the GEMMs' scratch.
+        let mut partials = gemm.scratch();
         {
             partials.resize((groups.len() - 1) * r * inn, 0.0);
             let outs: Vec<&mut [f32]> = std::iter::once(&mut *dx)
@@ -176,26 +167,19 @@ impl<'a> Weight<'a> {
                     for (s, ws) in wg.chunks(STRIP * inn).into_iter().enumerate() {
                         let row0 = gi * per_group + s * STRIP;
                         let k = ws.w().len() / inn;
-                        matmul_here(
-                            r,
-                            k,
-                            inn,
-                            &dy[row0..],
-                            (ldy, 1),
-                            ws.w(),
-                            (inn, 1),
-                            out,
-                            inn,
+                        gemm.matmul_here(
+                            MatRef::strided(&dy[row0..], r, k, (ldy, 1)),
+                            MatRef::strided(ws.w(), k, inn, (inn, 1)),
+                            MatMut::new(out, r, inn, inn),
                             s > 0,
                         );
-                        ws.deliver(row0, r, inn, dy, ldy, x, ldx, 1.0);
+                        ws.deliver(gemm, row0, r, inn, dy, ldy, x, ldx, 1.0);
                     }
                 });
             for part in partials.chunks_exact(r * inn) {
                 dx.iter_mut().zip(part).for_each(|(d, &p)| *d += p);
             }
         }
-        PARTIALS.set(partials);
     }
 
     /// Computes the gradient rows `row0..` of these weights (one strip) and stores or
@@ -203,6 +187,7 @@ impl<'a> Weight<'a> {
     #[allow(clippy::too_many_arguments)]
     fn deliver(
         self,
+        gemm: &Gemm,
         row0: usize,
         r: usize,
         inn: usize,
@@ -214,16 +199,10 @@ impl<'a> Weight<'a> {
     ) {
         let compute = |g: &mut [f32]| {
             let rows = g.len() / inn;
-            matmul_here(
-                rows,
-                r,
-                inn,
-                &dy[row0..],
-                (1, ldy),
-                x,
-                (ldx, 1),
-                g,
-                inn,
+            gemm.matmul_here(
+                MatRef::strided(&dy[row0..], rows, r, (1, ldy)),
+                MatRef::strided(x, r, inn, (ldx, 1)),
+                MatMut::new(g, rows, inn, inn),
                 false,
             );
             if scale != 1.0 {
@@ -239,12 +218,11 @@ impl<'a> Weight<'a> {
                 v,
                 rule,
             } => {
-                // Out of the slot while `rule` runs, as in `backprop`.
-                let mut g = STRIP_BUF.take();
+                // The strip's gradient, in the GEMMs' scratch.
+                let mut g = gemm.scratch();
                 g.resize(w.len(), 0.0);
                 compute(&mut g);
                 rule(name, w, &g, m, v);
-                STRIP_BUF.set(g);
             }
         }
     }
@@ -263,6 +241,7 @@ mod tests {
     /// partial strips and groups.
     #[test]
     fn backprop_matches_plain_loops_on_any_thread_count_and_both_destinations() {
+        let gemm = &Gemm::default();
         for (r, rows, inn) in [(3, 1, 5), (32, 33, 64), (7, 100, 48), (32, 300, 17)] {
             let (ldy, ldx) = (rows + 2, inn + 1);
             let (dy, x, w) = (
@@ -288,7 +267,7 @@ mod tests {
                 pool.install(|| {
                     let (mut dx, mut g) = (vec![f32::NAN; r * inn], vec![f32::NAN; rows * inn]);
                     let wt = Weight::Store { w: &w, g: &mut g };
-                    wt.backprop(r, inn, &dy, ldy, &x, ldx, &mut dx);
+                    wt.backprop(gemm, r, inn, &dy, ldy, &x, ldx, &mut dx);
                     // The update destination, with a rule that records the gradient.
                     let (mut w2, mut m, mut v) =
                         (w.clone(), vec![0.0; w.len()], vec![0.0; w.len()]);
@@ -308,7 +287,7 @@ mod tests {
                         v: &mut v,
                         rule: &rule,
                     };
-                    wu.backprop(r, inn, &dy, ldy, &x, ldx, &mut dx2);
+                    wu.backprop(gemm, r, inn, &dy, ldy, &x, ldx, &mut dx2);
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     assert_eq!(
                         bits(&dx),
@@ -341,6 +320,7 @@ mod tests {
     /// and gives the same result as alone.
     #[test]
     fn backprop_is_reentrant_on_one_thread() {
+        let gemm = &Gemm::default();
         let (r, rows, inn) = (4, 70, 9);
         let (dy, x, w) = (
             sines(r * rows, 0.3),
@@ -349,7 +329,7 @@ mod tests {
         );
         let alone = || {
             let (mut dx, mut g) = (vec![0.0; r * inn], vec![0.0; rows * inn]);
-            Weight::Store { w: &w, g: &mut g }.backprop(r, inn, &dy, rows, &x, inn, &mut dx);
+            Weight::Store { w: &w, g: &mut g }.backprop(gemm, r, inn, &dy, rows, &x, inn, &mut dx);
             (dx, g)
         };
         let want = alone();
@@ -371,7 +351,7 @@ mod tests {
                 v: &mut v,
                 rule: &rule,
             };
-            outer.backprop(r, inn, &dy, rows, &x, inn, &mut dx);
+            outer.backprop(gemm, r, inn, &dy, rows, &x, inn, &mut dx);
             assert_eq!(dx, want.0);
             let inner = inner.into_inner().unwrap();
             assert_eq!(inner.len(), rows.div_ceil(STRIP));

@@ -128,11 +128,8 @@ impl Learner {
                 }
             }
             let (params, other_bias) = (trained.params, trained.other_bias);
-            let block = LastBlock {
-                dims: self.dims,
-                params,
-                head: self.predictor.original.head.clone(),
-            };
+            let head = self.predictor.original.head.clone();
+            let block = LastBlock::new(self.dims, params, head);
             self.tuned = Some((block, other_bias));
         }
         Ok(self.tuned.as_ref().expect("set above"))

@@ -2,8 +2,6 @@
 //! `p ← p − lr·wd·p` (decayed tensors only), `m ← β1 m + (1−β1) g`, `v ← β2 v + (1−β2) g²`,
 //! `p ← p − lr · (m / (1−β1ᵗ)) / (sqrt(v / (1−β2ᵗ)) + eps)`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use rayon::prelude::*;
 
 use super::TrainConfig;
@@ -56,6 +54,9 @@ struct Coeffs {
     eps: f32,
     step_size: f32,
     inv_sqrt_c2: f32,
+    /// Whether the update prefetches (x86-64; the same bits either way).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    prefetch: bool,
 }
 
 impl Coeffs {
@@ -72,6 +73,7 @@ impl Coeffs {
             eps: cfg.eps,
             step_size,
             inv_sqrt_c2,
+            prefetch: true,
         }
     }
 }
@@ -91,25 +93,15 @@ fn update_body(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: Coeffs
     }
 }
 
-/// [`update_body`] as [`set_update_prefetch`] says: prefetching ([`update_prefetching`],
+/// [`update_body`] as `c.prefetch` says: prefetching ([`update_prefetching`],
 /// x86-64) or not; compiled into each build of [`update_tensor`].
 #[inline(always)]
 fn update_chosen(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: Coeffs) {
     #[cfg(target_arch = "x86_64")]
-    if PREFETCH.load(Ordering::Relaxed) {
+    if c.prefetch {
         return update_prefetching(p, g, m, v, c);
     }
     update_body(p, g, m, v, c)
-}
-
-/// Whether the update prefetches (see [`set_update_prefetch`]).
-static PREFETCH: AtomicBool = AtomicBool::new(true);
-
-/// Turns on or off (for the whole process; on by default) the update's software
-/// prefetching ([`PREFETCH_AHEAD`]), so that a benchmark can compare both in one run.
-/// The bits are the same either way.
-pub fn set_update_prefetch(on: bool) {
-    PREFETCH.store(on, Ordering::Relaxed);
 }
 
 /// Elements ahead of the update at which the lines of the weights and of both moments are
@@ -165,7 +157,7 @@ const NARROW: &str = "avx";
 
 /// [`update_tensor`] in the given build (panics when the CPU lacks it).
 fn update_with(build: Build, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: Coeffs) {
-    build_of!(
+    anytime_linalg::build_of!(
         build,
         "avx",
         update_chosen(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: Coeffs) -> ()
@@ -195,13 +187,26 @@ pub(crate) struct StepScalars<'a> {
     step_size: f32,
     /// `1 / sqrt(1−β2ᵗ)`.
     inv_sqrt_c2: f32,
+    /// Whether the updates prefetch.
+    prefetch: bool,
 }
 
 impl StepScalars<'_> {
     /// The update of one block of the tensor `name` (decayed or not by its name).
     pub fn update(&self, name: &str, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
-        let c = Coeffs::new(self.cfg, is_decayed(name), self.step_size, self.inv_sqrt_c2);
+        let c = Coeffs {
+            prefetch: self.prefetch,
+            ..Coeffs::new(self.cfg, is_decayed(name), self.step_size, self.inv_sqrt_c2)
+        };
         update_tensor(p, g, m, v, c)
+    }
+
+    /// These scalars with software prefetching on (the default) or off: the same bits.
+    pub fn prefetching(self, on: bool) -> Self {
+        StepScalars {
+            prefetch: on,
+            ..self
+        }
     }
 }
 
@@ -213,6 +218,7 @@ pub(crate) fn next_step<'a>(cfg: &'a TrainConfig, state: &mut AdamState) -> Step
         cfg,
         step_size,
         inv_sqrt_c2,
+        prefetch: true,
     }
 }
 
@@ -305,7 +311,6 @@ mod tests {
             .into_iter()
             .flat_map(|len| [(len, false), (len, true)]);
         for (len, prefetch) in cases {
-            set_update_prefetch(prefetch);
             for decay in [false, true] {
                 let mut fill = |scale: f32| -> Vec<f32> {
                     (0..len).map(|_| rng.gen_range(-scale..scale)).collect()
@@ -316,7 +321,10 @@ mod tests {
                 let (mut p2, mut m2, mut v2) = (p0, m0, v0);
                 for t in 1..=3 {
                     let (s, c2) = corrections(&cfg, t);
-                    let c = Coeffs::new(&cfg, decay, s, c2);
+                    let c = Coeffs {
+                        prefetch,
+                        ..Coeffs::new(&cfg, decay, s, c2)
+                    };
                     update_with(build, &mut p1, &g, &mut m1, &mut v1, c);
                     update_body(&mut p2, &g, &mut m2, &mut v2, c);
                 }

@@ -3,18 +3,80 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::adamw::{adamw_update, next_step, update_tensors};
+use anytime_linalg::{Gemm, GemmOptions};
+
+use super::adamw::{next_step, update_tensors};
 use super::loss::{loss_forward_backward, LossOutput};
 use super::{Batch, Gradients, StepStats, TrainBackend, TrainConfig, TrainError, TunedState};
 use crate::block::{
     backward, backward_update, forward_into, BlockDims, FrozenHead, Saved, FUSED_TENSORS,
 };
 
-/// Trains the tuned block on the CPU (f32, GEMMs through `matrixmultiply` and, on x86-64
-/// with AVX2 and FMA, the thin kernel of `block::thin`).
-/// Deterministic: the same state and batches give bit-identical results.
+/// How a [`CpuBackend`] runs its step. Every choice gives the same bits but
+/// `gemm.thin_avx512` (the AVX-512 thin kernels sum in another lane order); the defaults
+/// are the fastest measured (`bench-train` compares each against its alternative).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuOptions {
+    /// The GEMM kernels.
+    pub gemm: GemmOptions,
+    /// The four weight matrices' AdamW update fused into backward, a strip of rows at a
+    /// time while its gradient is in cache (else every gradient is written, then read
+    /// back by AdamW).
+    pub fused_update: bool,
+    /// AdamW's software prefetch of the weights and moments ahead of the update.
+    pub update_prefetch: bool,
+    /// Transparent huge pages asked for under the weights, gradients and moments (Linux;
+    /// advice only), when the backend is made or given a state.
+    pub huge_pages: bool,
+    /// The rayon pool's other workers kept spinning through a step (at most 2 ms without
+    /// work) instead of sleeping between its parallel sections: faster, and more CPU
+    /// time burnt in the step's serial stretches.
+    pub keep_awake: bool,
+}
+
+impl Default for CpuOptions {
+    /// Everything on.
+    fn default() -> Self {
+        CpuOptions {
+            gemm: GemmOptions::default(),
+            fused_update: true,
+            update_prefetch: true,
+            huge_pages: true,
+            keep_awake: true,
+        }
+    }
+}
+
+impl CpuOptions {
+    /// The defaults, with [`Self::keep_awake`] off when the machine runs on a battery
+    /// (Linux: a power supply of type `Battery` that is discharging), where spinning
+    /// workers cost charge for a few milliseconds a step.
+    pub fn for_this_machine() -> Self {
+        CpuOptions {
+            keep_awake: !on_battery(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Whether a battery is discharging (`/sys/class/power_supply/*/{type,status}`).
+fn on_battery() -> bool {
+    let Ok(dir) = std::fs::read_dir("/sys/class/power_supply") else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        let read = |f: &str| std::fs::read_to_string(e.path().join(f)).unwrap_or_default();
+        read("type").trim() == "Battery" && read("status").trim() == "Discharging"
+    })
+}
+
+/// Trains the tuned block on the CPU (f32, GEMMs through `anytime_linalg`), as its
+/// [`CpuOptions`] say. Deterministic: the same state and batches give bit-identical
+/// results.
 #[derive(Debug)]
 pub struct CpuBackend {
+    options: CpuOptions,
+    gemm: Gemm,
     dims: BlockDims,
     cfg: TrainConfig,
     head: FrozenHead,
@@ -27,12 +89,24 @@ pub struct CpuBackend {
 }
 
 impl CpuBackend {
-    /// A backend training from `state` (e.g. [`TunedState::fresh`] of the original block).
+    /// A backend training from `state` (e.g. [`TunedState::fresh`] of the original
+    /// block), with [`CpuOptions::for_this_machine`].
     pub fn new(
         dims: BlockDims,
         cfg: TrainConfig,
         head: FrozenHead,
         state: TunedState,
+    ) -> Result<Self, TrainError> {
+        Self::with_options(dims, cfg, head, state, CpuOptions::for_this_machine())
+    }
+
+    /// [`Self::new`] with these options.
+    pub fn with_options(
+        dims: BlockDims,
+        cfg: TrainConfig,
+        head: FrozenHead,
+        state: TunedState,
+        options: CpuOptions,
     ) -> Result<Self, TrainError> {
         state.check(&dims)?;
         if head.ln_post_w.len() != dims.width || head.proj.len() != dims.width * dims.embed {
@@ -46,6 +120,8 @@ impl CpuBackend {
             tokens: Vec::new(),
         };
         let mut cpu = CpuBackend {
+            options,
+            gemm: Gemm::new(options.gemm),
             dims,
             cfg,
             head,
@@ -57,13 +133,27 @@ impl CpuBackend {
         Ok(cpu)
     }
 
-    /// Asks for huge pages under the weights and moments (see [`set_huge_pages`]); the
+    /// Asks for huge pages under the weights and moments (when the options say so); the
     /// weight matrices' gradients get them when they are made.
     fn advise_state_huge_pages(&mut self) {
         let s = &mut self.state;
         for set in [&mut s.params, &mut s.optim.m, &mut s.optim.v] {
-            advise_huge_pages(set);
+            advise_huge_pages(set, self.options.huge_pages);
         }
+    }
+
+    /// The options.
+    pub fn options(&self) -> CpuOptions {
+        self.options
+    }
+
+    /// Runs later steps with `options` (same-run comparisons); huge pages are asked for
+    /// only when a state is given.
+    pub fn set_options(&mut self, options: CpuOptions) {
+        if options.gemm != self.options.gemm {
+            self.gemm = Gemm::new(options.gemm);
+        }
+        self.options = options;
     }
 
     /// The current state, without a copy.
@@ -80,7 +170,15 @@ impl CpuBackend {
     fn forward_loss(&mut self, batch: &Batch<'_>) -> Result<LossOutput, TrainError> {
         let b = batch.check(&self.dims)?;
         let p = &self.state.params;
-        forward_into(&self.dims, p, &self.head, batch.tokens, b, &mut self.saved);
+        forward_into(
+            &self.gemm,
+            &self.dims,
+            p,
+            &self.head,
+            batch.tokens,
+            b,
+            &mut self.saved,
+        );
         let mut out = loss_forward_backward(
             &self.cfg,
             &self.saved.embed,
@@ -104,7 +202,7 @@ impl CpuBackend {
         let out = self.forward_loss(batch)?;
         if !self.grads.params.matches(&self.dims) {
             self.grads.params = crate::block::BlockParams::zeros(&self.dims);
-            advise_huge_pages(&mut self.grads.params);
+            advise_huge_pages(&mut self.grads.params, self.options.huge_pages);
         }
         let g = &mut self.grads;
         let d_tokens = if tokens {
@@ -115,6 +213,7 @@ impl CpuBackend {
             None
         };
         backward(
+            &self.gemm,
             &self.dims,
             &self.state.params,
             &self.head,
@@ -128,19 +227,21 @@ impl CpuBackend {
     }
 
     /// Forward, loss, backward (no input-token gradient) and the AdamW update: fused
-    /// into backward for the weight matrices (see [`set_fused_update`]), then the rest.
+    /// into backward for the weight matrices (unless the options say otherwise), then
+    /// the rest.
     fn step_here(&mut self, batch: &Batch<'_>) -> Result<StepStats, TrainError> {
-        if !FUSED_UPDATE.load(Ordering::Relaxed) {
+        if !self.options.fused_update {
             return self.step_unfused(batch);
         }
         let out = self.forward_loss(batch)?;
         let s = &mut self.state;
-        let k = next_step(&self.cfg, &mut s.optim);
+        let k = next_step(&self.cfg, &mut s.optim).prefetching(self.options.update_prefetch);
         let rule = |name: &'static str, w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
             k.update(name, w, g, m, v)
         };
         let g = &mut self.grads;
         backward_update(
+            &self.gemm,
             &self.dims,
             &mut s.params,
             &self.head,
@@ -171,54 +272,26 @@ impl CpuBackend {
     fn step_unfused(&mut self, batch: &Batch<'_>) -> Result<StepStats, TrainError> {
         let mut stats = self.compute_gradients(batch, false)?;
         let s = &mut self.state;
-        adamw_update(
-            &self.dims,
-            &self.cfg,
+        let k = next_step(&self.cfg, &mut s.optim).prefetching(self.options.update_prefetch);
+        let grads = (&self.grads.params, self.grads.other_bias);
+        let (dims, all) = (&self.dims, |_: &str| true);
+        update_tensors(
+            dims,
+            k,
             &mut s.optim,
             &mut s.params,
             &mut s.other_bias,
-            &self.grads.params,
-            self.grads.other_bias,
+            grads,
+            all,
         );
         stats.step = s.optim.step;
         Ok(stats)
     }
 }
 
-/// Whether CPU steps fuse the weight matrices' update into backward (see
-/// [`set_fused_update`]).
-static FUSED_UPDATE: AtomicBool = AtomicBool::new(true);
-
-/// Turns on or off (for the whole process; on by default) fusing the AdamW update of the
-/// four weight matrices into backward, so that a benchmark can compare both in one run.
-///
-/// Fused, each matrix's gradient is computed 32 rows at a time into a buffer that stays
-/// in cache, and those rows of the weights and moments are updated at once: the
-/// gradients (27 MB for ViT-B/32) are never written to memory nor read back by AdamW,
-/// which then updates only the vectors. Either way every weight gets the same gradient
-/// bits and the same update, so the results are bit-identical (tested).
-pub fn set_fused_update(on: bool) {
-    FUSED_UPDATE.store(on, Ordering::Relaxed);
-}
-
-/// Whether new CPU backends ask for huge pages (see [`set_huge_pages`]).
-static HUGE_PAGES: AtomicBool = AtomicBool::new(true);
-
-/// Turns on or off (for the whole process, for backends made or given a state
-/// afterwards; on by default) asking Linux to back the CPU backend's large arrays
-/// (weights, gradients, Adam moments: 113 MB for ViT-B/32) with transparent huge pages,
-/// so that a benchmark can compare both in one run.
-///
-/// A step streams these arrays (AdamW alone reads 4 and writes 3 of them), and with
-/// 4 KiB pages every 4 KiB costs a TLB miss, whose page walk is long under a hypervisor.
-/// Where transparent huge pages are off, or not on Linux, the advice does nothing.
-pub fn set_huge_pages(on: bool) {
-    HUGE_PAGES.store(on, Ordering::Relaxed);
-}
-
-/// [`huge_pages`] for every tensor of `set`, unless turned off (see [`set_huge_pages`]).
-fn advise_huge_pages(set: &mut crate::block::BlockParams) {
-    if HUGE_PAGES.load(Ordering::Relaxed) {
+/// [`huge_pages`] for every tensor of `set` when `on`.
+fn advise_huge_pages(set: &mut crate::block::BlockParams, on: bool) {
+    if on {
         set.tensors_mut().into_iter().for_each(|t| huge_pages(t));
     }
 }
@@ -251,35 +324,18 @@ fn huge_pages(v: &mut [f32]) {
     let _ = v;
 }
 
-/// Whether [`on_pool`] keeps the pool's other workers awake (see [`set_keep_awake`]).
-static KEEP_AWAKE: AtomicBool = AtomicBool::new(true);
-
-/// Turns on or off (for the whole process; on by default) keeping the rayon pool's idle
-/// workers awake during a CPU training step, so that a benchmark can compare both in one
-/// run.
-///
-/// A step is some fifty parallel sections (GEMM parts, per-image and per-head loops, the
-/// AdamW chunks) with short serial stretches between them. A rayon worker that finds no
-/// work for a few tens of microseconds goes to sleep, and waking it delays the next
-/// section. Kept awake, the other workers spin (running any work that appears) until the
-/// step ends (or spin 2 ms without work): the step is faster and burns more
-/// CPU time in its serial stretches, which a battery-powered device may not want.
-pub fn set_keep_awake(on: bool) {
-    KEEP_AWAKE.store(on, Ordering::Relaxed);
-}
-
 /// How long a kept-awake worker spins without finding work before it goes back to
 /// rayon's own waiting: longer than a step's serial stretches.
 const KEEP_AWAKE_IDLE: Duration = Duration::from_millis(2);
 
 /// Runs `f` on a worker of the rayon pool, so that the many parallel sections of a step
 /// start from inside the pool rather than each being handed to it from outside; the
-/// pool's other workers are kept awake while it runs (see [`set_keep_awake`]).
-fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+/// pool's other workers are kept awake while it runs when `keep_awake`.
+fn on_pool<R: Send>(awake: bool, f: impl FnOnce() -> R + Send) -> R {
     let done = AtomicBool::new(false);
     let mut out = None;
     rayon::scope(|s| {
-        if KEEP_AWAKE.load(Ordering::Relaxed) {
+        if awake {
             for _ in 1..rayon::current_num_threads() {
                 s.spawn(|_| keep_awake(&done));
             }
@@ -332,15 +388,17 @@ impl TrainBackend for CpuBackend {
     }
 
     fn step(&mut self, batch: &Batch<'_>) -> Result<StepStats, TrainError> {
-        on_pool(|| self.step_here(batch))
+        on_pool(self.options.keep_awake, || self.step_here(batch))
     }
 
     fn loss(&mut self, batch: &Batch<'_>) -> Result<StepStats, TrainError> {
-        on_pool(|| Ok(self.forward_loss(batch)?.stats))
+        on_pool(self.options.keep_awake, || {
+            Ok(self.forward_loss(batch)?.stats)
+        })
     }
 
     fn loss_embed(&mut self, batch: &Batch<'_>) -> Result<(StepStats, Vec<f32>), TrainError> {
-        on_pool(|| {
+        on_pool(self.options.keep_awake, || {
             let stats = self.forward_loss(batch)?.stats;
             let len = batch.size() * self.dims.embed;
             Ok((stats, self.saved.embed[..len].to_vec()))
@@ -348,7 +406,9 @@ impl TrainBackend for CpuBackend {
     }
 
     fn gradients(&mut self, batch: &Batch<'_>) -> Result<(StepStats, Gradients), TrainError> {
-        let stats = on_pool(|| self.compute_gradients(batch, true))?;
+        let stats = on_pool(self.options.keep_awake, || {
+            self.compute_gradients(batch, true)
+        })?;
         Ok((stats, self.grads.clone()))
     }
 

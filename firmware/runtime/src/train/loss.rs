@@ -8,8 +8,8 @@
 use rayon::prelude::*;
 
 use super::{StepStats, TrainConfig};
-use crate::block::sums;
 use crate::simd::Build;
+use anytime_linalg::sums;
 
 /// Loss value, statistics and the gradients w.r.t. the unnormalised embeddings
 /// (`[B, E]`) and `b`.
@@ -65,7 +65,7 @@ fn terms_with(
     y: usize,
     d_er: &mut [f32],
 ) -> SampleTerms {
-    build_of!(
+    anytime_linalg::build_of!(
         build,
         "avx2",
         terms_body(set: &LabelSet<'_>, er: &[f32], y: usize, d_er: &mut [f32]) -> SampleTerms

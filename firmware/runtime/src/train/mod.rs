@@ -24,9 +24,9 @@ pub mod state;
 
 use crate::block::{BlockDims, BlockParams, WeightsError};
 
-pub use adamw::{set_update_prefetch, AdamState};
+pub use adamw::AdamState;
 pub use choice::{choose_backend, quiet_device_select, BackendChoice, BackendReason, Training};
-pub use cpu::{set_fused_update, set_huge_pages, set_keep_awake, CpuBackend};
+pub use cpu::{CpuBackend, CpuOptions};
 pub use state::{first_non_finite, load_tuned, save_tuned};
 
 /// Every hyper-parameter of a training step.

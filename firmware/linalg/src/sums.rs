@@ -6,7 +6,7 @@ const LANES: usize = 8;
 
 /// Folds `f(i)` for `i in 0..len` into eight partial sums, then adds those in order.
 #[inline(always)]
-pub(crate) fn fold8(len: usize, f: impl Fn(usize) -> f64) -> f64 {
+pub fn fold8(len: usize, f: impl Fn(usize) -> f64) -> f64 {
     let mut acc = [0.0f64; LANES];
     let full = len / LANES * LANES;
     for base in (0..full).step_by(LANES) {
@@ -40,13 +40,13 @@ fn fold8_slice(x: &[f32], f: impl Fn(f32) -> f64) -> f64 {
 
 /// `Σ x`.
 #[inline(always)]
-pub(crate) fn sum(x: &[f32]) -> f64 {
+pub fn sum(x: &[f32]) -> f64 {
     fold8_slice(x, |v| v as f64)
 }
 
 /// `Σ (x − c)²`.
 #[inline(always)]
-pub(crate) fn sum_sq_dev(x: &[f32], c: f64) -> f64 {
+pub fn sum_sq_dev(x: &[f32], c: f64) -> f64 {
     fold8_slice(x, |v| {
         let v = v as f64 - c;
         v * v
@@ -56,7 +56,7 @@ pub(crate) fn sum_sq_dev(x: &[f32], c: f64) -> f64 {
 /// `Σ a·b` (the products in f64), in [`fold8`]'s order, walking both slices in chunks of
 /// eight so that no index is bounds-checked and the compiler vectorises the loop.
 #[inline(always)]
-pub(crate) fn dot(a: &[f32], b: &[f64]) -> f64 {
+pub fn dot(a: &[f32], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
     let mut acc = [0.0f64; LANES];
     let (mut ca, mut cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
@@ -74,7 +74,7 @@ pub(crate) fn dot(a: &[f32], b: &[f64]) -> f64 {
 /// [`dot`] of four rows `a` against one `b`: four independent chains, each the same sums
 /// in the same order as [`dot`] (so the same bits).
 #[inline(always)]
-pub(crate) fn dot4(a: [&[f32]; 4], b: &[f64]) -> [f64; 4] {
+pub fn dot4(a: [&[f32]; 4], b: &[f64]) -> [f64; 4] {
     let n = b.len();
     assert!(a.iter().all(|r| r.len() == n));
     let (mut s0, mut s1, mut s2, mut s3) =
@@ -134,13 +134,13 @@ fn fold8_rows4(rows: [&[f32]; 4], f: impl Fn(usize, f32) -> f64) -> [f64; 4] {
 
 /// [`sum`] of four rows (the same bits).
 #[inline(always)]
-pub(crate) fn sum4(rows: [&[f32]; 4]) -> [f64; 4] {
+pub fn sum4(rows: [&[f32]; 4]) -> [f64; 4] {
     fold8_rows4(rows, |_, v| v as f64)
 }
 
 /// [`sum_sq_dev`] of four rows about their own `c` (the same bits).
 #[inline(always)]
-pub(crate) fn sum_sq_dev4(rows: [&[f32]; 4], c: [f64; 4]) -> [f64; 4] {
+pub fn sum_sq_dev4(rows: [&[f32]; 4], c: [f64; 4]) -> [f64; 4] {
     fold8_rows4(rows, |r, v| {
         let v = v as f64 - c[r];
         v * v
