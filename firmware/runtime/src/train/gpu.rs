@@ -11,6 +11,7 @@
 //! caller then uses the CPU backend ([`super::choose_backend`] does, and also keeps off
 //! software adapters unless the GPU is asked for).
 
+mod layers;
 mod layout;
 mod plan;
 
@@ -203,11 +204,11 @@ impl GpuBackend {
             )?);
         }
         let plan = self.plan.as_ref().expect("plan was just built");
-        self.ctx.write_f32(&plan.tokens, 0, batch.tokens);
-        self.ctx.write_f32(&plan.text, 0, batch.text);
+        self.ctx.write_f32(&plan.buffers.tokens, 0, batch.tokens);
+        self.ctx.write_f32(&plan.buffers.text, 0, batch.text);
         self.ctx
             .queue
-            .write_buffer(&plan.labels, 0, bytemuck::cast_slice(batch.labels));
+            .write_buffer(&plan.buffers.labels, 0, bytemuck::cast_slice(batch.labels));
         Ok(())
     }
 
@@ -244,7 +245,7 @@ impl GpuBackend {
         let plan = self.plan.as_ref().expect("prepare() runs first");
         let s = self
             .ctx
-            .read_f32(&plan.scratch, STATS_PER_SAMPLE * plan.batch)?;
+            .read_f32(&plan.buffers.scratch, STATS_PER_SAMPLE * plan.batch)?;
         let b = plan.batch as f64;
         let (mut l1, mut l2, mut correct) = (0.0f64, 0.0f64, 0usize);
         for raw in s.chunks_exact(STATS_PER_SAMPLE) {
@@ -319,7 +320,9 @@ impl TrainBackend for GpuBackend {
         self.submit(false, false);
         let stats = self.read_stats()?;
         let plan = self.plan.as_ref().expect("prepared");
-        let emb = self.ctx.read_f32(&plan.emb, plan.batch * self.dims.embed)?;
+        let emb = self
+            .ctx
+            .read_f32(&plan.buffers.emb, plan.batch * self.dims.embed)?;
         Ok((stats, emb))
     }
 
@@ -332,7 +335,7 @@ impl TrainBackend for GpuBackend {
         let plan = self.plan.as_ref().expect("prepared");
         let tokens = self
             .ctx
-            .read_f32(&plan.dtokens, plan.batch * self.dims.tokens_len())?;
+            .read_f32(&plan.buffers.dtokens, plan.batch * self.dims.tokens_len())?;
         Ok((
             stats,
             Gradients {

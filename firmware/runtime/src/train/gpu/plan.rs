@@ -11,23 +11,17 @@
 //! Gradients are exactly those of the full block.
 
 use anytime_shaders::kernels::{
-    adamw,
-    attention_bwd::AttentionBwdArgs,
-    attention_fwd::AttentionShape,
-    col_sum::ColSumArgs,
-    copy_rows::CopyArgs,
-    layer_norm_bwd,
-    layer_norm_fwd::LayerNormFwdArgs,
-    loss_fwd_bwd,
-    matmul::{Layout, Operand, Product},
+    adamw, attention_bwd::AttentionBwdArgs, attention_fwd::AttentionShape, loss_fwd_bwd,
+    matmul::Operand,
 };
 use anytime_shaders::{wgpu, Dispatch, GpuContext, GpuError, Kernels};
 
+use super::layers::{
+    dense, strided, u32_of, ColSumSpec, Dest, FoldedKey, LayerNorm, Linear, MatMulSpec, Matrix,
+    NormRows, Recorder,
+};
 use super::layout::{t, ParamLayout};
 use crate::block::BlockDims;
-
-/// LayerNorm epsilon of CLIP (as the CPU path).
-const LN_EPS: f32 = 1e-5;
 
 /// Buffers that live as long as the backend (weights and optimiser state stay here).
 #[derive(Clone, Copy, Debug)]
@@ -56,16 +50,8 @@ pub(crate) struct LossConfig {
 pub(crate) struct Plan {
     pub batch: usize,
     pub n_labels: usize,
-    /// Inputs, written before each call: `[B, N, D]`, `[B]` u32, `[|Y|, E]`.
-    pub tokens: wgpu::Buffer,
-    pub labels: wgpu::Buffer,
-    pub text: wgpu::Buffer,
-    /// Per-sample loss stats first (see [`loss_fwd_bwd::STATS_PER_SAMPLE`]).
-    pub scratch: wgpu::Buffer,
-    /// `d loss / d tokens`, `[B, N, D]`.
-    pub dtokens: wgpu::Buffer,
-    /// The unnormalised embeddings of the last forward, `[B, E]`.
-    pub emb: wgpu::Buffer,
+    /// Inputs, activations and backward buffers.
+    pub buffers: Buffers,
     /// Forward and loss (the loss kernel also writes its gradients).
     pub forward: Vec<Dispatch>,
     /// Backward: every entry of the gradient buffer and `dtokens`.
@@ -74,12 +60,6 @@ pub(crate) struct Plan {
     pub update: Vec<Dispatch>,
     /// Bytes of every buffer the plan allocated (inputs, activations, backward buffers).
     pub bytes: u64,
-    /// Activations, kept alive with the plan.
-    _activations: Vec<wgpu::Buffer>,
-}
-
-fn u(x: usize) -> u32 {
-    x as u32
 }
 
 impl Plan {
@@ -87,615 +67,536 @@ impl Plan {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         ctx: &GpuContext,
-        k: &Kernels,
+        kernels: &Kernels,
         dims: &BlockDims,
         layout: &ParamLayout,
-        p: Persistent<'_>,
+        persistent: Persistent<'_>,
         loss: LossConfig,
         batch: usize,
         n_labels: usize,
     ) -> Result<Self, GpuError> {
-        let (n, d, m, e, heads) = (dims.tokens, dims.width, dims.mlp, dims.embed, dims.heads);
-        let hd = dims.head_dim();
-        let (bsz, rows) = (batch, batch * n);
-        let z = |label: &str, len: usize| ctx.storage_zeroed(label, len);
-        let o = |i: usize| layout.offsets[i];
-
-        let tokens = z("tokens", rows * d);
-        let labels = z("labels", bsz);
-        let text = z("text", n_labels * e);
-        let scratch = z("loss scratch", loss_fwd_bwd::scratch_len(bsz, n_labels));
-        let dtokens = z("d tokens", rows * d);
-
-        // Forward activations.
-        let h1 = z("h1", rows * d);
-        let stats1 = z("ln1 stats", 2 * rows);
-        let q = z("q", bsz * d);
-        let qt = z("q folded", bsz * heads * d);
-        let probs = z("probs", bsz * heads * n);
-        let av = z("a", bsz * heads * d);
-        let attn = z("attn", bsz * d);
-        let x1 = z("x1", bsz * d);
-        let h2 = z("h2", bsz * d);
-        let stats2 = z("ln2 stats", 2 * bsz);
-        let fc = z("fc", bsz * m);
-        let act = z("act", bsz * m);
-        let x2 = z("x2", bsz * d);
-        let hp = z("hp", bsz * d);
-        let statsp = z("ln_post stats", 2 * bsz);
-        let emb = z("emb", bsz * e);
-        // Backward activations.
-        let demb = z("d emb", bsz * e);
-        let dhp = z("d hp", bsz * d);
-        let dx2 = z("d x2", bsz * d);
-        let dact = z("d act", bsz * m);
-        let dfc = z("d fc", bsz * m);
-        let dh2 = z("d h2", bsz * d);
-        let dx1 = z("d x1", bsz * d);
-        let dattn = z("d attn", bsz * d);
-        let dav = z("d a", bsz * heads * d);
-        let dscores = z("d scores", bsz * heads * n);
-        let dqt = z("d q folded", bsz * heads * d);
-        let dq = z("d q", bsz * d);
-        let dh1 = z("d h1", rows * d);
-
-        let op = Operand::new;
-        let mm = |m_: usize,
-                  n_: usize,
-                  k_: usize,
-                  a: Operand<'_>,
-                  a_layout: Layout,
-                  b: Operand<'_>,
-                  b_layout: Layout,
-                  bias: Option<Operand<'_>>,
-                  c: Operand<'_>,
-                  accumulate: bool,
-                  alpha: f32| {
-            k.matmul.bind(
-                ctx,
-                &Product {
-                    m: u(m_),
-                    n: u(n_),
-                    k: u(k_),
-                    a,
-                    a_layout,
-                    b,
-                    b_layout,
-                    bias,
-                    c,
-                    accumulate,
-                    alpha,
-                },
-            )
+        let buffers = Buffers::new(ctx, dims, batch, n_labels);
+        let block = Block::new(dims, layout, &persistent);
+        let loss = LossHead {
+            config: loss,
+            n_labels,
+            embed: dims.embed,
+            other_bias: layout.bias,
         };
-        let copy = |rows_: usize,
-                    src: &wgpu::Buffer,
-                    lds: usize,
-                    dst: &wgpu::Buffer,
-                    ldd: usize,
-                    accumulate: bool| {
-            k.copy_rows.bind(
-                ctx,
-                &CopyArgs {
-                    rows: u(rows_),
-                    cols: u(d),
-                    src,
-                    s_off: 0,
-                    lds: u(lds),
-                    dst,
-                    d_off: 0,
-                    ldd: u(ldd),
-                    accumulate,
-                },
-            )
-        };
-        let colsum = |rows_: usize, cols: usize, src: &wgpu::Buffer, d_off: u32| {
-            k.col_sum.bind(
-                ctx,
-                &ColSumArgs {
-                    rows: u(rows_),
-                    cols: u(cols),
-                    src,
-                    s_off: 0,
-                    lds: u(cols),
-                    dst: p.grads,
-                    d_off,
-                    accumulate: false,
-                },
-            )
-        };
-        let ln = |rows_: usize,
-                  x: &wgpu::Buffer,
-                  wb: &wgpu::Buffer,
-                  w_off: u32,
-                  b_off: u32,
-                  y: &wgpu::Buffer,
-                  stats: &wgpu::Buffer| {
-            k.layer_norm_fwd.bind(
-                ctx,
-                &LayerNormFwdArgs {
-                    rows: u(rows_),
-                    width: u(d),
-                    eps: LN_EPS,
-                    x,
-                    wb,
-                    w_off,
-                    b_off,
-                    y,
-                    stats,
-                },
-            )
-        };
-        let (plain, trans) = (Layout::Plain, Layout::Transposed);
-        // Rows of head h in W_k and W_v (each [D, D] inside in_proj_weight).
-        let wk = |h: usize| o(t::IN_W) + u(d * d + h * hd * d);
-        let wv = |h: usize| o(t::IN_W) + u(2 * d * d + h * hd * d);
-        let scale = 1.0 / (hd as f32).sqrt();
-        let attention = AttentionShape {
-            batch: u(bsz),
-            heads: u(heads),
-            n_k: u(n),
-            width: u(d),
-        };
-
-        let mut forward = vec![
-            // h1 = LN1(tokens), all rows.
-            ln(
-                rows,
-                &tokens,
-                p.params,
-                o(t::LN1_W),
-                o(t::LN1_B),
-                &h1,
-                &stats1,
-            )?,
-            // q = h1[CLS] · W_qᵀ + b_q.
-            mm(
-                bsz,
-                d,
-                d,
-                op(&h1, 0, u(n * d)),
-                plain,
-                op(p.params, o(t::IN_W), u(d)),
-                trans,
-                Some(op(p.params, o(t::IN_B), 0)),
-                op(&q, 0, u(d)),
-                false,
-                1.0,
-            )?,
-        ];
-        // q̃_h = s · q_h · W_k,h  ([B, D] per head, into [B, heads, D]).
-        for h in 0..heads {
-            forward.push(mm(
-                bsz,
-                d,
-                hd,
-                op(&q, u(h * hd), u(d)),
-                plain,
-                op(p.params, wk(h), u(d)),
-                plain,
-                None,
-                op(&qt, u(h * d), u(heads * d)),
-                false,
-                scale,
-            )?);
-        }
-        forward.push(
-            k.attention_fwd
-                .bind(ctx, &attention, &qt, &h1, &probs, &av)?,
-        );
-        // attn[:, head h] = a_h · W_v,hᵀ + b_v,h.
-        for h in 0..heads {
-            forward.push(mm(
-                bsz,
-                hd,
-                d,
-                op(&av, u(h * d), u(heads * d)),
-                plain,
-                op(p.params, wv(h), u(d)),
-                trans,
-                Some(op(p.params, o(t::IN_B) + u(2 * d + h * hd), 0)),
-                op(&attn, u(h * hd), u(d)),
-                false,
-                1.0,
-            )?);
-        }
-        forward.extend([
-            // x1 = tokens[CLS] + attn · W_oᵀ + b_o.
-            copy(bsz, &tokens, n * d, &x1, d, false)?,
-            mm(
-                bsz,
-                d,
-                d,
-                op(&attn, 0, u(d)),
-                plain,
-                op(p.params, o(t::OUT_W), u(d)),
-                trans,
-                Some(op(p.params, o(t::OUT_B), 0)),
-                op(&x1, 0, u(d)),
-                true,
-                1.0,
-            )?,
-            ln(bsz, &x1, p.params, o(t::LN2_W), o(t::LN2_B), &h2, &stats2)?,
-            // fc = h2 · W_fcᵀ + b_fc; act = QuickGELU(fc).
-            mm(
-                bsz,
-                m,
-                d,
-                op(&h2, 0, u(d)),
-                plain,
-                op(p.params, o(t::FC_W), u(d)),
-                trans,
-                Some(op(p.params, o(t::FC_B), 0)),
-                op(&fc, 0, u(m)),
-                false,
-                1.0,
-            )?,
-            k.quick_gelu_fwd.bind(ctx, u(bsz * m), &fc, &act)?,
-            // x2 = x1 + act · W_cpᵀ + b_cp.
-            copy(bsz, &x1, d, &x2, d, false)?,
-            mm(
-                bsz,
-                d,
-                m,
-                op(&act, 0, u(m)),
-                plain,
-                op(p.params, o(t::CPROJ_W), u(m)),
-                trans,
-                Some(op(p.params, o(t::CPROJ_B), 0)),
-                op(&x2, 0, u(d)),
-                true,
-                1.0,
-            )?,
-            // emb = ln_post(x2) · proj.
-            ln(bsz, &x2, p.head, 0, u(d), &hp, &statsp)?,
-            mm(
-                bsz,
-                e,
-                d,
-                op(&hp, 0, u(d)),
-                plain,
-                op(p.head, u(2 * d), u(e)),
-                plain,
-                None,
-                op(&emb, 0, u(e)),
-                false,
-                1.0,
-            )?,
-        ]);
-        forward.push(k.loss_fwd_bwd.bind(
+        let mut rec = Recorder {
             ctx,
-            &loss_fwd_bwd::LossArgs {
-                batch: u(bsz),
-                n_labels: u(n_labels),
-                embed: u(e),
-                tau: loss.tau,
-                beta: loss.beta,
-                emb: &emb,
-                text: &text,
-                labels: &labels,
-                pbuf: p.params,
-                other_off: layout.bias,
-                demb: &demb,
-                scratch: &scratch,
-                grads: p.grads,
-                db_off: layout.bias,
-            },
-        )?);
-
-        let ln_bwd = |rows_: usize,
-                      x: &wgpu::Buffer,
-                      wb: &wgpu::Buffer,
-                      w_off: u32,
-                      stats: &wgpu::Buffer,
-                      dy: &wgpu::Buffer,
-                      dx: &wgpu::Buffer,
-                      accumulate: bool,
-                      grads: Option<(u32, u32)>| {
-            k.layer_norm_bwd.bind(
-                ctx,
-                &layer_norm_bwd::LayerNormBwdArgs {
-                    rows: u(rows_),
-                    width: u(d),
-                    x,
-                    wb,
-                    w_off,
-                    stats,
-                    dy,
-                    dx,
-                    accumulate,
-                    grads: grads.map(|(dw_off, db_off)| layer_norm_bwd::ParamGrads {
-                        buffer: p.grads,
-                        dw_off,
-                        db_off,
-                    }),
-                },
-            )
+            kernels,
+            params: persistent.params,
+            grads: persistent.grads,
+            width: dims.width,
+            batch,
+            dispatches: Vec::new(),
         };
-
-        let mut backward = Vec::new();
-        // d hp = d emb · projᵀ (proj stored [D, E]); d x2 through the frozen ln_post.
-        backward.push(mm(
-            bsz,
-            d,
-            e,
-            op(&demb, 0, u(e)),
-            plain,
-            op(p.head, u(2 * d), u(e)),
-            trans,
-            None,
-            op(&dhp, 0, u(d)),
-            false,
-            1.0,
-        )?);
-        backward.extend(ln_bwd(
-            bsz, &x2, p.head, 0, &statsp, &dhp, &dx2, false, None,
-        )?);
-        // MLP output projection: dW_cp = dx2ᵀ · act, db_cp = Σ dx2, d act = dx2 · W_cp.
-        backward.push(mm(
-            d,
-            m,
-            bsz,
-            op(&dx2, 0, u(d)),
-            trans,
-            op(&act, 0, u(m)),
-            plain,
-            None,
-            op(p.grads, o(t::CPROJ_W), u(m)),
-            false,
-            1.0,
-        )?);
-        backward.push(colsum(bsz, d, &dx2, o(t::CPROJ_B))?);
-        backward.push(mm(
-            bsz,
-            m,
-            d,
-            op(&dx2, 0, u(d)),
-            plain,
-            op(p.params, o(t::CPROJ_W), u(m)),
-            plain,
-            None,
-            op(&dact, 0, u(m)),
-            false,
-            1.0,
-        )?);
-        backward.push(k.quick_gelu_bwd.bind(ctx, u(bsz * m), &fc, &dact, &dfc)?);
-        // MLP input projection: dW_fc = dfcᵀ · h2, db_fc = Σ dfc, d h2 = dfc · W_fc.
-        backward.push(mm(
-            m,
-            d,
-            bsz,
-            op(&dfc, 0, u(m)),
-            trans,
-            op(&h2, 0, u(d)),
-            plain,
-            None,
-            op(p.grads, o(t::FC_W), u(d)),
-            false,
-            1.0,
-        )?);
-        backward.push(colsum(bsz, m, &dfc, o(t::FC_B))?);
-        backward.push(mm(
-            bsz,
-            d,
-            m,
-            op(&dfc, 0, u(m)),
-            plain,
-            op(p.params, o(t::FC_W), u(d)),
-            plain,
-            None,
-            op(&dh2, 0, u(d)),
-            false,
-            1.0,
-        )?);
-        // d x1 = d x2 (residual) + LN2 backward.
-        backward.push(copy(bsz, &dx2, d, &dx1, d, false)?);
-        backward.extend(ln_bwd(
-            bsz,
-            &x1,
-            p.params,
-            o(t::LN2_W),
-            &stats2,
-            &dh2,
-            &dx1,
-            true,
-            Some((o(t::LN2_W), o(t::LN2_B))),
-        )?);
-        // Attention output projection.
-        backward.push(mm(
-            d,
-            d,
-            bsz,
-            op(&dx1, 0, u(d)),
-            trans,
-            op(&attn, 0, u(d)),
-            plain,
-            None,
-            op(p.grads, o(t::OUT_W), u(d)),
-            false,
-            1.0,
-        )?);
-        backward.push(colsum(bsz, d, &dx1, o(t::OUT_B))?);
-        backward.push(mm(
-            bsz,
-            d,
-            d,
-            op(&dx1, 0, u(d)),
-            plain,
-            op(p.params, o(t::OUT_W), u(d)),
-            plain,
-            None,
-            op(&dattn, 0, u(d)),
-            false,
-            1.0,
-        )?);
-        // Values: dW_v,h = d attn_hᵀ · a_h, d a_h = d attn_h · W_v,h, db_v = Σ d attn.
-        for h in 0..heads {
-            backward.push(mm(
-                hd,
-                d,
-                bsz,
-                op(&dattn, u(h * hd), u(d)),
-                trans,
-                op(&av, u(h * d), u(heads * d)),
-                plain,
-                None,
-                op(p.grads, wv(h), u(d)),
-                false,
-                1.0,
-            )?);
-            backward.push(mm(
-                bsz,
-                d,
-                hd,
-                op(&dattn, u(h * hd), u(d)),
-                plain,
-                op(p.params, wv(h), u(d)),
-                plain,
-                None,
-                op(&dav, u(h * d), u(heads * d)),
-                false,
-                1.0,
-            )?);
-        }
-        backward.push(colsum(bsz, d, &dattn, o(t::IN_B) + u(2 * d))?);
-        // The key bias cancels in the softmax: its gradient is exactly zero (a sum over
-        // zero rows writes zeros).
-        backward.push(colsum(0, d, &dattn, o(t::IN_B) + u(d))?);
-        // Scores and a: d q̃, and d h1 (written here, all rows).
-        backward.extend(k.attention_bwd.bind(
-            ctx,
-            &attention,
-            &AttentionBwdArgs {
-                qt: &qt,
-                h1: &h1,
-                probs: &probs,
-                dav: &dav,
-                dscores: &dscores,
-                dqt: &dqt,
-                dh1: &dh1,
-                accumulate: false,
-            },
-        )?);
-        // Keys: dW_k,h = s · q_hᵀ · d q̃_h, d q_h = s · d q̃_h · W_k,hᵀ.
-        for h in 0..heads {
-            backward.push(mm(
-                hd,
-                d,
-                bsz,
-                op(&q, u(h * hd), u(d)),
-                trans,
-                op(&dqt, u(h * d), u(heads * d)),
-                plain,
-                None,
-                op(p.grads, wk(h), u(d)),
-                false,
-                scale,
-            )?);
-            backward.push(mm(
-                bsz,
-                hd,
-                d,
-                op(&dqt, u(h * d), u(heads * d)),
-                plain,
-                op(p.params, wk(h), u(d)),
-                trans,
-                None,
-                op(&dq, u(h * hd), u(d)),
-                false,
-                scale,
-            )?);
-        }
-        // Query: dW_q = dqᵀ · h1[CLS], db_q = Σ dq, d h1[CLS] += dq · W_q.
-        backward.push(mm(
-            d,
-            d,
-            bsz,
-            op(&dq, 0, u(d)),
-            trans,
-            op(&h1, 0, u(n * d)),
-            plain,
-            None,
-            op(p.grads, o(t::IN_W), u(d)),
-            false,
-            1.0,
-        )?);
-        backward.push(colsum(bsz, d, &dq, o(t::IN_B))?);
-        backward.push(mm(
-            bsz,
-            d,
-            d,
-            op(&dq, 0, u(d)),
-            plain,
-            op(p.params, o(t::IN_W), u(d)),
-            plain,
-            None,
-            op(&dh1, 0, u(n * d)),
-            true,
-            1.0,
-        )?);
-        // d tokens = LN1 backward (all rows) + d x1 on the CLS rows (residual).
-        backward.extend(ln_bwd(
-            rows,
-            &tokens,
-            p.params,
-            o(t::LN1_W),
-            &stats1,
-            &dh1,
-            &dtokens,
-            false,
-            Some((o(t::LN1_W), o(t::LN1_B))),
-        )?);
-        backward.push(copy(bsz, &dx1, d, &dtokens, n * d, true)?);
-
-        let bufs = adamw::AdamBuffers {
-            params: p.params,
-            grads: p.grads,
-            m: p.m,
-            v: p.v,
-            step: p.step,
-        };
-        let mut update = Vec::with_capacity(13);
-        for i in 0..12 {
-            let tensor = adamw::Tensor {
-                offset: layout.offsets[i],
-                len: layout.lens[i],
-                decay: u32::from(layout.decayed[i]),
-                _pad: 0,
-            };
-            update.push(k.adamw.bind(ctx, tensor, &bufs)?);
-        }
-        let bias = adamw::Tensor {
-            offset: layout.bias,
-            len: 1,
-            decay: 0,
-            _pad: 0,
-        };
-        update.push(k.adamw.bind(ctx, bias, &bufs)?);
-
-        let activations = vec![
-            h1, stats1, q, qt, probs, av, attn, x1, h2, stats2, fc, act, x2, hp, statsp, demb, dhp,
-            dx2, dact, dfc, dh2, dx1, dattn, dav, dscores, dqt, dq, dh1,
-        ];
-        let bytes = [&tokens, &labels, &text, &scratch, &dtokens, &emb]
-            .into_iter()
-            .chain(&activations)
-            .map(wgpu::Buffer::size)
-            .sum();
+        block.forward(&mut rec, &buffers)?;
+        loss.record(&mut rec, &buffers)?;
+        let forward = rec.take();
+        block.backward(&mut rec, &buffers)?;
+        let backward = rec.take();
+        let update = adamw_update(ctx, kernels, layout, &persistent)?;
+        let bytes = buffers.bytes();
         Ok(Plan {
             batch,
             n_labels,
-            tokens,
-            labels,
-            text,
-            scratch,
-            dtokens,
-            emb,
+            buffers,
             forward,
             backward,
             update,
             bytes,
-            _activations: activations,
         })
     }
+}
+
+/// Every buffer of one plan, named as in the block's math (`d…` are gradients).
+/// `tokens`, `h1`, `stats1`, `dh1` and `dtokens` hold all `B·N` token rows; the others
+/// are per sample (its CLS row, or per head and key for `probs` and `dscores`).
+#[derive(Debug)]
+pub(crate) struct Buffers {
+    /// Samples `B`.
+    batch: usize,
+    /// Token rows `B·N`.
+    token_rows: usize,
+    /// Inputs, written before each call: `[B, N, D]`, `[B]` u32, `[|Y|, E]`.
+    pub tokens: wgpu::Buffer,
+    pub labels: wgpu::Buffer,
+    pub text: wgpu::Buffer,
+    /// Per-sample loss stats first (see [`loss_fwd_bwd::STATS_PER_SAMPLE`]).
+    pub scratch: wgpu::Buffer,
+    /// `d loss / d tokens`, `[B, N, D]`.
+    pub dtokens: wgpu::Buffer,
+    h1: wgpu::Buffer,
+    stats1: wgpu::Buffer,
+    q: wgpu::Buffer,
+    qt: wgpu::Buffer,
+    probs: wgpu::Buffer,
+    av: wgpu::Buffer,
+    attn: wgpu::Buffer,
+    x1: wgpu::Buffer,
+    h2: wgpu::Buffer,
+    stats2: wgpu::Buffer,
+    fc: wgpu::Buffer,
+    act: wgpu::Buffer,
+    x2: wgpu::Buffer,
+    hp: wgpu::Buffer,
+    statsp: wgpu::Buffer,
+    /// The unnormalised embeddings of the last forward, `[B, E]`.
+    pub emb: wgpu::Buffer,
+    demb: wgpu::Buffer,
+    dhp: wgpu::Buffer,
+    dx2: wgpu::Buffer,
+    dact: wgpu::Buffer,
+    dfc: wgpu::Buffer,
+    dh2: wgpu::Buffer,
+    dx1: wgpu::Buffer,
+    dattn: wgpu::Buffer,
+    dav: wgpu::Buffer,
+    dscores: wgpu::Buffer,
+    dqt: wgpu::Buffer,
+    dq: wgpu::Buffer,
+    dh1: wgpu::Buffer,
+}
+
+impl Buffers {
+    /// Zeroed buffers for `batch` samples and `n_labels` labels.
+    fn new(ctx: &GpuContext, dims: &BlockDims, batch: usize, n_labels: usize) -> Self {
+        let (width, mlp, embed, heads) = (dims.width, dims.mlp, dims.embed, dims.heads);
+        let token_rows = batch * dims.tokens;
+        let zeroed = |label: &str, len: usize| ctx.storage_zeroed(label, len);
+        Buffers {
+            batch,
+            token_rows,
+            tokens: zeroed("tokens", token_rows * width),
+            labels: zeroed("labels", batch),
+            text: zeroed("text", n_labels * embed),
+            scratch: zeroed("loss scratch", loss_fwd_bwd::scratch_len(batch, n_labels)),
+            dtokens: zeroed("d tokens", token_rows * width),
+            h1: zeroed("h1", token_rows * width),
+            stats1: zeroed("ln1 stats", 2 * token_rows),
+            q: zeroed("q", batch * width),
+            qt: zeroed("q folded", batch * heads * width),
+            probs: zeroed("probs", batch * heads * dims.tokens),
+            av: zeroed("a", batch * heads * width),
+            attn: zeroed("attn", batch * width),
+            x1: zeroed("x1", batch * width),
+            h2: zeroed("h2", batch * width),
+            stats2: zeroed("ln2 stats", 2 * batch),
+            fc: zeroed("fc", batch * mlp),
+            act: zeroed("act", batch * mlp),
+            x2: zeroed("x2", batch * width),
+            hp: zeroed("hp", batch * width),
+            statsp: zeroed("ln_post stats", 2 * batch),
+            emb: zeroed("emb", batch * embed),
+            demb: zeroed("d emb", batch * embed),
+            dhp: zeroed("d hp", batch * width),
+            dx2: zeroed("d x2", batch * width),
+            dact: zeroed("d act", batch * mlp),
+            dfc: zeroed("d fc", batch * mlp),
+            dh2: zeroed("d h2", batch * width),
+            dx1: zeroed("d x1", batch * width),
+            dattn: zeroed("d attn", batch * width),
+            dav: zeroed("d a", batch * heads * width),
+            dscores: zeroed("d scores", batch * heads * dims.tokens),
+            dqt: zeroed("d q folded", batch * heads * width),
+            dq: zeroed("d q", batch * width),
+            dh1: zeroed("d h1", token_rows * width),
+        }
+    }
+
+    /// Bytes of all the buffers.
+    fn bytes(&self) -> u64 {
+        [
+            &self.tokens,
+            &self.labels,
+            &self.text,
+            &self.scratch,
+            &self.dtokens,
+            &self.h1,
+            &self.stats1,
+            &self.q,
+            &self.qt,
+            &self.probs,
+            &self.av,
+            &self.attn,
+            &self.x1,
+            &self.h2,
+            &self.stats2,
+            &self.fc,
+            &self.act,
+            &self.x2,
+            &self.hp,
+            &self.statsp,
+            &self.emb,
+            &self.demb,
+            &self.dhp,
+            &self.dx2,
+            &self.dact,
+            &self.dfc,
+            &self.dh2,
+            &self.dx1,
+            &self.dattn,
+            &self.dav,
+            &self.dscores,
+            &self.dqt,
+            &self.dq,
+            &self.dh1,
+        ]
+        .into_iter()
+        .map(wgpu::Buffer::size)
+        .sum()
+    }
+
+    /// LN1 normalises every token row.
+    fn ln1_rows(&self) -> NormRows<'_> {
+        NormRows {
+            rows: self.token_rows,
+            input: &self.tokens,
+            stats: &self.stats1,
+        }
+    }
+
+    /// LN2 normalises `x1` (CLS rows).
+    fn ln2_rows(&self) -> NormRows<'_> {
+        NormRows {
+            rows: self.batch,
+            input: &self.x1,
+            stats: &self.stats2,
+        }
+    }
+
+    /// `ln_post` normalises `x2`.
+    fn ln_post_rows(&self) -> NormRows<'_> {
+        NormRows {
+            rows: self.batch,
+            input: &self.x2,
+            stats: &self.statsp,
+        }
+    }
+}
+
+/// The tuned block and the frozen head as layers over the flat parameter buffer and the
+/// head buffer.
+#[derive(Debug)]
+struct Block<'a> {
+    dims: BlockDims,
+    ln1: LayerNorm<'a>,
+    /// `W_q`, `W_k`, `W_v`: the three `[D, D]` parts of `in_proj`.
+    query: Linear,
+    keys: Linear,
+    values: Linear,
+    out_proj: Linear,
+    ln2: LayerNorm<'a>,
+    mlp_fc: Linear,
+    mlp_proj: Linear,
+    /// Frozen.
+    ln_post: LayerNorm<'a>,
+    /// Frozen `proj`, stored `[D, E]`.
+    proj: Operand<'a>,
+}
+
+impl<'a> Block<'a> {
+    /// The layers at their offsets in `layout` and in the head buffer.
+    fn new(dims: &BlockDims, layout: &ParamLayout, persistent: &Persistent<'a>) -> Self {
+        let width = dims.width;
+        let at = |tensor: usize| layout.offsets[tensor];
+        let trainable_norm = |weight: usize, bias: usize| LayerNorm {
+            buffer: persistent.params,
+            weight: at(weight),
+            bias: at(bias),
+            trainable: true,
+        };
+        let in_proj = |part: usize| Linear {
+            weight: at(t::IN_W) + u32_of(part * width * width),
+            bias: at(t::IN_B) + u32_of(part * width),
+            inputs: width,
+            outputs: width,
+        };
+        Block {
+            dims: *dims,
+            ln1: trainable_norm(t::LN1_W, t::LN1_B),
+            query: in_proj(0),
+            keys: in_proj(1),
+            values: in_proj(2),
+            out_proj: Linear {
+                weight: at(t::OUT_W),
+                bias: at(t::OUT_B),
+                inputs: width,
+                outputs: width,
+            },
+            ln2: trainable_norm(t::LN2_W, t::LN2_B),
+            mlp_fc: Linear {
+                weight: at(t::FC_W),
+                bias: at(t::FC_B),
+                inputs: width,
+                outputs: dims.mlp,
+            },
+            mlp_proj: Linear {
+                weight: at(t::CPROJ_W),
+                bias: at(t::CPROJ_B),
+                inputs: dims.mlp,
+                outputs: width,
+            },
+            ln_post: LayerNorm {
+                buffer: persistent.head,
+                weight: 0,
+                bias: u32_of(width),
+                trainable: false,
+            },
+            proj: strided(persistent.head, 2 * width, dims.embed),
+        }
+    }
+
+    /// Head `h`'s key projection, folded into its query.
+    fn key_head(&self, h: usize) -> FoldedKey {
+        let head_dim = self.dims.head_dim();
+        FoldedKey {
+            key: self.keys.slice(h * head_dim, head_dim),
+            scale: 1.0 / (head_dim as f32).sqrt(),
+        }
+    }
+
+    /// Head `h`'s value projection.
+    fn value_head(&self, h: usize) -> Linear {
+        let head_dim = self.dims.head_dim();
+        self.values.slice(h * head_dim, head_dim)
+    }
+
+    /// The CLS rows of a `[B, N, D]` buffer.
+    fn cls_rows<'b>(&self, buffer: &'b wgpu::Buffer) -> Operand<'b> {
+        strided(buffer, 0, self.dims.tokens * self.dims.width)
+    }
+
+    /// Head `h`'s columns of a `[B, D]` buffer.
+    fn head_columns<'b>(&self, buffer: &'b wgpu::Buffer, h: usize) -> Operand<'b> {
+        let head_dim = self.dims.head_dim();
+        strided(buffer, h * head_dim, self.dims.width)
+    }
+
+    /// Head `h`'s `[B, D]` slice of a `[B, heads, D]` buffer.
+    fn head_vectors<'b>(&self, buffer: &'b wgpu::Buffer, h: usize) -> Operand<'b> {
+        let width = self.dims.width;
+        strided(buffer, h * width, self.dims.heads * width)
+    }
+
+    fn attention_shape(&self, batch: usize) -> AttentionShape {
+        AttentionShape {
+            batch: u32_of(batch),
+            heads: u32_of(self.dims.heads),
+            n_k: u32_of(self.dims.tokens),
+            width: u32_of(self.dims.width),
+        }
+    }
+
+    /// Records the forward from `tokens` to `emb`, saving what the backward reads.
+    fn forward(&self, rec: &mut Recorder<'_>, b: &Buffers) -> Result<(), GpuError> {
+        let (width, mlp, embed) = (self.dims.width, self.dims.mlp, self.dims.embed);
+        let (ctx, kernels) = (rec.ctx, rec.kernels);
+        // h1 = LN1(tokens), all rows.
+        self.ln1.forward(rec, &b.ln1_rows(), &b.h1)?;
+        // q = h1[CLS]·W_qᵀ + b_q.
+        let (h1_cls, q) = (self.cls_rows(&b.h1), dense(&b.q, width));
+        self.query.forward(rec, h1_cls, Dest::write(q))?;
+        // q̃_h = s·q_h·W_k,h ([B, D] per head, into [B, heads, D]).
+        for h in 0..self.dims.heads {
+            let (q_h, qt_h) = (self.head_columns(&b.q, h), self.head_vectors(&b.qt, h));
+            self.key_head(h).forward(rec, q_h, qt_h)?;
+        }
+        // Scores, softmax and a_h = Σ_j p_j h1_j.
+        let attention = self.attention_shape(rec.batch);
+        let scores = kernels
+            .attention_fwd
+            .bind(ctx, &attention, &b.qt, &b.h1, &b.probs, &b.av)?;
+        rec.record([scores]);
+        // attn[:, head h] = a_h·W_v,hᵀ + b_v,h.
+        for h in 0..self.dims.heads {
+            let (a_h, attn_h) = (self.head_vectors(&b.av, h), self.head_columns(&b.attn, h));
+            self.value_head(h).forward(rec, a_h, Dest::write(attn_h))?;
+        }
+        // x1 = tokens[CLS] + attn·W_oᵀ + b_o.
+        let (attn, x1) = (dense(&b.attn, width), dense(&b.x1, width));
+        rec.copy_rows(self.cls_rows(&b.tokens), Dest::write(x1))?;
+        self.out_proj.forward(rec, attn, Dest::add(x1))?;
+        // h2 = LN2(x1); fc = h2·W_fcᵀ + b_fc; act = QuickGELU(fc).
+        self.ln2.forward(rec, &b.ln2_rows(), &b.h2)?;
+        let (h2, fc) = (dense(&b.h2, width), dense(&b.fc, mlp));
+        self.mlp_fc.forward(rec, h2, Dest::write(fc))?;
+        let n_hidden = u32_of(rec.batch * mlp);
+        let gelu = kernels.quick_gelu_fwd.bind(ctx, n_hidden, &b.fc, &b.act)?;
+        rec.record([gelu]);
+        // x2 = x1 + act·W_cpᵀ + b_cp.
+        let (act, x2) = (dense(&b.act, mlp), dense(&b.x2, width));
+        rec.copy_rows(x1, Dest::write(x2))?;
+        self.mlp_proj.forward(rec, act, Dest::add(x2))?;
+        // emb = ln_post(x2)·proj.
+        self.ln_post.forward(rec, &b.ln_post_rows(), &b.hp)?;
+        rec.matmul(MatMulSpec {
+            rows: rec.batch,
+            cols: embed,
+            inner: width,
+            lhs: Matrix::plain(dense(&b.hp, width)),
+            rhs: Matrix::plain(self.proj),
+            bias: None,
+            out: Dest::write(dense(&b.emb, embed)),
+            alpha: 1.0,
+        })
+    }
+
+    /// Records the backward from `d emb` (written by the loss) to every block gradient and
+    /// `d tokens`.
+    fn backward(&self, rec: &mut Recorder<'_>, b: &Buffers) -> Result<(), GpuError> {
+        let (width, mlp, embed) = (self.dims.width, self.dims.mlp, self.dims.embed);
+        let (ctx, kernels) = (rec.ctx, rec.kernels);
+        // d hp = d emb·projᵀ; d x2 through the frozen ln_post.
+        rec.matmul(MatMulSpec {
+            rows: rec.batch,
+            cols: width,
+            inner: embed,
+            lhs: Matrix::plain(dense(&b.demb, embed)),
+            rhs: Matrix::transposed(self.proj),
+            bias: None,
+            out: Dest::write(dense(&b.dhp, width)),
+            alpha: 1.0,
+        })?;
+        self.ln_post
+            .backward(rec, &b.ln_post_rows(), &b.dhp, Dest::write(&b.dx2))?;
+        // MLP: output projection, QuickGELU, input projection.
+        let (act, dact) = (dense(&b.act, mlp), dense(&b.dact, mlp));
+        let dx2 = dense(&b.dx2, width);
+        self.mlp_proj.backward(rec, act, dx2, Dest::write(dact))?;
+        let n_hidden = u32_of(rec.batch * mlp);
+        let gelu = kernels
+            .quick_gelu_bwd
+            .bind(ctx, n_hidden, &b.fc, &b.dact, &b.dfc)?;
+        rec.record([gelu]);
+        let (h2, dh2) = (dense(&b.h2, width), dense(&b.dh2, width));
+        let dfc = dense(&b.dfc, mlp);
+        self.mlp_fc.backward(rec, h2, dfc, Dest::write(dh2))?;
+        // d x1 = d x2 (residual) + LN2 backward.
+        let dx1 = dense(&b.dx1, width);
+        rec.copy_rows(dx2, Dest::write(dx1))?;
+        self.ln2
+            .backward(rec, &b.ln2_rows(), &b.dh2, Dest::add(&b.dx1))?;
+        // Attention output projection.
+        let (attn, dattn) = (dense(&b.attn, width), dense(&b.dattn, width));
+        self.out_proj.backward(rec, attn, dx1, Dest::write(dattn))?;
+        // Values: dW_v,h = d attn_hᵀ·a_h and d a_h = d attn_h·W_v,h per head, then
+        // db_v = Σ d attn.
+        for h in 0..self.dims.heads {
+            let value = self.value_head(h);
+            let (a_h, dattn_h) = (self.head_vectors(&b.av, h), self.head_columns(&b.dattn, h));
+            value.weight_grad(rec, a_h, dattn_h)?;
+            value.input_grad(rec, dattn_h, Dest::write(self.head_vectors(&b.dav, h)))?;
+        }
+        self.values.bias_grad(rec, &b.dattn)?;
+        // The key bias cancels in the softmax: its gradient is exactly zero (a sum over
+        // zero rows writes zeros).
+        rec.colsum(ColSumSpec {
+            rows: 0,
+            cols: width,
+            src: &b.dattn,
+            grad_offset: self.keys.bias,
+        })?;
+        // Scores and a: d q̃, and d h1 (written here, all rows).
+        let attention = self.attention_shape(rec.batch);
+        let scores = kernels.attention_bwd.bind(
+            ctx,
+            &attention,
+            &AttentionBwdArgs {
+                qt: &b.qt,
+                h1: &b.h1,
+                probs: &b.probs,
+                dav: &b.dav,
+                dscores: &b.dscores,
+                dqt: &b.dqt,
+                dh1: &b.dh1,
+                accumulate: false,
+            },
+        )?;
+        rec.record(scores);
+        // Keys: dW_k,h = s·q_hᵀ·d q̃_h, d q_h = s·d q̃_h·W_k,hᵀ.
+        for h in 0..self.dims.heads {
+            let q_h = self.head_columns(&b.q, h);
+            let (dqt_h, dq_h) = (self.head_vectors(&b.dqt, h), self.head_columns(&b.dq, h));
+            self.key_head(h).backward(rec, q_h, dqt_h, dq_h)?;
+        }
+        // Query: dW_q = dqᵀ·h1[CLS], db_q = Σ dq, d h1[CLS] += dq·W_q.
+        let (h1_cls, dh1_cls) = (self.cls_rows(&b.h1), self.cls_rows(&b.dh1));
+        let dq = dense(&b.dq, width);
+        self.query.backward(rec, h1_cls, dq, Dest::add(dh1_cls))?;
+        // d tokens = LN1 backward (all rows) + d x1 on the CLS rows (residual).
+        self.ln1
+            .backward(rec, &b.ln1_rows(), &b.dh1, Dest::write(&b.dtokens))?;
+        rec.copy_rows(dx1, Dest::add(self.cls_rows(&b.dtokens)))
+    }
+}
+
+/// The contrastive loss over `n_labels` labels: writes the per-sample stats, `d emb`, and
+/// the gradient of the "other" bias `b` (at `other_bias` of the parameter buffer and at
+/// the same offset of the gradient buffer).
+#[derive(Clone, Copy, Debug)]
+struct LossHead {
+    config: LossConfig,
+    n_labels: usize,
+    embed: usize,
+    other_bias: u32,
+}
+
+impl LossHead {
+    /// Records the loss on `emb` and its gradients.
+    fn record(&self, rec: &mut Recorder<'_>, b: &Buffers) -> Result<(), GpuError> {
+        let args = loss_fwd_bwd::LossArgs {
+            batch: u32_of(rec.batch),
+            n_labels: u32_of(self.n_labels),
+            embed: u32_of(self.embed),
+            tau: self.config.tau,
+            beta: self.config.beta,
+            emb: &b.emb,
+            text: &b.text,
+            labels: &b.labels,
+            pbuf: rec.params,
+            other_off: self.other_bias,
+            demb: &b.demb,
+            scratch: &b.scratch,
+            grads: rec.grads,
+            db_off: self.other_bias,
+        };
+        let loss = rec.kernels.loss_fwd_bwd.bind(rec.ctx, &args)?;
+        rec.record([loss]);
+        Ok(())
+    }
+}
+
+/// AdamW over each block tensor in layout order, then over `b`.
+fn adamw_update(
+    ctx: &GpuContext,
+    kernels: &Kernels,
+    layout: &ParamLayout,
+    persistent: &Persistent<'_>,
+) -> Result<Vec<Dispatch>, GpuError> {
+    let buffers = adamw::AdamBuffers {
+        params: persistent.params,
+        grads: persistent.grads,
+        m: persistent.m,
+        v: persistent.v,
+        step: persistent.step,
+    };
+    let tensors = (0..layout.offsets.len()).map(|i| adamw::Tensor {
+        offset: layout.offsets[i],
+        len: layout.lens[i],
+        decay: u32::from(layout.decayed[i]),
+        _pad: 0,
+    });
+    let other_bias = adamw::Tensor {
+        offset: layout.bias,
+        len: 1,
+        decay: 0,
+        _pad: 0,
+    };
+    tensors
+        .chain([other_bias])
+        .map(|tensor| kernels.adamw.bind(ctx, tensor, &buffers))
+        .collect()
 }
