@@ -19,6 +19,7 @@ mod wgrad;
 pub use backward::{backward, backward_update, FUSED_TENSORS};
 pub use flops::{step_flops, StepFlops};
 pub use forward::{cls_attention, forward, forward_into, l2_normalise, Saved};
+pub(crate) use layernorm::LN_EPS;
 pub use memory::{memory_report, MemoryReport};
 pub use model::LastBlock;
 pub use params::{

@@ -11,8 +11,7 @@ use anytime_shaders::kernels::{
 };
 use anytime_shaders::{wgpu, Dispatch, GpuContext, GpuError, Kernels};
 
-/// LayerNorm epsilon of CLIP (as the CPU path).
-const LN_EPS: f32 = 1e-5;
+use crate::block::LN_EPS;
 
 /// `x` as a kernel's u32 size or offset (a plain cast: callers keep `x` below 2³²).
 pub(super) fn u32_of(x: usize) -> u32 {
