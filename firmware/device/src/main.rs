@@ -29,10 +29,6 @@ enum Command {
     Demo(cmd::demo::Args),
 }
 
-/// Large arrays on cache lines: the training step's kernels load them a line at a time.
-#[global_allocator]
-static ALLOC: anytime_linalg::lines::CacheLineAlloc = anytime_linalg::lines::CacheLineAlloc;
-
 fn main() -> ExitCode {
     anytime_runtime::train::quiet_device_select();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();

@@ -10,6 +10,7 @@
 use std::marker::PhantomData;
 use std::sync::Mutex;
 
+use crate::aligned::{AlignedVec, Placement};
 use crate::view::{MatMut, MatRef};
 
 /// Which kernels a [`Gemm`] may use; a kernel the CPU lacks is never used, whatever the
@@ -20,6 +21,9 @@ pub struct GemmOptions {
     pub thin: bool,
     /// The thin kernels' AVX-512 builds where the CPU has AVX-512F (else their AVX2 ones).
     pub thin_avx512: bool,
+    /// Where the buffers of [`Gemm::zeros`] and [`Gemm::scratch`] start (and a CPU
+    /// backend's weights, moments and activations).
+    pub placement: Placement,
 }
 
 impl Default for GemmOptions {
@@ -28,6 +32,7 @@ impl Default for GemmOptions {
         GemmOptions {
             thin: true,
             thin_avx512: true,
+            placement: Placement::Line,
         }
     }
 }
@@ -37,6 +42,7 @@ impl GemmOptions {
     pub const MATRIXMULTIPLY: GemmOptions = GemmOptions {
         thin: false,
         thin_avx512: false,
+        placement: Placement::Line,
     };
 
     /// Whether the thin kernels run (asked for, and the CPU has AVX2 and FMA).
@@ -63,7 +69,7 @@ impl GemmOptions {
 #[derive(Debug, Default)]
 pub struct Gemm {
     options: GemmOptions,
-    scratch: Mutex<Vec<Vec<f32>>>,
+    scratch: Mutex<Vec<AlignedVec>>,
 }
 
 impl Clone for Gemm {
@@ -85,6 +91,12 @@ impl Gemm {
     /// The options.
     pub fn options(&self) -> GemmOptions {
         self.options
+    }
+
+    /// `len` zeros placed as the options say (the operands and temporaries of a user's
+    /// products).
+    pub fn zeros(&self, len: usize) -> AlignedVec {
+        AlignedVec::zeros_placed(len, self.options.placement)
     }
 
     /// `C (+)= A·B` (`acc` adds to C, else overwrites it), split across the rayon pool
@@ -197,8 +209,9 @@ impl Gemm {
     /// take theirs here too. Never shared: each call gets its own buffer.
     pub fn scratch(&self) -> Scratch<'_> {
         let mut pool = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let placement = self.options.placement;
         Scratch {
-            buf: pool.pop().unwrap_or_default(),
+            buf: pool.pop().unwrap_or(AlignedVec::empty(placement)),
             home: &self.scratch,
         }
     }
@@ -207,19 +220,19 @@ impl Gemm {
 /// A buffer lent by [`Gemm::scratch`], given back when dropped.
 #[derive(Debug)]
 pub struct Scratch<'a> {
-    buf: Vec<f32>,
-    home: &'a Mutex<Vec<Vec<f32>>>,
+    buf: AlignedVec,
+    home: &'a Mutex<Vec<AlignedVec>>,
 }
 
 impl std::ops::Deref for Scratch<'_> {
-    type Target = Vec<f32>;
-    fn deref(&self) -> &Vec<f32> {
+    type Target = AlignedVec;
+    fn deref(&self) -> &AlignedVec {
         &self.buf
     }
 }
 
 impl std::ops::DerefMut for Scratch<'_> {
-    fn deref_mut(&mut self) -> &mut Vec<f32> {
+    fn deref_mut(&mut self) -> &mut AlignedVec {
         &mut self.buf
     }
 }
@@ -379,10 +392,12 @@ mod tests {
         GemmOptions {
             thin: true,
             thin_avx512: false,
+            placement: Placement::PastLine,
         },
         GemmOptions {
             thin: true,
             thin_avx512: true,
+            placement: Placement::Line,
         },
     ];
 

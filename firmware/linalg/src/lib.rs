@@ -9,7 +9,8 @@
 //! - [`sums`]: f64 reductions over f32 data in a fixed order;
 //! - [`simd`] and [`build_of!`]: one kernel body compiled for AVX-512, AVX2/AVX and the
 //!   baseline, the widest the CPU has picked at run time;
-//! - [`lines`]: the allocator that starts large blocks on cache lines.
+//! - [`AlignedVec`]: `f32` buffers that start on cache lines (on 2 MiB boundaries when
+//!   large), where the kernels stream them from.
 //!
 //! Every result is deterministic: the same inputs give the same bits on any thread count.
 
@@ -61,8 +62,8 @@ macro_rules! build_of {
     }};
 }
 
+pub mod aligned;
 pub mod gemm;
-pub mod lines;
 pub mod reference;
 pub mod simd;
 pub mod sums;
@@ -70,5 +71,6 @@ pub mod sums;
 mod thin;
 pub mod view;
 
+pub use aligned::{AlignedVec, Placement};
 pub use gemm::{Gemm, GemmOptions, Scratch};
 pub use view::{MatMut, MatRef};

@@ -16,8 +16,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use anytime_linalg::lines::set_line_aligned;
-use anytime_linalg::{Gemm, GemmOptions, MatMut, MatRef};
+use anytime_linalg::{AlignedVec, Gemm, GemmOptions, MatMut, MatRef, Placement};
 use anytime_runtime::block::{memory_report, step_flops, BlockDims, BlockParams, FrozenHead};
 use anytime_runtime::train::adamw::adamw_update;
 use anytime_runtime::train::gpu::GpuBackend;
@@ -80,9 +79,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// operands made once.
 struct Sgemm {
     dims: (usize, usize, usize),
-    a: Vec<f32>,
-    b: Vec<f32>,
-    c: Vec<f32>,
+    a: AlignedVec,
+    b: AlignedVec,
+    c: AlignedVec,
 }
 
 impl Sgemm {
@@ -91,7 +90,7 @@ impl Sgemm {
             dims: (m, k, n),
             a: (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect(),
             b: (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect(),
-            c: vec![0.0f32; m * n],
+            c: AlignedVec::zeros(m * n),
         };
         s.gflops(); // warm-up
         s
@@ -275,26 +274,17 @@ fn ab(cpu: &mut CpuBackend, batch: &Batch<'_>, set: fn(&mut CpuOptions, bool)) -
 }
 
 /// Times the step of `cpu` against a second backend with the same state, made by
-/// `make` (which may change the process's allocator placement through `lines`), in
-/// alternating rounds, as [`ab`] does; when `lines`, the second one also steps with
-/// large blocks placed 16 bytes past a cache line (its steps' buffers too).
+/// `make`, in alternating rounds, as [`ab`] does.
 fn ab_backends(
     cpu: &mut CpuBackend,
     batch: &Batch<'_>,
-    lines: bool,
     make: impl FnOnce(&CpuBackend) -> Result<CpuBackend, TrainError>,
 ) -> Result<Ab> {
-    set_line_aligned(!lines);
-    let off = make(cpu);
-    set_line_aligned(true);
-    let mut off = off.context("building the CPU backend")?;
+    let mut off = make(cpu).context("building the CPU backend")?;
     let (mut t_on, mut t_off) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         t_on.push(time_backend(cpu, batch, ROUND_STEPS)?.1);
-        set_line_aligned(!lines);
-        let r = time_backend(&mut off, batch, ROUND_STEPS);
-        set_line_aligned(true);
-        t_off.push(r?.1);
+        t_off.push(time_backend(&mut off, batch, ROUND_STEPS)?.1);
     }
     Ok(Ab {
         on_s: median(t_on),
@@ -373,7 +363,7 @@ pub fn run(a: Args) -> Result<()> {
     let kv_gemm = sgemm_gflops(a.batch * dims.tokens, dims.width, 2 * dims.width);
 
     let mut rng = StdRng::seed_from_u64(0);
-    let tokens: Vec<f32> = (0..a.batch * dims.tokens_len())
+    let tokens: AlignedVec = (0..a.batch * dims.tokens_len())
         .map(|_| rng.gen_range(-1.0..1.0))
         .collect();
     let labels: Vec<u32> = (0..a.batch).map(|i| (i % a.labels) as u32).collect();
@@ -421,10 +411,17 @@ pub fn run(a: Args) -> Result<()> {
         huge_pages: false,
         ..options
     };
-    let huge = ab_backends(&mut cpu, &batch, false, twin(no_huge))?;
-    // Large arrays on cache lines (this binary's allocator): a second backend whose
-    // arrays, and whose steps' buffers, start 16 bytes past a line, as `malloc` puts them.
-    let lines = ab_backends(&mut cpu, &batch, true, twin(options))?;
+    let huge = ab_backends(&mut cpu, &batch, twin(no_huge))?;
+    // Large arrays on cache lines: a second backend whose arrays, and whose steps'
+    // buffers, start 16 bytes past a line, as `malloc` puts them.
+    let past_line = CpuOptions {
+        gemm: GemmOptions {
+            placement: Placement::PastLine,
+            ..options.gemm
+        },
+        ..options
+    };
+    let lines = ab_backends(&mut cpu, &batch, twin(past_line))?;
     let flops = step_flops(&dims, a.batch, a.labels);
     let inter = interleaved_roofline(&mut cpu, &batch, flops.executed as f64)?;
     let adamw_s = time_adamw(&dims, &cfg, cpu.state_ref(), a.steps);

@@ -202,7 +202,7 @@ pub(super) unsafe fn nn_avx512(
     ldc: usize,
     acc: bool,
     (j0, j1): (usize, usize),
-    copy: &mut Vec<f32>,
+    copy: &mut crate::AlignedVec,
 ) {
     let width = j1 - j0;
     // Partial chains between chunks: in C's own block, or, when C is added to, in the

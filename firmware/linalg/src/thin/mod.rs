@@ -353,7 +353,7 @@ pub(crate) unsafe fn nn(
     acc: bool,
     cols: (usize, usize),
     avx512: bool,
-    partial: &mut Vec<f32>,
+    partial: &mut crate::AlignedVec,
 ) {
     let (m, k) = a.shape();
     let (rs, cs) = a.strides();

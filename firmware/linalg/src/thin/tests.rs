@@ -166,7 +166,7 @@ fn thin_avx512_broadcast_gives_the_avx2_bits_for_any_strides_and_split() {
                                 ldc,
                                 acc,
                                 cols,
-                                &mut Vec::new(),
+                                &mut crate::AlignedVec::new(),
                             )
                         };
                     }

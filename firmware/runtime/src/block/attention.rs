@@ -21,7 +21,7 @@
 
 use rayon::prelude::*;
 
-use super::forward::{recompute_affine, zeros};
+use super::forward::recompute_affine;
 use super::params::BlockDims;
 use super::wgrad::Weight;
 use anytime_linalg::{Gemm, MatMut, MatRef};
@@ -145,7 +145,7 @@ pub(crate) fn value_output(
 ) {
     let (d, dh, heads) = (dims.width, dims.head_dim(), dims.heads);
     let batch = o.len() / d;
-    let mut blocks = vec![0.0f32; heads * batch * dh];
+    let mut blocks = gemm.zeros(heads * batch * dh);
     blocks
         .par_chunks_mut(batch * dh)
         .enumerate()
@@ -221,13 +221,13 @@ pub(crate) fn cls_attention_backward(
     let scale = 1.0 / (dh as f32).sqrt();
 
     // a = ā ⊙ w1 + b1 again, `[B, H, D]`.
-    let a = recompute_affine(s.abar, d, w1, b1);
+    let a = recompute_affine(gemm, s.abar, d, w1, b1);
 
     // o_h = W_v,h a_h + b_v,h: dW_v,h = d_o,hᵀ a_h and da_h = d_o,h W_v,h (`[H, B, D]`);
     // w1, b1 partials Σ_b da ⊙ ā, Σ_b da per head.
-    let mut dabar = zeros(heads * batch * d);
-    let mut part_w = vec![0.0f32; heads * d];
-    let mut part_b = vec![0.0f32; heads * d];
+    let mut dabar = gemm.zeros(heads * batch * d);
+    let mut part_w = gemm.zeros(heads * d);
+    let mut part_b = gemm.zeros(heads * d);
     wv.chunks(dh * d)
         .into_par_iter()
         .zip(dabar.par_chunks_mut(batch * d))
@@ -267,9 +267,9 @@ pub(crate) fn cls_attention_backward(
 
     // Per image: dp = dā·x̂ᵀ, the softmax rule ds = p (dp − Σ p dp), du = ds·x̂
     // (`[B, H, D]`), the w1 partial Σ_h du ⊙ q̃, and dq̃ = du ⊙ w1 in place.
-    let mut ds = vec![0.0f32; batch * heads * n];
-    let mut du = zeros(batch * heads * d);
-    let mut part_w = vec![0.0f32; batch * d];
+    let mut ds = gemm.zeros(batch * heads * n);
+    let mut du = gemm.zeros(batch * heads * d);
+    let mut part_w = gemm.zeros(batch * d);
     ds.par_chunks_mut(heads * n)
         .zip(du.par_chunks_mut(heads * d))
         .zip(part_w.par_chunks_mut(d))
@@ -307,7 +307,7 @@ pub(crate) fn cls_attention_backward(
     let dqt = du;
 
     // q̃_h = s·W_k,hᵀ q_h: dW_k,h = s·q_hᵀ dq̃_h, dq_h = s·dq̃_h W_k,hᵀ (`[H, B, dh]`).
-    let mut dq_blocks = vec![0.0f32; heads * batch * dh];
+    let mut dq_blocks = gemm.zeros(heads * batch * dh);
     wk.chunks(dh * d)
         .into_par_iter()
         .zip(dq_blocks.par_chunks_mut(batch * dh))
@@ -336,7 +336,7 @@ pub(crate) fn cls_attention_backward(
 
     // d x̂_j = Σ_h p_hj dā_h + ds_hj u_h, with u = w1 ⊙ q̃.
     if let Some(dxhat) = g.dxhat {
-        let mut u = vec![0.0f32; s.qt.len()];
+        let mut u = gemm.zeros(s.qt.len());
         scale_rows(s.qt, w1, &mut u);
         dxhat
             .par_chunks_mut(n * d)
@@ -371,9 +371,9 @@ pub(crate) fn cls_patch_weights(
 ) -> Vec<f32> {
     let (n, d, heads) = (dims.tokens, dims.width, dims.heads);
     let batch = xhat.len() / (n * d);
-    let mut out = vec![0.0f32; batch * (n - 1)];
+    let mut out = gemm.zeros(batch * (n - 1));
     out.par_chunks_mut(n - 1).enumerate().for_each(|(b, w)| {
-        let mut s = vec![0.0f32; heads * n];
+        let mut s = gemm.zeros(heads * n);
         image_scores(
             gemm,
             dims,
@@ -390,5 +390,5 @@ pub(crate) fn cls_patch_weights(
             }
         }
     });
-    out
+    out.to_vec()
 }

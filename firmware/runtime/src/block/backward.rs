@@ -7,7 +7,7 @@
 use rayon::prelude::*;
 
 use super::attention::{cls_attention_backward, AttentionGrads, AttentionSaved};
-use super::forward::{recompute_affine, zeros, Saved};
+use super::forward::{recompute_affine, Saved};
 use super::layernorm::{layernorm_backward, normalise_backward};
 use super::params::{BlockDims, BlockParams, FrozenHead};
 use super::wgrad::{UpdateRule, Weight};
@@ -209,14 +209,14 @@ fn backward_with(
     }
 
     // Head: e = u·proj (frozen), u = ln_post(x3).
-    let mut du = vec![0.0; batch * d];
+    let mut du = gemm.zeros(batch * d);
     gemm.matmul(
         MatRef::new(d_embed, batch, e, e),
         MatRef::new(&head.proj, d, e, e).t(),
         MatMut::new(&mut du, batch, d, d),
         false,
     );
-    let mut dx3 = vec![0.0; batch * d];
+    let mut dx3 = gemm.zeros(batch * d);
     layernorm_backward(
         &du,
         &saved.xhat_post,
@@ -231,7 +231,7 @@ fn backward_with(
     // it). `c_proj` (768 × 3072 for ViT-B/32) is wider than tall: the one-pass
     // `backprop` would add up partial input gradients as large as a quarter of it, and
     // is slower than matrixmultiply there; it serves the other three (docs/perf-log.md).
-    let mut dfc = zeros(batch * m);
+    let mut dfc = gemm.zeros(batch * m);
     gemm.matmul(
         MatRef::new(&dx3, batch, d, d),
         MatRef::new(p.cproj.w(), d, m, m),
@@ -242,8 +242,8 @@ fn backward_with(
         .grad(gemm, batch, m, &dx3, d, &saved.act, m, 1.0, true);
     bias_grad(&dx3, grads.cproj_b);
     dfc.iter_mut().zip(&saved.dact).for_each(|(g, &s)| *g *= s);
-    let h2 = recompute_affine(&saved.xhat2, d, p.ln_2_w, p.ln_2_b);
-    let mut dh2 = vec![0.0; batch * d];
+    let h2 = recompute_affine(gemm, &saved.xhat2, d, p.ln_2_w, p.ln_2_b);
+    let mut dh2 = gemm.zeros(batch * d);
     p.fc.backprop(gemm, batch, d, &dfc, m, &h2, d, &mut dh2);
     bias_grad(&dfc, grads.fc_b);
 
@@ -261,14 +261,14 @@ fn backward_with(
     );
 
     // out_proj: x2 = x + attn·Woᵀ + bo.
-    let mut dattn = vec![0.0; batch * d];
+    let mut dattn = gemm.zeros(batch * d);
     p.out_proj
         .backprop(gemm, batch, d, &dx2, d, &saved.attn, d, &mut dattn);
     bias_grad(&dx2, grads.out_proj_b);
 
     // Attention of the CLS query, then q = h1_cls·Wqᵀ + bq.
-    let mut dxhat = d_tokens.as_ref().map(|_| vec![0.0f32; rows * d]);
-    let mut dq = vec![0.0; batch * d];
+    let mut dxhat = d_tokens.as_ref().map(|_| gemm.zeros(rows * d));
+    let mut dq = gemm.zeros(batch * d);
     let (wq, wkv) = p.in_proj.split_at(d * d);
     let (wk, wv) = wkv.split_at(d * d);
     grads.ln_1_w.fill(0.0);
@@ -292,7 +292,7 @@ fn backward_with(
         abar: &saved.abar,
     };
     cls_attention_backward(gemm, dims, &s, wk, wv, p.ln_1_b, &dattn, g);
-    let mut dh1_cls = vec![0.0; batch * d];
+    let mut dh1_cls = gemm.zeros(batch * d);
     wq.backprop(gemm, batch, d, &dq, d, &saved.h1_cls, d, &mut dh1_cls);
     bias_grad(&dq, gbq);
 

@@ -12,7 +12,7 @@ use super::attention::{
 };
 use super::layernorm::{layernorm_affine, layernorm_forward, layernorm_normalise};
 use super::params::{BlockDims, BlockParams, FrozenHead};
-use anytime_linalg::{Gemm, MatMut, MatRef};
+use anytime_linalg::{AlignedVec, Gemm, MatMut, MatRef, Placement};
 
 /// Activations saved by the forward pass for backward (`R = B·N` rows of all tokens,
 /// `H` heads). Reused across steps by [`forward_into`].
@@ -20,32 +20,58 @@ use anytime_linalg::{Gemm, MatMut, MatRef};
 pub struct Saved {
     pub batch: usize,
     /// LN1 normalised input, `[R, D]`, and its `1/σ`, `[R]`.
-    pub xhat1: Vec<f32>,
-    pub rstd1: Vec<f32>,
+    pub xhat1: AlignedVec,
+    pub rstd1: AlignedVec,
     /// LN1 output of the CLS rows, `[B, D]` (the queries' input).
-    pub h1_cls: Vec<f32>,
+    pub h1_cls: AlignedVec,
     /// CLS queries `[B, D]`.
-    pub q: Vec<f32>,
+    pub q: AlignedVec,
     /// Queries folded through the keys' weights, `q̃ = W_kᵀ q / sqrt(dh)`, `[H, B, D]`.
-    pub qt: Vec<f32>,
+    pub qt: AlignedVec,
     /// CLS attention probabilities `[B, H, N]`.
-    pub probs: Vec<f32>,
+    pub probs: AlignedVec,
     /// Attention-weighted normalised tokens `ā = Σ_j p_j x̂_j`, `[B, H, D]`.
-    pub abar: Vec<f32>,
+    pub abar: AlignedVec,
     /// Attention output before `out_proj`, `[B, D]`.
-    pub attn: Vec<f32>,
+    pub attn: AlignedVec,
     /// LN2 normalised CLS rows `[B, D]`, `[B]`.
-    pub xhat2: Vec<f32>,
-    pub rstd2: Vec<f32>,
+    pub xhat2: AlignedVec,
+    pub rstd2: AlignedVec,
     /// QuickGELU of the MLP pre-activation `[B, M]`, and its derivative there (both from
     /// the one `exp` per element that the forward computes anyway).
-    pub act: Vec<f32>,
-    pub dact: Vec<f32>,
+    pub act: AlignedVec,
+    pub dact: AlignedVec,
     /// `ln_post` normalised CLS output `[B, D]`, `[B]`.
-    pub xhat_post: Vec<f32>,
-    pub rstd_post: Vec<f32>,
+    pub xhat_post: AlignedVec,
+    pub rstd_post: AlignedVec,
     /// Unnormalised embeddings `e = ln_post(CLS)·proj`, `[B, E]`.
-    pub embed: Vec<f32>,
+    pub embed: AlignedVec,
+}
+
+impl Saved {
+    /// No activations yet; the buffers [`forward_into`] fills will be placed as
+    /// `placement` says.
+    pub fn placed(placement: Placement) -> Self {
+        let e = || AlignedVec::empty(placement);
+        Saved {
+            batch: 0,
+            xhat1: e(),
+            rstd1: e(),
+            h1_cls: e(),
+            q: e(),
+            qt: e(),
+            probs: e(),
+            abar: e(),
+            attn: e(),
+            xhat2: e(),
+            rstd2: e(),
+            act: e(),
+            dact: e(),
+            xhat_post: e(),
+            rstd_post: e(),
+            embed: e(),
+        }
+    }
 }
 
 /// QuickGELU `x·σ(1.702x)` and its derivative `σ(1.702x) + 1.702·x·σ(1.702x)(1 − σ(1.702x))`.
@@ -75,20 +101,8 @@ pub(crate) fn broadcast_rows(c: &mut [f32], bias: &[f32]) {
     }
 }
 
-/// A zeroed buffer of `len` floats; a large one is zeroed by the rayon pool (a step's
-/// `[H·B, D]` temporaries would otherwise be cleared by one thread while the others wait).
-pub(crate) fn zeros(len: usize) -> Vec<f32> {
-    const PAR_MIN: usize = 1 << 16;
-    if len < PAR_MIN {
-        return vec![0.0; len];
-    }
-    let mut v = Vec::with_capacity(len);
-    v.par_extend(rayon::iter::repeat_n(0.0f32, len));
-    v
-}
-
 /// `v` resized to `len` (contents unspecified: every user overwrites it).
-fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+fn sized(v: &mut AlignedVec, len: usize) -> &mut [f32] {
     v.resize(len, 0.0);
     v
 }
@@ -163,13 +177,13 @@ pub fn forward_into(
     s.batch = batch;
     attention_inputs(gemm, dims, p, tokens, batch, s);
 
-    let mut u = zeros(heads * batch * d);
+    let mut u = gemm.zeros(heads * batch * d);
     scale_rows(&s.qt, &p.ln_1_w, &mut u);
     let probs = sized(&mut s.probs, batch * heads * n);
     let abar = sized(&mut s.abar, batch * heads * d);
     attention_core_forward(gemm, dims, &s.xhat1, &u, probs, abar);
     // a = ā ⊙ w1 + b1 (the probabilities sum to 1), then o = W_v a + b_v per head.
-    let a = recompute_affine(&s.abar, d, &p.ln_1_w, &p.ln_1_b);
+    let a = recompute_affine(gemm, &s.abar, d, &p.ln_1_w, &p.ln_1_b);
     let attn = sized(&mut s.attn, batch * d);
     value_output(
         gemm,
@@ -181,7 +195,7 @@ pub fn forward_into(
     );
 
     // x2 = x + attn·Woᵀ + bo (CLS rows)
-    let mut x2 = vec![0.0; batch * d];
+    let mut x2 = gemm.zeros(batch * d);
     for (b, row) in x2.chunks_exact_mut(d).enumerate() {
         for ((x, &t), &bo) in row
             .iter_mut()
@@ -198,7 +212,7 @@ pub fn forward_into(
         true,
     );
 
-    let mut h2 = vec![0.0; batch * d];
+    let mut h2 = gemm.zeros(batch * d);
     layernorm_forward(
         &x2,
         d,
@@ -230,7 +244,7 @@ pub fn forward_into(
         true,
     );
 
-    let mut u_post = vec![0.0; batch * d];
+    let mut u_post = gemm.zeros(batch * d);
     layernorm_forward(
         &x3,
         d,
@@ -251,9 +265,15 @@ pub fn forward_into(
 
 /// `h = xhat·w + b` recomputed from a saved LayerNorm output (in parallel by blocks of
 /// rows: for `ā` it is `B·H` rows).
-pub(crate) fn recompute_affine(xhat: &[f32], d: usize, w: &[f32], b: &[f32]) -> Vec<f32> {
+pub(crate) fn recompute_affine(
+    gemm: &Gemm,
+    xhat: &[f32],
+    d: usize,
+    w: &[f32],
+    b: &[f32],
+) -> AlignedVec {
     const ROWS: usize = 32;
-    let mut y = zeros(xhat.len());
+    let mut y = gemm.zeros(xhat.len());
     y.par_chunks_mut(ROWS * d)
         .zip(xhat.par_chunks(ROWS * d))
         .for_each(|(y, x)| layernorm_affine(x, d, w, b, y));
@@ -281,7 +301,7 @@ pub fn cls_attention(
 ) -> Vec<f32> {
     let mut s = Saved::default();
     attention_inputs(gemm, dims, p, tokens, batch, &mut s);
-    let mut u = vec![0.0; s.qt.len()];
+    let mut u = gemm.zeros(s.qt.len());
     scale_rows(&s.qt, &p.ln_1_w, &mut u);
     cls_patch_weights(gemm, dims, &s.xhat1, &u)
 }

@@ -49,6 +49,7 @@ impl LastBlock {
             batch,
         )
         .embed
+        .to_vec()
     }
 
     /// L2-normalised embeddings `[B, E]` of `tokens` (`[B, N, D]`).

@@ -1,8 +1,9 @@
 //! Shapes and parameter tensors of the last transformer block.
 //!
-//! Every tensor is a flat row-major `Vec<f32>` named as in `last_block.safetensors`
+//! Every tensor is a flat row-major [`AlignedVec`] named as in `last_block.safetensors`
 //! (PyTorch `Linear` convention: a weight is `[out, in]` and `y = x Wᵀ + b`).
 
+use anytime_linalg::{AlignedVec, Placement};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 /// Shapes of the last block and its frozen head.
@@ -89,22 +90,22 @@ pub fn is_decayed(name: &str) -> bool {
 /// The trainable tensors of the block (also used for gradients and Adam moments).
 #[derive(Clone, Debug, PartialEq)]
 pub struct BlockParams {
-    pub ln_1_w: Vec<f32>,
-    pub ln_1_b: Vec<f32>,
+    pub ln_1_w: AlignedVec,
+    pub ln_1_b: AlignedVec,
     /// `[3D, D]`, rows q, k, v.
-    pub in_proj_w: Vec<f32>,
-    pub in_proj_b: Vec<f32>,
+    pub in_proj_w: AlignedVec,
+    pub in_proj_b: AlignedVec,
     /// `[D, D]`.
-    pub out_proj_w: Vec<f32>,
-    pub out_proj_b: Vec<f32>,
-    pub ln_2_w: Vec<f32>,
-    pub ln_2_b: Vec<f32>,
+    pub out_proj_w: AlignedVec,
+    pub out_proj_b: AlignedVec,
+    pub ln_2_w: AlignedVec,
+    pub ln_2_b: AlignedVec,
     /// `[M, D]`.
-    pub fc_w: Vec<f32>,
-    pub fc_b: Vec<f32>,
+    pub fc_w: AlignedVec,
+    pub fc_b: AlignedVec,
     /// `[D, M]`.
-    pub cproj_w: Vec<f32>,
-    pub cproj_b: Vec<f32>,
+    pub cproj_w: AlignedVec,
+    pub cproj_b: AlignedVec,
 }
 
 impl BlockParams {
@@ -112,18 +113,18 @@ impl BlockParams {
     pub fn zeros(d: &BlockDims) -> Self {
         let (w, m) = (d.width, d.mlp);
         BlockParams {
-            ln_1_w: vec![0.0; w],
-            ln_1_b: vec![0.0; w],
-            in_proj_w: vec![0.0; 3 * w * w],
-            in_proj_b: vec![0.0; 3 * w],
-            out_proj_w: vec![0.0; w * w],
-            out_proj_b: vec![0.0; w],
-            ln_2_w: vec![0.0; w],
-            ln_2_b: vec![0.0; w],
-            fc_w: vec![0.0; m * w],
-            fc_b: vec![0.0; m],
-            cproj_w: vec![0.0; w * m],
-            cproj_b: vec![0.0; w],
+            ln_1_w: AlignedVec::zeros(w),
+            ln_1_b: AlignedVec::zeros(w),
+            in_proj_w: AlignedVec::zeros(3 * w * w),
+            in_proj_b: AlignedVec::zeros(3 * w),
+            out_proj_w: AlignedVec::zeros(w * w),
+            out_proj_b: AlignedVec::zeros(w),
+            ln_2_w: AlignedVec::zeros(w),
+            ln_2_b: AlignedVec::zeros(w),
+            fc_w: AlignedVec::zeros(m * w),
+            fc_b: AlignedVec::zeros(m),
+            cproj_w: AlignedVec::zeros(w * m),
+            cproj_b: AlignedVec::zeros(w),
         }
     }
 
@@ -134,7 +135,7 @@ impl BlockParams {
         let mut p = Self::zeros(d);
         for (t, (_, shape)) in p.tensors_mut().into_iter().zip(block_tensor_shapes(d)) {
             if shape.len() != 1 {
-                *t = Vec::new();
+                *t = AlignedVec::new();
             }
         }
         p
@@ -145,7 +146,7 @@ impl BlockParams {
     pub fn random(d: &BlockDims, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut p = Self::zeros(d);
-        let fill = |v: &mut Vec<f32>, rng: &mut StdRng, centre: f32, scale: f32| {
+        let fill = |v: &mut AlignedVec, rng: &mut StdRng, centre: f32, scale: f32| {
             for x in v.iter_mut() {
                 *x = centre + scale * rng.gen_range(-1.0f32..1.0);
             }
@@ -186,7 +187,7 @@ impl BlockParams {
     }
 
     /// Mutable tensors in [`block_tensor_shapes`] order.
-    pub fn tensors_mut(&mut self) -> [&mut Vec<f32>; 12] {
+    pub fn tensors_mut(&mut self) -> [&mut AlignedVec; 12] {
         [
             &mut self.ln_1_w,
             &mut self.ln_1_b,
@@ -201,6 +202,14 @@ impl BlockParams {
             &mut self.cproj_w,
             &mut self.cproj_b,
         ]
+    }
+
+    /// The same tensors placed as `placement` says (copies where they are elsewhere).
+    pub fn placed(mut self, placement: Placement) -> Self {
+        for t in self.tensors_mut() {
+            *t = std::mem::take(t).placed(placement);
+        }
+        self
     }
 
     /// Total number of scalars.
@@ -234,10 +243,10 @@ impl BlockParams {
 /// The frozen head: `ln_post` on the CLS token, then `proj` (`[D, E]`, `e = u · proj`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct FrozenHead {
-    pub ln_post_w: Vec<f32>,
-    pub ln_post_b: Vec<f32>,
+    pub ln_post_w: AlignedVec,
+    pub ln_post_b: AlignedVec,
     /// `[D, E]`, row-major.
-    pub proj: Vec<f32>,
+    pub proj: AlignedVec,
 }
 
 impl FrozenHead {
@@ -264,7 +273,7 @@ impl FrozenHead {
     }
 
     /// Mutable tensors in [`head_tensor_shapes`] order.
-    pub fn tensors_mut(&mut self) -> [&mut Vec<f32>; 3] {
+    pub fn tensors_mut(&mut self) -> [&mut AlignedVec; 3] {
         [&mut self.ln_post_w, &mut self.ln_post_b, &mut self.proj]
     }
 }

@@ -157,7 +157,7 @@ impl TensorFile {
     pub fn block_params(&self, dims: &BlockDims) -> Result<BlockParams, WeightsError> {
         let mut p = BlockParams::zeros(dims);
         for (t, (name, shape)) in p.tensors_mut().into_iter().zip(block_tensor_shapes(dims)) {
-            *t = self.get(name, &shape)?;
+            *t = self.get(name, &shape)?.into();
         }
         Ok(p)
     }
@@ -170,7 +170,7 @@ impl TensorFile {
     ) -> Result<BlockParams, WeightsError> {
         let mut p = BlockParams::zeros(dims);
         for (t, (name, shape)) in p.tensors_mut().into_iter().zip(block_tensor_shapes(dims)) {
-            *t = self.get(&format!("{prefix}{name}"), &shape)?;
+            *t = self.get(&format!("{prefix}{name}"), &shape)?.into();
         }
         Ok(p)
     }
@@ -179,9 +179,9 @@ impl TensorFile {
     pub fn frozen_head(&self, dims: &BlockDims) -> Result<FrozenHead, WeightsError> {
         let [w, b, p] = head_tensor_shapes(dims);
         Ok(FrozenHead {
-            ln_post_w: self.get(w.0, &w.1)?,
-            ln_post_b: self.get(b.0, &b.1)?,
-            proj: self.get(p.0, &p.1)?,
+            ln_post_w: self.get(w.0, &w.1)?.into(),
+            ln_post_b: self.get(b.0, &b.1)?.into(),
+            proj: self.get(p.0, &p.1)?.into(),
         })
     }
 }

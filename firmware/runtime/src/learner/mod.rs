@@ -753,7 +753,8 @@ impl Learner {
     ) -> Result<Option<(StepStats, usize)>, LearnError> {
         let replay = self.store.sample_balanced(count, seed, exclude)?;
         let per = self.dims.tokens_len();
-        let mut tokens = Vec::with_capacity((1 + replay.len()) * per);
+        // On a cache line, where the step's kernels read it from.
+        let mut tokens = anytime_linalg::AlignedVec::with_capacity((1 + replay.len()) * per);
         let mut labels = Vec::with_capacity(1 + replay.len());
         if let Some((t, y)) = first {
             tokens.extend_from_slice(t);

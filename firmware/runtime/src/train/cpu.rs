@@ -3,9 +3,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anytime_linalg::{Gemm, GemmOptions};
+use anytime_linalg::{Gemm, GemmOptions, Placement};
 
-use super::adamw::{next_step, update_tensors};
+use super::adamw::{next_step, update_tensors, AdamState};
 use super::loss::{loss_forward_backward, LossOutput};
 use super::{Batch, Gradients, StepStats, TrainBackend, TrainConfig, TrainError, TunedState};
 use crate::block::{
@@ -112,10 +112,12 @@ impl CpuBackend {
         if head.ln_post_w.len() != dims.width || head.proj.len() != dims.width * dims.embed {
             return Err(TrainError::StateDims(dims));
         }
+        let placement = options.gemm.placement;
+        let (state, head) = (placed(state, placement), placed_head(head, placement));
         // The weight matrices' gradients only when asked for (`gradients`, or a step
         // without the fused update): a fused step never holds them.
         let grads = Gradients {
-            params: crate::block::BlockParams::vectors_only(&dims),
+            params: crate::block::BlockParams::vectors_only(&dims).placed(placement),
             other_bias: 0.0,
             tokens: Vec::new(),
         };
@@ -127,7 +129,7 @@ impl CpuBackend {
             head,
             state,
             grads,
-            saved: Saved::default(),
+            saved: Saved::placed(placement),
         };
         cpu.advise_state_huge_pages();
         Ok(cpu)
@@ -201,7 +203,8 @@ impl CpuBackend {
     ) -> Result<StepStats, TrainError> {
         let out = self.forward_loss(batch)?;
         if !self.grads.params.matches(&self.dims) {
-            self.grads.params = crate::block::BlockParams::zeros(&self.dims);
+            let zeros = crate::block::BlockParams::zeros(&self.dims);
+            self.grads.params = zeros.placed(self.options.gemm.placement);
             advise_huge_pages(&mut self.grads.params, self.options.huge_pages);
         }
         let g = &mut self.grads;
@@ -287,6 +290,32 @@ impl CpuBackend {
         stats.step = s.optim.step;
         Ok(stats)
     }
+}
+
+/// `state` with every tensor placed as `placement` says.
+fn placed(state: TunedState, placement: Placement) -> TunedState {
+    let TunedState {
+        params,
+        other_bias,
+        optim,
+    } = state;
+    TunedState {
+        params: params.placed(placement),
+        other_bias,
+        optim: AdamState {
+            m: optim.m.placed(placement),
+            v: optim.v.placed(placement),
+            ..optim
+        },
+    }
+}
+
+/// `head` with every tensor placed as `placement` says.
+fn placed_head(mut head: FrozenHead, placement: Placement) -> FrozenHead {
+    for t in head.tensors_mut() {
+        *t = std::mem::take(t).placed(placement);
+    }
+    head
 }
 
 /// [`huge_pages`] for every tensor of `set` when `on`.
@@ -418,7 +447,7 @@ impl TrainBackend for CpuBackend {
 
     fn set_state(&mut self, state: &TunedState) -> Result<(), TrainError> {
         state.check(&self.dims)?;
-        self.state = state.clone();
+        self.state = placed(state.clone(), self.options.gemm.placement);
         self.advise_state_huge_pages();
         Ok(())
     }
