@@ -293,8 +293,8 @@ const THIN_MAX: usize = 64;
 /// Products `A·B` (B row-major) with at most [`THIN_MAX`] rows and at most this long a
 /// reduction use the thin kernel's broadcast form (per image `P·X̂` over 50 tokens, per
 /// head `q_h·W_k,h` and `d_o,h·W_v,h` over 64 rows); a longer one only on its AVX-512
-/// build, which takes B in chunks of rows (see `thin/avx512.rs`): the AVX2 build lost to
-/// matrixmultiply there.
+/// build, which takes B in chunks of rows (see `thin/avx512.rs`); the AVX2 build reads
+/// a long reduction as a column strip, which matrixmultiply's packing serves better.
 #[cfg(target_arch = "x86_64")]
 const THIN_NN_MAX_K: usize = 64;
 

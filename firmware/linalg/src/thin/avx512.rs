@@ -181,12 +181,11 @@ impl Lines {
 ///
 /// A reduction longer than [`KC`] runs in chunks of `KC` rows of B: every tile of the
 /// columns `j0..j1` over one chunk, its partial chains stored (in C itself, or when
-/// `acc` in the caller's scratch `copy`) and taken up again by the next chunk, whose rows are
-/// asked for meanwhile. A chunk of a weight's rows is contiguous in memory, so it is
-/// streamed in order and sits in L2 without conflicts, where a 64-column block over all
-/// of a long reduction is a column strip of rows kilobytes apart: `c_proj`'s rows, 12 KiB
-/// apart, put such a strip's lines in a few cache sets and a page each, and copying it
-/// to a packed block before its tiles (the previous build) took half the product's time.
+/// `acc` in the caller's scratch `copy`) and taken up again by the next chunk, whose
+/// rows are asked for meanwhile. A chunk of a weight's rows is contiguous in memory, so
+/// it streams in order and sits in L2 without conflicts, where a column strip over all
+/// of a long reduction has its lines kilobytes apart, in a few cache sets and a page
+/// each.
 ///
 /// # Safety
 /// A covers `[m, k]` and B `[k, j1]` (row stride `b.ld`), C `[m, ≥ j1]` (row stride
