@@ -14,7 +14,7 @@ use super::wgrad::{UpdateRule, Weight};
 use anytime_linalg::{Gemm, MatMut, MatRef};
 
 /// Column sums of `dy` (`[rows, n]`) written to `db` (`[n]`).
-fn bias_grad(dy: &[f32], db: &mut [f32]) {
+pub(crate) fn bias_grad(dy: &[f32], db: &mut [f32]) {
     db.fill(0.0);
     for row in dy.chunks_exact(db.len()) {
         db.iter_mut().zip(row).for_each(|(g, &x)| *g += x);

@@ -84,7 +84,7 @@ fn quick_gelu_and_grad(x: f32) -> (f32, f32) {
 
 /// QuickGELU of every element of `x` (the MLP pre-activation, written there), in
 /// parallel by rows of width `m`; its derivative into `dact`.
-fn quick_gelu_rows(x: &mut [f32], dact: &mut [f32], m: usize) {
+pub(crate) fn quick_gelu_rows(x: &mut [f32], dact: &mut [f32], m: usize) {
     x.par_chunks_mut(m)
         .zip(dact.par_chunks_mut(m))
         .for_each(|(xr, dr)| {

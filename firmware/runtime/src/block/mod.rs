@@ -4,9 +4,12 @@
 //! `ln_post` on CLS → `proj`. Only the CLS output feeds the embedding, so the block
 //! computes keys and values for every token but the query, attention output and MLP for
 //! the CLS token only: the embedding (and every gradient) is exactly that of the full block.
+//! The dense block ([`dense_forward`], [`dense_backward`]) runs every token, for the losses
+//! that read every token's output.
 
 mod attention;
 mod backward;
+mod dense;
 mod flops;
 mod forward;
 mod layernorm;
@@ -17,9 +20,10 @@ mod weights;
 mod wgrad;
 
 pub use backward::{backward, backward_update, FUSED_TENSORS};
+pub use dense::{dense_backward, dense_forward, DenseSaved};
 pub use flops::{step_flops, StepFlops};
 pub use forward::{cls_attention, forward, forward_into, l2_normalise, Saved};
-pub(crate) use layernorm::LN_EPS;
+pub(crate) use layernorm::{layernorm_normalise, LN_EPS};
 pub use memory::{memory_report, MemoryReport};
 pub use model::LastBlock;
 pub use params::{

@@ -11,6 +11,8 @@
 //! and an AdamW update of the block's parameters and the "other" bias `b`; `ln_post` and
 //! `proj` stay frozen.
 //!
+//! [`masked`] is SPEC §8's masked-token loss `L_r` on the dense block (CPU only).
+//!
 //! Trait stability: this trait is implemented in two places. Changes are recorded here.
 //! - v1 (07:24 UTC): initial version.
 
@@ -20,6 +22,7 @@ pub mod cpu;
 #[cfg(feature = "gpu")]
 pub mod gpu;
 pub mod loss;
+pub mod masked;
 pub mod state;
 
 use crate::block::{BlockDims, BlockParams, WeightsError};
@@ -27,6 +30,10 @@ use crate::block::{BlockDims, BlockParams, WeightsError};
 pub use adamw::AdamState;
 pub use choice::{choose_backend, quiet_device_select, BackendChoice, BackendReason, Training};
 pub use cpu::{CpuBackend, CpuOptions};
+pub use masked::{
+    mask_positions, masked_count, masked_gradients, masked_loss, MaskedGradients, MaskedHead,
+    MASK_RATIO,
+};
 pub use state::{first_non_finite, load_tuned, save_tuned};
 
 /// Every hyper-parameter of a training step.

@@ -1,0 +1,268 @@
+//! SPEC §8's masked-token loss `L_r`: the masked positions, the loss against its
+//! definition, its gradients by finite differences, the start of training, and its bits
+//! on 1 and 3 threads.
+//!
+//! Finite differences: central, in f64, of `L_r` itself, step `h = 1e-2·max(1, |x|)`, on
+//! every coordinate of the mask token, `W_r` and `b_r`, and on 4 random coordinates and the
+//! largest-gradient one of every block tensor;
+//! `|fd − g| ≤ 1e-3·max(|fd|, |g|) + 1e-3·max|g over the tensor|`.
+
+use anytime_linalg::Gemm;
+use anytime_runtime::block::{block_tensor_shapes, dense_forward, BlockDims, BlockParams};
+use anytime_runtime::train::{
+    mask_positions, masked_count, masked_gradients, masked_loss, MaskedHead,
+};
+use anytime_testkit::{close, max_abs};
+use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
+
+const SMALL: BlockDims = BlockDims {
+    width: 8,
+    heads: 2,
+    mlp: 32,
+    tokens: 5,
+    embed: 4,
+};
+
+fn random(len: usize, scale: f32, seed: u64) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..len)
+        .map(|_| scale * rng.gen_range(-1.0f32..1.0))
+        .collect()
+}
+
+#[test]
+fn mask_positions_are_three_quarters_of_the_patches_never_cls_and_seeded() {
+    assert_eq!(
+        [2, 3, 5, 50, 197].map(masked_count),
+        [1, 2, 3, 37, 147],
+        "round(0.75·(N − 1))"
+    );
+    for n in [2, 3, 5, 50, 197] {
+        let (k, batch) = (masked_count(n), 6);
+        let pos = mask_positions(n, batch, 11);
+        assert_eq!(pos.len(), batch * k, "N = {n}");
+        for row in pos.chunks_exact(k) {
+            assert!(row[0] >= 1, "CLS masked (N = {n}): {row:?}");
+            assert!(row[k - 1] < n, "out of range (N = {n}): {row:?}");
+            assert!(row.windows(2).all(|w| w[0] < w[1]), "not distinct: {row:?}");
+        }
+        assert_eq!(pos, mask_positions(n, batch, 11), "same seed, N = {n}");
+    }
+    let a = mask_positions(50, 4, 1);
+    assert_ne!(a, mask_positions(50, 4, 2), "another seed, same positions");
+    let k = masked_count(50);
+    assert_ne!(a[..k], a[k..2 * k], "two images, same positions");
+    // The first images of a larger batch are those of a smaller one.
+    assert_eq!(a[..2 * k], mask_positions(50, 2, 1));
+    // Every patch position is drawn for some image and seed.
+    let mut seen = [false; 50];
+    (0..20)
+        .flat_map(|s| mask_positions(50, 1, s))
+        .for_each(|t| seen[t] = true);
+    assert!(!seen[0] && seen[1..].iter().all(|&s| s), "{seen:?}");
+}
+
+/// `ln(x)` without affine, in f64.
+fn normalised(x: &[f32]) -> Vec<f64> {
+    let d = x.len() as f64;
+    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / d;
+    let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d;
+    x.iter()
+        .map(|&v| (v as f64 - mean) / (var + 1e-5).sqrt())
+        .collect()
+}
+
+/// `L_r` by its definition, the head and the mean in f64 (the dense block as tested in
+/// `block_dense.rs`).
+fn definition(
+    dims: &BlockDims,
+    p: &BlockParams,
+    head: &MaskedHead,
+    x: &[f32],
+    pos: &[usize],
+) -> f64 {
+    let (n, d) = (dims.tokens, dims.width);
+    let batch = x.len() / dims.tokens_len();
+    let k = pos.len() / batch;
+    let mut input = x.to_vec();
+    let rows: Vec<usize> = (0..pos.len()).map(|i| i / k * n + pos[i]).collect();
+    for &r in &rows {
+        input[r * d..(r + 1) * d].copy_from_slice(&head.mask_token);
+    }
+    let out = dense_forward(&Gemm::default(), dims, p, &input, batch).out;
+    let mut sum = 0.0;
+    for &r in &rows {
+        let y = &out[r * d..(r + 1) * d];
+        let target = normalised(&x[r * d..(r + 1) * d]);
+        for (o, t) in target.iter().enumerate() {
+            let pred = head.b[o] as f64
+                + (0..d)
+                    .map(|i| head.w[o * d + i] as f64 * y[i] as f64)
+                    .sum::<f64>();
+            sum += (pred - t).powi(2);
+        }
+    }
+    sum / (rows.len() * d) as f64
+}
+
+#[test]
+fn masked_loss_is_its_definition() {
+    let (gemm, dims, batch) = (Gemm::default(), SMALL, 3);
+    let p = BlockParams::random(&dims, 1);
+    let head = MaskedHead::random(&dims, 2);
+    let x = random(batch * dims.tokens_len(), 1.5, 3);
+    let pos = mask_positions(dims.tokens, batch, 4);
+    let got = masked_loss(&gemm, &dims, &p, &head, &x, batch, &pos);
+    let want = definition(&dims, &p, &head, &x, &pos);
+    assert!(close(got, want, 1e-6, 1e-6), "{got} vs {want}");
+}
+
+/// The block never reads a masked token (only its normalised target counts, which an
+/// affine change of the token leaves alone), and does read the others.
+#[test]
+fn masked_tokens_reach_the_loss_only_through_their_normalised_target() {
+    let (gemm, dims, batch) = (Gemm::default(), SMALL, 2);
+    let p = BlockParams::random(&dims, 5);
+    let head = MaskedHead::random(&dims, 6);
+    let x = random(batch * dims.tokens_len(), 1.5, 7);
+    let pos = mask_positions(dims.tokens, batch, 8);
+    let base = masked_loss(&gemm, &dims, &p, &head, &x, batch, &pos);
+    let (n, d, k) = (dims.tokens, dims.width, masked_count(dims.tokens));
+    let mut y = x.clone();
+    for (i, &t) in pos.iter().enumerate() {
+        let r = i / k * n + t;
+        y[r * d..(r + 1) * d]
+            .iter_mut()
+            .for_each(|v| *v = 3.0 * *v - 0.7);
+    }
+    let moved = masked_loss(&gemm, &dims, &p, &head, &y, batch, &pos);
+    assert!(close(moved, base, 1e-6, 1e-4), "{moved} vs {base}");
+    let unmasked = (1..n)
+        .find(|t| !pos[..k].contains(t))
+        .expect("a visible patch");
+    let mut z = x.clone();
+    z[unmasked * d] += 2.0;
+    let other = masked_loss(&gemm, &dims, &p, &head, &z, batch, &pos);
+    assert!(
+        !close(other, base, 1e-4, 1e-4),
+        "a visible patch changed nothing"
+    );
+}
+
+const H: f32 = 1e-2;
+
+fn central(x: f32, mut f: impl FnMut(f32) -> f64) -> f64 {
+    let h = H * x.abs().max(1.0);
+    let (xp, xm) = (x + h, x - h);
+    (f(xp) - f(xm)) / (xp as f64 - xm as f64)
+}
+
+fn agrees(fd: f64, g: f32, scale: f64) -> bool {
+    let tol = 1e-3 * fd.abs().max(g.abs() as f64) + 1e-3 * scale;
+    close(g, fd, tol, 0.0)
+}
+
+#[test]
+fn masked_gradients_match_finite_differences() {
+    let (gemm, dims, batch) = (Gemm::default(), SMALL, 2);
+    let p = BlockParams::random(&dims, 9);
+    let head = MaskedHead::random(&dims, 10);
+    let x = random(batch * dims.tokens_len(), 1.5, 11);
+    let pos = mask_positions(dims.tokens, batch, 12);
+    let g = masked_gradients(&gemm, &dims, &p, &head, &x, batch, &pos);
+    let loss = masked_loss(&gemm, &dims, &p, &head, &x, batch, &pos);
+    assert_eq!(g.loss.to_bits(), loss.to_bits(), "two losses");
+
+    let mut failures = vec![];
+    for (t, name) in ["mask_token", "w_r", "b_r"].iter().enumerate() {
+        let gt = g.head.tensors()[t];
+        let scale = max_abs(gt);
+        assert!(scale > 0.0, "{name}: gradient all zero");
+        for (i, &gi) in gt.iter().enumerate() {
+            let mut h = head.clone();
+            let fd = central(head.tensors()[t][i], |v| {
+                h.tensors_mut()[t][i] = v;
+                masked_loss(&gemm, &dims, &p, &h, &x, batch, &pos)
+            });
+            if !agrees(fd, gi, scale) {
+                failures.push(format!("{name}[{i}]: fd {fd:e} vs {gi:e}"));
+            }
+        }
+    }
+    let mut rng = StdRng::seed_from_u64(13);
+    for (t, (name, _)) in block_tensor_shapes(&dims).iter().enumerate() {
+        let gt = g.block.tensors()[t];
+        let scale = max_abs(gt);
+        assert!(scale > 0.0, "{name}: gradient all zero");
+        let mut coords: Vec<usize> = (0..gt.len()).collect();
+        coords.shuffle(&mut rng);
+        coords.truncate(4);
+        coords.extend((0..gt.len()).max_by(|&a, &b| gt[a].abs().total_cmp(&gt[b].abs())));
+        for i in coords {
+            let mut q = p.clone();
+            let fd = central(p.tensors()[t][i], |v| {
+                q.tensors_mut()[t][i] = v;
+                masked_loss(&gemm, &dims, &q, &head, &x, batch, &pos)
+            });
+            if !agrees(fd, gt[i], scale) {
+                failures.push(format!("{name}[{i}]: fd {fd:e} vs {:e}", gt[i]));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// At `init` the head is zero: `L_r` is the targets' mean square (just under 1), and only
+/// the head gets a gradient.
+#[test]
+fn masked_loss_starts_at_the_targets_mean_square_with_no_gradient_to_the_block() {
+    let (gemm, dims, batch) = (Gemm::default(), SMALL, 2);
+    let p = BlockParams::random(&dims, 14);
+    let head = MaskedHead::init(&dims, 15);
+    assert!(head.w.iter().chain(head.b.iter()).all(|&v| v == 0.0));
+    let std = (head.mask_token.iter().map(|&v| v * v).sum::<f32>() / dims.width as f32).sqrt();
+    assert!(std > 0.005 && std < 0.05, "mask token std {std}");
+    let x = random(batch * dims.tokens_len(), 1.5, 16);
+    let pos = mask_positions(dims.tokens, batch, 17);
+    let g = masked_gradients(&gemm, &dims, &p, &head, &x, batch, &pos);
+    assert!(close(g.loss, 1.0, 1e-3, 0.0), "{}", g.loss);
+    assert!(g
+        .block
+        .tensors()
+        .iter()
+        .all(|t| t.iter().all(|&v| v == 0.0)));
+    assert!(g.head.mask_token.iter().all(|&v| v == 0.0));
+    assert!(max_abs(&g.head.w) > 0.0 && max_abs(&g.head.b) > 0.0);
+}
+
+fn run_on(threads: usize, dims: &BlockDims, batch: usize) -> Vec<Vec<u64>> {
+    let gemm = Gemm::default();
+    let p = BlockParams::random(dims, 18);
+    let head = MaskedHead::random(dims, 19);
+    let x = random(batch * dims.tokens_len(), 2.0, 20);
+    let pos = mask_positions(dims.tokens, batch, 21);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("pool");
+    pool.install(|| {
+        let g = masked_gradients(&gemm, dims, &p, &head, &x, batch, &pos);
+        let bits = |v: &[f32]| v.iter().map(|&x| x.to_bits() as u64).collect::<Vec<_>>();
+        let mut all = vec![vec![g.loss.to_bits()]];
+        all.extend(g.block.tensors().iter().map(|t| bits(t)));
+        all.extend(g.head.tensors().iter().map(|t| bits(t)));
+        all
+    })
+}
+
+#[test]
+fn masked_gradients_give_the_same_bits_on_1_and_3_threads() {
+    let dims = BlockDims {
+        width: 64,
+        heads: 4,
+        mlp: 256,
+        tokens: 50,
+        embed: 16,
+    };
+    assert_eq!(run_on(1, &dims, 4), run_on(3, &dims, 4));
+}
