@@ -6,7 +6,8 @@ mod train_common;
 use anytime_runtime::block::{load_block, BlockDims, BlockParams, FrozenHead};
 use anytime_runtime::train::adamw::adamw_update;
 use anytime_runtime::train::{
-    load_tuned, save_tuned, CpuBackend, CpuOptions, TrainBackend, TrainConfig, TunedState,
+    load_tuned, save_tuned, CpuBackend, CpuOptions, TrainBackend, TrainConfig, TrainError,
+    TunedState,
 };
 use train_common::*;
 
@@ -249,4 +250,78 @@ fn train_cpu_fused_update_is_adamw_of_the_gradients_bit_for_bit() {
             );
         });
     }
+}
+
+/// `step_scaled` at scale 1 gives the bits of AdamW of the gradients at the configured
+/// rate (those of `step`), and at 0.1 the bits of AdamW at a tenth of it: a first update
+/// a tenth as large. Scales that are not finite and positive are refused, changing
+/// nothing.
+#[test]
+fn train_cpu_lr_scale_one_is_the_plain_step_and_a_tenth_moves_a_tenth() {
+    let cfg = TrainConfig {
+        lr: 1e-3,
+        ..TrainConfig::default()
+    };
+    let dims = SMALL;
+    let head = FrozenHead::random(&dims, 500);
+    let start = TunedState::fresh(&dims, BlockParams::random(&dims, 501));
+    let batches: Vec<Data> = (0..3).map(|i| random_data(&dims, 4, 3, 502 + i)).collect();
+    let new = |s: &TunedState| CpuBackend::new(dims, cfg.clone(), head.clone(), s.clone()).unwrap();
+    for scale in [1.0f32, 0.1] {
+        let scaled = TrainConfig {
+            lr: cfg.lr * scale,
+            ..cfg.clone()
+        };
+        let mut be = new(&start);
+        let mut want = start.clone();
+        for d in &batches {
+            be.step_scaled(&d.batch(), scale).unwrap();
+            let (_, g) = new(&want).gradients(&d.batch()).unwrap();
+            let (p, o, b) = (&mut want.params, &mut want.optim, &mut want.other_bias);
+            adamw_update(&dims, &scaled, o, p, b, &g.params, g.other_bias);
+            assert!(
+                state_bits(&be.state().unwrap()) == state_bits(&want),
+                "scale {scale}: not AdamW at {} of the gradients",
+                scaled.lr
+            );
+        }
+    }
+    let (mut plain, mut one) = (new(&start), new(&start));
+    for d in &batches {
+        let (a, b) = (
+            plain.step(&d.batch()).unwrap(),
+            one.step_scaled(&d.batch(), 1.0),
+        );
+        assert_eq!(a, b.unwrap());
+    }
+    assert!(state_bits(&plain.state().unwrap()) == state_bits(&one.state().unwrap()));
+
+    // The first update moves the block in proportion to the rate.
+    let moved = |scale: f32| -> Vec<f64> {
+        let mut be = new(&start);
+        be.step_scaled(&batches[0].batch(), scale).unwrap();
+        let after = be.state().unwrap();
+        let pairs = after
+            .params
+            .tensors()
+            .into_iter()
+            .zip(start.params.tensors());
+        pairs
+            .flat_map(|(a, s)| a.iter().zip(s).map(|(&a, &s)| a as f64 - s as f64))
+            .collect()
+    };
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let (full, tenth) = (moved(1.0), moved(0.1));
+    assert!(norm(&full) > 0.0);
+    let ratio = norm(&tenth) / norm(&full);
+    assert!(anytime_testkit::close(ratio, 0.1, 0.0, 1e-2), "{ratio}");
+
+    let mut be = new(&start);
+    for bad in [0.0f32, -0.1, f32::NAN, f32::INFINITY] {
+        match be.step_scaled(&batches[0].batch(), bad) {
+            Err(TrainError::LrScale(s)) => assert_eq!(s.to_bits(), bad.to_bits()),
+            other => panic!("scale {bad}: {other:?}"),
+        }
+    }
+    assert!(state_bits(&be.state().unwrap()) == state_bits(&start));
 }

@@ -20,7 +20,9 @@ mod train_common;
 
 use anytime_runtime::block::{block_tensor_shapes, BlockDims, BlockParams, FrozenHead};
 use anytime_runtime::train::gpu::GpuBackend;
-use anytime_runtime::train::{CpuBackend, TrainBackend, TrainConfig, TrainError, TunedState};
+use anytime_runtime::train::{
+    CpuBackend, MaskedBatch, MaskedState, TrainBackend, TrainConfig, TrainError, TunedState,
+};
 use anytime_testkit::{close, max_abs, max_abs_diff};
 use train_common::*;
 
@@ -204,4 +206,49 @@ fn train_gpu_state_round_trips_and_batch_shapes_change() {
     assert_eq!(gpu.state().unwrap().optim.step, 3);
     gpu.set_state(&s0).unwrap();
     assert_eq!(gpu.state().unwrap(), s0);
+}
+
+/// A learning-rate scale moves the GPU's weights as it moves the CPU's (the parity bound
+/// of `check_step_parity` at the scaled rate), and the masked step is refused as CPU-only,
+/// changing nothing.
+#[test]
+fn train_gpu_lr_scale_matches_the_cpu_path_and_the_masked_step_is_cpu_only() {
+    if !gpu_available("train_gpu_lr_scale_matches_the_cpu_path_and_the_masked_step_is_cpu_only") {
+        return;
+    }
+    let (scale, steps) = (0.1f32, 2);
+    let cfg = TrainConfig {
+        lr: 1e-3,
+        ..TrainConfig::default()
+    };
+    let (dims, mut cpu, mut gpu) = both(&cfg);
+    let start = cpu.state().unwrap();
+    for s in 0..steps {
+        let data = random_data(&dims, 4, 5, 300 + s as u64);
+        cpu.step_scaled(&data.batch(), scale).unwrap();
+        gpu.step_scaled(&data.batch(), scale).unwrap();
+    }
+    let (c, g) = (cpu.state().unwrap(), gpu.state().unwrap());
+    let tol = 2e-3 * (cfg.lr * scale) as f64 * steps as f64;
+    for (i, (name, _)) in block_tensor_shapes(&dims).iter().enumerate() {
+        let diff = max_abs_diff(c.params.tensors()[i], g.params.tensors()[i]);
+        assert!(diff <= tol, "{name}: weights differ by {diff:e} > {tol:e}");
+        let moved = max_abs_diff(c.params.tensors()[i], start.params.tensors()[i]);
+        assert!(moved > 0.0 && moved < 1.5 * (cfg.lr * scale) as f64 * steps as f64);
+    }
+    assert!(matches!(
+        gpu.step_scaled(&random_data(&dims, 4, 5, 1).batch(), f32::NAN),
+        Err(TrainError::LrScale(_))
+    ));
+
+    let mut masked = MaskedState::init(&dims, 3);
+    let tokens = random_data(&dims, 2, 2, 4).tokens;
+    let batch = MaskedBatch {
+        tokens: &tokens,
+        seed: 5,
+    };
+    let e = gpu.masked_step(&batch, &mut masked, 1.0).unwrap_err();
+    assert!(matches!(e, TrainError::CpuOnly { .. }), "{e}");
+    assert_eq!(masked, MaskedState::init(&dims, 3));
+    assert_eq!(gpu.state().unwrap(), g);
 }

@@ -1,6 +1,7 @@
 //! SPEC §8's masked-token loss `L_r`: the masked positions, the loss against its
 //! definition, its gradients by finite differences, the start of training, and its bits
-//! on 1 and 3 threads.
+//! on 1 and 3 threads; and the CPU backend's `L_r` step: it lowers `L_r`, it is AdamW of
+//! the gradients bit for bit, the same on 1 and 3 threads, and refuses bad input.
 //!
 //! Finite differences: central, in f64, of `L_r` itself, step `h = 1e-2·max(1, |x|)`, on
 //! every coordinate of the mask token, `W_r` and `b_r`, and on 4 random coordinates and the
@@ -8,9 +9,13 @@
 //! `|fd − g| ≤ 1e-3·max(|fd|, |g|) + 1e-3·max|g over the tensor|`.
 
 use anytime_linalg::Gemm;
-use anytime_runtime::block::{block_tensor_shapes, dense_forward, BlockDims, BlockParams};
+use anytime_runtime::block::{
+    block_tensor_shapes, dense_forward, BlockDims, BlockParams, FrozenHead,
+};
+use anytime_runtime::train::adamw::{adamw_update, adamw_update_slice};
 use anytime_runtime::train::{
-    mask_positions, masked_count, masked_gradients, masked_loss, MaskedHead,
+    mask_positions, masked_count, masked_gradients, masked_loss, CpuBackend, MaskedBatch,
+    MaskedHead, MaskedState, TrainBackend, TrainConfig, TrainError, TunedState,
 };
 use anytime_testkit::{close, max_abs};
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
@@ -265,4 +270,317 @@ fn masked_gradients_give_the_same_bits_on_1_and_3_threads() {
         embed: 16,
     };
     assert_eq!(run_on(1, &dims, 4), run_on(3, &dims, 4));
+}
+
+/// A CPU backend on a random block of `dims`.
+fn backend(dims: &BlockDims, lr: f32, seed: u64) -> CpuBackend {
+    let cfg = TrainConfig {
+        lr,
+        ..TrainConfig::default()
+    };
+    let state = TunedState::fresh(dims, BlockParams::random(dims, seed));
+    CpuBackend::new(*dims, cfg, FrozenHead::random(dims, seed + 1), state).unwrap()
+}
+
+/// `L_r` of `tokens` under the backend's block and `masked`'s head, masked by `seed`.
+fn current_loss(be: &CpuBackend, masked: &MaskedState, tokens: &[f32], seed: u64) -> f64 {
+    let dims = be.dims();
+    let batch = tokens.len() / dims.tokens_len();
+    let pos = mask_positions(dims.tokens, batch, seed);
+    let p = &be.state_ref().params;
+    masked_loss(
+        &Gemm::default(),
+        &dims,
+        p,
+        &masked.head,
+        tokens,
+        batch,
+        &pos,
+    )
+}
+
+/// The least `L_r` of `tokens` masked by `seed` under any block and head: the block
+/// knows no position (the mask token carries none), so every masked token of an image
+/// gives the same output, and the best is each image's mean of its masked targets.
+fn floor(dims: &BlockDims, tokens: &[f32], seed: u64) -> f64 {
+    let (n, d, k) = (dims.tokens, dims.width, masked_count(dims.tokens));
+    let batch = tokens.len() / dims.tokens_len();
+    let pos = mask_positions(n, batch, seed);
+    let mut sum = 0.0;
+    for (b, row) in pos.chunks_exact(k).enumerate() {
+        let targets: Vec<Vec<f64>> = row
+            .iter()
+            .map(|&t| normalised(&tokens[(b * n + t) * d..(b * n + t + 1) * d]))
+            .collect();
+        for c in 0..d {
+            let mean = targets.iter().map(|t| t[c]).sum::<f64>() / k as f64;
+            sum += targets.iter().map(|t| (t[c] - mean).powi(2)).sum::<f64>();
+        }
+    }
+    sum / (batch * k * d) as f64
+}
+
+/// 60 steps on one fixed batch and mask take `L_r` 90 % of the way from its start to its
+/// floor, from a random head and from `MaskedState::init` (whose zero head sends the
+/// block no gradient at first: the first step decays the block and leaves the mask
+/// token as it was).
+#[test]
+fn masked_step_lowers_l_r_on_a_fixed_batch() {
+    let (dims, batch, seed) = (SMALL, 4, 31);
+    let tokens = random(batch * dims.tokens_len(), 1.5, 30);
+    let fixed = MaskedBatch {
+        tokens: &tokens,
+        seed,
+    };
+    let least = floor(&dims, &tokens, seed);
+    for (name, start) in [
+        (
+            "random head",
+            MaskedState::fresh(&dims, MaskedHead::random(&dims, 32)),
+        ),
+        ("init", MaskedState::init(&dims, 33)),
+    ] {
+        let mut be = backend(&dims, 1e-2, 34);
+        let mut masked = start.clone();
+        let first = current_loss(&be, &masked, &tokens, seed);
+        let mut losses = vec![];
+        for _ in 0..60 {
+            losses.push(be.masked_step(&fixed, &mut masked, 1.0).unwrap().loss);
+        }
+        let end = current_loss(&be, &masked, &tokens, seed);
+        assert_eq!(
+            losses[0].to_bits(),
+            first.to_bits(),
+            "{name}: stats before the step"
+        );
+        assert!(
+            end - least < 0.1 * (first - least),
+            "{name}: L_r from {first} to {end}, floor {least}: {losses:?}"
+        );
+        assert_eq!((masked.step, be.state_ref().optim.step), (60, 60), "{name}");
+    }
+
+    // From init, the first step: the block only decays, the mask token stays put, and
+    // `W_r` and `b_r` move.
+    let mut be = backend(&dims, 1e-2, 35);
+    let before = be.state_ref().clone();
+    let mut masked = MaskedState::init(&dims, 36);
+    be.masked_step(&fixed, &mut masked, 1.0).unwrap();
+    let keep = 1.0 - 1e-2f32 * TrainConfig::default().weight_decay;
+    let after = be.state_ref();
+    for (a, b) in after.params.tensors().iter().zip(before.params.tensors()) {
+        let decayed: Vec<u32> = b.iter().map(|&x| (x * keep).to_bits()).collect();
+        let got: Vec<u32> = a.iter().map(|x| x.to_bits()).collect();
+        assert_eq!(got, decayed, "the block moved by more than its decay");
+    }
+    assert_eq!(
+        masked.head.mask_token,
+        MaskedState::init(&dims, 36).head.mask_token
+    );
+    assert!(max_abs(&masked.head.w) > 0.0 && max_abs(&masked.head.b) > 0.0);
+    // The second step, with a head to read through, moves the block by its gradient.
+    let decayed_once = be.state_ref().params.clone();
+    be.masked_step(&fixed, &mut masked, 1.0).unwrap();
+    let after = &be.state_ref().params;
+    let moved = after
+        .tensors()
+        .iter()
+        .zip(decayed_once.tensors())
+        .any(|(a, b)| a.iter().zip(b).any(|(&x, &y)| (x - y * keep).abs() > 1e-6));
+    assert!(moved, "no gradient reached the block on the second step");
+}
+
+/// Every bit of a tuned state and a masked state.
+fn bits(t: &TunedState, m: &MaskedState) -> Vec<u64> {
+    let o = &t.optim;
+    let mut out: Vec<u64> = [&t.params, &o.m, &o.v]
+        .iter()
+        .flat_map(|p| {
+            p.tensors()
+                .into_iter()
+                .flatten()
+                .map(|x| x.to_bits() as u64)
+        })
+        .collect();
+    out.extend([t.other_bias, o.m_bias, o.v_bias].map(|x| x.to_bits() as u64));
+    for h in [&m.head, &m.m, &m.v] {
+        out.extend(
+            h.tensors()
+                .into_iter()
+                .flatten()
+                .map(|x| x.to_bits() as u64),
+        );
+    }
+    out.extend([o.step, m.step]);
+    out
+}
+
+/// The step is AdamW (learning rate times its scale) of `masked_gradients`: of the block's
+/// tensors as a step of the block's optimiser, with `b` and its moments left alone, and of
+/// the mask token and head as steps of their own count, `W_r` alone decayed.
+#[test]
+fn masked_step_is_adamw_of_the_masked_gradients_bit_for_bit() {
+    let wide = BlockDims {
+        width: 64,
+        heads: 4,
+        mlp: 256,
+        tokens: 10,
+        embed: 16,
+    };
+    for (dims, scale, seed) in [(SMALL, 1.0f32, 40), (SMALL, 0.1, 50), (wide, 1.0, 60)] {
+        let cfg = TrainConfig {
+            lr: 1e-3,
+            ..TrainConfig::default()
+        };
+        let scaled = TrainConfig {
+            lr: cfg.lr * scale,
+            ..cfg.clone()
+        };
+        let mut start = TunedState::fresh(&dims, BlockParams::random(&dims, seed));
+        start.other_bias = 0.25;
+        let head = FrozenHead::random(&dims, seed + 1);
+        let mut be = CpuBackend::new(dims, cfg, head, start.clone()).unwrap();
+        let mut got = MaskedState::fresh(&dims, MaskedHead::random(&dims, seed + 2));
+        let (mut want_t, mut want_m) = (start, got.clone());
+        let batch = 3;
+        for i in 0..3 {
+            let tokens = random(batch * dims.tokens_len(), 1.5, seed + 3 + i);
+            let mseed = seed + 10 + i;
+            let stats = be
+                .masked_step(
+                    &MaskedBatch {
+                        tokens: &tokens,
+                        seed: mseed,
+                    },
+                    &mut got,
+                    scale,
+                )
+                .unwrap();
+            let pos = mask_positions(dims.tokens, batch, mseed);
+            let gemm = Gemm::default();
+            let g = masked_gradients(
+                &gemm,
+                &dims,
+                &want_t.params,
+                &want_m.head,
+                &tokens,
+                batch,
+                &pos,
+            );
+            assert_eq!(stats.loss.to_bits(), g.loss.to_bits());
+            let o = &mut want_t.optim;
+            let kept = (want_t.other_bias, o.m_bias, o.v_bias);
+            let mut scratch = kept.0;
+            adamw_update(
+                &dims,
+                &scaled,
+                o,
+                &mut want_t.params,
+                &mut scratch,
+                &g.block,
+                0.0,
+            );
+            (o.m_bias, o.v_bias) = (kept.1, kept.2);
+            want_m.step += 1;
+            let (h, m, v) = (&mut want_m.head, &mut want_m.m, &mut want_m.v);
+            let parts = h
+                .tensors_mut()
+                .into_iter()
+                .zip(g.head.tensors())
+                .zip(m.tensors_mut().into_iter().zip(v.tensors_mut()));
+            for ((p, gr), (m, v)) in parts {
+                let decay = p.len() == dims.width * dims.width; // W_r alone
+                adamw_update_slice(&scaled, want_m.step, decay, p, gr, m, v);
+            }
+            assert_eq!((stats.step, stats.head_step), (i + 1, i + 1));
+            assert!(
+                bits(be.state_ref(), &got) == bits(&want_t, &want_m),
+                "{dims:?} at scale {scale}, step {}: not AdamW of the masked gradients",
+                i + 1
+            );
+        }
+    }
+}
+
+#[test]
+fn masked_steps_give_the_same_bits_on_1_and_3_threads() {
+    let dims = BlockDims {
+        width: 64,
+        heads: 4,
+        mlp: 256,
+        tokens: 50,
+        embed: 16,
+    };
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool");
+        pool.install(|| {
+            let mut be = backend(&dims, 1e-3, 70);
+            let mut masked = MaskedState::fresh(&dims, MaskedHead::random(&dims, 71));
+            let mut losses = vec![];
+            for i in 0..2 {
+                let tokens = random(4 * dims.tokens_len(), 2.0, 72 + i);
+                let b = MaskedBatch {
+                    tokens: &tokens,
+                    seed: 80 + i,
+                };
+                losses.push(be.masked_step(&b, &mut masked, 0.1).unwrap().loss.to_bits());
+            }
+            losses.extend(bits(be.state_ref(), &masked));
+            losses
+        })
+    };
+    assert!(
+        run(1) == run(3),
+        "masked steps differ between 1 and 3 threads"
+    );
+}
+
+/// Bad input is refused with its own error, and changes neither state.
+#[test]
+fn a_refused_masked_step_changes_nothing() {
+    let dims = SMALL;
+    let mut be = backend(&dims, 1e-3, 90);
+    let mut masked = MaskedState::fresh(&dims, MaskedHead::random(&dims, 91));
+    let (t0, m0) = (be.state_ref().clone(), masked.clone());
+    let tokens = random(2 * dims.tokens_len(), 1.0, 92);
+    let ok = MaskedBatch {
+        tokens: &tokens,
+        seed: 1,
+    };
+    let short = MaskedBatch {
+        tokens: &tokens[1..],
+        ..ok
+    };
+    let none = MaskedBatch { tokens: &[], ..ok };
+    for b in [short, none] {
+        let e = be.masked_step(&b, &mut masked, 1.0).unwrap_err();
+        assert!(matches!(e, TrainError::Shape { .. }), "{e}");
+    }
+    let mut nan = tokens.clone();
+    nan[7] = f32::NAN;
+    let e = be
+        .masked_step(&MaskedBatch { tokens: &nan, ..ok }, &mut masked, 1.0)
+        .unwrap_err();
+    assert!(matches!(e, TrainError::NonFinite { .. }), "{e}");
+    let e = be.masked_step(&ok, &mut masked, f32::NAN).unwrap_err();
+    assert!(matches!(e, TrainError::LrScale(_)), "{e}");
+    let other = BlockDims {
+        width: 16,
+        heads: 2,
+        ..dims
+    };
+    let mut wrong = MaskedState::init(&other, 93);
+    let e = be.masked_step(&ok, &mut wrong, 1.0).unwrap_err();
+    assert!(matches!(e, TrainError::MaskedStateDims(_)), "{e}");
+    assert_eq!(wrong, MaskedState::init(&other, 93));
+    assert!(
+        bits(be.state_ref(), &masked) == bits(&t0, &m0),
+        "a refused step changed a state"
+    );
+    // The same batch, accepted, does change both.
+    be.masked_step(&ok, &mut masked, 1.0).unwrap();
+    assert!(bits(be.state_ref(), &masked) != bits(&t0, &m0));
 }

@@ -175,8 +175,28 @@ pub fn adamw_update(
     grad_bias: f32,
 ) {
     let k = next_step(cfg, state);
-    let grads = (grads, grad_bias);
-    update_tensors(dims, k, state, params, other_bias, grads, |_| true);
+    update_tensors(dims, k, state, params, grads, |_| true);
+    update_bias(k, state, other_bias, grad_bias);
+}
+
+/// Applies one AdamW update to one tensor `p` (decayed or not) with the moments `m`, `v`
+/// and the gradient `g`, as step `step` (1-based) of its own count: the per-element rule
+/// of every tensor of both training steps.
+pub fn adamw_update_slice(
+    cfg: &TrainConfig,
+    step: u64,
+    decay: bool,
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+) {
+    assert!(
+        g.len() == p.len() && m.len() == p.len() && v.len() == p.len(),
+        "p, g, m and v must have one length"
+    );
+    let (step_size, inv_sqrt_c2) = corrections(cfg, step);
+    update_tensor(p, g, m, v, Coeffs::new(cfg, decay, step_size, inv_sqrt_c2));
 }
 
 /// The scalars of one step of every tensor's update.
@@ -194,9 +214,21 @@ pub(crate) struct StepScalars<'a> {
 impl StepScalars<'_> {
     /// The update of one block of the tensor `name` (decayed or not by its name).
     pub fn update(&self, name: &str, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        self.update_decayed(is_decayed(name), p, g, m, v)
+    }
+
+    /// The update of one block of a tensor, decayed when `decay`.
+    pub fn update_decayed(
+        &self,
+        decay: bool,
+        p: &mut [f32],
+        g: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+    ) {
         let c = Coeffs {
             prefetch: self.prefetch,
-            ..Coeffs::new(self.cfg, is_decayed(name), self.step_size, self.inv_sqrt_c2)
+            ..Coeffs::new(self.cfg, decay, self.step_size, self.inv_sqrt_c2)
         };
         update_tensor(p, g, m, v, c)
     }
@@ -210,10 +242,15 @@ impl StepScalars<'_> {
     }
 }
 
-/// Counts a step and returns its scalars.
+/// Counts a step of the block's optimiser and returns its scalars.
 pub(crate) fn next_step<'a>(cfg: &'a TrainConfig, state: &mut AdamState) -> StepScalars<'a> {
-    state.step += 1;
-    let (step_size, inv_sqrt_c2) = corrections(cfg, state.step);
+    count_step(cfg, &mut state.step)
+}
+
+/// Counts a step of an optimiser whose step count is `step` and returns its scalars.
+pub(crate) fn count_step<'a>(cfg: &'a TrainConfig, step: &mut u64) -> StepScalars<'a> {
+    *step += 1;
+    let (step_size, inv_sqrt_c2) = corrections(cfg, *step);
     StepScalars {
         cfg,
         step_size,
@@ -222,14 +259,34 @@ pub(crate) fn next_step<'a>(cfg: &'a TrainConfig, state: &mut AdamState) -> Step
     }
 }
 
-/// The update of step `k` of the tensors whose names `which` accepts, and of `b`.
+/// One tensor's share of an update: whether it decays, the tensor, its gradient and its
+/// two moments.
+pub(crate) type TensorUpdate<'t> = (bool, &'t mut [f32], &'t [f32], &'t mut [f32], &'t mut [f32]);
+
+/// The update of step `k` of `tensors`. Element-wise, so chunks in parallel give the
+/// serial result exactly; the chunks of every tensor go to the pool as one parallel loop
+/// (one per tensor would leave a thread idle at the end of each).
+pub(crate) fn update_all(k: StepScalars<'_>, tensors: Vec<TensorUpdate<'_>>) {
+    let mut chunks = Vec::new();
+    for (decay, p, g, m, v) in tensors {
+        let parts = p
+            .chunks_mut(CHUNK)
+            .zip(g.chunks(CHUNK))
+            .zip(m.chunks_mut(CHUNK).zip(v.chunks_mut(CHUNK)));
+        chunks.extend(parts.map(|((p, g), (m, v))| (decay, p, g, m, v)));
+    }
+    chunks
+        .into_par_iter()
+        .for_each(|(decay, p, g, m, v)| k.update_decayed(decay, p, g, m, v));
+}
+
+/// The update of step `k` of the block tensors whose names `which` accepts (not `b`).
 pub(crate) fn update_tensors(
     dims: &BlockDims,
     k: StepScalars<'_>,
     state: &mut AdamState,
     params: &mut BlockParams,
-    other_bias: &mut f32,
-    (grads, grad_bias): (&BlockParams, f32),
+    grads: &BlockParams,
     which: impl Fn(&str) -> bool,
 ) {
     let names = block_tensor_shapes(dims);
@@ -240,23 +297,24 @@ pub(crate) fn update_tensors(
         .zip(state.m.tensors_mut())
         .zip(state.v.tensors_mut())
         .zip(names.iter());
-    // Element-wise, so chunks in parallel give the serial result exactly. The chunks of
-    // every tensor go to the pool as one parallel loop (one per tensor would leave a
-    // thread idle at the end of each).
-    let mut chunks = Vec::new();
-    for ((((p, g), m), v), (name, _)) in iter {
-        if !which(name) {
-            continue;
-        }
-        let parts = p
-            .chunks_mut(CHUNK)
-            .zip(g.chunks(CHUNK))
-            .zip(m.chunks_mut(CHUNK).zip(v.chunks_mut(CHUNK)));
-        chunks.extend(parts.map(|((p, g), (m, v))| (p, g, m, v, *name)));
-    }
-    chunks
-        .into_par_iter()
-        .for_each(|(p, g, m, v, name)| k.update(name, p, g, m, v));
+    let tensors = iter
+        .filter(|(_, (name, _))| which(name))
+        .map(|((((p, g), m), v), (name, _))| {
+            let p: &mut [f32] = p;
+            let (m, v): (&mut [f32], &mut [f32]) = (m, v);
+            (is_decayed(name), p, g, m, v)
+        })
+        .collect();
+    update_all(k, tensors);
+}
+
+/// The update of step `k` of the "other" bias `b` (never decayed).
+pub(crate) fn update_bias(
+    k: StepScalars<'_>,
+    state: &mut AdamState,
+    other_bias: &mut f32,
+    grad_bias: f32,
+) {
     let (mut p, mut m, mut v) = ([*other_bias], [state.m_bias], [state.v_bias]);
     let c = Coeffs::new(k.cfg, false, k.step_size, k.inv_sqrt_c2);
     update_body(&mut p, &[grad_bias], &mut m, &mut v, c);

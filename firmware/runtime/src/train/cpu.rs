@@ -5,9 +5,12 @@ use std::time::{Duration, Instant};
 
 use anytime_linalg::{Gemm, GemmOptions, Placement};
 
-use super::adamw::{next_step, update_tensors, AdamState};
+use super::adamw::{next_step, update_bias, update_tensors, AdamState};
 use super::loss::{loss_forward_backward, LossOutput};
-use super::{Batch, Gradients, StepStats, TrainBackend, TrainConfig, TrainError, TunedState};
+use super::masked_step::{masked_step, MaskedBatch, MaskedStats};
+use super::{
+    Batch, Gradients, MaskedState, StepStats, TrainBackend, TrainConfig, TrainError, TunedState,
+};
 use crate::block::{
     backward, backward_update, forward_into, BlockDims, FrozenHead, Saved, FUSED_TENSORS,
 };
@@ -229,16 +232,16 @@ impl CpuBackend {
         Ok(out.stats)
     }
 
-    /// Forward, loss, backward (no input-token gradient) and the AdamW update: fused
-    /// into backward for the weight matrices (unless the options say otherwise), then
-    /// the rest.
-    fn step_here(&mut self, batch: &Batch<'_>) -> Result<StepStats, TrainError> {
+    /// Forward, loss, backward (no input-token gradient) and the AdamW update at `cfg`'s
+    /// learning rate: fused into backward for the weight matrices (unless the options say
+    /// otherwise), then the rest.
+    fn step_here(&mut self, batch: &Batch<'_>, cfg: &TrainConfig) -> Result<StepStats, TrainError> {
         if !self.options.fused_update {
-            return self.step_unfused(batch);
+            return self.step_unfused(batch, cfg);
         }
         let out = self.forward_loss(batch)?;
         let s = &mut self.state;
-        let k = next_step(&self.cfg, &mut s.optim).prefetching(self.options.update_prefetch);
+        let k = next_step(cfg, &mut s.optim).prefetching(self.options.update_prefetch);
         let rule = |name: &'static str, w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
             k.update(name, w, g, m, v)
         };
@@ -255,38 +258,26 @@ impl CpuBackend {
             &rule,
         );
         g.other_bias = out.d_bias;
-        let grads = (&g.params, g.other_bias);
         let rest = |name: &str| !FUSED_TENSORS.contains(&name);
-        update_tensors(
-            &self.dims,
-            k,
-            &mut s.optim,
-            &mut s.params,
-            &mut s.other_bias,
-            grads,
-            rest,
-        );
+        update_tensors(&self.dims, k, &mut s.optim, &mut s.params, &g.params, rest);
+        update_bias(k, &mut s.optim, &mut s.other_bias, g.other_bias);
         let mut stats = out.stats;
         stats.step = s.optim.step;
         Ok(stats)
     }
 
     /// [`Self::step_here`] with backward writing every gradient, then AdamW over all.
-    fn step_unfused(&mut self, batch: &Batch<'_>) -> Result<StepStats, TrainError> {
+    fn step_unfused(
+        &mut self,
+        batch: &Batch<'_>,
+        cfg: &TrainConfig,
+    ) -> Result<StepStats, TrainError> {
         let mut stats = self.compute_gradients(batch, false)?;
-        let s = &mut self.state;
-        let k = next_step(&self.cfg, &mut s.optim).prefetching(self.options.update_prefetch);
-        let grads = (&self.grads.params, self.grads.other_bias);
-        let (dims, all) = (&self.dims, |_: &str| true);
-        update_tensors(
-            dims,
-            k,
-            &mut s.optim,
-            &mut s.params,
-            &mut s.other_bias,
-            grads,
-            all,
-        );
+        let (s, g) = (&mut self.state, &self.grads);
+        let k = next_step(cfg, &mut s.optim).prefetching(self.options.update_prefetch);
+        let all = |_: &str| true;
+        update_tensors(&self.dims, k, &mut s.optim, &mut s.params, &g.params, all);
+        update_bias(k, &mut s.optim, &mut s.other_bias, g.other_bias);
         stats.step = s.optim.step;
         Ok(stats)
     }
@@ -416,8 +407,23 @@ impl TrainBackend for CpuBackend {
         &self.cfg
     }
 
-    fn step(&mut self, batch: &Batch<'_>) -> Result<StepStats, TrainError> {
-        on_pool(self.options.keep_awake, || self.step_here(batch))
+    fn step_scaled(&mut self, batch: &Batch<'_>, lr_scale: f32) -> Result<StepStats, TrainError> {
+        let cfg = self.cfg.with_lr_scale(lr_scale)?;
+        on_pool(self.options.keep_awake, || self.step_here(batch, &cfg))
+    }
+
+    fn masked_step(
+        &mut self,
+        batch: &MaskedBatch<'_>,
+        masked: &mut MaskedState,
+        lr_scale: f32,
+    ) -> Result<MaskedStats, TrainError> {
+        let cfg = self.cfg.with_lr_scale(lr_scale)?;
+        let prefetch = self.options.update_prefetch;
+        on_pool(self.options.keep_awake, || {
+            let (gemm, dims, state) = (&self.gemm, &self.dims, &mut self.state);
+            masked_step(gemm, dims, &cfg, state, masked, batch, prefetch)
+        })
     }
 
     fn loss(&mut self, batch: &Batch<'_>) -> Result<StepStats, TrainError> {

@@ -24,7 +24,8 @@ use anytime_shaders::{wgpu, GpuContext, GpuError, Kernels};
 use self::layout::ParamLayout;
 use self::plan::{LossConfig, Persistent, Plan};
 use super::{
-    AdamState, Batch, Gradients, StepStats, TrainBackend, TrainConfig, TrainError, TunedState,
+    AdamState, Batch, Gradients, MaskedBatch, MaskedState, MaskedStats, StepStats, TrainBackend,
+    TrainConfig, TrainError, TunedState,
 };
 use crate::block::{BlockDims, FrozenHead};
 
@@ -265,9 +266,9 @@ impl GpuBackend {
         })
     }
 
-    /// Per-step AdamW scalars for step `t` (1-based), computed as the CPU path does.
-    fn step_uniform_for(&self, t: u64) -> adamw::Step {
-        let cfg = &self.cfg;
+    /// Per-step AdamW scalars for step `t` (1-based) at `cfg`'s learning rate, computed
+    /// as the CPU path does.
+    fn step_uniform_for(cfg: &TrainConfig, t: u64) -> adamw::Step {
         let ti = t.min(i32::MAX as u64) as i32;
         let c1 = 1.0 - (cfg.beta1 as f64).powi(ti);
         let c2 = 1.0 - (cfg.beta2 as f64).powi(ti);
@@ -297,10 +298,11 @@ impl TrainBackend for GpuBackend {
         &self.cfg
     }
 
-    fn step(&mut self, batch: &Batch<'_>) -> Result<StepStats, TrainError> {
+    fn step_scaled(&mut self, batch: &Batch<'_>, lr_scale: f32) -> Result<StepStats, TrainError> {
+        let cfg = self.cfg.with_lr_scale(lr_scale)?;
         self.prepare(batch)?;
         let next = self.step + 1;
-        let uniform = self.step_uniform_for(next);
+        let uniform = Self::step_uniform_for(&cfg, next);
         self.ctx
             .queue
             .write_buffer(&self.step_uniform, 0, bytemuck::bytes_of(&uniform));
@@ -367,6 +369,18 @@ impl TrainBackend for GpuBackend {
                 m_bias,
                 v_bias,
             },
+        })
+    }
+
+    fn masked_step(
+        &mut self,
+        _batch: &MaskedBatch<'_>,
+        _masked: &mut MaskedState,
+        _lr_scale: f32,
+    ) -> Result<MaskedStats, TrainError> {
+        Err(TrainError::CpuOnly {
+            what: "the masked-token step (L_r)",
+            backend: "wgpu",
         })
     }
 

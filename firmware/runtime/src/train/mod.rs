@@ -11,30 +11,47 @@
 //! and an AdamW update of the block's parameters and the "other" bias `b`; `ln_post` and
 //! `proj` stay frozen.
 //!
-//! [`masked`] is SPEC §8's masked-token loss `L_r` on the dense block (CPU only).
+//! [`masked`] is SPEC §8's masked-token loss `L_r` on the dense block (CPU only);
+//! [`TrainBackend::masked_step`] trains on it, with the mask token and the head in a
+//! [`MaskedState`] the caller owns. [`diet`] plans a time step's budget of steps (SPEC §8),
+//! [`s_star`] picks its threshold `S*` by cross-validation, and [`unlabelled`] holds a time
+//! step's unlabelled token sets.
 //!
 //! Trait stability: this trait is implemented in two places. Changes are recorded here.
 //! - v1 (07:24 UTC): initial version.
+//! - v2: `step_scaled` (a learning-rate scale for one step; `step` is scale 1) and
+//!   `masked_step` (SPEC §8's `L_r`; the CPU backend only, others return
+//!   [`TrainError::CpuOnly`]).
 
 pub mod adamw;
 mod choice;
 pub mod cpu;
+pub mod diet;
 #[cfg(feature = "gpu")]
 pub mod gpu;
 pub mod loss;
 pub mod masked;
+mod masked_state;
+mod masked_step;
+pub mod s_star;
 pub mod state;
+pub mod unlabelled;
 
 use crate::block::{BlockDims, BlockParams, WeightsError};
 
 pub use adamw::AdamState;
 pub use choice::{choose_backend, quiet_device_select, BackendChoice, BackendReason, Training};
 pub use cpu::{CpuBackend, CpuOptions};
+pub use diet::{schedule, Available, BudgetReport, PlannedStep, StepBudget, StepKind};
 pub use masked::{
     mask_positions, masked_count, masked_gradients, masked_loss, MaskedGradients, MaskedHead,
     MASK_RATIO,
 };
+pub use masked_state::{head_is_decayed, MaskedState, MaskedStateError, HEAD_TENSORS};
+pub use masked_step::{MaskedBatch, MaskedStats};
+pub use s_star::{choose_s_star, SStarChoice, SStarError, SStarScore};
 pub use state::{first_non_finite, load_tuned, save_tuned};
+pub use unlabelled::UnlabelledBuffer;
 
 /// Every hyper-parameter of a training step.
 #[derive(Clone, Debug, PartialEq)]
@@ -51,6 +68,21 @@ pub struct TrainConfig {
     pub beta_other: f32,
     /// Fixed logit scale `τ` (100).
     pub logit_scale: f32,
+}
+
+impl TrainConfig {
+    /// This config with the learning rate times `lr_scale` (the decoupled decay
+    /// `lr·wd` scales with it, as under a learning-rate schedule); `lr_scale` must be
+    /// finite and positive ([`TrainError::LrScale`]). Scale 1 gives this config's bits.
+    pub fn with_lr_scale(&self, lr_scale: f32) -> Result<TrainConfig, TrainError> {
+        if !(lr_scale.is_finite() && lr_scale > 0.0) {
+            return Err(TrainError::LrScale(lr_scale));
+        }
+        Ok(TrainConfig {
+            lr: self.lr * lr_scale,
+            ..self.clone()
+        })
+    }
 }
 
 impl Default for TrainConfig {
@@ -206,6 +238,19 @@ pub enum TrainError {
     Label { label: u32, n_labels: usize },
     #[error("state does not match the block dims {0:?}")]
     StateDims(BlockDims),
+    #[error("masked-head state does not match the block dims {0:?}")]
+    MaskedStateDims(BlockDims),
+    #[error("learning-rate scale {0} is not a finite number above 0")]
+    LrScale(f32),
+    /// Input values that are NaN or infinite.
+    #[error("{what} holds NaN or an infinity")]
+    NonFinite { what: &'static str },
+    /// An operation this backend does not run (the CPU backend does).
+    #[error("{what} runs on the CPU training path only, not on {backend}")]
+    CpuOnly {
+        what: &'static str,
+        backend: &'static str,
+    },
     #[error(transparent)]
     Weights(#[from] WeightsError),
     /// A GPU failure, with the kernel (or operation) it happened in.
@@ -219,7 +264,8 @@ pub enum TrainError {
 /// Numeric contract (tested on the CPU path, and against it for other backends):
 /// `loss`, `gradients` and `step` compute the same loss; `gradients` is the exact gradient
 /// of that loss; `step` applies AdamW with the backend's [`TrainConfig`] and returns the
-/// stats of the forward pass before the update.
+/// stats of the forward pass before the update. A step refused for its input (shapes,
+/// labels, values, learning-rate scale, state dims) changes nothing.
 pub trait TrainBackend {
     /// Short name for logs and tables ("cpu", "wgpu").
     fn name(&self) -> &'static str;
@@ -227,8 +273,25 @@ pub trait TrainBackend {
     fn dims(&self) -> BlockDims;
     /// The hyper-parameters in use.
     fn config(&self) -> &TrainConfig;
-    /// One training step: forward, loss, backward, AdamW update.
-    fn step(&mut self, batch: &Batch<'_>) -> Result<StepStats, TrainError>;
+    /// One training step: forward, loss, backward, AdamW update
+    /// ([`Self::step_scaled`] at scale 1).
+    fn step(&mut self, batch: &Batch<'_>) -> Result<StepStats, TrainError> {
+        self.step_scaled(batch, 1.0)
+    }
+    /// [`Self::step`] with the learning rate times `lr_scale` for this step alone, as
+    /// [`TrainConfig::with_lr_scale`] says (SPEC §8: 0.1 beyond `S*`).
+    fn step_scaled(&mut self, batch: &Batch<'_>, lr_scale: f32) -> Result<StepStats, TrainError>;
+    /// One step of SPEC §8's `L_r` on `batch`: its positions masked
+    /// ([`mask_positions`] of its seed), the dense block's forward and backward, and
+    /// AdamW (learning rate times `lr_scale`) of the block's tensors (counted as a step
+    /// of the block's optimiser; `b`, without a gradient here, is left alone) and of the
+    /// mask token and head of `masked` (their own moments and step count).
+    fn masked_step(
+        &mut self,
+        batch: &MaskedBatch<'_>,
+        masked: &mut MaskedState,
+        lr_scale: f32,
+    ) -> Result<MaskedStats, TrainError>;
     /// Forward and loss only; no update.
     fn loss(&mut self, batch: &Batch<'_>) -> Result<StepStats, TrainError>;
     /// [`TrainBackend::loss`], and the batch's unnormalised embeddings `[B, E]` (the
