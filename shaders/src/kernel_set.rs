@@ -2,9 +2,10 @@
 
 use crate::kernels::{
     adamw::AdamW, attention_bwd::AttentionBwd, attention_fwd::AttentionFwd, col_sum::ColSum,
-    copy_rows::CopyRows, layer_norm_bwd::LayerNormBwd, layer_norm_fwd::LayerNormFwd,
-    loss_fwd_bwd::LossFwdBwd, matmul::Matmul, quick_gelu_bwd::QuickGeluBwd,
-    quick_gelu_fwd::QuickGeluFwd,
+    copy_rows::CopyRows, dense_attention_bwd::DenseAttentionBwd,
+    dense_attention_fwd::DenseAttentionFwd, layer_norm_bwd::LayerNormBwd,
+    layer_norm_fwd::LayerNormFwd, loss_fwd_bwd::LossFwdBwd, matmul::Matmul,
+    quick_gelu_bwd::QuickGeluBwd, quick_gelu_fwd::QuickGeluFwd,
 };
 use crate::{GpuContext, GpuError};
 
@@ -16,6 +17,8 @@ pub struct Kernels {
     pub layer_norm_bwd: LayerNormBwd,
     pub attention_fwd: AttentionFwd,
     pub attention_bwd: AttentionBwd,
+    pub dense_attention_fwd: DenseAttentionFwd,
+    pub dense_attention_bwd: DenseAttentionBwd,
     pub quick_gelu_fwd: QuickGeluFwd,
     pub quick_gelu_bwd: QuickGeluBwd,
     pub loss_fwd_bwd: LossFwdBwd,
@@ -33,6 +36,8 @@ impl Kernels {
             layer_norm_bwd: LayerNormBwd::new(ctx)?,
             attention_fwd: AttentionFwd::new(ctx)?,
             attention_bwd: AttentionBwd::new(ctx)?,
+            dense_attention_fwd: DenseAttentionFwd::new(ctx)?,
+            dense_attention_bwd: DenseAttentionBwd::new(ctx)?,
             quick_gelu_fwd: QuickGeluFwd::new(ctx)?,
             quick_gelu_bwd: QuickGeluBwd::new(ctx)?,
             loss_fwd_bwd: LossFwdBwd::new(ctx)?,

@@ -6,10 +6,10 @@
 //! f32 references with a different summation order; the sums here have ≤ 100 terms).
 
 use anytime_shaders::kernels::{
-    adamw, attention_bwd, attention_fwd, col_sum, copy_rows, layer_norm_bwd, layer_norm_fwd,
-    loss_fwd_bwd, matmul,
+    adamw, attention_bwd, attention_fwd, col_sum, copy_rows, dense_attention_bwd,
+    dense_attention_fwd, layer_norm_bwd, layer_norm_fwd, loss_fwd_bwd, matmul,
 };
-use anytime_shaders::{GpuContext, GpuError, Kernels};
+use anytime_shaders::{wgpu, GpuContext, GpuError, Kernels};
 use anytime_testkit::close;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -368,6 +368,237 @@ fn gpu_attention_forward_and_backward() {
     assert_close("av", &ctx.read_f32(&gav, av.len()).unwrap(), &av);
     assert_close("dqt", &ctx.read_f32(&gdqt, av.len()).unwrap(), &dqt);
     assert_close("dh1", &ctx.read_f32(&gdh1, dh1.len()).unwrap(), &dh1);
+}
+
+/// Where the dense attention test keeps Q, K, V (and dQ, dK, dV) in its buffers: element
+/// `off + r·stride + c` of block `off`.
+struct Blocks {
+    q: usize,
+    k: usize,
+    v: usize,
+    stride: usize,
+}
+
+impl Blocks {
+    fn operand<'a>(&self, buffer: &'a wgpu::Buffer) -> dense_attention_fwd::QkvOperand<'a> {
+        dense_attention_fwd::QkvOperand {
+            buffer,
+            q: self.q as u32,
+            k: self.k as u32,
+            v: self.v as u32,
+            stride: self.stride as u32,
+        }
+    }
+}
+
+#[test]
+fn gpu_dense_attention_forward_and_backward() {
+    let Some((ctx, k)) = gpu("gpu_dense_attention_forward_and_backward") else {
+        return;
+    };
+    let mut rng = StdRng::seed_from_u64(8);
+    let (batch, heads, n, dh) = (2usize, 3usize, 11usize, 4usize);
+    let (w, rows) = (heads * dh, batch * n);
+    let shape = dense_attention_fwd::DenseAttentionShape {
+        batch: batch as u32,
+        heads: heads as u32,
+        tokens: n as u32,
+        head_dim: dh as u32,
+    };
+    let scale = 0.7f32;
+    // Blocks at offsets, out of order, with padded strides; what lies around them must
+    // come back untouched.
+    let src = Blocks {
+        q: 3 + w,
+        k: 3,
+        v: 3 + 2 * w,
+        stride: 3 * w + 5,
+    };
+    let dst = Blocks {
+        q: 7 + 2 * w,
+        k: 7,
+        v: 7 + w,
+        stride: 3 * w + 2,
+    };
+    let (o_off, ldo, do_off, lddo) = (2usize, w + 3, 1usize, w + 1);
+    let qkv = rand_vec(&mut rng, src.q + rows * src.stride, 1.5);
+    let d_out = rand_vec(&mut rng, do_off + rows * lddo, 1.0);
+    let out0 = rand_vec(&mut rng, o_off + rows * ldo, 1.0);
+    let dqkv0 = rand_vec(&mut rng, dst.q + rows * dst.stride, 1.0);
+    let at =
+        |off: usize, r: usize, h: usize, c: usize| qkv[off + r * src.stride + h * dh + c] as f64;
+    let g_o = |r: usize, h: usize, c: usize| d_out[do_off + r * lddo + h * dh + c] as f64;
+
+    // f64 reference, per image and head.
+    let mut probs = vec![0.0f64; batch * heads * n * n];
+    let mut out: Vec<f64> = out0.iter().map(|&v| v as f64).collect();
+    let mut dqkv: Vec<f64> = dqkv0.iter().map(|&v| v as f64).collect();
+    for b in 0..batch {
+        for h in 0..heads {
+            let blk = (b * heads + h) * n * n;
+            let row = |i: usize| b * n + i;
+            let mut ds = vec![0.0f64; n * n];
+            for i in 0..n {
+                let s: Vec<f64> = (0..n)
+                    .map(|j| {
+                        scale as f64
+                            * (0..dh)
+                                .map(|c| at(src.q, row(i), h, c) * at(src.k, row(j), h, c))
+                                .sum::<f64>()
+                    })
+                    .collect();
+                let mx = s.iter().cloned().fold(f64::MIN, f64::max);
+                let z: f64 = s.iter().map(|v| (v - mx).exp()).sum();
+                let p: Vec<f64> = s.iter().map(|v| (v - mx).exp() / z).collect();
+                probs[blk + i * n..blk + (i + 1) * n].copy_from_slice(&p);
+                for c in 0..dh {
+                    out[o_off + row(i) * ldo + h * dh + c] =
+                        (0..n).map(|j| p[j] * at(src.v, row(j), h, c)).sum();
+                }
+                let dp: Vec<f64> = (0..n)
+                    .map(|j| {
+                        (0..dh)
+                            .map(|c| g_o(row(i), h, c) * at(src.v, row(j), h, c))
+                            .sum()
+                    })
+                    .collect();
+                let dot: f64 = p.iter().zip(&dp).map(|(a, b)| a * b).sum();
+                for j in 0..n {
+                    ds[i * n + j] = scale as f64 * p[j] * (dp[j] - dot);
+                }
+            }
+            for i in 0..n {
+                for c in 0..dh {
+                    let col = h * dh + c;
+                    dqkv[dst.q + row(i) * dst.stride + col] = (0..n)
+                        .map(|j| ds[i * n + j] * at(src.k, row(j), h, c))
+                        .sum();
+                    dqkv[dst.k + row(i) * dst.stride + col] = (0..n)
+                        .map(|l| ds[l * n + i] * at(src.q, row(l), h, c))
+                        .sum();
+                    dqkv[dst.v + row(i) * dst.stride + col] = (0..n)
+                        .map(|l| probs[blk + l * n + i] * g_o(row(l), h, c))
+                        .sum();
+                }
+            }
+        }
+    }
+
+    let (gqkv, gdo) = (
+        ctx.storage_init("qkv", &qkv),
+        ctx.storage_init("d out", &d_out),
+    );
+    let gp = ctx.storage_zeroed("probs", probs.len());
+    let gout = ctx.storage_init("out", &out0);
+    let gds = ctx.storage_zeroed("dscores", probs.len());
+    let gdqkv = ctx.storage_init("dqkv", &dqkv0);
+    let mut ds = k
+        .dense_attention_fwd
+        .bind(
+            &ctx,
+            &shape,
+            &dense_attention_fwd::DenseAttentionFwdArgs {
+                qkv: src.operand(&gqkv),
+                scale,
+                probs: &gp,
+                out: matmul::Operand::new(&gout, o_off as u32, ldo as u32),
+            },
+        )
+        .unwrap()
+        .to_vec();
+    ds.extend(
+        k.dense_attention_bwd
+            .bind(
+                &ctx,
+                &shape,
+                &dense_attention_bwd::DenseAttentionBwdArgs {
+                    qkv: src.operand(&gqkv),
+                    scale,
+                    probs: &gp,
+                    d_out: matmul::Operand::new(&gdo, do_off as u32, lddo as u32),
+                    dscores: &gds,
+                    dqkv: dst.operand(&gdqkv),
+                },
+            )
+            .unwrap(),
+    );
+    ctx.run("dense attention test", &ds);
+    assert_close("probs", &ctx.read_f32(&gp, probs.len()).unwrap(), &probs);
+    assert_close("out", &ctx.read_f32(&gout, out.len()).unwrap(), &out);
+    assert_close("dqkv", &ctx.read_f32(&gdqkv, dqkv.len()).unwrap(), &dqkv);
+}
+
+#[test]
+fn gpu_dense_attention_rejects_bad_arguments() {
+    let Some((ctx, k)) = gpu("gpu_dense_attention_rejects_bad_arguments") else {
+        return;
+    };
+    let shape = dense_attention_fwd::DenseAttentionShape {
+        batch: 2,
+        heads: 2,
+        tokens: 3,
+        head_dim: 4,
+    };
+    let (rows, w) = (6, 8);
+    let qkv = ctx.storage_zeroed("qkv", rows * 3 * w);
+    let probs = ctx.storage_zeroed("probs", 2 * 2 * 9);
+    let short = ctx.storage_zeroed("short", 2 * 2 * 9 - 1);
+    let out = ctx.storage_zeroed("out", rows * w);
+    let dscores = ctx.storage_zeroed("dscores", 2 * 2 * 9);
+    let dqkv = ctx.storage_zeroed("dqkv", rows * 3 * w);
+    let fused = |b| dense_attention_fwd::QkvOperand::fused(b, w as u32);
+    let fwd = |probs, out| {
+        k.dense_attention_fwd
+            .bind(
+                &ctx,
+                &shape,
+                &dense_attention_fwd::DenseAttentionFwdArgs {
+                    qkv: fused(&qkv),
+                    scale: 0.5,
+                    probs,
+                    out: matmul::Operand::new(out, 0, w as u32),
+                },
+            )
+            .map(|_| ())
+    };
+    assert!(fwd(&probs, &out).is_ok());
+    assert!(matches!(
+        fwd(&short, &out),
+        Err(GpuError::Size {
+            kernel: "dense_attention_fwd",
+            binding: "probs",
+            expected: 36,
+            found: 35
+        })
+    ));
+    assert!(matches!(fwd(&out, &out), Err(GpuError::Args { .. })));
+    let bwd = |dqkv_blocks| {
+        k.dense_attention_bwd
+            .bind(
+                &ctx,
+                &shape,
+                &dense_attention_bwd::DenseAttentionBwdArgs {
+                    qkv: fused(&qkv),
+                    scale: 0.5,
+                    probs: &probs,
+                    d_out: matmul::Operand::new(&out, 0, w as u32),
+                    dscores: &dscores,
+                    dqkv: dqkv_blocks,
+                },
+            )
+            .map(|_| ())
+    };
+    assert!(bwd(fused(&dqkv)).is_ok());
+    // dK over half of dQ's columns: written twice.
+    let overlapping = dense_attention_fwd::QkvOperand {
+        k: 4,
+        ..fused(&dqkv)
+    };
+    let err = bwd(overlapping).unwrap_err();
+    assert!(
+        matches!(&err, GpuError::Args { kernel: "dense_attention_bwd", message } if message.contains("overlap")),
+        "{err}"
+    );
 }
 
 #[test]

@@ -37,6 +37,8 @@ validate_kernel!(
     attention_fwd,
     col_sum,
     copy_rows,
+    dense_attention_bwd,
+    dense_attention_fwd,
     layer_norm_bwd,
     layer_norm_fwd,
     loss_fwd_bwd,

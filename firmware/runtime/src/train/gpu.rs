@@ -10,7 +10,11 @@
 //! [`GpuBackend::new`] fails with [`TrainError::NoAdapter`] when there is no adapter; the
 //! caller then uses the CPU backend ([`super::choose_backend`] does, and also keeps off
 //! software adapters unless the GPU is asked for).
+//!
+//! [`GpuDense`] is the dense block (every token's output, SPEC §8's `L_r` needs it) on
+//! the same kernels: forward, and backward from a given output gradient.
 
+mod dense;
 mod layers;
 mod layout;
 mod plan;
@@ -21,6 +25,7 @@ use anytime_shaders::kernels::adamw;
 use anytime_shaders::kernels::loss_fwd_bwd::{SampleStats, STATS_PER_SAMPLE};
 use anytime_shaders::{wgpu, GpuContext, GpuError, Kernels};
 
+pub use self::dense::GpuDense;
 use self::layout::ParamLayout;
 use self::plan::{LossConfig, Persistent, Plan};
 use super::{

@@ -1,6 +1,8 @@
-//! The pieces the training plan is recorded from: a [`Recorder`] that binds kernels into a
-//! list of dispatches, and the layers ([`Linear`], [`FoldedKey`], [`LayerNorm`]) that
-//! record their own forward and backward dispatches through it.
+//! The pieces the training plans are recorded from: a [`Recorder`] that binds kernels into
+//! a list of dispatches, the layers ([`Linear`], [`FoldedKey`], [`LayerNorm`]) that record
+//! their own forward and backward dispatches through it, and the tuned block's trainable
+//! layers ([`BlockLayers`], with the MLP branch [`MlpResidual`]) shared by the CLS-only
+//! step and the dense block.
 
 use anytime_shaders::kernels::{
     col_sum::ColSumArgs,
@@ -11,7 +13,8 @@ use anytime_shaders::kernels::{
 };
 use anytime_shaders::{wgpu, Dispatch, GpuContext, GpuError, Kernels};
 
-use crate::block::LN_EPS;
+use super::layout::{t, ParamLayout};
+use crate::block::{BlockDims, LN_EPS};
 
 /// `x` as a kernel's u32 size or offset (a plain cast: callers keep `x` below 2³²).
 pub(super) fn u32_of(x: usize) -> u32 {
@@ -113,8 +116,9 @@ pub(super) struct Recorder<'a> {
     pub grads: &'a wgpu::Buffer,
     /// Values per row of copies and LayerNorms (`D`).
     pub width: usize,
-    /// Rows every linear layer and row copy runs on (one CLS row per sample).
-    pub batch: usize,
+    /// Rows every linear layer, row copy and MLP branch runs on: one CLS row per sample
+    /// in the CLS-only step, every token row in the dense block.
+    pub rows: usize,
     pub dispatches: Vec<Dispatch>,
 }
 
@@ -149,10 +153,10 @@ impl Recorder<'_> {
         Ok(())
     }
 
-    /// Records a copy of `batch` rows of `D` values from `src` to `dst`.
+    /// Records a copy of the recorder's rows of `D` values from `src` to `dst`.
     pub fn copy_rows(&mut self, src: Operand<'_>, dst: Dest<Operand<'_>>) -> Result<(), GpuError> {
         let args = CopyArgs {
-            rows: u32_of(self.batch),
+            rows: u32_of(self.rows),
             cols: u32_of(self.width),
             src: src.buffer,
             s_off: src.offset,
@@ -185,7 +189,7 @@ impl Recorder<'_> {
     }
 }
 
-/// A trainable `y = x·Wᵀ + b` over the recorder's `batch` rows: `W` stored
+/// A trainable `y = x·Wᵀ + b` over the recorder's rows: `W` stored
 /// `[outputs, inputs]` at element `weight` of the parameter buffer, `b` at `bias`; their
 /// gradients go to the same offsets of the gradient buffer.
 #[derive(Clone, Copy, Debug)]
@@ -220,7 +224,7 @@ impl Linear {
         y: Dest<Operand<'_>>,
     ) -> Result<(), GpuError> {
         rec.matmul(MatMulSpec {
-            rows: rec.batch,
+            rows: rec.rows,
             cols: self.outputs,
             inner: self.inputs,
             lhs: Matrix::plain(x),
@@ -256,7 +260,7 @@ impl Linear {
         rec.matmul(MatMulSpec {
             rows: self.outputs,
             cols: self.inputs,
-            inner: rec.batch,
+            inner: rec.rows,
             lhs: Matrix::transposed(dy),
             rhs: Matrix::plain(x),
             bias: None,
@@ -269,7 +273,7 @@ impl Linear {
     /// `outputs` values.
     pub fn bias_grad(&self, rec: &mut Recorder<'_>, dy: &wgpu::Buffer) -> Result<(), GpuError> {
         rec.colsum(ColSumSpec {
-            rows: rec.batch,
+            rows: rec.rows,
             cols: self.outputs,
             src: dy,
             grad_offset: self.bias,
@@ -284,7 +288,7 @@ impl Linear {
         dx: Dest<Operand<'_>>,
     ) -> Result<(), GpuError> {
         rec.matmul(MatMulSpec {
-            rows: rec.batch,
+            rows: rec.rows,
             cols: self.inputs,
             inner: self.outputs,
             lhs: Matrix::plain(dy),
@@ -315,7 +319,7 @@ impl FoldedKey {
         folded: Operand<'_>,
     ) -> Result<(), GpuError> {
         rec.matmul(MatMulSpec {
-            rows: rec.batch,
+            rows: rec.rows,
             cols: self.key.inputs,
             inner: self.key.outputs,
             lhs: Matrix::plain(query),
@@ -337,7 +341,7 @@ impl FoldedKey {
         rec.matmul(MatMulSpec {
             rows: self.key.outputs,
             cols: self.key.inputs,
-            inner: rec.batch,
+            inner: rec.rows,
             lhs: Matrix::transposed(query),
             rhs: Matrix::plain(d_folded),
             bias: None,
@@ -345,7 +349,7 @@ impl FoldedKey {
             alpha: self.scale,
         })?;
         rec.matmul(MatMulSpec {
-            rows: rec.batch,
+            rows: rec.rows,
             cols: self.key.outputs,
             inner: self.key.inputs,
             lhs: Matrix::plain(d_folded),
@@ -430,5 +434,138 @@ impl LayerNorm<'_> {
         let dispatches = rec.kernels.layer_norm_bwd.bind(rec.ctx, &args)?;
         rec.record(dispatches);
         Ok(())
+    }
+}
+
+/// The attention's score scale `1/sqrt(head_dim)`, as the CPU path computes it.
+pub(super) fn score_scale(dims: &BlockDims) -> f32 {
+    1.0 / (dims.head_dim() as f32).sqrt()
+}
+
+/// The tuned block's trainable layers at their offsets in the flat parameter buffer.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct BlockLayers<'a> {
+    pub ln1: LayerNorm<'a>,
+    /// `in_proj`: `3D` outputs, the queries, keys and values in that order.
+    pub in_proj: Linear,
+    pub out_proj: Linear,
+    /// LN2, the MLP and the second residual.
+    pub mlp: MlpResidual<'a>,
+}
+
+impl<'a> BlockLayers<'a> {
+    /// The layers of `dims` at the offsets of `layout` in `params`.
+    pub fn new(dims: &BlockDims, layout: &ParamLayout, params: &'a wgpu::Buffer) -> Self {
+        let (width, hidden) = (dims.width, dims.mlp);
+        let at = |tensor: usize| layout.offsets[tensor];
+        let norm = |weight: usize, bias: usize| LayerNorm {
+            buffer: params,
+            weight: at(weight),
+            bias: at(bias),
+            trainable: true,
+        };
+        let linear = |weight: usize, bias: usize, inputs: usize, outputs: usize| Linear {
+            weight: at(weight),
+            bias: at(bias),
+            inputs,
+            outputs,
+        };
+        BlockLayers {
+            ln1: norm(t::LN1_W, t::LN1_B),
+            in_proj: linear(t::IN_W, t::IN_B, width, 3 * width),
+            out_proj: linear(t::OUT_W, t::OUT_B, width, width),
+            mlp: MlpResidual {
+                ln2: norm(t::LN2_W, t::LN2_B),
+                fc: linear(t::FC_W, t::FC_B, width, hidden),
+                proj: linear(t::CPROJ_W, t::CPROJ_B, hidden, width),
+            },
+        }
+    }
+}
+
+/// The block's second residual branch over the recorder's rows:
+/// `y = x + QuickGELU(LN2(x)·W_fcᵀ + b_fc)·W_cpᵀ + b_cp`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct MlpResidual<'a> {
+    pub ln2: LayerNorm<'a>,
+    pub fc: Linear,
+    pub proj: Linear,
+}
+
+/// What [`MlpResidual`]'s forward reads (`x`) and writes, dense rows: `x`, `h = LN2(x)`
+/// and `y` of `D` values, `fc` (pre-activation) and `act` of `M`; `stats` LN2's.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct MlpActivations<'b> {
+    pub x: &'b wgpu::Buffer,
+    pub stats: &'b wgpu::Buffer,
+    pub h: &'b wgpu::Buffer,
+    pub fc: &'b wgpu::Buffer,
+    pub act: &'b wgpu::Buffer,
+    pub y: &'b wgpu::Buffer,
+}
+
+/// [`MlpResidual`]'s backward buffers, dense rows: `dy` (read), `dx` (written), and the
+/// scratch `dact`, `dfc` (`M` values) and `dh` (`D`).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct MlpGradients<'b> {
+    pub dy: &'b wgpu::Buffer,
+    pub dact: &'b wgpu::Buffer,
+    pub dfc: &'b wgpu::Buffer,
+    pub dh: &'b wgpu::Buffer,
+    pub dx: &'b wgpu::Buffer,
+}
+
+impl MlpResidual<'_> {
+    fn norm_rows<'b>(rec: &Recorder<'_>, a: &MlpActivations<'b>) -> NormRows<'b> {
+        NormRows {
+            rows: rec.rows,
+            input: a.x,
+            stats: a.stats,
+        }
+    }
+
+    /// Records `y = x + MLP(LN2(x))`, saving what the backward reads.
+    pub fn forward(&self, rec: &mut Recorder<'_>, a: &MlpActivations<'_>) -> Result<(), GpuError> {
+        let (width, hidden) = (self.fc.inputs, self.fc.outputs);
+        self.ln2.forward(rec, &Self::norm_rows(rec, a), a.h)?;
+        let (h, fc) = (dense(a.h, width), dense(a.fc, hidden));
+        self.fc.forward(rec, h, Dest::write(fc))?;
+        let n_hidden = u32_of(rec.rows * hidden);
+        let gelu = rec
+            .kernels
+            .quick_gelu_fwd
+            .bind(rec.ctx, n_hidden, a.fc, a.act)?;
+        rec.record([gelu]);
+        let (x, y) = (dense(a.x, width), dense(a.y, width));
+        rec.copy_rows(x, Dest::write(y))?;
+        self.proj.forward(rec, dense(a.act, hidden), Dest::add(y))
+    }
+
+    /// Records the branch's parameter gradients and `dx = dy + ∂MLP(LN2(x))/∂x · dy`.
+    pub fn backward(
+        &self,
+        rec: &mut Recorder<'_>,
+        a: &MlpActivations<'_>,
+        g: &MlpGradients<'_>,
+    ) -> Result<(), GpuError> {
+        let (width, hidden) = (self.fc.inputs, self.fc.outputs);
+        let (act, dact, dy) = (
+            dense(a.act, hidden),
+            dense(g.dact, hidden),
+            dense(g.dy, width),
+        );
+        self.proj.backward(rec, act, dy, Dest::write(dact))?;
+        let n_hidden = u32_of(rec.rows * hidden);
+        let gelu = rec
+            .kernels
+            .quick_gelu_bwd
+            .bind(rec.ctx, n_hidden, a.fc, g.dact, g.dfc)?;
+        rec.record([gelu]);
+        let (h, dh) = (dense(a.h, width), dense(g.dh, width));
+        self.fc
+            .backward(rec, h, dense(g.dfc, hidden), Dest::write(dh))?;
+        rec.copy_rows(dy, Dest::write(dense(g.dx, width)))?;
+        self.ln2
+            .backward(rec, &Self::norm_rows(rec, a), g.dh, Dest::add(g.dx))
     }
 }

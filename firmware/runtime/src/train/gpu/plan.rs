@@ -17,10 +17,10 @@ use anytime_shaders::kernels::{
 use anytime_shaders::{wgpu, Dispatch, GpuContext, GpuError, Kernels};
 
 use super::layers::{
-    dense, strided, u32_of, ColSumSpec, Dest, FoldedKey, LayerNorm, Linear, MatMulSpec, Matrix,
-    NormRows, Recorder,
+    dense, score_scale, strided, u32_of, BlockLayers, ColSumSpec, Dest, FoldedKey, LayerNorm,
+    Linear, MatMulSpec, Matrix, MlpActivations, MlpGradients, NormRows, Recorder,
 };
-use super::layout::{t, ParamLayout};
+use super::layout::ParamLayout;
 use crate::block::BlockDims;
 
 /// Buffers that live as long as the backend (weights and optimiser state stay here).
@@ -89,7 +89,7 @@ impl Plan {
             params: persistent.params,
             grads: persistent.grads,
             width: dims.width,
-            batch,
+            rows: batch,
             dispatches: Vec::new(),
         };
         block.forward(&mut rec, &buffers)?;
@@ -258,12 +258,26 @@ impl Buffers {
         }
     }
 
-    /// LN2 normalises `x1` (CLS rows).
-    fn ln2_rows(&self) -> NormRows<'_> {
-        NormRows {
-            rows: self.batch,
-            input: &self.x1,
+    /// The MLP branch from `x1` to `x2` (CLS rows).
+    fn mlp_activations(&self) -> MlpActivations<'_> {
+        MlpActivations {
+            x: &self.x1,
             stats: &self.stats2,
+            h: &self.h2,
+            fc: &self.fc,
+            act: &self.act,
+            y: &self.x2,
+        }
+    }
+
+    /// The MLP branch's backward from `d x2` to `d x1`.
+    fn mlp_gradients(&self) -> MlpGradients<'_> {
+        MlpGradients {
+            dy: &self.dx2,
+            dact: &self.dact,
+            dfc: &self.dfc,
+            dh: &self.dh2,
+            dx: &self.dx1,
         }
     }
 
@@ -282,15 +296,11 @@ impl Buffers {
 #[derive(Debug)]
 struct Block<'a> {
     dims: BlockDims,
-    ln1: LayerNorm<'a>,
+    layers: BlockLayers<'a>,
     /// `W_q`, `W_k`, `W_v`: the three `[D, D]` parts of `in_proj`.
     query: Linear,
     keys: Linear,
     values: Linear,
-    out_proj: Linear,
-    ln2: LayerNorm<'a>,
-    mlp_fc: Linear,
-    mlp_proj: Linear,
     /// Frozen.
     ln_post: LayerNorm<'a>,
     /// Frozen `proj`, stored `[D, E]`.
@@ -301,44 +311,14 @@ impl<'a> Block<'a> {
     /// The layers at their offsets in `layout` and in the head buffer.
     fn new(dims: &BlockDims, layout: &ParamLayout, persistent: &Persistent<'a>) -> Self {
         let width = dims.width;
-        let at = |tensor: usize| layout.offsets[tensor];
-        let trainable_norm = |weight: usize, bias: usize| LayerNorm {
-            buffer: persistent.params,
-            weight: at(weight),
-            bias: at(bias),
-            trainable: true,
-        };
-        let in_proj = |part: usize| Linear {
-            weight: at(t::IN_W) + u32_of(part * width * width),
-            bias: at(t::IN_B) + u32_of(part * width),
-            inputs: width,
-            outputs: width,
-        };
+        let layers = BlockLayers::new(dims, layout, persistent.params);
+        let in_proj = |part: usize| layers.in_proj.slice(part * width, width);
         Block {
             dims: *dims,
-            ln1: trainable_norm(t::LN1_W, t::LN1_B),
             query: in_proj(0),
             keys: in_proj(1),
             values: in_proj(2),
-            out_proj: Linear {
-                weight: at(t::OUT_W),
-                bias: at(t::OUT_B),
-                inputs: width,
-                outputs: width,
-            },
-            ln2: trainable_norm(t::LN2_W, t::LN2_B),
-            mlp_fc: Linear {
-                weight: at(t::FC_W),
-                bias: at(t::FC_B),
-                inputs: width,
-                outputs: dims.mlp,
-            },
-            mlp_proj: Linear {
-                weight: at(t::CPROJ_W),
-                bias: at(t::CPROJ_B),
-                inputs: dims.mlp,
-                outputs: width,
-            },
+            layers,
             ln_post: LayerNorm {
                 buffer: persistent.head,
                 weight: 0,
@@ -354,7 +334,7 @@ impl<'a> Block<'a> {
         let head_dim = self.dims.head_dim();
         FoldedKey {
             key: self.keys.slice(h * head_dim, head_dim),
-            scale: 1.0 / (head_dim as f32).sqrt(),
+            scale: score_scale(&self.dims),
         }
     }
 
@@ -392,10 +372,10 @@ impl<'a> Block<'a> {
 
     /// Records the forward from `tokens` to `emb`, saving what the backward reads.
     fn forward(&self, rec: &mut Recorder<'_>, b: &Buffers) -> Result<(), GpuError> {
-        let (width, mlp, embed) = (self.dims.width, self.dims.mlp, self.dims.embed);
+        let (width, embed) = (self.dims.width, self.dims.embed);
         let (ctx, kernels) = (rec.ctx, rec.kernels);
         // h1 = LN1(tokens), all rows.
-        self.ln1.forward(rec, &b.ln1_rows(), &b.h1)?;
+        self.layers.ln1.forward(rec, &b.ln1_rows(), &b.h1)?;
         // q = h1[CLS]·W_qᵀ + b_q.
         let (h1_cls, q) = (self.cls_rows(&b.h1), dense(&b.q, width));
         self.query.forward(rec, h1_cls, Dest::write(q))?;
@@ -405,7 +385,7 @@ impl<'a> Block<'a> {
             self.key_head(h).forward(rec, q_h, qt_h)?;
         }
         // Scores, softmax and a_h = Σ_j p_j h1_j.
-        let attention = self.attention_shape(rec.batch);
+        let attention = self.attention_shape(rec.rows);
         let scores = kernels
             .attention_fwd
             .bind(ctx, &attention, &b.qt, &b.h1, &b.probs, &b.av)?;
@@ -418,22 +398,13 @@ impl<'a> Block<'a> {
         // x1 = tokens[CLS] + attn·W_oᵀ + b_o.
         let (attn, x1) = (dense(&b.attn, width), dense(&b.x1, width));
         rec.copy_rows(self.cls_rows(&b.tokens), Dest::write(x1))?;
-        self.out_proj.forward(rec, attn, Dest::add(x1))?;
-        // h2 = LN2(x1); fc = h2·W_fcᵀ + b_fc; act = QuickGELU(fc).
-        self.ln2.forward(rec, &b.ln2_rows(), &b.h2)?;
-        let (h2, fc) = (dense(&b.h2, width), dense(&b.fc, mlp));
-        self.mlp_fc.forward(rec, h2, Dest::write(fc))?;
-        let n_hidden = u32_of(rec.batch * mlp);
-        let gelu = kernels.quick_gelu_fwd.bind(ctx, n_hidden, &b.fc, &b.act)?;
-        rec.record([gelu]);
-        // x2 = x1 + act·W_cpᵀ + b_cp.
-        let (act, x2) = (dense(&b.act, mlp), dense(&b.x2, width));
-        rec.copy_rows(x1, Dest::write(x2))?;
-        self.mlp_proj.forward(rec, act, Dest::add(x2))?;
+        self.layers.out_proj.forward(rec, attn, Dest::add(x1))?;
+        // x2 = x1 + MLP(LN2(x1)).
+        self.layers.mlp.forward(rec, &b.mlp_activations())?;
         // emb = ln_post(x2)·proj.
         self.ln_post.forward(rec, &b.ln_post_rows(), &b.hp)?;
         rec.matmul(MatMulSpec {
-            rows: rec.batch,
+            rows: rec.rows,
             cols: embed,
             inner: width,
             lhs: Matrix::plain(dense(&b.hp, width)),
@@ -447,11 +418,11 @@ impl<'a> Block<'a> {
     /// Records the backward from `d emb` (written by the loss) to every block gradient and
     /// `d tokens`.
     fn backward(&self, rec: &mut Recorder<'_>, b: &Buffers) -> Result<(), GpuError> {
-        let (width, mlp, embed) = (self.dims.width, self.dims.mlp, self.dims.embed);
+        let (width, embed) = (self.dims.width, self.dims.embed);
         let (ctx, kernels) = (rec.ctx, rec.kernels);
         // d hp = d emb·projᵀ; d x2 through the frozen ln_post.
         rec.matmul(MatMulSpec {
-            rows: rec.batch,
+            rows: rec.rows,
             cols: width,
             inner: embed,
             lhs: Matrix::plain(dense(&b.demb, embed)),
@@ -462,26 +433,16 @@ impl<'a> Block<'a> {
         })?;
         self.ln_post
             .backward(rec, &b.ln_post_rows(), &b.dhp, Dest::write(&b.dx2))?;
-        // MLP: output projection, QuickGELU, input projection.
-        let (act, dact) = (dense(&b.act, mlp), dense(&b.dact, mlp));
-        let dx2 = dense(&b.dx2, width);
-        self.mlp_proj.backward(rec, act, dx2, Dest::write(dact))?;
-        let n_hidden = u32_of(rec.batch * mlp);
-        let gelu = kernels
-            .quick_gelu_bwd
-            .bind(ctx, n_hidden, &b.fc, &b.dact, &b.dfc)?;
-        rec.record([gelu]);
-        let (h2, dh2) = (dense(&b.h2, width), dense(&b.dh2, width));
-        let dfc = dense(&b.dfc, mlp);
-        self.mlp_fc.backward(rec, h2, dfc, Dest::write(dh2))?;
-        // d x1 = d x2 (residual) + LN2 backward.
+        // MLP branch: d x1 = d x2 (residual) + its backward.
+        self.layers
+            .mlp
+            .backward(rec, &b.mlp_activations(), &b.mlp_gradients())?;
         let dx1 = dense(&b.dx1, width);
-        rec.copy_rows(dx2, Dest::write(dx1))?;
-        self.ln2
-            .backward(rec, &b.ln2_rows(), &b.dh2, Dest::add(&b.dx1))?;
         // Attention output projection.
         let (attn, dattn) = (dense(&b.attn, width), dense(&b.dattn, width));
-        self.out_proj.backward(rec, attn, dx1, Dest::write(dattn))?;
+        self.layers
+            .out_proj
+            .backward(rec, attn, dx1, Dest::write(dattn))?;
         // Values: dW_v,h = d attn_hᵀ·a_h and d a_h = d attn_h·W_v,h per head, then
         // db_v = Σ d attn.
         for h in 0..self.dims.heads {
@@ -500,7 +461,7 @@ impl<'a> Block<'a> {
             grad_offset: self.keys.bias,
         })?;
         // Scores and a: d q̃, and d h1 (written here, all rows).
-        let attention = self.attention_shape(rec.batch);
+        let attention = self.attention_shape(rec.rows);
         let scores = kernels.attention_bwd.bind(
             ctx,
             &attention,
@@ -527,7 +488,8 @@ impl<'a> Block<'a> {
         let dq = dense(&b.dq, width);
         self.query.backward(rec, h1_cls, dq, Dest::add(dh1_cls))?;
         // d tokens = LN1 backward (all rows) + d x1 on the CLS rows (residual).
-        self.ln1
+        self.layers
+            .ln1
             .backward(rec, &b.ln1_rows(), &b.dh1, Dest::write(&b.dtokens))?;
         rec.copy_rows(dx1, Dest::add(self.cls_rows(&b.dtokens)))
     }
@@ -548,7 +510,7 @@ impl LossHead {
     /// Records the loss on `emb` and its gradients.
     fn record(&self, rec: &mut Recorder<'_>, b: &Buffers) -> Result<(), GpuError> {
         let args = loss_fwd_bwd::LossArgs {
-            batch: u32_of(rec.batch),
+            batch: u32_of(rec.rows),
             n_labels: u32_of(self.n_labels),
             embed: u32_of(self.embed),
             tau: self.config.tau,
