@@ -3,8 +3,8 @@
 use crate::kernels::{
     adamw::AdamW, attention_bwd::AttentionBwd, attention_fwd::AttentionFwd, col_sum::ColSum,
     copy_rows::CopyRows, dense_attention_bwd::DenseAttentionBwd,
-    dense_attention_fwd::DenseAttentionFwd, layer_norm_bwd::LayerNormBwd,
-    layer_norm_fwd::LayerNormFwd, loss_fwd_bwd::LossFwdBwd, matmul::Matmul,
+    dense_attention_fwd::DenseAttentionFwd, gather_rows::GatherRows, layer_norm_bwd::LayerNormBwd,
+    layer_norm_fwd::LayerNormFwd, loss_fwd_bwd::LossFwdBwd, matmul::Matmul, mse_fwd_bwd::MseFwdBwd,
     quick_gelu_bwd::QuickGeluBwd, quick_gelu_fwd::QuickGeluFwd,
 };
 use crate::{GpuContext, GpuError};
@@ -25,6 +25,8 @@ pub struct Kernels {
     pub adamw: AdamW,
     pub copy_rows: CopyRows,
     pub col_sum: ColSum,
+    pub gather_rows: GatherRows,
+    pub mse_fwd_bwd: MseFwdBwd,
 }
 
 impl Kernels {
@@ -44,6 +46,8 @@ impl Kernels {
             adamw: AdamW::new(ctx)?,
             copy_rows: CopyRows::new(ctx)?,
             col_sum: ColSum::new(ctx)?,
+            gather_rows: GatherRows::new(ctx)?,
+            mse_fwd_bwd: MseFwdBwd::new(ctx)?,
         })
     }
 }

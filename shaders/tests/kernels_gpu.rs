@@ -7,7 +7,8 @@
 
 use anytime_shaders::kernels::{
     adamw, attention_bwd, attention_fwd, col_sum, copy_rows, dense_attention_bwd,
-    dense_attention_fwd, layer_norm_bwd, layer_norm_fwd, loss_fwd_bwd, matmul,
+    dense_attention_fwd, gather_rows, layer_norm_bwd, layer_norm_fwd, loss_fwd_bwd, matmul,
+    mse_fwd_bwd,
 };
 use anytime_shaders::{wgpu, GpuContext, GpuError, Kernels};
 use anytime_testkit::close;
@@ -693,6 +694,102 @@ fn gpu_copy_rows_and_col_sum() {
     }
     assert_close("copy_rows", &ctx.read_f32(&gd, want.len()).unwrap(), &want);
     assert_close("col_sum", &ctx.read_f32(&gsum, sums.len()).unwrap(), &sums);
+}
+
+#[test]
+fn gpu_gather_rows_and_mse() {
+    let Some((ctx, k)) = gpu("gpu_gather_rows_and_mse") else {
+        return;
+    };
+    let mut rng = StdRng::seed_from_u64(9);
+    let (src_rows, cols, lds, ldd) = (7usize, 5usize, 8usize, 6usize);
+    let src = rand_vec(&mut rng, 3 + src_rows * lds, 1.0);
+    // Repeats, out of order, NONE and an index past the source: zeros.
+    let index = [4u32, 0, 6, 4, gather_rows::NONE, 7, 2];
+    let rows = index.len();
+    let dst0 = rand_vec(&mut rng, 2 + rows * ldd, 1.0);
+    let mut gathered: Vec<f64> = dst0.iter().map(|&v| v as f64).collect();
+    for (i, &r) in index.iter().enumerate() {
+        for c in 0..cols {
+            let v = if (r as usize) < src_rows {
+                src[3 + r as usize * lds + c] as f64
+            } else {
+                0.0
+            };
+            gathered[2 + i * ldd + c] += v;
+        }
+    }
+    let pred = rand_vec(&mut rng, rows * cols, 1.0);
+    let target = rand_vec(&mut rng, rows * cols, 1.0);
+    let scale = 2.0 / (rows * cols) as f32;
+    let grad: Vec<f64> = pred
+        .iter()
+        .zip(&target)
+        .map(|(&p, &t)| scale as f64 * (p as f64 - t as f64))
+        .collect();
+    let row_sq: Vec<f64> = pred
+        .chunks(cols)
+        .zip(target.chunks(cols))
+        .map(|(p, t)| {
+            p.iter()
+                .zip(t)
+                .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+                .sum()
+        })
+        .collect();
+
+    let (gsrc, gdst) = (
+        ctx.storage_init("src", &src),
+        ctx.storage_init("dst", &dst0),
+    );
+    let gindex = ctx.storage_init_bytes("index", bytemuck::cast_slice(&index));
+    let (gpred, gtarget) = (
+        ctx.storage_init("pred", &pred),
+        ctx.storage_init("target", &target),
+    );
+    let (ggrad, gsq) = (
+        ctx.storage_zeroed("grad", rows * cols),
+        ctx.storage_zeroed("row sq", rows),
+    );
+    let ds = [
+        k.gather_rows
+            .bind(
+                &ctx,
+                &gather_rows::GatherArgs {
+                    rows: rows as u32,
+                    cols: cols as u32,
+                    src: matmul::Operand::new(&gsrc, 3, lds as u32),
+                    src_rows: src_rows as u32,
+                    index: &gindex,
+                    dst: matmul::Operand::new(&gdst, 2, ldd as u32),
+                    accumulate: true,
+                },
+            )
+            .unwrap(),
+        k.mse_fwd_bwd
+            .bind(
+                &ctx,
+                &mse_fwd_bwd::MseArgs {
+                    rows: rows as u32,
+                    cols: cols as u32,
+                    scale,
+                    pred: &gpred,
+                    target: &gtarget,
+                    grad: &ggrad,
+                    row_sq: &gsq,
+                },
+            )
+            .unwrap(),
+    ];
+    ctx.run("gather and mse test", &ds);
+    let got = ctx.read_f32(&gdst, gathered.len()).unwrap();
+    assert_close("gather_rows", &got, &gathered);
+    assert_close(
+        "mse grad",
+        &ctx.read_f32(&ggrad, rows * cols).unwrap(),
+        &grad,
+    );
+    assert_close("mse row sums", &ctx.read_f32(&gsq, rows).unwrap(), &row_sq);
 }
 
 #[test]

@@ -39,10 +39,12 @@ validate_kernel!(
     copy_rows,
     dense_attention_bwd,
     dense_attention_fwd,
+    gather_rows,
     layer_norm_bwd,
     layer_norm_fwd,
     loss_fwd_bwd,
     matmul,
+    mse_fwd_bwd,
     quick_gelu_bwd,
     quick_gelu_fwd,
 );

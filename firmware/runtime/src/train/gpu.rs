@@ -11,12 +11,14 @@
 //! caller then uses the CPU backend ([`super::choose_backend`] does, and also keeps off
 //! software adapters unless the GPU is asked for).
 //!
-//! [`GpuDense`] is the dense block (every token's output, SPEC §8's `L_r` needs it) on
-//! the same kernels: forward, and backward from a given output gradient.
+//! [`GpuDense`] is the dense block (every token's output) on the same kernels: forward,
+//! and backward from a given output gradient; [`GpuMasked`] is SPEC §8's masked-token loss
+//! `L_r` on it, with its gradients.
 
 mod dense;
 mod layers;
 mod layout;
+mod masked;
 mod plan;
 
 use std::sync::Arc;
@@ -27,6 +29,7 @@ use anytime_shaders::{wgpu, GpuContext, GpuError, Kernels};
 
 pub use self::dense::GpuDense;
 use self::layout::ParamLayout;
+pub use self::masked::GpuMasked;
 use self::plan::{LossConfig, Persistent, Plan};
 use super::{
     AdamState, Batch, Gradients, MaskedBatch, MaskedState, MaskedStats, StepStats, TrainBackend,

@@ -11,11 +11,11 @@
 //! and an AdamW update of the block's parameters and the "other" bias `b`; `ln_post` and
 //! `proj` stay frozen.
 //!
-//! [`masked`] is SPEC §8's masked-token loss `L_r` on the dense block (CPU only);
-//! [`TrainBackend::masked_step`] trains on it, with the mask token and the head in a
-//! [`MaskedState`] the caller owns. [`diet`] plans a time step's budget of steps (SPEC §8),
-//! [`s_star`] picks its threshold `S*` by cross-validation, and [`unlabelled`] holds a time
-//! step's unlabelled token sets.
+//! [`masked`] is SPEC §8's masked-token loss `L_r` on the dense block (`gpu::GpuMasked`
+//! computes the same on wgpu); [`TrainBackend::masked_step`] trains on it (CPU only), with
+//! the mask token and the head in a [`MaskedState`] the caller owns. [`diet`] plans a time
+//! step's budget of steps (SPEC §8), [`s_star`] picks its threshold `S*` by
+//! cross-validation, and [`unlabelled`] holds a time step's unlabelled token sets.
 //!
 //! Trait stability: this trait is implemented in two places. Changes are recorded here.
 //! - v1 (07:24 UTC): initial version.

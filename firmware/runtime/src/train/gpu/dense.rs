@@ -296,12 +296,14 @@ impl DenseBlock<'_> {
 /// output tokens of a batch, and the gradients of `Σ d_out·out`.
 #[derive(Debug)]
 pub struct GpuDense {
-    dims: BlockDims,
-    ctx: Arc<GpuContext>,
-    kernels: Kernels,
-    layout: ParamLayout,
-    params: wgpu::Buffer,
-    grads: wgpu::Buffer,
+    pub(super) dims: BlockDims,
+    pub(super) ctx: Arc<GpuContext>,
+    pub(super) kernels: Kernels,
+    pub(super) layout: ParamLayout,
+    /// Flat block tensors (and an unused `b`), in `layout`.
+    pub(super) params: wgpu::Buffer,
+    /// Their gradients, same layout.
+    pub(super) grads: wgpu::Buffer,
     plan: Option<DensePlan>,
 }
 
@@ -378,8 +380,7 @@ impl GpuDense {
             "dense forward and backward",
             &[&plan.forward[..], &plan.backward[..]].concat(),
         );
-        let flat = self.ctx.read_f32(&self.grads, self.layout.len())?;
-        let (grads, _) = self.layout.unflatten(&self.dims, &flat);
+        let grads = self.read_grads()?;
         let d_tokens = self.ctx.read_f32(&plan.buffers.d_tokens, tokens.len())?;
         Ok((grads, d_tokens))
     }
@@ -388,6 +389,25 @@ impl GpuDense {
     /// uploads `params` and `tokens`.
     fn prepare(
         &mut self,
+        params: &BlockParams,
+        tokens: &[f32],
+        batch: usize,
+    ) -> Result<(), TrainError> {
+        self.check_inputs(params, tokens, batch)?;
+        if self.plan.as_ref().is_none_or(|p| p.batch != batch) {
+            self.plan = None;
+            self.plan = Some(self.new_plan(batch)?);
+        }
+        let plan = self.plan.as_ref().expect("plan was just built");
+        self.upload_params(params);
+        self.ctx.write_f32(&plan.buffers.tokens, 0, tokens);
+        Ok(())
+    }
+
+    /// Refuses parameters of other dims, an empty batch, tokens that are not `[B, N, D]`
+    /// and batches whose buffers would not fit the kernels' u32 indices.
+    pub(super) fn check_inputs(
+        &self,
         params: &BlockParams,
         tokens: &[f32],
         batch: usize,
@@ -402,7 +422,6 @@ impl GpuDense {
                 found: 0,
             });
         }
-        // Every element count of the plan must fit the kernels' u32 indices.
         let d = &self.dims;
         let per_image = (d.tokens * 3 * d.width.max(d.mlp)).max(d.heads * d.tokens * d.tokens);
         let most = u32::MAX as usize / per_image;
@@ -413,7 +432,7 @@ impl GpuDense {
                 found: batch,
             });
         }
-        let expected = batch * self.dims.tokens_len();
+        let expected = batch * d.tokens_len();
         if tokens.len() != expected {
             return Err(TrainError::Shape {
                 what: "tokens (B·N·D)",
@@ -421,23 +440,32 @@ impl GpuDense {
                 found: tokens.len(),
             });
         }
-        if self.plan.as_ref().is_none_or(|p| p.batch != batch) {
-            self.plan = None;
-            log::debug!("wgpu: dense plan for B = {batch}");
-            self.plan = Some(DensePlan::new(
-                &self.ctx,
-                &self.kernels,
-                &self.dims,
-                &self.layout,
-                &self.params,
-                &self.grads,
-                batch,
-            )?);
-        }
-        let plan = self.plan.as_ref().expect("plan was just built");
+        Ok(())
+    }
+
+    /// A new dense plan for `batch` images over this block's buffers.
+    pub(super) fn new_plan(&self, batch: usize) -> Result<DensePlan, GpuError> {
+        log::debug!("wgpu: dense plan for B = {batch}");
+        DensePlan::new(
+            &self.ctx,
+            &self.kernels,
+            &self.dims,
+            &self.layout,
+            &self.params,
+            &self.grads,
+            batch,
+        )
+    }
+
+    /// Writes `params` into the parameter buffer (staged until the next submit).
+    pub(super) fn upload_params(&self, params: &BlockParams) {
         self.ctx
             .write_f32(&self.params, 0, &self.layout.flatten(params, 0.0));
-        self.ctx.write_f32(&plan.buffers.tokens, 0, tokens);
-        Ok(())
+    }
+
+    /// Reads the block tensors' gradients back.
+    pub(super) fn read_grads(&self) -> Result<BlockParams, TrainError> {
+        let flat = self.ctx.read_f32(&self.grads, self.layout.len())?;
+        Ok(self.layout.unflatten(&self.dims, &flat).0)
     }
 }

@@ -7,6 +7,7 @@
 use anytime_shaders::kernels::{
     col_sum::ColSumArgs,
     copy_rows::CopyArgs,
+    gather_rows::GatherArgs,
     layer_norm_bwd::{LayerNormBwdArgs, ParamGrads},
     layer_norm_fwd::LayerNormFwdArgs,
     matmul::{Layout, Operand, Product},
@@ -167,6 +168,30 @@ impl Recorder<'_> {
             accumulate: dst.accumulate,
         };
         let dispatch = self.kernels.copy_rows.bind(self.ctx, &args)?;
+        self.record([dispatch]);
+        Ok(())
+    }
+
+    /// Records `dst row i (+)= src row index[i]` for `rows` rows of `D` values (a row of
+    /// zeros where `index[i] ≥ src_rows`).
+    pub fn gather_rows(
+        &mut self,
+        rows: usize,
+        src: Operand<'_>,
+        src_rows: usize,
+        index: &wgpu::Buffer,
+        dst: Dest<Operand<'_>>,
+    ) -> Result<(), GpuError> {
+        let args = GatherArgs {
+            rows: u32_of(rows),
+            cols: u32_of(self.width),
+            src,
+            src_rows: u32_of(src_rows),
+            index,
+            dst: dst.at,
+            accumulate: dst.accumulate,
+        };
+        let dispatch = self.kernels.gather_rows.bind(self.ctx, &args)?;
         self.record([dispatch]);
         Ok(())
     }
