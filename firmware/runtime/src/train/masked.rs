@@ -1,12 +1,20 @@
 //! SPEC §8's masked-token modelling loss `L_r`, on the CPU.
 //!
 //! Per image, [`masked_count`] of the `N−1` patch tokens (never CLS) are replaced at the
-//! block's input by a learned mask token; the dense block ([`dense_forward`]) runs every
-//! token; a linear head reads the block's output at the masked positions,
+//! block's input by a learned mask token plus a learned positional row for their position
+//! (`mask_token + pos[j−1]` at patch position `j`); the dense block ([`dense_forward`]) runs
+//! every token; a linear head reads the block's output at the masked positions,
 //! `pred = y W_rᵀ + b_r`; the target is the original token there, normalised per token
 //! (LayerNorm without affine, eps `LN_EPS`); and
 //! `L_r = Σ (pred − target)² / (B·K·D)`, the mean over the masked positions of the batch
 //! (`K` per image) and the channels.
+//!
+//! The positional table exists because the block's attention is permutation-equivariant:
+//! with the mask token alone, every masked token of an image has the same input and so the
+//! same output, and `L_r` could not go below the spread of an image's masked targets around
+//! their mean. It is the head's own (the trunk's positional embedding lives in the trunk's
+//! input space, and the block's input tokens already carry it mixed in), as MAE adds its
+//! positional embedding to its mask tokens.
 //!
 //! The masked positions come from [`mask_positions`], a SplitMix64 stream of the caller's
 //! seed (written out here, so that a seed gives the same positions whatever the `rand`
@@ -70,19 +78,24 @@ pub fn mask_positions(tokens: usize, batch: usize, seed: u64) -> Vec<usize> {
     out
 }
 
-/// The mask token and the linear reconstruction head of `L_r` (also the shape of their
-/// gradients).
+/// The mask token, its positional table and the linear reconstruction head of `L_r` (also
+/// the shape of their gradients).
 #[derive(Clone, Debug, PartialEq)]
 pub struct MaskedHead {
-    /// `[D]`, put in place of every masked token at the block's input.
+    /// `[D]`, put in place of every masked token at the block's input (with its position's
+    /// row of [`Self::pos`] added).
     pub mask_token: AlignedVec,
+    /// The positional table, `[N−1, D]`: row `j−1` is added to the mask token at patch
+    /// position `j` (`1..N`). CLS (token 0) is never masked, so it has no row.
+    pub pos: AlignedVec,
     /// `W_r`, `[D, D]` (`pred = y W_rᵀ + b_r`).
     pub w: AlignedVec,
     /// `b_r`, `[D]`.
     pub b: AlignedVec,
 }
 
-/// Standard deviation of [`MaskedHead::init`]'s mask token (MAE's `normal(0, 0.02)`).
+/// Standard deviation of [`MaskedHead::init`]'s mask token (MAE's `normal(0, 0.02)`) and
+/// of its positional table (ViT's learned positional embedding, `normal(0, 0.02)`).
 const MASK_TOKEN_STD: f32 = 0.02;
 
 impl MaskedHead {
@@ -91,56 +104,77 @@ impl MaskedHead {
         let d = dims.width;
         MaskedHead {
             mask_token: AlignedVec::zeros(d),
+            pos: AlignedVec::zeros(dims.tokens.saturating_sub(1) * d),
             w: AlignedVec::zeros(d * d),
             b: AlignedVec::zeros(d),
         }
     }
 
-    /// The start of training: the mask token small and random (uniform, std 0.02), the
-    /// head zero, so that `L_r` starts at the targets' mean square (about 1) and sends
-    /// the block no gradient until the head has learnt a readout.
+    /// The start of training: the mask token and the positional table small and random
+    /// (uniform, std 0.02 both), the head zero, so that `L_r` starts at the targets' mean
+    /// square (about 1) and sends the block, the mask token and the table no gradient
+    /// until the head has learnt a readout.
     pub fn init(dims: &BlockDims, seed: u64) -> Self {
         // LN1 makes the mask token's scale irrelevant to what the block reads; a zero
         // token would be LN1's degenerate input (its gradient scaled by 1/sqrt(eps), and
-        // nothing to tell it from the LN1 bias). A zero head rather than a random one:
-        // the shared block is never pulled towards a random projection of its output
-        // (linear probing before fine-tuning).
+        // nothing to tell it from the LN1 bias). The table at the mask token's scale: what
+        // LN1 reads at a masked position is the direction of `mask_token + pos[j−1]`, so
+        // rows as large as the token make the positions as different from one another as
+        // each is like the token, from the first step. A zero table would give every
+        // masked position of an image the same input, output and, until the head reads
+        // out, the same (zero) gradient. A zero head rather than a random one: the shared
+        // block is never pulled towards a random projection of its output (linear probing
+        // before fine-tuning).
         let mut rng = StdRng::seed_from_u64(seed);
         let a = MASK_TOKEN_STD * 3f32.sqrt();
         let mut h = Self::zeros(dims);
-        h.mask_token
-            .iter_mut()
-            .for_each(|x| *x = rng.gen_range(-a..a));
+        for v in [&mut h.mask_token, &mut h.pos] {
+            v.iter_mut().for_each(|x| *x = rng.gen_range(-a..a));
+        }
         h
     }
 
-    /// Random values for tests: the mask token at the scale of test tokens (uniform in
-    /// ±1), `W_r` uniform with a `1/sqrt(D)` scale, `b_r` small.
+    /// Random values for tests: the mask token and the positional table at the scale of
+    /// test tokens (uniform in ±1), `W_r` uniform with a `1/sqrt(D)` scale, `b_r` small.
     pub fn random(dims: &BlockDims, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let s = 1.0 / (dims.width as f32).sqrt();
         let mut h = Self::zeros(dims);
-        for (v, scale) in [(&mut h.mask_token, 1.0), (&mut h.w, s), (&mut h.b, 0.1)] {
+        let parts = [
+            (&mut h.mask_token, 1.0),
+            (&mut h.w, s),
+            (&mut h.b, 0.1),
+            (&mut h.pos, 1.0),
+        ];
+        for (v, scale) in parts {
             v.iter_mut()
                 .for_each(|x| *x = scale * rng.gen_range(-1.0f32..1.0));
         }
         h
     }
 
-    /// The tensors: mask token, `W_r`, `b_r`.
-    pub fn tensors(&self) -> [&[f32]; 3] {
-        [&self.mask_token, &self.w, &self.b]
+    /// The tensors: mask token, positional table, `W_r`, `b_r`.
+    pub fn tensors(&self) -> [&[f32]; 4] {
+        [&self.mask_token, &self.pos, &self.w, &self.b]
     }
 
     /// Mutable tensors, in [`Self::tensors`] order.
-    pub fn tensors_mut(&mut self) -> [&mut AlignedVec; 3] {
-        [&mut self.mask_token, &mut self.w, &mut self.b]
+    pub fn tensors_mut(&mut self) -> [&mut AlignedVec; 4] {
+        [
+            &mut self.mask_token,
+            &mut self.pos,
+            &mut self.w,
+            &mut self.b,
+        ]
     }
 
     /// Whether every tensor has the length `dims` asks for.
     pub fn matches(&self, dims: &BlockDims) -> bool {
         let d = dims.width;
-        self.mask_token.len() == d && self.w.len() == d * d && self.b.len() == d
+        self.mask_token.len() == d
+            && self.pos.len() == dims.tokens.saturating_sub(1) * d
+            && self.w.len() == d * d
+            && self.b.len() == d
     }
 }
 
@@ -151,8 +185,10 @@ pub struct MaskedGradients {
     pub loss: f64,
     /// The block tensors' gradients.
     pub block: BlockParams,
-    /// The gradients of the mask token (the sum of the input-token gradients at the
-    /// masked positions), `W_r` and `b_r`.
+    /// The gradients of the mask token (the sum of the input-token gradients at every
+    /// masked position), the positional table (row `j−1`: the sum over the batch of the
+    /// input-token gradients at masked position `j`; zero for a position masked in no
+    /// image), `W_r` and `b_r`.
     pub head: MaskedHead,
 }
 
@@ -198,13 +234,19 @@ fn masked_forward(
         .flat_map(|(b, row)| row.iter().map(move |&t| b * n + t))
         .collect();
 
-    // The input with the mask token in place, and the normalised targets.
+    // The input with the mask token and its position's row in place, and the normalised
+    // targets.
     let mut input = gemm.zeros(tokens.len());
     input.copy_from_slice(tokens);
     let mut orig = gemm.zeros(rows.len() * d);
     for (&r, o) in rows.iter().zip(orig.chunks_exact_mut(d)) {
         o.copy_from_slice(&tokens[r * d..(r + 1) * d]);
-        input[r * d..(r + 1) * d].copy_from_slice(&head.mask_token);
+        let row = &head.pos[(r % n - 1) * d..(r % n) * d];
+        let masked = head.mask_token.iter().zip(row).map(|(&m, &q)| m + q);
+        input[r * d..(r + 1) * d]
+            .iter_mut()
+            .zip(masked)
+            .for_each(|(x, v)| *x = v);
     }
     let mut target = gemm.zeros(orig.len());
     let mut rstd = gemm.zeros(rows.len());
@@ -264,7 +306,7 @@ pub fn masked_gradients(
     batch: usize,
     positions: &[usize],
 ) -> MaskedGradients {
-    let d = dims.width;
+    let (n, d) = (dims.tokens, dims.width);
     let f = masked_forward(gemm, dims, p, head, tokens, batch, positions);
     let count = f.rows.len();
 
@@ -308,6 +350,8 @@ pub fn masked_gradients(
     for &r in &f.rows {
         let dt = &d_tokens[r * d..(r + 1) * d];
         g.mask_token.iter_mut().zip(dt).for_each(|(s, &x)| *s += x);
+        let row = &mut g.pos[(r % n - 1) * d..(r % n) * d];
+        row.iter_mut().zip(dt).for_each(|(s, &x)| *s += x);
     }
     MaskedGradients {
         loss: f.loss,

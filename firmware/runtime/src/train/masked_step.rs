@@ -1,5 +1,6 @@
 //! One training step of SPEC §8's `L_r` on the CPU: mask, dense forward and backward
-//! ([`masked_gradients`]), then AdamW of the block and of the mask token and head.
+//! ([`masked_gradients`]), then AdamW of the block and of the mask token, its positional
+//! table and the head.
 
 use anytime_linalg::Gemm;
 

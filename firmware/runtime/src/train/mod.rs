@@ -13,9 +13,9 @@
 //!
 //! [`masked`] is SPEC §8's masked-token loss `L_r` on the dense block (`gpu::GpuMasked`
 //! computes the same on wgpu); [`TrainBackend::masked_step`] trains on it (CPU only), with
-//! the mask token and the head in a [`MaskedState`] the caller owns. [`diet`] plans a time
-//! step's budget of steps (SPEC §8), [`s_star`] picks its threshold `S*` by
-//! cross-validation, and [`unlabelled`] holds a time step's unlabelled token sets.
+//! the mask token, its positional table and the head in a [`MaskedState`] the caller owns.
+//! [`diet`] plans a time step's budget of steps (SPEC §8), [`s_star`] picks its threshold
+//! `S*` by cross-validation, and [`unlabelled`] holds a time step's unlabelled token sets.
 //!
 //! Trait stability: this trait is implemented in two places. Changes are recorded here.
 //! - v1 (07:24 UTC): initial version.
@@ -285,7 +285,8 @@ pub trait TrainBackend {
     /// ([`mask_positions`] of its seed), the dense block's forward and backward, and
     /// AdamW (learning rate times `lr_scale`) of the block's tensors (counted as a step
     /// of the block's optimiser; `b`, without a gradient here, is left alone) and of the
-    /// mask token and head of `masked` (their own moments and step count).
+    /// mask token, positional table and head of `masked` (their own moments and step
+    /// count).
     fn masked_step(
         &mut self,
         batch: &MaskedBatch<'_>,
