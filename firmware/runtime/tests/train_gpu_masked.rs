@@ -1,10 +1,10 @@
 //! SPEC §8's masked-token loss `L_r` on the GPU ([`GpuMasked`]) against the CPU's
 //! `masked_gradients`: the loss, the twelve block tensors' gradients and those of the mask
-//! token, `W_r` and `b_r`, on small dims (batch sizes and positions changing on one plan
-//! cache) and a wider shape. Runs on whatever adapter exists (Mesa lavapipe in CI); without
-//! one every test logs a skip (`anytime_testkit::skip`) and passes, unless
-//! `ANYTIME_EDGE_REQUIRE_GPU` is set (`.ci/run` sets it), which makes a missing adapter a
-//! failure.
+//! token, its positional table `pos`, `W_r` and `b_r`, on small dims (batch sizes and
+//! positions changing on one plan cache) and a wider shape. Runs on whatever adapter exists
+//! (Mesa lavapipe in CI); without one every test logs a skip (`anytime_testkit::skip`) and
+//! passes, unless `ANYTIME_EDGE_REQUIRE_GPU` is set (`.ci/run` sets it), which makes a
+//! missing adapter a failure.
 //!
 //! Parity tolerance (f32 on both sides, different summation orders): the loss within
 //! `1e-5` relative; per tensor, `max |gpu − cpu| ≤ 1e-5 · max |cpu|`.
@@ -95,7 +95,7 @@ fn check_parity(g: &mut GpuMasked, dims: &BlockDims, batch: usize, seed: u64) {
             cpu.block.tensors()[i],
         ));
     }
-    let head_names = ["mask token", "W_r", "b_r"];
+    let head_names = ["mask token", "pos", "W_r", "b_r"];
     for (i, name) in head_names.iter().enumerate() {
         lines.push(compare(name, got.head.tensors()[i], cpu.head.tensors()[i]));
     }

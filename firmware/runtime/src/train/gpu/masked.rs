@@ -1,12 +1,18 @@
 //! SPEC §8's masked-token loss `L_r` on the GPU, as [`crate::train::masked_gradients`]
-//! computes it on the CPU: the mask token put in at the masked positions, the dense block,
-//! the linear head on the block's output there, the squared error against the per-token
-//! normalised original tokens, and every gradient (block tensors, mask token, `W_r`, `b_r`).
+//! computes it on the CPU: the mask token plus its position's row of the positional table
+//! (`mask_token + pos[j−1]` at patch position `j`) put in at the masked positions, the dense
+//! block, the linear head on the block's output there, the squared error against the
+//! per-token normalised original tokens, and every gradient (block tensors, mask token,
+//! `pos`, `W_r`, `b_r`).
 //!
-//! The mask token is a parameter (the head buffer holds mask token, `W_r`, `b_r`, in
-//! [`MaskedHead::tensors`] order), so the masked input is gathered on the GPU: the tokens
-//! sit in a buffer with the mask token as one extra row, and each input row is gathered
-//! from its token or from that row. The host only uploads the positions' row maps.
+//! The mask token and the table are parameters (the head buffer holds mask token, `pos`,
+//! `W_r`, `b_r`, in [`MaskedHead::tensors`] order), so the masked input is gathered on the
+//! GPU: the tokens sit in a buffer with the mask token as one extra row, each input row is
+//! gathered from its token or from that row, and the table's rows are then gathered and
+//! added at the masked rows (a row of zeros elsewhere). The table's gradient goes the other
+//! way: the input gradients at the masked rows are gathered into one `[N−1, D]` block per
+//! image (zero rows for the positions it does not mask), and the blocks are summed over the
+//! batch. The host only uploads the positions' row maps.
 
 use std::sync::Arc;
 
@@ -14,7 +20,9 @@ use anytime_shaders::kernels::{copy_rows::CopyArgs, gather_rows::NONE, mse_fwd_b
 use anytime_shaders::{wgpu, Dispatch, GpuContext, GpuError};
 
 use super::dense::{DensePlan, GpuDense};
-use super::layers::{dense, u32_of, ColSumSpec, Dest, LayerNorm, Linear, NormRows, Recorder};
+use super::layers::{
+    dense, strided, u32_of, ColSumSpec, Dest, LayerNorm, Linear, NormRows, Recorder,
+};
 use crate::block::{BlockDims, BlockParams};
 use crate::train::{MaskedGradients, MaskedHead, TrainError};
 
@@ -32,6 +40,12 @@ struct MaskedPlan {
     masked_rows: wgpu::Buffer,
     /// `[R]` u32: each output row's masked slot, or `NONE` (its gradient is zero).
     out_map: wgpu::Buffer,
+    /// `[R]` u32: each input row's row of `pos` (`t − 1` at a masked row `b·N + t`), or
+    /// `NONE` (nothing added).
+    pos_map: wgpu::Buffer,
+    /// `[B·(N−1)]` u32: at `b·(N−1) + t − 1`, the row `b·N + t` when image `b` masks
+    /// position `t`, else `NONE`.
+    pos_grad_map: wgpu::Buffer,
     /// `[B·K]` per-row squared errors.
     row_sq: wgpu::Buffer,
     scratch: HeadBuffers,
@@ -53,6 +67,9 @@ struct HeadBuffers {
     dpred: wgpu::Buffer,
     dy: wgpu::Buffer,
     d_masked: wgpu::Buffer,
+    /// `[B·(N−1), D]`: per image, the input gradient at each masked position's row of
+    /// `pos` (zero rows for the positions it does not mask).
+    d_pos_rows: wgpu::Buffer,
 }
 
 impl MaskedPlan {
@@ -61,6 +78,7 @@ impl MaskedPlan {
         let (ctx, width) = (&*g.ctx, g.dims.width);
         let rows = batch * g.dims.tokens;
         let count = batch * masked;
+        let patch_rows = batch * (g.dims.tokens - 1);
         let dense_plan = g.new_plan(batch)?;
         let zeroed = |label: &str, len: usize| ctx.storage_zeroed(label, len);
         let mut identity = vec![1.0f32; width];
@@ -75,6 +93,7 @@ impl MaskedPlan {
             dpred: zeroed("masked d pred", count * width),
             dy: zeroed("masked d outputs", count * width),
             d_masked: zeroed("masked d tokens", count * width),
+            d_pos_rows: zeroed("masked d pos per image", patch_rows * width),
         };
         let mut plan = MaskedPlan {
             batch,
@@ -83,6 +102,8 @@ impl MaskedPlan {
             input_map: zeroed("masked input map", rows),
             masked_rows: zeroed("masked rows", count),
             out_map: zeroed("masked output map", rows),
+            pos_map: zeroed("masked pos map", rows),
+            pos_grad_map: zeroed("masked pos gradient map", patch_rows),
             row_sq: zeroed("masked row errors", count),
             scratch,
             dispatches: Vec::new(),
@@ -97,6 +118,7 @@ impl MaskedPlan {
         let (width, s) = (g.dims.width, &self.scratch);
         let rows = self.batch * g.dims.tokens;
         let count = self.batch * self.masked;
+        let patches = g.dims.tokens - 1;
         let d = &self.dense.buffers;
         let mut rec = Recorder {
             ctx: &g.ctx,
@@ -107,7 +129,8 @@ impl MaskedPlan {
             rows: count,
             dispatches: Vec::new(),
         };
-        // The mask token into the row after the tokens; the block's input gathered.
+        // The mask token into the row after the tokens; the block's input gathered, then
+        // `pos`'s rows added at the masked rows.
         let mask_token = g.kernels.copy_rows.bind(
             &g.ctx,
             &CopyArgs {
@@ -124,8 +147,10 @@ impl MaskedPlan {
         )?;
         rec.record([mask_token]);
         let orig = dense(&self.orig, width);
-        let input = Dest::write(dense(&d.tokens, width));
-        rec.gather_rows(rows, orig, rows + 1, &self.input_map, input)?;
+        let input = dense(&d.tokens, width);
+        rec.gather_rows(rows, orig, rows + 1, &self.input_map, Dest::write(input))?;
+        let pos = strided(head.params, head.pos, width);
+        rec.gather_rows(rows, pos, patches, &self.pos_map, Dest::add(input))?;
         // Targets: the original masked tokens, normalised without affine.
         let raw = Dest::write(dense(&s.target_raw, width));
         rec.gather_rows(count, orig, rows, &self.masked_rows, raw)?;
@@ -184,6 +209,17 @@ impl MaskedPlan {
             src: &s.d_masked,
             grad_offset: 0,
         })?;
+        // `pos`'s gradient: per image, the input gradients at its masked positions' rows of
+        // `pos`; then those `[N−1, D]` blocks summed over the batch.
+        let d_pos_rows = Dest::write(dense(&s.d_pos_rows, width));
+        let patch_rows = self.batch * patches;
+        rec.gather_rows(patch_rows, d_tokens, rows, &self.pos_grad_map, d_pos_rows)?;
+        rec.colsum(ColSumSpec {
+            rows: self.batch,
+            cols: patches * width,
+            src: &s.d_pos_rows,
+            grad_offset: u32_of(head.pos),
+        })?;
         out.extend(rec.take());
         Ok(out)
     }
@@ -193,19 +229,26 @@ impl MaskedPlan {
         let rows = self.batch * tokens;
         let mut input_map: Vec<u32> = (0..u32_of(rows)).collect();
         let mut out_map = vec![NONE; rows];
+        let mut pos_map = vec![NONE; rows];
+        let mut pos_grad_map = vec![NONE; self.batch * (tokens - 1)];
         let masked_rows: Vec<u32> = positions
             .chunks_exact(self.masked)
             .enumerate()
             .flat_map(|(b, row)| row.iter().map(move |&t| u32_of(b * tokens + t)))
             .collect();
         for (slot, &r) in masked_rows.iter().enumerate() {
+            let (b, t) = (r as usize / tokens, r as usize % tokens);
             input_map[r as usize] = u32_of(rows);
             out_map[r as usize] = u32_of(slot);
+            pos_map[r as usize] = u32_of(t - 1);
+            pos_grad_map[b * (tokens - 1) + t - 1] = r;
         }
         for (buffer, data) in [
             (&self.input_map, &input_map),
             (&self.masked_rows, &masked_rows),
             (&self.out_map, &out_map),
+            (&self.pos_map, &pos_map),
+            (&self.pos_grad_map, &pos_grad_map),
         ] {
             ctx.queue
                 .write_buffer(buffer, 0, bytemuck::cast_slice(data));
@@ -213,12 +256,13 @@ impl MaskedPlan {
     }
 }
 
-/// The head's buffers and its linear layer (mask token at 0, `W_r` at `D`, `b_r` at
-/// `D + D²`).
+/// The head's buffers, the offset of `pos` and the linear layer (mask token at 0, `pos` at
+/// `D`, `W_r` at `N·D`, `b_r` at `N·D + D²`; the gradients at the same offsets).
 #[derive(Clone, Copy, Debug)]
 struct Head<'a> {
     params: &'a wgpu::Buffer,
     grads: &'a wgpu::Buffer,
+    pos: usize,
     linear: Linear,
 }
 
@@ -227,7 +271,7 @@ struct Head<'a> {
 #[derive(Debug)]
 pub struct GpuMasked {
     dense: GpuDense,
-    /// Mask token, `W_r`, `b_r`, flat.
+    /// Mask token, `pos`, `W_r`, `b_r`, flat.
     head: wgpu::Buffer,
     head_grads: wgpu::Buffer,
     plan: Option<MaskedPlan>,
@@ -259,7 +303,8 @@ impl GpuMasked {
 
     /// `L_r` of `batch` token sets (`[B, N, D]`) with the masked `positions` (`[B, K]`,
     /// each image's strictly increasing, in `1..N`) under the block `params` and `head`,
-    /// and its gradients by the block tensors, the mask token and the head.
+    /// and its gradients by the block tensors, the mask token, its positional table and the
+    /// head.
     pub fn gradients(
         &mut self,
         params: &BlockParams,
@@ -281,6 +326,7 @@ impl GpuMasked {
             let head_bufs = Head {
                 params: &self.head,
                 grads: &self.head_grads,
+                pos: dims.width,
                 linear: head_linear(&dims),
             };
             self.plan = Some(MaskedPlan::new(&self.dense, &head_bufs, batch, masked)?);
@@ -314,17 +360,19 @@ impl GpuMasked {
     }
 }
 
-/// Elements of the head buffer: mask token, `W_r`, `b_r`.
+/// Elements of the head buffer: mask token `[D]`, `pos` `[N−1, D]`, `W_r` `[D, D]`, `b_r`
+/// `[D]`.
 fn head_len(dims: &BlockDims) -> usize {
-    dims.width * (dims.width + 2)
+    dims.width * (dims.tokens + dims.width + 1)
 }
 
-/// `pred = y·W_rᵀ + b_r` at its offsets in the head buffer.
+/// `pred = y·W_rᵀ + b_r` at its offsets in the head buffer (after the mask token and
+/// `pos`).
 fn head_linear(dims: &BlockDims) -> Linear {
-    let d = dims.width;
+    let (n, d) = (dims.tokens, dims.width);
     Linear {
-        weight: u32_of(d),
-        bias: u32_of(d + d * d),
+        weight: u32_of(n * d),
+        bias: u32_of(n * d + d * d),
         inputs: d,
         outputs: d,
     }
