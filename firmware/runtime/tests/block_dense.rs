@@ -11,49 +11,10 @@ use anytime_linalg::Gemm;
 use anytime_runtime::block::{
     block_tensor_shapes, dense_backward, dense_forward, forward, BlockDims, BlockParams, FrozenHead,
 };
-use anytime_testkit::{assert_close, close, max_abs};
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use anytime_testkit::{assert_close, max_abs};
 
-const SMALL: BlockDims = BlockDims {
-    width: 8,
-    heads: 2,
-    mlp: 32,
-    tokens: 5,
-    embed: 4,
-};
-
-const WIDE: BlockDims = BlockDims {
-    width: 64,
-    heads: 4,
-    mlp: 256,
-    tokens: 17,
-    embed: 16,
-};
-
-fn random(len: usize, scale: f32, seed: u64) -> Vec<f32> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    (0..len)
-        .map(|_| scale * rng.gen_range(-1.0f32..1.0))
-        .collect()
-}
-
-fn layernorm(x: &[f64], w: &[f32], b: &[f32]) -> Vec<f64> {
-    let d = x.len() as f64;
-    let mean = x.iter().sum::<f64>() / d;
-    let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d;
-    x.iter()
-        .enumerate()
-        .map(|(i, v)| (v - mean) / (var + 1e-5).sqrt() * w[i] as f64 + b[i] as f64)
-        .collect()
-}
-
-/// `x Wᵀ + b` for one row, `W` `[out, in]`.
-fn linear(x: &[f64], w: &[f32], b: &[f32]) -> Vec<f64> {
-    let inp = x.len();
-    (0..b.len())
-        .map(|o| b[o] as f64 + (0..inp).map(|i| w[o * inp + i] as f64 * x[i]).sum::<f64>())
-        .collect()
-}
+mod dense_common;
+use dense_common::*;
 
 /// The whole block for one image in f64, plain loops: every output token, `[N, D]`.
 fn naive_block(d: &BlockDims, p: &BlockParams, x: &[f32]) -> Vec<f64> {
@@ -160,22 +121,6 @@ fn objective(gemm: &Gemm, dims: &BlockDims, p: &BlockParams, x: &[f32], r: &[f32
         .zip(r)
         .map(|(&o, &r)| o as f64 * r as f64)
         .sum()
-}
-
-const H: f32 = 1e-2;
-
-/// Central difference of `f` at `x` by the rounded step actually taken.
-fn central(x: f32, mut f: impl FnMut(f32) -> f64) -> f64 {
-    let h = H * x.abs().max(1.0);
-    let (xp, xm) = (x + h, x - h);
-    (f(xp) - f(xm)) / (xp as f64 - xm as f64)
-}
-
-/// Whether `g` is within the module's tolerance of `fd` (`scale`: the group's largest
-/// gradient); false when anything is not finite.
-fn agrees(fd: f64, g: f32, scale: f64) -> bool {
-    let tol = 1e-3 * fd.abs().max(g.abs() as f64) + 1e-3 * scale;
-    close(g, fd, tol, 0.0)
 }
 
 #[test]

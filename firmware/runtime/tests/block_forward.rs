@@ -5,6 +5,9 @@ use anytime_runtime::block::{BlockDims, BlockParams, FrozenHead, LastBlock};
 use anytime_testkit::close;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
+mod dense_common;
+use dense_common::*;
+
 const DIMS: BlockDims = BlockDims {
     width: 16,
     heads: 4,
@@ -12,24 +15,6 @@ const DIMS: BlockDims = BlockDims {
     tokens: 7,
     embed: 6,
 };
-
-fn layernorm(x: &[f64], w: &[f32], b: &[f32]) -> Vec<f64> {
-    let d = x.len() as f64;
-    let mean = x.iter().sum::<f64>() / d;
-    let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d;
-    x.iter()
-        .enumerate()
-        .map(|(i, v)| (v - mean) / (var + 1e-5).sqrt() * w[i] as f64 + b[i] as f64)
-        .collect()
-}
-
-/// `x Wᵀ + b` for one row, `W` `[out, in]`.
-fn linear(x: &[f64], w: &[f32], b: &[f32]) -> Vec<f64> {
-    let inp = x.len();
-    (0..b.len())
-        .map(|o| b[o] as f64 + (0..inp).map(|i| w[o * inp + i] as f64 * x[i]).sum::<f64>())
-        .collect()
-}
 
 /// The whole block for one image, every token, in f64: returns (unnormalised embedding,
 /// per-head CLS attention probabilities `[heads][N]`).

@@ -14,27 +14,10 @@ use anytime_linalg::Gemm;
 use anytime_runtime::block::{block_tensor_shapes, BlockDims, BlockParams};
 use anytime_runtime::train::gpu::GpuMasked;
 use anytime_runtime::train::{mask_positions, masked_gradients, MaskedHead, TrainError};
-use anytime_testkit::{close, max_abs, max_abs_diff};
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use anytime_testkit::close;
 
-/// Parity bound: relative for the loss, per tensor relative to its largest CPU value.
-const RTOL: f64 = 1e-5;
-
-const SMALL: BlockDims = BlockDims {
-    width: 8,
-    heads: 2,
-    mlp: 32,
-    tokens: 5,
-    embed: 4,
-};
-
-const WIDE: BlockDims = BlockDims {
-    width: 64,
-    heads: 4,
-    mlp: 256,
-    tokens: 17,
-    embed: 16,
-};
+mod dense_common;
+use dense_common::*;
 
 /// `L_r` on a new context, or `None` (skip logged; a failure under
 /// `ANYTIME_EDGE_REQUIRE_GPU`) when there is no adapter.
@@ -47,28 +30,6 @@ fn gpu(test: &str, dims: BlockDims) -> Option<GpuMasked> {
         }
         Err(e) => panic!("GPU masked-token loss: {e}"),
     }
-}
-
-fn random(len: usize, scale: f32, seed: u64) -> Vec<f32> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    (0..len)
-        .map(|_| scale * rng.gen_range(-1.0f32..1.0))
-        .collect()
-}
-
-/// A report line for `what` and whether its largest error is within [`RTOL`] of the
-/// tensor's largest CPU value (NaN or ±inf on either side panics).
-#[track_caller]
-fn compare(what: &str, gpu: &[f32], cpu: &[f32]) -> (String, bool) {
-    let (diff, scale) = (max_abs_diff(gpu, cpu), max_abs(cpu));
-    assert!(scale > 0.0, "{what}: the CPU values are all zero");
-    let ok = diff <= RTOL * scale;
-    let mark = if ok { "" } else { "  <- over the tolerance" };
-    let ratio = diff / scale;
-    (
-        format!("{what}: max diff {diff:e}, scale {scale:e}, ratio {ratio:e}{mark}"),
-        ok,
-    )
 }
 
 /// `L_r` and its gradients for `batch` random images on both paths; everything compared.

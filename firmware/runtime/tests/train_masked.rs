@@ -19,22 +19,10 @@ use anytime_runtime::train::{
     HEAD_TENSORS,
 };
 use anytime_testkit::{close, max_abs, max_abs_diff};
-use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
+use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 
-const SMALL: BlockDims = BlockDims {
-    width: 8,
-    heads: 2,
-    mlp: 32,
-    tokens: 5,
-    embed: 4,
-};
-
-fn random(len: usize, scale: f32, seed: u64) -> Vec<f32> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    (0..len)
-        .map(|_| scale * rng.gen_range(-1.0f32..1.0))
-        .collect()
-}
+mod dense_common;
+use dense_common::*;
 
 #[test]
 fn mask_positions_are_three_quarters_of_the_patches_never_cls_and_seeded() {
@@ -169,19 +157,6 @@ fn masked_tokens_reach_the_loss_only_through_their_normalised_target() {
         !close(other, base, 1e-4, 1e-4),
         "a visible patch changed nothing"
     );
-}
-
-const H: f32 = 1e-2;
-
-fn central(x: f32, mut f: impl FnMut(f32) -> f64) -> f64 {
-    let h = H * x.abs().max(1.0);
-    let (xp, xm) = (x + h, x - h);
-    (f(xp) - f(xm)) / (xp as f64 - xm as f64)
-}
-
-fn agrees(fd: f64, g: f32, scale: f64) -> bool {
-    let tol = 1e-3 * fd.abs().max(g.abs() as f64) + 1e-3 * scale;
-    close(g, fd, tol, 0.0)
 }
 
 #[test]
