@@ -371,7 +371,7 @@ pub(crate) fn cls_patch_weights(
 ) -> Vec<f32> {
     let (n, d, heads) = (dims.tokens, dims.width, dims.heads);
     let batch = xhat.len() / (n * d);
-    let mut out = gemm.zeros(batch * (n - 1));
+    let mut out = vec![0.0f32; batch * (n - 1)];
     out.par_chunks_mut(n - 1).enumerate().for_each(|(b, w)| {
         let mut s = gemm.zeros(heads * n);
         image_scores(
@@ -390,5 +390,5 @@ pub(crate) fn cls_patch_weights(
             }
         }
     });
-    out.to_vec()
+    out
 }

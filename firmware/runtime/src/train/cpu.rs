@@ -152,8 +152,9 @@ impl CpuBackend {
         self.options
     }
 
-    /// Runs later steps with `options` (same-run comparisons); huge pages are asked for
-    /// only when a state is given.
+    /// Runs later steps with `options` (same-run comparisons). Huge pages and the
+    /// placement of the state already held change only for buffers made later (a new
+    /// state, the step's temporaries): compare those with a second backend.
     pub fn set_options(&mut self, options: CpuOptions) {
         if options.gemm != self.options.gemm {
             self.gemm = Gemm::new(options.gemm);
