@@ -221,6 +221,7 @@ impl SharedLearner {
             },
             // a simulation's learners are rebuilt from scratch on every run
             durable: false,
+            diet: None,
         };
         let mut learner = Learner::with_predictor(predictor, assets, dir, cfg)
             .with_context(|| format!("creating the learner in {}", dir.display()))?;

@@ -131,9 +131,17 @@ pub(super) fn check_meta(
 /// Writes `learner.json` atomically (temporary file, fsync, rename).
 pub(super) fn write_meta(path: &Path, meta: &Meta) -> Result<(), LearnError> {
     let text = serde_json::to_vec_pretty(meta).expect("plain struct");
-    let tmp = path.with_extension("json.tmp");
+    write_atomic(path, &text)
+}
+
+/// Replaces `path` with `bytes` atomically (`<path>.tmp`, fsync, rename, fsync of the
+/// folder): a reader or a crash sees the old file or the new one, whole.
+pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LearnError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let written = fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(&text).and_then(|()| f.sync_all()))
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
         .and_then(|()| fs::rename(&tmp, path));
     if let Err(source) = written {
         let _ = fs::remove_file(&tmp);

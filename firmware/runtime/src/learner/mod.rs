@@ -50,9 +50,13 @@ use crate::train::{
     TrainConfig, TrainError, Training, TunedState,
 };
 
+mod diet;
 mod folder;
 mod predict;
 mod state;
+
+use diet::DietRun;
+pub use diet::{DietConfig, DietRecord, DietStatus, TimeStepReport, TimeWindow, UnlabelledReport};
 
 use folder::{
     check_capacity, check_meta, format_id, io_err, parse_id, read_tuned, sync_dir, sync_file,
@@ -174,6 +178,9 @@ pub struct LearnerConfig {
     /// Sync the store to disk before each `learn` returns (see [`Store::set_durable`]);
     /// `false` only where nothing must survive a crash (simulations).
     pub durable: bool,
+    /// SPEC §8's budget per time step instead of one step per labelled sample
+    /// ([`diet`](self::diet) module); `None`: the anytime learner of SPEC §4.
+    pub diet: Option<DietConfig>,
 }
 
 impl Default for LearnerConfig {
@@ -187,6 +194,7 @@ impl Default for LearnerConfig {
             seed: 0,
             backend: BackendChoice::Auto,
             durable: true,
+            diet: None,
         }
     }
 }
@@ -211,6 +219,8 @@ pub struct LearnReport {
     pub record_bytes: usize,
     /// Samples learned so far (this one included).
     pub learned: u64,
+    /// The time step this call ended, for a diet learner (which trains only then).
+    pub time_step: Option<TimeStepReport>,
 }
 
 /// The anytime learner: a frozen encoder and original block, a tuned block that trains
@@ -228,6 +238,8 @@ pub struct Learner {
     /// The tuned block for inference, refreshed lazily after training.
     tuned: Option<(LastBlock, f32)>,
     since_checkpoint: u32,
+    /// The diet's time step in progress (diet learners only).
+    diet: Option<DietRun>,
 }
 
 impl std::fmt::Debug for Learner {
@@ -367,7 +379,12 @@ impl Learner {
                 state.checkpoint_step
             );
         }
+        let diet = match cfg.diet {
+            Some(d) => Some(DietRun::open(d, dir, &dims, cfg.seed)?),
+            None => None,
+        };
         Ok(Self {
+            diet,
             predictor,
             trainer: Trainer::Pending {
                 state: Box::new(tuned),
@@ -392,6 +409,22 @@ impl Learner {
     /// Whether this learner may learn and save (else it was opened read-only).
     pub fn is_writer(&self) -> bool {
         self.store.is_writer()
+    }
+
+    /// Refuses tokens that are not one finite `[N, D]` set.
+    fn check_tokens(&self, tokens: &[f32]) -> Result<(), LearnError> {
+        if tokens.len() != self.dims.tokens_len() {
+            return Err(PredictError::Tokens {
+                found: tokens.len(),
+                tokens: self.dims.tokens,
+                width: self.dims.width,
+            }
+            .into());
+        }
+        if let Some(index) = tokens.iter().position(|v| !v.is_finite()) {
+            return Err(LearnError::NonFinite { index });
+        }
+        Ok(())
     }
 
     fn writer(&self) -> Result<(), LearnError> {
@@ -507,18 +540,7 @@ impl Learner {
         label: &str,
         context: &[S],
     ) -> Result<LearnReport, LearnError> {
-        let per = self.dims.tokens_len();
-        if tokens.len() != per {
-            return Err(PredictError::Tokens {
-                found: tokens.len(),
-                tokens: self.dims.tokens,
-                width: self.dims.width,
-            }
-            .into());
-        }
-        if let Some(index) = tokens.iter().position(|v| !v.is_finite()) {
-            return Err(LearnError::NonFinite { index });
-        }
+        self.check_tokens(tokens)?;
         self.writer()?;
         let label = check_label(0, label)?.to_string();
         for (i, c) in context.iter().enumerate() {
@@ -540,6 +562,8 @@ impl Learner {
         };
         // The backend first: when it cannot be built, the store is left untouched.
         self.backend()?;
+        // A diet time step whose wall-clock window ran out ends before this sample.
+        let mut ended = self.before_arrival()?;
 
         // The training label set: labels in storage, this one, then the context. The text
         // embeddings and the probe below pass before a new label is stored, so a refused
@@ -610,18 +634,24 @@ impl Learner {
         })?;
         let seq = self.store.append(y_id, &record)?;
 
-        // One step on the new sample and class-balanced stored ones.
-        let seed = self.cfg.seed ^ self.state.learned.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let (stats, batch) = self
-            .replay_step(
+        let (stats, batch) = if self.diet.is_some() {
+            // A diet learner trains when the time step ends.
+            self.hold_labelled(tokens, y_id);
+            (probe_stats, 0)
+        } else {
+            // One step on the new sample and class-balanced stored ones.
+            let seed = self.cfg.seed ^ self.state.learned.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            self.replay_step(
                 Some((tokens, y as u32)),
                 self.cfg.replay,
                 seed,
                 Some(seq),
                 &ids,
                 &text,
+                1.0,
             )?
-            .expect("the batch holds the new sample");
+            .expect("the batch holds the new sample")
+        };
         self.state.learned += 1;
         self.since_checkpoint += 1;
         const KEPT: &str = " (the sample is kept in the store and counted)";
@@ -648,6 +678,9 @@ impl Learner {
         } else {
             self.save_state()?;
         }
+        if let Some(r) = self.after_arrival()? {
+            ended = Some(r);
+        }
         Ok(LearnReport {
             label,
             label_id: y_id,
@@ -659,6 +692,7 @@ impl Learner {
             labels: names.len(),
             record_bytes: record.len(),
             learned: self.state.learned,
+            time_step: ended,
         })
     }
 
@@ -685,7 +719,7 @@ impl Learner {
                 ^ self.state.learned.wrapping_mul(0x9E37_79B9_7F4A_7C15)
                 ^ (u64::from(step) + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
             let Some((stats, _)) =
-                self.replay_step(None, self.cfg.replay + 1, seed, None, &ids, &text)?
+                self.replay_step(None, self.cfg.replay + 1, seed, None, &ids, &text, 1.0)?
             else {
                 return Ok(None);
             };
@@ -740,8 +774,10 @@ impl Learner {
 
     /// One training step on `first` (a sample's tokens and label index), if any, and up to
     /// `count` class-balanced stored samples (not `exclude`) whose labels are among `ids`,
-    /// over the label embeddings `text`. Returns the step's statistics and batch size, or
-    /// `None` when the batch is empty; the loss may be non-finite (the caller rolls back).
+    /// over the label embeddings `text`, at `lr_scale` times the learning rate. Returns the
+    /// step's statistics and batch size, or `None` when the batch is empty; the loss may be
+    /// non-finite (the caller rolls back).
+    #[allow(clippy::too_many_arguments)]
     fn replay_step(
         &mut self,
         first: Option<(&[f32], u32)>,
@@ -750,6 +786,7 @@ impl Learner {
         exclude: Option<u32>,
         ids: &[u16],
         text: &[f32],
+        lr_scale: f32,
     ) -> Result<Option<(StepStats, usize)>, LearnError> {
         let replay = self.store.sample_balanced(count, seed, exclude)?;
         let per = self.dims.tokens_len();
@@ -779,12 +816,15 @@ impl Learner {
             return Ok(None);
         }
         let n_labels = text.len() / self.dims.embed;
-        let stats = self.backend()?.step(&Batch {
-            tokens: &tokens,
-            labels: &labels,
-            text,
-            n_labels,
-        })?;
+        let stats = self.backend()?.step_scaled(
+            &Batch {
+                tokens: &tokens,
+                labels: &labels,
+                text,
+                n_labels,
+            },
+            lr_scale,
+        )?;
         self.tuned = None;
         Ok(Some((stats, labels.len())))
     }
