@@ -174,3 +174,41 @@ fn inspect_store_reports_a_lost_segment_header_and_repairs_it() {
         "the damaged file is kept"
     );
 }
+
+#[test]
+fn inspect_store_shows_a_diet_learners_settings_and_last_time_step() {
+    use anytime_runtime::learner::{DietConfig, Learner, LearnerConfig, TimeWindow};
+    use anytime_runtime::predict::Predictor;
+    use anytime_runtime::train::BackendChoice;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LearnerConfig {
+        store_capacity: 1 << 20,
+        backend: BackendChoice::Cpu,
+        diet: Some(DietConfig::new(6, 4, TimeWindow::Samples(40))),
+        ..LearnerConfig::default()
+    };
+    let mut l = Learner::open("tiny-clip", dir.path(), cfg).unwrap();
+    let p = Predictor::load("tiny-clip").unwrap();
+    let img = anytime_runtime::encoder::load_image(
+        &anytime_runtime::assets::bundled_models_dir().join("tiny-clip/images/red_square.png"),
+    )
+    .unwrap();
+    let tokens = p.encoder.encode_images(&[img]).unwrap();
+    l.learn_tokens(&tokens, "red").unwrap();
+    l.observe_unlabelled(&tokens).unwrap();
+    l.end_time_step().unwrap();
+    drop(l);
+    let out = inspect(&dir.path().join("tokens.store"));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(
+        stdout.contains(
+            "S = 6 steps (batch 32) a time step, S* = 4; a time step: 40 arriving samples"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("1 ended; the last: 6 of 6 steps used (L_m 2, L_r 1, L_b 3; 2 at 0.1x lr), 1 labelled, 1 unlabelled"),
+        "{stdout}"
+    );
+}

@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use anytime_core::mem_flash::MemFlash;
 use anytime_core::ring::layout::{STORE_HEADER_LEN, STORE_MAGIC};
 use anytime_core::ring::{LabelRef, RecordRef, Ring, MAX_LABEL_NAME};
+use anytime_runtime::learner::DietRecord;
 use anytime_runtime::store::{read_locked, Store};
 
 #[derive(clap::Args, Debug)]
@@ -121,6 +122,7 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
     }
+    print_diet(&args.path)?;
     let bad = ring.verify().context("verifying CRCs")?;
     println!();
     println!(
@@ -173,6 +175,39 @@ pub fn run(args: Args) -> Result<()> {
             findings.join("; "),
             args.path.display()
         );
+    }
+    Ok(())
+}
+
+/// The diet settings and the last time step's budget use (SPEC §8) of the learner folder
+/// holding the store `path`, if it learns on a diet.
+fn print_diet(path: &std::path::Path) -> Result<()> {
+    let Some(dir) = path.parent() else {
+        return Ok(());
+    };
+    let Some(r) = DietRecord::read(dir)? else {
+        return Ok(());
+    };
+    let c = &r.config;
+    println!();
+    println!(
+        "diet           S = {} steps (batch {}) a time step, S* = {}; a time step: {}",
+        c.budget, c.batch, c.s_star, c.window
+    );
+    println!(
+        "               holds up to {} unlabelled and {} labelled samples in memory, never on flash",
+        c.unlabelled_capacity, c.labelled_capacity
+    );
+    match &r.last {
+        Some(t) => {
+            let b = &t.budget;
+            println!(
+                "time steps     {} ended; the last: {} of {} steps used (L_m {}, L_r {}, L_b {}; {} at 0.1x lr), {} labelled, {} unlabelled, {} dropped",
+                r.time_steps, b.used, b.total, b.current, b.masked, b.balanced, b.reduced_lr,
+                t.labelled, t.unlabelled, t.dropped
+            );
+        }
+        None => println!("time steps     {} ended", r.time_steps),
     }
     Ok(())
 }

@@ -211,6 +211,10 @@ pub fn run(a: Args) -> Result<()> {
         cpu: a.cpu,
         gpu: a.gpu,
         lr: None,
+        budget: None,
+        s_star: None,
+        time_step_samples: None,
+        time_step_seconds: None,
     };
     let (mut learner, training) = args.open_to_train()?;
     let t = Instant::now();

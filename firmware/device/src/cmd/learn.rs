@@ -1,5 +1,6 @@
 //! `anytime-edge learn`: one update per labelled image, from arguments or a folder of
-//! `label/image` files.
+//! `label/image` files; on a diet (`--budget`), images without `--label` are unlabelled
+//! samples, and training happens when a time step ends.
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,14 +9,15 @@ use anyhow::{bail, Context, Result};
 use anytime_runtime::encoder::load_image;
 use serde_json::json;
 
-use super::LearnerArgs;
+use super::{time_step_json, time_step_line, LearnerArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     learner: LearnerArgs,
-    /// Label of the images given as arguments.
-    #[arg(long, required_unless_present = "folder")]
+    /// Label of the images given as arguments; without it (and without --folder) they
+    /// are unlabelled samples of a diet learner (--budget).
+    #[arg(long)]
     label: Option<String>,
     /// A folder of `label/image` files (every image learned under its folder's name).
     #[arg(long, conflicts_with = "label")]
@@ -33,18 +35,19 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let samples: Vec<(PathBuf, String)> = match (&a.folder, &a.label) {
-        (Some(root), _) => folder_samples(root)?,
-        (None, Some(label)) => {
-            if a.images.is_empty() {
-                bail!("no images given to learn");
-            }
-            a.images
-                .iter()
-                .map(|p| (p.clone(), label.clone()))
-                .collect()
-        }
-        (None, None) => bail!("give --label with images, or --folder"),
+    if a.folder.is_none() && a.images.is_empty() {
+        bail!("no images given to learn");
+    }
+    let samples: Vec<(PathBuf, Option<String>)> = match (&a.folder, &a.label) {
+        (Some(root), _) => folder_samples(root)?
+            .into_iter()
+            .map(|(p, l)| (p, Some(l)))
+            .collect(),
+        (None, label) => a
+            .images
+            .iter()
+            .map(|p| (p.clone(), label.clone()))
+            .collect(),
     };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -58,6 +61,9 @@ pub fn run(a: Args) -> Result<()> {
         .filter(|l| !l.is_empty())
         .collect();
     let (mut learner, training) = a.learner.open_to_train()?;
+    if a.label.is_none() && a.folder.is_none() && learner.diet_status().is_none() {
+        bail!("images without --label are unlabelled samples, which only a diet learner takes (give --budget S); to learn them, give --label");
+    }
     eprintln!("{training}");
     let mut failed = 0usize;
     let mut not_reached = 0usize;
@@ -69,18 +75,61 @@ pub fn run(a: Args) -> Result<()> {
         }
         let shown = path.to_string_lossy();
         // An image's error names it; learning's is given its name here.
+        let Some(label) = label else {
+            let result = match load_image(path) {
+                Ok(img) => learner
+                    .observe_unlabelled_image(&img)
+                    .with_context(|| shown.to_string()),
+                Err(e) => Err(e.into()),
+            };
+            match result {
+                Ok(r) => {
+                    if a.json {
+                        println!(
+                            "{}",
+                            json!({"image": shown, "unlabelled": true, "held": r.held,
+                                   "dropped": r.dropped,
+                                   "time_step": r.time_step.as_ref().map(time_step_json)})
+                        );
+                    } else {
+                        println!(
+                            "{shown}: kept unlabelled for this time step ({} held)",
+                            r.held
+                        );
+                        if let Some(t) = &r.time_step {
+                            println!("{}", time_step_line(t));
+                        }
+                    }
+                }
+                Err(e) => {
+                    failed += 1;
+                    if a.json {
+                        println!("{}", json!({"image": shown, "error": format!("{e:#}")}));
+                    } else {
+                        eprintln!("error: {e:#}");
+                    }
+                }
+            }
+            continue;
+        };
         let result = match load_image(path) {
             Ok(img) => learner
                 .learn_image_in(&img, label, &among)
                 .with_context(|| shown.to_string()),
             Err(e) => Err(e.into()),
         };
+        if let Ok(Some(t)) = result.as_ref().map(|r| r.time_step.as_ref()) {
+            if !a.json {
+                println!("{}", time_step_line(t));
+            }
+        }
         match (result, a.json) {
             (Ok(r), true) => println!(
                 "{}",
                 json!({"image": shown, "label": r.label, "learned": r.learned, "loss": r.loss,
                        "batch": r.batch, "labels": r.labels, "tuned_correct": r.tuned_correct,
-                       "original_correct": r.original_correct, "record_bytes": r.record_bytes})
+                       "original_correct": r.original_correct, "record_bytes": r.record_bytes,
+                       "time_step": r.time_step.as_ref().map(time_step_json)})
             ),
             (Ok(r), false) => println!(
                 "{shown}: learned `{}` (sample {}, batch {}, loss {:.4})",
@@ -94,6 +143,21 @@ pub fn run(a: Args) -> Result<()> {
                 failed += 1;
                 eprintln!("error: {e:#}");
             }
+        }
+    }
+    // Unlabelled samples live only in this process: a diet time step holding samples
+    // ends here, or they would be lost unused.
+    let held = learner
+        .diet_status()
+        .is_some_and(|s| s.labelled + s.unlabelled > 0);
+    if held && !stop.load(Ordering::Relaxed) {
+        let t = learner
+            .end_time_step()
+            .context("ending the time step (its samples live only in this process)")?;
+        if a.json {
+            println!("{}", json!({"time_step": time_step_json(&t)}));
+        } else {
+            println!("{} (at exit)", time_step_line(&t));
         }
     }
     learner.checkpoint().context("saving the tuned weights")?;

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use anytime_runtime::assets::ModelAssets;
-use anytime_runtime::learner::{Learner, LearnerConfig, Mixing};
+use anytime_runtime::learner::{
+    DietConfig, DietRecord, Learner, LearnerConfig, Mixing, TimeStepReport, TimeWindow,
+};
 use anytime_runtime::train::{BackendChoice, BackendReason, Training};
 
 /// Sets the training backend (`cpu`, `gpu` or `auto`) when neither `--cpu` nor `--gpu` does.
@@ -44,7 +46,29 @@ pub struct LearnerArgs {
     /// ViT-B/32); a finite number in (0, 1].
     #[arg(long, value_parser = parse_lr)]
     pub lr: Option<f32>,
+    /// Learn on a diet (SPEC §8): `S` training steps (batch 32) per time step, spent when
+    /// it ends, instead of one per labelled sample; images without a label then feed the
+    /// masked-token loss. Recorded in the learner folder: later runs without it keep the
+    /// recorded settings.
+    #[arg(long, value_name = "S")]
+    pub budget: Option<u32>,
+    /// `S*`: steps of a time step beyond it are stored-sample replay alone at 0.1× the
+    /// learning rate (default: the recorded one, else `S`, an even split of every step;
+    /// `simulate --protocol diet` cross-validates it on a stream like yours).
+    #[arg(long, value_name = "S*")]
+    pub s_star: Option<u32>,
+    /// A diet time step ends with its N-th arriving image, labelled or not (default: the
+    /// recorded window, else 100 images).
+    #[arg(long, value_name = "N", conflicts_with = "time_step_seconds")]
+    pub time_step_samples: Option<u32>,
+    /// A diet time step ends at the first arrival this many seconds after its first one
+    /// (`serve` also checks every second).
+    #[arg(long, value_name = "SECONDS")]
+    pub time_step_seconds: Option<f64>,
 }
+
+/// Samples of a diet time step when neither the flags nor the folder say.
+pub const DEFAULT_TIME_STEP_SAMPLES: u32 = 100;
 
 impl LearnerArgs {
     /// Opens the learner to predict with: a read-only copy beside any writer; no training
@@ -88,7 +112,36 @@ impl LearnerArgs {
         if let Some(lr) = self.lr.map_or_else(model_lr, |lr| Ok(Some(lr)))? {
             cfg.train.lr = lr;
         }
+        cfg.diet = self.diet()?;
         Ok(cfg)
+    }
+
+    /// The diet settings: the flags over the folder's recorded ones; `None` when neither
+    /// asks for a diet.
+    fn diet(&self) -> Result<Option<DietConfig>> {
+        let recorded = DietRecord::read(&self.state)?.map(|r| r.config);
+        let flags = self.s_star.is_some()
+            || self.time_step_samples.is_some()
+            || self.time_step_seconds.is_some();
+        let budget = match (self.budget, recorded) {
+            (Some(b), _) => b,
+            (None, Some(r)) => r.budget,
+            (None, None) if flags => {
+                bail!("--s-star and --time-step-* set a diet: give its --budget too")
+            }
+            (None, None) => return Ok(None),
+        };
+        let window = match (self.time_step_samples, self.time_step_seconds, recorded) {
+            (Some(n), _, _) => TimeWindow::Samples(n),
+            (_, Some(s), _) => TimeWindow::Seconds(s),
+            (None, None, Some(r)) => r.window,
+            (None, None, None) => TimeWindow::Samples(DEFAULT_TIME_STEP_SAMPLES),
+        };
+        let s_star = self.s_star.or(recorded.map(|r| r.s_star)).unwrap_or(budget);
+        let mut cfg = recorded.unwrap_or(DietConfig::new(budget, s_star, window));
+        (cfg.budget, cfg.s_star, cfg.window) = (budget, s_star, window);
+        cfg.check()?;
+        Ok(Some(cfg))
     }
 
     /// The backend asked for and by what (`--cpu`, `ANYTIME_EDGE_TRAIN=gpu`; `None`: the
@@ -161,4 +214,27 @@ pub fn parse_mixing(s: &str) -> Result<Mixing, String> {
                 )
             }),
     }
+}
+
+/// One line on a diet time step that ended.
+pub fn time_step_line(r: &TimeStepReport) -> String {
+    let b = &r.budget;
+    format!(
+        "time step {} ended: {} of {} steps (L_m {}, L_r {}, L_b {}; {} at 0.1x lr), {} labelled and {} unlabelled images, {:.2} s",
+        r.index,
+        b.used,
+        b.total,
+        b.current,
+        b.masked,
+        b.balanced,
+        b.reduced_lr,
+        r.labelled,
+        r.unlabelled,
+        r.seconds
+    )
+}
+
+/// A diet time step that ended, as JSON.
+pub fn time_step_json(r: &TimeStepReport) -> serde_json::Value {
+    serde_json::to_value(r).expect("plain struct")
 }

@@ -86,6 +86,10 @@ pub fn run(a: Args) -> Result<()> {
                 cpu: a.cpu,
                 gpu: false,
                 lr: None,
+                budget: None,
+                s_star: None,
+                time_step_samples: None,
+                time_step_seconds: None,
             };
             if !state.join("learner.json").is_file() {
                 bail!(

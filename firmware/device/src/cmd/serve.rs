@@ -5,8 +5,19 @@
 //! - `{"learn": "img.png", "label": "cat", "among": ["dog", "ship"]}` (`among`, optional: the
 //!   task's other labels, as `learn --among`)
 //! - `{"predict": "img.png", "labels": ["cat", "dog"], "mixing": "ocw", "none_threshold": 0.5, "none_rate": 0.05, "top": 5}`
+//! - `{"learn": "img.png"}` without a label, on a diet learner (`--budget`): an unlabelled
+//!   sample, kept in memory for its time step
+//! - `{"end_time_step": true}` — on a diet learner: end the time step now, spend its budget
 //! - `{"checkpoint": true}` — save the tuned weights now
-//! - `{"stats": true}` — samples learned, labels and their stored counts, training backend
+//! - `{"stats": true}` — samples learned, labels and their stored counts, training backend,
+//!   and on a diet learner its settings, the time step in progress and the last one's
+//!   budget use
+//!
+//! A diet learner's answers to `learn` carry `"time_step"` when the request ended one (its
+//! budget: steps used of `S`, by loss). A wall-clock time step (`--time-step-seconds`) also
+//! ends on a once-a-second check while no request comes; at the end of the input the time
+//! step in progress ends before the final checkpoint. A stop signal does not wait for a
+//! time step's training: its samples are dropped (the labelled ones stay in the store).
 //!
 //! A request line is at most [`MAX_REQUEST`] bytes of UTF-8; a longer or invalid one gets an
 //! error line and the loop goes on. On a socket every client has its own thread (at most
@@ -26,14 +37,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use anytime_runtime::encoder::{load_image, DynamicImage};
-use anytime_runtime::learner::{Learner, Mixing};
+use anytime_runtime::learner::{Learner, Mixing, TimeWindow};
 use anytime_runtime::predict::LabelSet;
 use serde_json::{json, Value};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use super::predict::{prediction_json, NoneRule};
-use super::{parse_mixing, LearnerArgs};
+use super::{parse_mixing, time_step_json, time_step_line, LearnerArgs};
 
 /// Longest request line, in bytes.
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -102,6 +113,23 @@ pub fn run(a: Args) -> Result<()> {
             }
         });
     }
+    if learner
+        .lock()
+        .ok()
+        .and_then(|l| l.diet_status())
+        .is_some_and(|d| matches!(d.config.window, TimeWindow::Seconds(_)))
+    {
+        let learner = Arc::clone(&learner);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let Ok(mut l) = learner.lock() else { return };
+            match l.poll_time_step() {
+                Ok(Some(t)) => eprintln!("{}", time_step_line(&t)),
+                Ok(None) => {}
+                Err(e) => eprintln!("error: ending a time step: {e}"),
+            }
+        });
+    }
     #[cfg(unix)]
     let served = match listener {
         Some((l, _)) => socket::serve(&learner, l),
@@ -110,11 +138,19 @@ pub fn run(a: Args) -> Result<()> {
     #[cfg(not(unix))]
     let served = serve_stdio(&learner);
     // Saved even when the input failed: what was learned is not thrown away.
-    let saved = learner
+    let mut l = learner
         .lock()
-        .map_err(|_| anyhow::anyhow!("a request panicked; the tuned weights are not saved"))?
-        .checkpoint()
-        .context("saving the tuned weights");
+        .map_err(|_| anyhow::anyhow!("a request panicked; the tuned weights are not saved"))?;
+    // The time step's samples live only in this process: spent before it ends.
+    if l.diet_status()
+        .is_some_and(|s| s.labelled + s.unlabelled > 0)
+    {
+        match l.end_time_step() {
+            Ok(t) => eprintln!("{} (at the end of the input)", time_step_line(&t)),
+            Err(e) => eprintln!("error: ending the time step: {e}"),
+        }
+    }
+    let saved = l.checkpoint().context("saving the tuned weights");
     served.and(saved)
 }
 
@@ -269,10 +305,23 @@ fn image(path: &str) -> Result<DynamicImage> {
 fn answer(learner: &Mutex<Learner>, req: &Value) -> Result<Value> {
     if let Some(path) = req.get("learn") {
         let path = path.as_str().context("\"learn\" must be an image path")?;
-        let label = req
-            .get("label")
-            .and_then(Value::as_str)
-            .context("\"learn\" needs a string \"label\"")?;
+        let label = match req.get("label") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_str().context("\"label\" must be a string")?),
+        };
+        let Some(label) = label else {
+            if lock(learner)?.diet_status().is_none() {
+                anyhow::bail!("\"learn\" without a \"label\" is an unlabelled sample, which only a diet learner (--budget) takes");
+            }
+            let img = image(path)?;
+            let encoder = lock(learner)?.encoder();
+            let tokens = encoder.encode_images(&[img])?;
+            let r = lock(learner)?.observe_unlabelled(&tokens)?;
+            return Ok(
+                json!({"ok": true, "unlabelled": true, "held": r.held, "dropped": r.dropped,
+                             "time_step": r.time_step.as_ref().map(time_step_json)}),
+            );
+        };
         let among: Vec<String> = match req.get("among") {
             None | Some(Value::Null) => Vec::new(),
             Some(v) => v
@@ -290,8 +339,14 @@ fn answer(learner: &Mutex<Learner>, req: &Value) -> Result<Value> {
         return Ok(
             json!({"ok": true, "learned": r.learned, "label": r.label, "loss": r.loss,
                          "batch": r.batch, "labels": r.labels, "tuned_correct": r.tuned_correct,
-                         "original_correct": r.original_correct}),
+                         "original_correct": r.original_correct,
+                         "time_step": r.time_step.as_ref().map(time_step_json)}),
         );
+    }
+    if req.get("end_time_step").is_some() {
+        let mut l = lock(learner)?;
+        let t = l.end_time_step()?;
+        return Ok(json!({"ok": true, "time_step": time_step_json(&t)}));
     }
     if let Some(path) = req.get("predict") {
         let path = path.as_str().context("\"predict\" must be an image path")?;
@@ -352,12 +407,19 @@ fn answer(learner: &Mutex<Learner>, req: &Value) -> Result<Value> {
             .into_iter()
             .map(|l| json!({"label": l.name, "stored": l.count}))
             .collect();
+        let diet = l.diet_status().map(|d| {
+            json!({"budget": d.config.budget, "s_star": d.config.s_star,
+                   "window": d.config.window, "time_steps": d.time_steps,
+                   "arrivals": d.arrivals, "labelled": d.labelled, "unlabelled": d.unlabelled,
+                   "elapsed_s": d.elapsed,
+                   "last": d.last.as_ref().map(time_step_json)})
+        });
         return Ok(
             json!({"learned": learned, "training": backend, "labels": labels,
-                         "damaged_records_met": bad_reads}),
+                         "damaged_records_met": bad_reads, "diet": diet}),
         );
     }
-    anyhow::bail!("unknown request: expected \"learn\", \"predict\", \"checkpoint\" or \"stats\"")
+    anyhow::bail!("unknown request: expected \"learn\", \"predict\", \"end_time_step\", \"checkpoint\" or \"stats\"")
 }
 
 #[cfg(unix)]
