@@ -21,7 +21,8 @@ use anytime_runtime::block::{memory_report, step_flops, BlockDims, BlockParams, 
 use anytime_runtime::train::adamw::adamw_update;
 use anytime_runtime::train::gpu::GpuBackend;
 use anytime_runtime::train::{
-    Batch, CpuBackend, CpuOptions, TrainBackend, TrainConfig, TrainError, TunedState,
+    Batch, CpuBackend, CpuOptions, MaskedBatch, MaskedState, TrainBackend, TrainConfig,
+    TrainError, TunedState,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::json;
@@ -221,6 +222,32 @@ fn time_backend(
         step.push(t.elapsed().as_secs_f64());
     }
     Ok((median(fwd), median(step)))
+}
+
+/// Median time (s) of the dense `L_r` step (SPEC §8: mask, every token through the block
+/// forward and backward, AdamW of the block and the mask head) on `tokens`, after a warm-up.
+fn time_masked(
+    be: &mut dyn TrainBackend,
+    dims: &BlockDims,
+    tokens: &[f32],
+    steps: usize,
+) -> Result<f64, TrainError> {
+    let mut masked = MaskedState::init(dims, 3);
+    be.masked_step(&MaskedBatch { tokens, seed: 0 }, &mut masked, 1.0)?;
+    let mut times = Vec::new();
+    for i in 0..steps.max(1) {
+        let t = Instant::now();
+        std::hint::black_box(be.masked_step(
+            &MaskedBatch {
+                tokens,
+                seed: i as u64 + 1,
+            },
+            &mut masked,
+            1.0,
+        )?);
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok(median(times))
 }
 
 /// Step times (s) with one switch of the CPU path on and off, interleaved in one run.
@@ -425,6 +452,7 @@ pub fn run(a: Args) -> Result<()> {
     let flops = step_flops(&dims, a.batch, a.labels);
     let inter = interleaved_roofline(&mut cpu, &batch, flops.executed as f64)?;
     let adamw_s = time_adamw(&dims, &cfg, cpu.state_ref(), a.steps);
+    let masked_s = time_masked(&mut cpu, &dims, batch.tokens, a.steps)?;
     drop(cpu);
     let gflops = flops.executed as f64 / step_s / 1e9;
     let mem = memory_report(&dims, a.batch);
@@ -545,6 +573,23 @@ pub fn run(a: Args) -> Result<()> {
             None => println!("{label}: not available (see warning)"),
         }
     }
+    println!(
+        "{:<44} {:>10.1} {:>10.1}",
+        "CPU path: dense L_r step (mask, fwd, bwd, AdamW)",
+        masked_s * 1e3,
+        flops.dense as f64 / masked_s / 1e9
+    );
+    let dense_torch = torch
+        .iter()
+        .find(|(m, _, _)| *m == "dense")
+        .and_then(|(_, _, r)| t_step(r));
+    if let Some(t) = dense_torch {
+        println!(
+            "{:<44} {:>10.2}",
+            "  ratio ours / PyTorch CPU, dense block",
+            masked_s / t
+        );
+    }
     let gpu_gflops = gpu.as_ref().map(|g| flops.executed as f64 / g.step_s / 1e9);
     match (&gpu, gpu_gflops) {
         (Some(g), Some(gf)) => {
@@ -595,6 +640,9 @@ pub fn run(a: Args) -> Result<()> {
         "cpu_step_s": step_s,
         "cpu_step_gflops": gflops,
         "cpu_adamw_alone_s": adamw_s,
+        "cpu_masked_step_s": masked_s,
+        "cpu_masked_step_gflops_dense": flops.dense as f64 / masked_s / 1e9,
+        "ratio_masked_step_over_torch_dense": dense_torch.map(|t| masked_s / t),
         "roofline_ratio": gflops / roofline,
         "roofline_interleaved": json!({
             "rounds": inter.rounds,
