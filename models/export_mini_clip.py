@@ -45,7 +45,7 @@ def main():
     p.add_argument("--out", default=os.path.join(HERE, "mini-clip"))
     p.add_argument("--assets", default=os.environ.get("ANYTIME_EDGE_ASSETS"))
     p.add_argument("--per-class", type=int, default=3)
-    p.add_argument("--learn-class", default="ship")
+    p.add_argument("--learn-class", default="truck")
     p.add_argument("--learn-count", type=int, default=10)
     p.add_argument("--learner-lr", type=float, default=LEARNER_LR,
                    help="the learner's learning rate written into the manifest")

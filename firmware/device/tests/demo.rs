@@ -1,6 +1,6 @@
 //! `anytime-edge demo` on the bundled mini-CLIP and its real pictures: before learning it
 //! names the pretraining classes and none of the others; after one update per picture
-//! (ten ships, ten of each known class) it names ships where zero-shot never does, and
+//! (ten trucks, ten of each known class) it names trucks where zero-shot never does, and
 //! still names the known classes.
 use std::collections::HashMap;
 
@@ -53,15 +53,15 @@ fn demo_learns_a_class_the_model_never_saw() {
         seen_after += after;
     }
     assert!(
-        seen_after >= 13,
+        seen_after >= 14,
         "the known classes stay named after learning ({seen_after}/15)"
     );
     for l in unseen {
         assert_eq!(rows[l].0, 0, "{l}: never shown in pretraining, never named");
     }
-    // Ten ships are few for this small encoder (BENCHMARKS.md, "the demo"): the bar is
-    // that the learner names ships at all, which zero-shot never does.
-    let (_, after, _) = rows["ship"];
-    assert!(after >= 1, "ship is named after learning it ({after}/3)");
+    // Ten trucks are few for this small encoder (BENCHMARKS.md, "the demo"): it names two
+    // of the three, where zero-shot names none.
+    let (_, after, _) = rows["truck"];
+    assert!(after >= 2, "truck is named after learning it ({after}/3)");
     assert!(out.contains("← learned"));
 }
