@@ -58,6 +58,12 @@ fn check_parity(g: &mut GpuDense, dims: &BlockDims, batch: usize, seed: u64) {
         lines.push(compare(name, g_grads.tensors()[i], grads.tensors()[i]));
     }
     lines.push(compare("tokens", &g_tokens, &d_tokens));
+    // The key bias cancels in every query's softmax: both paths write its gradient as
+    // exact zeros (round-off there would be blown up by AdamW).
+    let key_bias = |g: &BlockParams| g.in_proj_b[dims.width..2 * dims.width].to_vec();
+    let zeros = vec![0.0f32; dims.width];
+    assert_eq!(key_bias(&grads), zeros, "CPU key-bias gradient");
+    assert_eq!(key_bias(&g_grads), zeros, "GPU key-bias gradient");
     let report: Vec<&str> = lines.iter().map(|(l, _)| l.as_str()).collect();
     let report = format!(
         "{dims:?}, B = {batch} on {}, tolerance {RTOL:e}:\n{}",

@@ -266,6 +266,10 @@ pub fn dense_backward(
     );
     weight_grad(gemm, &dqkv, 3 * d, &h1, d, &mut grads.in_proj_w);
     bias_grad(&dqkv, &mut grads.in_proj_b);
+    // The key bias adds `q_i·b_k` to every score of query `i`, which cancels in its
+    // softmax: its gradient is exactly zero, as the CLS path writes it (the column sums
+    // give round-off, which AdamW would blow up to steps of up to lr).
+    grads.in_proj_b[d..2 * d].fill(0.0);
 
     // LN1 and the residual into the input tokens.
     let mut dx = gemm.zeros(rows * d);

@@ -16,7 +16,8 @@ use anytime_shaders::kernels::dense_attention_fwd::{
 use anytime_shaders::{wgpu, Dispatch, GpuContext, GpuError, Kernels};
 
 use super::layers::{
-    dense, score_scale, u32_of, BlockLayers, Dest, MlpActivations, MlpGradients, NormRows, Recorder,
+    dense, score_scale, u32_of, BlockLayers, ColSumSpec, Dest, MlpActivations, MlpGradients,
+    NormRows, Recorder,
 };
 use super::layout::ParamLayout;
 use crate::block::{BlockDims, BlockParams};
@@ -285,6 +286,14 @@ impl DenseBlock<'_> {
         self.layers
             .in_proj
             .backward(rec, h1, dqkv, Dest::write(dh1))?;
+        // The key bias cancels in each query's softmax: its gradient is exactly zero, as
+        // on the CPU (a sum over zero rows writes zeros over the column sums' round-off).
+        rec.colsum(ColSumSpec {
+            rows: 0,
+            cols: width,
+            src: &b.dqkv,
+            grad_offset: self.layers.in_proj.slice(width, width).bias,
+        })?;
         self.layers
             .ln1
             .backward(rec, &b.ln1_rows(rec.rows), &b.dh1, Dest::write(&b.d_tokens))?;
