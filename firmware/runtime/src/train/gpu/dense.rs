@@ -167,34 +167,27 @@ pub(crate) struct DensePlan {
 
 impl DensePlan {
     /// Allocates the activations of `batch` images and binds every dispatch over the
-    /// block tensors of `params` and `grads` (flat, in `layout`).
-    pub(crate) fn new(
-        ctx: &GpuContext,
-        kernels: &Kernels,
-        dims: &BlockDims,
-        layout: &ParamLayout,
-        params: &wgpu::Buffer,
-        grads: &wgpu::Buffer,
-        batch: usize,
-    ) -> Result<Self, GpuError> {
+    /// block tensors of `block`'s parameter and gradient buffers.
+    pub(crate) fn new(block: &BlockBuffers<'_>, batch: usize) -> Result<Self, GpuError> {
+        let (ctx, dims) = (block.ctx, block.dims);
         let buffers = DenseBuffers::new(ctx, dims, batch);
         let mut rec = Recorder {
             ctx,
-            kernels,
-            params,
-            grads,
+            kernels: block.kernels,
+            params: block.params,
+            grads: block.grads,
             width: dims.width,
             rows: batch * dims.tokens,
             dispatches: Vec::new(),
         };
-        let block = DenseBlock {
+        let layers = DenseBlock {
             dims: *dims,
-            layers: BlockLayers::new(dims, layout, params),
+            layers: BlockLayers::new(dims, block.layout, block.params),
             batch,
         };
-        block.forward(&mut rec, &buffers)?;
+        layers.forward(&mut rec, &buffers)?;
         let forward = rec.take();
-        block.backward(&mut rec, &buffers)?;
+        layers.backward(&mut rec, &buffers)?;
         let backward = rec.take();
         let bytes = buffers.bytes();
         Ok(DensePlan {
@@ -205,6 +198,42 @@ impl DensePlan {
             bytes,
         })
     }
+}
+
+/// A tuned block on the GPU: the context and kernels, and the flat parameter and gradient
+/// buffers (block tensors in `layout`) that plans bind. [`GpuDense`] lends its own; the
+/// training backend lends those its optimiser updates.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BlockBuffers<'a> {
+    pub ctx: &'a GpuContext,
+    pub kernels: &'a Kernels,
+    pub dims: &'a BlockDims,
+    pub layout: &'a ParamLayout,
+    pub params: &'a wgpu::Buffer,
+    pub grads: &'a wgpu::Buffer,
+}
+
+/// Refuses an empty batch and batches whose buffers would not fit the kernels' u32
+/// indices.
+pub(crate) fn check_batch_size(dims: &BlockDims, batch: usize) -> Result<(), TrainError> {
+    if batch == 0 {
+        return Err(TrainError::Shape {
+            what: "batch size",
+            expected: 1,
+            found: 0,
+        });
+    }
+    let d = dims;
+    let per_image = (d.tokens * 3 * d.width.max(d.mlp)).max(d.heads * d.tokens * d.tokens);
+    let most = u32::MAX as usize / per_image;
+    if batch > most {
+        return Err(TrainError::Shape {
+            what: "batch size (at most)",
+            expected: most,
+            found: batch,
+        });
+    }
+    Ok(())
 }
 
 /// The tuned block's layers applied to every token row.
@@ -424,23 +453,8 @@ impl GpuDense {
         if !params.matches(&self.dims) {
             return Err(TrainError::StateDims(self.dims));
         }
-        if batch == 0 {
-            return Err(TrainError::Shape {
-                what: "batch size",
-                expected: 1,
-                found: 0,
-            });
-        }
+        check_batch_size(&self.dims, batch)?;
         let d = &self.dims;
-        let per_image = (d.tokens * 3 * d.width.max(d.mlp)).max(d.heads * d.tokens * d.tokens);
-        let most = u32::MAX as usize / per_image;
-        if batch > most {
-            return Err(TrainError::Shape {
-                what: "batch size (at most)",
-                expected: most,
-                found: batch,
-            });
-        }
         let expected = batch * d.tokens_len();
         if tokens.len() != expected {
             return Err(TrainError::Shape {
@@ -452,18 +466,22 @@ impl GpuDense {
         Ok(())
     }
 
+    /// This block's context, kernels and buffers.
+    pub(super) fn block(&self) -> BlockBuffers<'_> {
+        BlockBuffers {
+            ctx: &self.ctx,
+            kernels: &self.kernels,
+            dims: &self.dims,
+            layout: &self.layout,
+            params: &self.params,
+            grads: &self.grads,
+        }
+    }
+
     /// A new dense plan for `batch` images over this block's buffers.
     pub(super) fn new_plan(&self, batch: usize) -> Result<DensePlan, GpuError> {
         log::debug!("wgpu: dense plan for B = {batch}");
-        DensePlan::new(
-            &self.ctx,
-            &self.kernels,
-            &self.dims,
-            &self.layout,
-            &self.params,
-            &self.grads,
-            batch,
-        )
+        DensePlan::new(&self.block(), batch)
     }
 
     /// Writes `params` into the parameter buffer (staged until the next submit).

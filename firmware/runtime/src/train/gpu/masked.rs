@@ -13,25 +13,35 @@
 //! way: the input gradients at the masked rows are gathered into one `[N−1, D]` block per
 //! image (zero rows for the positions it does not mask), and the blocks are summed over the
 //! batch. The host only uploads the positions' row maps.
+//!
+//! A [`MaskedPlan`] binds the block buffers it is lent ([`BlockBuffers`]), not only
+//! [`GpuMasked`]'s own.
 
 use std::sync::Arc;
 
 use anytime_shaders::kernels::{copy_rows::CopyArgs, gather_rows::NONE, mse_fwd_bwd::MseArgs};
 use anytime_shaders::{wgpu, Dispatch, GpuContext, GpuError};
 
-use super::dense::{DensePlan, GpuDense};
+use super::dense::{BlockBuffers, DensePlan, GpuDense};
 use super::layers::{
     dense, strided, u32_of, ColSumSpec, Dest, LayerNorm, Linear, NormRows, Recorder,
 };
 use crate::block::{BlockDims, BlockParams};
 use crate::train::{MaskedGradients, MaskedHead, TrainError};
 
-/// The buffers and dispatches of `L_r` for `batch` images with `masked` positions each.
+/// The buffers and dispatches of `L_r` for `batch` images with `masked` positions each,
+/// over a block's parameter and gradient buffers ([`BlockBuffers`]; its block gradients
+/// are overwritten), with the head's own parameter and gradient buffers.
 #[derive(Debug)]
-struct MaskedPlan {
-    batch: usize,
-    masked: usize,
+pub(crate) struct MaskedPlan {
+    pub batch: usize,
+    pub masked: usize,
     dense: DensePlan,
+    /// Mask token, `pos`, `W_r`, `b_r`, flat ([`MaskedHead::tensors`] order), written
+    /// before each call.
+    head: wgpu::Buffer,
+    /// Their gradients, same layout.
+    head_grads: wgpu::Buffer,
     /// `[R + 1, D]`: the input tokens, then the mask token.
     orig: wgpu::Buffer,
     /// `[R]` u32: each input row's row of `orig` (`R`, the mask token, where masked).
@@ -49,8 +59,9 @@ struct MaskedPlan {
     /// `[B·K]` per-row squared errors.
     row_sq: wgpu::Buffer,
     scratch: HeadBuffers,
-    /// Forward, loss and backward, in order.
-    dispatches: Vec<Dispatch>,
+    /// Forward, loss and backward, in order: every block gradient (overwritten), the
+    /// head's gradients and the per-row errors.
+    pub dispatches: Vec<Dispatch>,
 }
 
 /// The scratch buffers of the head and the loss, `[B·K, D]` unless noted.
@@ -74,12 +85,18 @@ struct HeadBuffers {
 
 impl MaskedPlan {
     /// Allocates and records everything for `batch` images and `masked` positions each.
-    fn new(g: &GpuDense, head: &Head<'_>, batch: usize, masked: usize) -> Result<Self, GpuError> {
-        let (ctx, width) = (&*g.ctx, g.dims.width);
-        let rows = batch * g.dims.tokens;
+    pub(crate) fn new(
+        block: &BlockBuffers<'_>,
+        batch: usize,
+        masked: usize,
+    ) -> Result<Self, GpuError> {
+        let (ctx, dims) = (block.ctx, block.dims);
+        let width = dims.width;
+        let rows = batch * dims.tokens;
         let count = batch * masked;
-        let patch_rows = batch * (g.dims.tokens - 1);
-        let dense_plan = g.new_plan(batch)?;
+        let patch_rows = batch * (dims.tokens - 1);
+        log::debug!("wgpu: masked-token plan for B = {batch}, K = {masked}");
+        let dense_plan = DensePlan::new(block, batch)?;
         let zeroed = |label: &str, len: usize| ctx.storage_zeroed(label, len);
         let mut identity = vec![1.0f32; width];
         identity.resize(2 * width, 0.0);
@@ -98,6 +115,8 @@ impl MaskedPlan {
         let mut plan = MaskedPlan {
             batch,
             masked,
+            head: zeroed("masked head", head_len(dims)),
+            head_grads: zeroed("masked head grads", head_len(dims)),
             orig: zeroed("masked tokens", (rows + 1) * width),
             input_map: zeroed("masked input map", rows),
             masked_rows: zeroed("masked rows", count),
@@ -109,20 +128,27 @@ impl MaskedPlan {
             dispatches: Vec::new(),
             dense: dense_plan,
         };
-        plan.dispatches = plan.record(g, head)?;
+        plan.dispatches = plan.record(block)?;
         Ok(plan)
     }
 
     /// Binds every dispatch of one evaluation of `L_r` and its gradients.
-    fn record(&self, g: &GpuDense, head: &Head<'_>) -> Result<Vec<Dispatch>, GpuError> {
+    fn record(&self, block: &BlockBuffers<'_>) -> Result<Vec<Dispatch>, GpuError> {
+        let g = block;
+        let head = &Head {
+            params: &self.head,
+            grads: &self.head_grads,
+            pos: g.dims.width,
+            linear: head_linear(g.dims),
+        };
         let (width, s) = (g.dims.width, &self.scratch);
         let rows = self.batch * g.dims.tokens;
         let count = self.batch * self.masked;
         let patches = g.dims.tokens - 1;
         let d = &self.dense.buffers;
         let mut rec = Recorder {
-            ctx: &g.ctx,
-            kernels: &g.kernels,
+            ctx: g.ctx,
+            kernels: g.kernels,
             params: head.params,
             grads: head.grads,
             width,
@@ -132,7 +158,7 @@ impl MaskedPlan {
         // The mask token into the row after the tokens; the block's input gathered, then
         // `pos`'s rows added at the masked rows.
         let mask_token = g.kernels.copy_rows.bind(
-            &g.ctx,
+            g.ctx,
             &CopyArgs {
                 rows: 1,
                 cols: u32_of(width),
@@ -180,7 +206,7 @@ impl MaskedPlan {
         head.linear
             .forward(&mut rec, y, Dest::write(dense(&s.pred, width)))?;
         let mse = g.kernels.mse_fwd_bwd.bind(
-            &g.ctx,
+            g.ctx,
             &MseArgs {
                 rows: u32_of(count),
                 cols: u32_of(width),
@@ -222,6 +248,49 @@ impl MaskedPlan {
         })?;
         out.extend(rec.take());
         Ok(out)
+    }
+
+    /// Whether the plan is for `batch` images with `masked` positions each.
+    pub(crate) fn fits(&self, batch: usize, masked: usize) -> bool {
+        self.batch == batch && self.masked == masked
+    }
+
+    /// Writes the inputs of the next run: `head`, the `[B, N, D]` `tokens` and the row
+    /// maps of `positions` (`[B, K]`, each image's increasing in `1..N`, checked by the
+    /// caller). Staged until the next submit.
+    pub(crate) fn upload(
+        &self,
+        ctx: &GpuContext,
+        dims: &BlockDims,
+        head: &MaskedHead,
+        tokens: &[f32],
+        positions: &[usize],
+    ) {
+        let flat: Vec<f32> = head.tensors().concat();
+        ctx.write_f32(&self.head, 0, &flat);
+        ctx.write_f32(&self.orig, 0, tokens);
+        self.upload_positions(ctx, dims.tokens, positions);
+    }
+
+    /// After a run: `L_r` (the mean squared error over the masked rows, summed in f64)
+    /// and the gradients of the mask token, `pos` and the head. Waits for the run.
+    pub(crate) fn read(
+        &self,
+        ctx: &GpuContext,
+        dims: &BlockDims,
+    ) -> Result<(f64, MaskedHead), TrainError> {
+        let count = self.batch * self.masked;
+        let row_sq = ctx.read_f32(&self.row_sq, count)?;
+        let loss = row_sq.iter().map(|&v| v as f64).sum::<f64>() / (count * dims.width) as f64;
+        let flat = ctx.read_f32(&self.head_grads, head_len(dims))?;
+        let mut g = MaskedHead::zeros(dims);
+        let mut at = 0;
+        for t in g.tensors_mut() {
+            let len = t.len();
+            t.copy_from_slice(&flat[at..at + len]);
+            at += len;
+        }
+        Ok((loss, g))
     }
 
     /// Uploads the row maps of `positions` (`[B, K]`, checked).
@@ -271,9 +340,6 @@ struct Head<'a> {
 #[derive(Debug)]
 pub struct GpuMasked {
     dense: GpuDense,
-    /// Mask token, `pos`, `W_r`, `b_r`, flat.
-    head: wgpu::Buffer,
-    head_grads: wgpu::Buffer,
     plan: Option<MaskedPlan>,
 }
 
@@ -284,14 +350,11 @@ impl GpuMasked {
         Self::with_context(Arc::new(GpuContext::new()?), dims)
     }
 
-    /// On an existing context; [`TrainError::StateDims`] for unusable dims.
+    /// On an existing context (a training backend's, say: one device for both);
+    /// [`TrainError::StateDims`] for unusable dims.
     pub fn with_context(ctx: Arc<GpuContext>, dims: BlockDims) -> Result<Self, TrainError> {
-        let dense = GpuDense::with_context(ctx, dims)?;
-        let len = head_len(&dims);
         Ok(GpuMasked {
-            head: dense.ctx.storage_zeroed("masked head", len),
-            head_grads: dense.ctx.storage_zeroed("masked head grads", len),
-            dense,
+            dense: GpuDense::with_context(ctx, dims)?,
             plan: None,
         })
     }
@@ -319,44 +382,18 @@ impl GpuMasked {
             return Err(TrainError::StateDims(dims));
         }
         let masked = check_positions(&dims, batch, positions)?;
-        let fits = |p: &MaskedPlan| p.batch == batch && p.masked == masked;
-        if !self.plan.as_ref().is_some_and(fits) {
+        if !self.plan.as_ref().is_some_and(|p| p.fits(batch, masked)) {
             self.plan = None;
-            log::debug!("wgpu: masked-token plan for B = {batch}, K = {masked}");
-            let head_bufs = Head {
-                params: &self.head,
-                grads: &self.head_grads,
-                pos: dims.width,
-                linear: head_linear(&dims),
-            };
-            self.plan = Some(MaskedPlan::new(&self.dense, &head_bufs, batch, masked)?);
+            self.plan = Some(MaskedPlan::new(&self.dense.block(), batch, masked)?);
         }
         let plan = self.plan.as_ref().expect("plan was just built");
         let ctx = &self.dense.ctx;
         self.dense.upload_params(params);
-        let flat: Vec<f32> = head.tensors().concat();
-        ctx.write_f32(&self.head, 0, &flat);
-        ctx.write_f32(&plan.orig, 0, tokens);
-        plan.upload_positions(ctx, dims.tokens, positions);
+        plan.upload(ctx, &dims, head, tokens, positions);
         ctx.run("masked-token loss", &plan.dispatches);
-
-        let count = batch * masked;
-        let row_sq = ctx.read_f32(&plan.row_sq, count)?;
-        let loss = row_sq.iter().map(|&v| v as f64).sum::<f64>() / (count * dims.width) as f64;
+        let (loss, head) = plan.read(ctx, &dims)?;
         let block = self.dense.read_grads()?;
-        let flat = ctx.read_f32(&self.head_grads, head_len(&dims))?;
-        let mut g = MaskedHead::zeros(&dims);
-        let mut at = 0;
-        for t in g.tensors_mut() {
-            let len = t.len();
-            t.copy_from_slice(&flat[at..at + len]);
-            at += len;
-        }
-        Ok(MaskedGradients {
-            loss,
-            block,
-            head: g,
-        })
+        Ok(MaskedGradients { loss, block, head })
     }
 }
 
