@@ -13,7 +13,9 @@
 //!
 //! [`GpuDense`] is the dense block (every token's output) on the same kernels: forward,
 //! and backward from a given output gradient; [`GpuMasked`] is SPEC §8's masked-token loss
-//! `L_r` on it, with its gradients.
+//! `L_r` on it, with its gradients. [`TrainBackend::masked_step`] records the same `L_r`
+//! plan over the backend's own parameter and gradient buffers, so the block's AdamW reads
+//! its gradients in place (see there for what runs where).
 
 mod dense;
 mod layers;
@@ -25,15 +27,19 @@ use std::sync::Arc;
 
 use anytime_shaders::kernels::adamw;
 use anytime_shaders::kernels::loss_fwd_bwd::{SampleStats, STATS_PER_SAMPLE};
-use anytime_shaders::{wgpu, GpuContext, GpuError, Kernels};
+use anytime_shaders::{wgpu, Dispatch, GpuContext, GpuError, Kernels};
 
 pub use self::dense::GpuDense;
+use self::dense::{check_batch_size, BlockBuffers};
 use self::layout::ParamLayout;
 pub use self::masked::GpuMasked;
-use self::plan::{LossConfig, Persistent, Plan};
+use self::masked::MaskedPlan;
+use self::plan::{adamw_update, LossConfig, Persistent, Plan, Updated};
+use super::adamw::adamw_update_slice;
 use super::{
-    AdamState, Batch, Gradients, MaskedBatch, MaskedState, MaskedStats, StepStats, TrainBackend,
-    TrainConfig, TrainError, TunedState,
+    head_is_decayed, mask_positions, masked_count, AdamState, Batch, Gradients, MaskedBatch,
+    MaskedHead, MaskedState, MaskedStats, StepStats, TrainBackend, TrainConfig, TrainError,
+    TunedState, HEAD_TENSORS,
 };
 use crate::block::{BlockDims, FrozenHead};
 
@@ -71,8 +77,8 @@ pub struct GpuMemory {
     pub gradients: u64,
     /// Both Adam moments.
     pub optimiser: u64,
-    /// Inputs, forward activations and backward buffers of the current batch shape
-    /// (0 before the first call).
+    /// Inputs, forward activations and backward buffers of the current batch shapes: the
+    /// contrastive step's and `L_r`'s (0 before the first call of each).
     pub plan: u64,
 }
 
@@ -93,6 +99,17 @@ pub struct GpuBackend {
     /// Optimiser steps applied (host mirror of the state's counter).
     step: u64,
     plan: Option<Plan>,
+    /// `L_r` for the last masked batch size (built on the first masked step).
+    masked: Option<MaskedTraining>,
+}
+
+/// `L_r` on the backend's own buffers: the plan writes the block's gradients where
+/// `update` reads them.
+#[derive(Debug)]
+struct MaskedTraining {
+    plan: MaskedPlan,
+    /// AdamW of the block tensors alone (`L_r` gives `b` no gradient).
+    update: Vec<Dispatch>,
 }
 
 impl GpuBackend {
@@ -145,6 +162,7 @@ impl GpuBackend {
             step_uniform: ctx.uniform("adam step", &adamw::Step::default()),
             step: state.optim.step,
             plan: None,
+            masked: None,
             dims,
             cfg,
             ctx,
@@ -175,7 +193,32 @@ impl GpuBackend {
             weights: self.params.size() + self.head.size(),
             gradients: self.grads.size(),
             optimiser: self.m.size() + self.v.size(),
-            plan: self.plan.as_ref().map_or(0, |p| p.bytes),
+            plan: self.plan.as_ref().map_or(0, |p| p.bytes)
+                + self.masked.as_ref().map_or(0, |m| m.plan.bytes),
+        }
+    }
+
+    /// The buffers that live as long as the backend.
+    fn persistent(&self) -> Persistent<'_> {
+        Persistent {
+            params: &self.params,
+            grads: &self.grads,
+            m: &self.m,
+            v: &self.v,
+            head: &self.head,
+            step: &self.step_uniform,
+        }
+    }
+
+    /// The block as a dense plan binds it: the backend's parameters and gradients.
+    fn block(&self) -> BlockBuffers<'_> {
+        BlockBuffers {
+            ctx: &self.ctx,
+            kernels: &self.kernels,
+            dims: &self.dims,
+            layout: &self.layout,
+            params: &self.params,
+            grads: &self.grads,
         }
     }
 
@@ -188,14 +231,7 @@ impl GpuBackend {
             .is_some_and(|p| p.batch == b && p.n_labels == batch.n_labels);
         if !fits {
             self.plan = None;
-            let persistent = Persistent {
-                params: &self.params,
-                grads: &self.grads,
-                m: &self.m,
-                v: &self.v,
-                head: &self.head,
-                step: &self.step_uniform,
-            };
+            let persistent = self.persistent();
             let loss = LossConfig {
                 tau: self.cfg.logit_scale,
                 beta: self.cfg.beta_other,
@@ -224,29 +260,50 @@ impl GpuBackend {
     /// Records the chosen phases of the prepared plan into one encoder and submits it.
     fn submit(&self, backward: bool, update: bool) {
         let plan = self.plan.as_ref().expect("prepare() runs first");
+        let backward: &[Dispatch] = if backward { &plan.backward } else { &[] };
+        let update: &[Dispatch] = if update { &plan.update } else { &[] };
+        self.submit_phases("train step", [&plan.forward, backward, update]);
+    }
+
+    /// Records `phases` in order into one compute pass of one encoder and submits it.
+    fn submit_phases<const P: usize>(&self, label: &str, phases: [&[Dispatch]; P]) {
         let mut encoder = self
             .ctx
             .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("train step"),
-            });
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("train step"),
+                label: Some(label),
                 timestamp_writes: None,
             });
-            let phases: [(&[_], bool); 3] = [
-                (&plan.forward, true),
-                (&plan.backward, backward),
-                (&plan.update, update),
-            ];
-            for (dispatches, on) in phases {
-                if on {
-                    dispatches.iter().for_each(|d| d.record(&mut pass));
-                }
+            for d in phases.into_iter().flatten() {
+                d.record(&mut pass);
             }
         }
         self.ctx.queue.submit([encoder.finish()]);
+    }
+
+    /// Writes the AdamW scalars of block step `t` at `cfg`'s learning rate (staged until
+    /// the next submit).
+    fn write_step(&self, cfg: &TrainConfig, t: u64) {
+        let uniform = Self::step_uniform_for(cfg, t);
+        self.ctx
+            .queue
+            .write_buffer(&self.step_uniform, 0, bytemuck::bytes_of(&uniform));
+    }
+
+    /// Builds `L_r`'s plan and block update for `batch` images (first use of a size).
+    fn prepare_masked(&mut self, batch: usize) -> Result<(), TrainError> {
+        let k = masked_count(self.dims.tokens);
+        if self.masked.as_ref().is_some_and(|m| m.plan.fits(batch, k)) {
+            return Ok(());
+        }
+        self.masked = None;
+        let plan = MaskedPlan::new(&self.block(), batch, k)?;
+        let (ctx, kernels, layout) = (&self.ctx, &self.kernels, &self.layout);
+        let update = adamw_update(ctx, kernels, layout, &self.persistent(), Updated::Block)?;
+        self.masked = Some(MaskedTraining { plan, update });
+        Ok(())
     }
 
     /// Reads the loss statistics of the last forward.
@@ -310,10 +367,7 @@ impl TrainBackend for GpuBackend {
         let cfg = self.cfg.with_lr_scale(lr_scale)?;
         self.prepare(batch)?;
         let next = self.step + 1;
-        let uniform = Self::step_uniform_for(&cfg, next);
-        self.ctx
-            .queue
-            .write_buffer(&self.step_uniform, 0, bytemuck::bytes_of(&uniform));
+        self.write_step(&cfg, next);
         self.submit(true, true);
         self.step = next;
         self.read_stats()
@@ -380,15 +434,51 @@ impl TrainBackend for GpuBackend {
         })
     }
 
+    /// The positions are drawn on the host (as on the CPU path); the masked input, the
+    /// dense forward and backward, the loss and the block's AdamW run on the GPU in one
+    /// submit, over the backend's own buffers (the block never leaves the GPU). The mask
+    /// token, `pos` and the head are updated on the CPU, from their gradients read back
+    /// after the submit: `masked` is the caller's, in host memory, so it has to come back
+    /// every step anyway, and uploading the head and reading its gradient moves a third of
+    /// the bytes an update on the GPU would (the head and both moments, there and back).
+    /// That update is
+    /// [`adamw_update_slice`], the rule of [`MaskedState`]'s own update, on this thread
+    /// (the wgpu backend starts no CPU thread pool). Every input is checked before
+    /// anything is written; only a device failure after the submit (its read-back) can
+    /// leave the block stepped and `masked` not.
     fn masked_step(
         &mut self,
-        _batch: &MaskedBatch<'_>,
-        _masked: &mut MaskedState,
-        _lr_scale: f32,
+        batch: &MaskedBatch<'_>,
+        masked: &mut MaskedState,
+        lr_scale: f32,
     ) -> Result<MaskedStats, TrainError> {
-        Err(TrainError::CpuOnly {
-            what: "the masked-token step (L_r)",
-            backend: "wgpu",
+        let cfg = self.cfg.with_lr_scale(lr_scale)?;
+        let b = batch.check(&self.dims)?;
+        masked.check(&self.dims)?;
+        check_batch_size(&self.dims, b)?;
+        let positions = mask_positions(self.dims.tokens, b, batch.seed);
+        self.prepare_masked(b)?;
+        let training = self.masked.as_ref().expect("prepared");
+        let plan = &training.plan;
+        plan.upload(
+            &self.ctx,
+            &self.dims,
+            &masked.head,
+            batch.tokens,
+            &positions,
+        );
+        let next = self.step + 1;
+        self.write_step(&cfg, next);
+        let phases = [&plan.dispatches[..], &training.update[..]];
+        self.submit_phases("masked-token step", phases);
+        self.step = next;
+        let (loss, grads) = plan.read(&self.ctx, &self.dims)?;
+        update_head(&cfg, masked, &grads);
+        Ok(MaskedStats {
+            loss,
+            batch: b,
+            step: self.step,
+            head_step: masked.step,
         })
     }
 
@@ -403,5 +493,26 @@ impl TrainBackend for GpuBackend {
             .write_f32(&self.v, 0, &l.flatten(&state.optim.v, state.optim.v_bias));
         self.step = state.optim.step;
         Ok(())
+    }
+}
+
+/// One AdamW update of `masked`'s mask token, positional table and head by `grads`, as a
+/// step of its own count, decayed as [`head_is_decayed`] says: `MaskedState::update`'s
+/// rule and bits, serially.
+fn update_head(cfg: &TrainConfig, masked: &mut MaskedState, grads: &MaskedHead) {
+    masked.step += 1;
+    let MaskedState { head, m, v, step } = masked;
+    let tensors = head.tensors_mut().into_iter().zip(grads.tensors());
+    let moments = m.tensors_mut().into_iter().zip(v.tensors_mut());
+    for (((p, g), (m, v)), name) in tensors.zip(moments).zip(HEAD_TENSORS) {
+        adamw_update_slice(
+            cfg,
+            *step,
+            head_is_decayed(name),
+            &mut p[..],
+            g,
+            &mut m[..],
+            &mut v[..],
+        );
     }
 }

@@ -12,16 +12,18 @@
 //! `proj` stay frozen.
 //!
 //! [`masked`] is SPEC §8's masked-token loss `L_r` on the dense block (`gpu::GpuMasked`
-//! computes the same on wgpu); [`TrainBackend::masked_step`] trains on it (CPU only), with
-//! the mask token, its positional table and the head in a [`MaskedState`] the caller owns.
+//! computes the same on wgpu); [`TrainBackend::masked_step`] trains on it (both backends),
+//! with the mask token, its positional table and the head in a [`MaskedState`] the caller
+//! owns.
 //! [`diet`] plans a time step's budget of steps (SPEC §8), [`s_star`] picks its threshold
 //! `S*` by cross-validation, and [`unlabelled`] holds a time step's unlabelled token sets.
 //!
 //! Trait stability: this trait is implemented in two places. Changes are recorded here.
 //! - v1 (07:24 UTC): initial version.
 //! - v2: `step_scaled` (a learning-rate scale for one step; `step` is scale 1) and
-//!   `masked_step` (SPEC §8's `L_r`; the CPU backend only, others return
-//!   [`TrainError::CpuOnly`]).
+//!   `masked_step` (SPEC §8's `L_r`; at first the CPU backend only, the others returning
+//!   an error `CpuOnly`).
+//! - v3: the wgpu backend runs `masked_step` too; `TrainError::CpuOnly` is gone.
 
 pub mod adamw;
 mod choice;
@@ -245,12 +247,6 @@ pub enum TrainError {
     /// Input values that are NaN or infinite.
     #[error("{what} holds NaN or an infinity")]
     NonFinite { what: &'static str },
-    /// An operation this backend does not run (the CPU backend does).
-    #[error("{what} runs on the CPU training path only, not on {backend}")]
-    CpuOnly {
-        what: &'static str,
-        backend: &'static str,
-    },
     #[error(transparent)]
     Weights(#[from] WeightsError),
     /// A GPU failure, with the kernel (or operation) it happened in.
@@ -286,7 +282,8 @@ pub trait TrainBackend {
     /// AdamW (learning rate times `lr_scale`) of the block's tensors (counted as a step
     /// of the block's optimiser; `b`, without a gradient here, is left alone) and of the
     /// mask token, positional table and head of `masked` (their own moments and step
-    /// count).
+    /// count). A step refused for its input (shapes, values, learning-rate scale, `masked`
+    /// of other dims) changes neither state.
     fn masked_step(
         &mut self,
         batch: &MaskedBatch<'_>,

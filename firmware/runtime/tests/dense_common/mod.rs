@@ -75,13 +75,32 @@ pub const RTOL: f64 = 1e-5;
 /// value, and whether that is within [`RTOL`] (NaN or ±inf on either side panics).
 #[track_caller]
 pub fn compare(what: &str, gpu: &[f32], cpu: &[f32]) -> (String, bool) {
+    compare_rel(what, gpu, cpu, RTOL)
+}
+
+/// [`compare`] against `rtol` instead of [`RTOL`].
+#[track_caller]
+pub fn compare_rel(what: &str, gpu: &[f32], cpu: &[f32], rtol: f64) -> (String, bool) {
     let (diff, scale) = (max_abs_diff(gpu, cpu), max_abs(cpu));
     assert!(scale > 0.0, "{what}: the CPU values are all zero");
-    let ok = diff <= RTOL * scale;
+    let ok = diff <= rtol * scale;
     let mark = if ok { "" } else { "  <- over the tolerance" };
     let ratio = diff / scale;
     (
         format!("{what}: max diff {diff:e}, scale {scale:e}, ratio {ratio:e}{mark}"),
+        ok,
+    )
+}
+
+/// A report line for `what`: its largest error, and whether that is within the absolute
+/// `bound` (NaN or ±inf on either side panics).
+#[track_caller]
+pub fn compare_abs(what: &str, gpu: &[f32], cpu: &[f32], bound: f64) -> (String, bool) {
+    let diff = max_abs_diff(gpu, cpu);
+    let ok = diff <= bound;
+    let mark = if ok { "" } else { "  <- over the tolerance" };
+    (
+        format!("{what}: max diff {diff:e}, bound {bound:e}{mark}"),
         ok,
     )
 }

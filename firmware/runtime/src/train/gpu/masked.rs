@@ -14,8 +14,9 @@
 //! image (zero rows for the positions it does not mask), and the blocks are summed over the
 //! batch. The host only uploads the positions' row maps.
 //!
-//! A [`MaskedPlan`] binds the block buffers it is lent ([`BlockBuffers`]), not only
-//! [`GpuMasked`]'s own.
+//! A [`MaskedPlan`] binds the block buffers it is lent: [`GpuMasked`]'s own, or the
+//! training backend's, whose AdamW then reads the block gradients where the plan writes
+//! them (see `GpuBackend`'s `masked_step`).
 
 use std::sync::Arc;
 
@@ -62,6 +63,8 @@ pub(crate) struct MaskedPlan {
     /// Forward, loss and backward, in order: every block gradient (overwritten), the
     /// head's gradients and the per-row errors.
     pub dispatches: Vec<Dispatch>,
+    /// Bytes of the plan's buffers (the dense plan's included).
+    pub bytes: u64,
 }
 
 /// The scratch buffers of the head and the loss, `[B·K, D]` unless noted.
@@ -126,9 +129,11 @@ impl MaskedPlan {
             row_sq: zeroed("masked row errors", count),
             scratch,
             dispatches: Vec::new(),
+            bytes: 0,
             dense: dense_plan,
         };
         plan.dispatches = plan.record(block)?;
+        plan.bytes = plan.buffer_bytes();
         Ok(plan)
     }
 
@@ -253,6 +258,33 @@ impl MaskedPlan {
     /// Whether the plan is for `batch` images with `masked` positions each.
     pub(crate) fn fits(&self, batch: usize, masked: usize) -> bool {
         self.batch == batch && self.masked == masked
+    }
+
+    /// Bytes of every buffer the plan allocated.
+    fn buffer_bytes(&self) -> u64 {
+        let s = &self.scratch;
+        let own = [
+            &self.head,
+            &self.head_grads,
+            &self.orig,
+            &self.input_map,
+            &self.masked_rows,
+            &self.out_map,
+            &self.pos_map,
+            &self.pos_grad_map,
+            &self.row_sq,
+            &s.identity,
+            &s.target_raw,
+            &s.target_stats,
+            &s.target,
+            &s.y,
+            &s.pred,
+            &s.dpred,
+            &s.dy,
+            &s.d_masked,
+            &s.d_pos_rows,
+        ];
+        self.dense.bytes + own.into_iter().map(wgpu::Buffer::size).sum::<u64>()
     }
 
     /// Writes the inputs of the next run: `head`, the `[B, N, D]` `tokens` and the row

@@ -97,7 +97,7 @@ impl Plan {
         let forward = rec.take();
         block.backward(&mut rec, &buffers)?;
         let backward = rec.take();
-        let update = adamw_update(ctx, kernels, layout, &persistent)?;
+        let update = adamw_update(ctx, kernels, layout, &persistent, Updated::BlockAndBias)?;
         let bytes = buffers.bytes();
         Ok(Plan {
             batch,
@@ -531,12 +531,22 @@ impl LossHead {
     }
 }
 
-/// AdamW over each block tensor in layout order, then over `b`.
-fn adamw_update(
+/// Which tensors an AdamW update covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Updated {
+    /// The block tensors and `b` (the contrastive step).
+    BlockAndBias,
+    /// The block tensors alone (`L_r`, which gives `b` no gradient).
+    Block,
+}
+
+/// AdamW over each block tensor in layout order, then (as `which` says) over `b`.
+pub(crate) fn adamw_update(
     ctx: &GpuContext,
     kernels: &Kernels,
     layout: &ParamLayout,
     persistent: &Persistent<'_>,
+    which: Updated,
 ) -> Result<Vec<Dispatch>, GpuError> {
     let buffers = adamw::AdamBuffers {
         params: persistent.params,
@@ -557,8 +567,9 @@ fn adamw_update(
         decay: 0,
         _pad: 0,
     };
+    let bias = (which == Updated::BlockAndBias).then_some(other_bias);
     tensors
-        .chain([other_bias])
+        .chain(bias)
         .map(|tensor| kernels.adamw.bind(ctx, tensor, &buffers))
         .collect()
 }
