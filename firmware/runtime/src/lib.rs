@@ -11,6 +11,7 @@ pub mod block;
 pub mod encoder;
 pub mod learner;
 pub mod predict;
+pub mod private;
 pub(crate) mod simd;
 pub mod store;
 pub mod train;
