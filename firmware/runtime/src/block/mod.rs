@@ -22,6 +22,7 @@ mod wgrad;
 pub use backward::{backward, backward_update, FUSED_TENSORS};
 pub use dense::{dense_backward, dense_forward, DenseSaved};
 pub use flops::{step_flops, StepFlops};
+pub(crate) use forward::quick_gelu_rows;
 pub use forward::{cls_attention, forward, forward_into, l2_normalise, Saved};
 pub(crate) use layernorm::{layernorm_normalise, LN_EPS};
 pub use memory::{memory_report, MemoryReport};
