@@ -1,14 +1,18 @@
 //! SPEC §7's data-free private mode (after "Always Be Dreaming"), the CPU computations:
 //! per-label aggregate token statistics ([`stats`]), the class-conditional generator of
-//! token records ([`generator`]) and its losses against a frozen snapshot of the tuned
-//! block ([`losses`]).
+//! token records ([`generator`]), its losses against a frozen snapshot of the tuned block
+//! ([`losses`]) and its training loop ([`dream`]).
 
 mod codec;
+pub mod dream;
 mod error;
 pub mod generator;
 pub mod losses;
 pub mod stats;
 
+pub use dream::{
+    generator_losses, train_generator, DreamConfig, DreamLabels, DreamReport, LossParts,
+};
 pub use error::PrivateError;
 pub use generator::{Generator, GeneratorDims, GeneratorParams, GeneratorSaved};
 pub use losses::{Snapshot, SnapshotForward};
