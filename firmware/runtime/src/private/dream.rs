@@ -40,9 +40,9 @@ pub struct DreamConfig {
 }
 
 impl Default for DreamConfig {
-    /// SPEC §7's weights and temperature; the generator's AdamW at the learning rate
-    /// DeepInversion-style generators train at (1e-3), no decay (the generator restarts
-    /// from its stored parameters at each consolidation, and the losses bound its output).
+    /// SPEC §7's weights and temperature; the generator's AdamW at Adam's usual 1e-3,
+    /// without decay (the generator restarts from its stored parameters at each
+    /// consolidation, and the alignment loss already bounds its output); 200 steps of 32.
     fn default() -> Self {
         DreamConfig {
             steps: 200,
