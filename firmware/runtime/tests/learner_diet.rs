@@ -327,3 +327,55 @@ fn a_diet_learner_learns_a_label_from_its_time_steps() {
     assert_eq!(&pair.labels[p[0].best()], taught, "{:?}", p[0].probs);
     assert!(p[0].probs[p[0].best()] > 0.6, "{:?}", p[0].probs);
 }
+
+/// A time step of every loss on the wgpu backend spends the same budget with the same
+/// losses as on the CPU. Skips without an adapter, unless `ANYTIME_EDGE_REQUIRE_GPU` is set
+/// (as CI sets it).
+#[cfg(feature = "gpu")]
+#[test]
+fn a_diet_time_step_on_wgpu_matches_the_cpu() {
+    use anytime_runtime::train::TrainError;
+    let red = tiny_tokens("red_square.png");
+    let green = tiny_tokens("green_circle.png");
+    let run = |backend: BackendChoice| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(DietConfig::new(6, 3, TimeWindow::Manual));
+        cfg.backend = backend;
+        let mut l = Learner::open("tiny-clip", dir.path(), cfg)?;
+        l.training()?;
+        let mut reports = Vec::new();
+        for t in 0..2 {
+            l.learn_tokens(&red, "red")?;
+            l.learn_tokens(&green, "green")?;
+            for i in 0..3 {
+                l.observe_unlabelled(&unlabelled(&green, 10 * t + i))?;
+            }
+            reports.push(l.end_time_step()?);
+        }
+        Ok::<_, LearnError>(reports)
+    };
+    let cpu = run(BackendChoice::Cpu).unwrap();
+    let gpu = match run(BackendChoice::Gpu) {
+        Ok(r) => r,
+        Err(LearnError::Train(TrainError::NoAdapter)) => {
+            return anytime_testkit::skip::gpu_absent("a_diet_time_step_on_wgpu_matches_the_cpu")
+        }
+        Err(e) => panic!("GPU backend: {e}"),
+    };
+    for (c, g) in cpu.iter().zip(&gpu) {
+        assert_eq!(c.budget, g.budget);
+        assert_eq!(c.budget.masked, 1);
+        for (what, a, b) in [
+            ("L_m", c.loss_current, g.loss_current),
+            ("L_r", c.loss_masked, g.loss_masked),
+            ("L_b", c.loss_balanced, g.loss_balanced),
+        ] {
+            let (a, b) = (a.unwrap(), b.unwrap());
+            assert!(
+                anytime_testkit::close(a, b, 1e-4, 1e-3),
+                "{what} of time step {}: cpu {a}, wgpu {b}",
+                c.index
+            );
+        }
+    }
+}
