@@ -141,6 +141,19 @@ pub fn add_scaled_row(out: &mut [f32], coef: f32, row: &[u8], bits: u8) {
                 *o += coef * (lo + range * (q as f32 / 255.0));
             }
         }
+        4 => {
+            let (lo, hi) = bounds(row);
+            let range = hi - lo;
+            let body = &row[8..8 + n.div_ceil(2)];
+            let (pairs, tail) = out.split_at_mut(n & !1);
+            for (o, &b) in pairs.chunks_exact_mut(2).zip(body) {
+                o[0] += coef * (lo + range * ((b & 0x0F) as f32 / 15.0));
+                o[1] += coef * (lo + range * ((b >> 4) as f32 / 15.0));
+            }
+            if let Some(t) = tail.first_mut() {
+                *t += coef * (lo + range * ((body[n / 2] & 0x0F) as f32 / 15.0));
+            }
+        }
         _ => for_each_value(row, bits, n, |j, v| out[j] += coef * v),
     }
 }
@@ -177,10 +190,14 @@ mod tests {
 
     #[test]
     fn row_helpers_give_the_bits_of_dequantise() {
-        let x: Vec<f32> = (0..37)
-            .map(|i| ((i * 7919) % 101) as f32 * 0.37 - 11.0)
-            .collect();
-        for bits in [4u8, 8, 32] {
+        // An odd and an even length: a 4-bit row's last byte holds one value or two.
+        for (len, bits) in [37usize, 36]
+            .into_iter()
+            .flat_map(|l| [4u8, 8, 32].map(|b| (l, b)))
+        {
+            let x: Vec<f32> = (0..len)
+                .map(|i| ((i * 7919) % 101) as f32 * 0.37 - 11.0)
+                .collect();
             let mut row = vec![0u8; row_len(x.len(), bits)];
             quantise_row(&x, bits, &mut row);
             let mut all = vec![0f32; x.len()];
