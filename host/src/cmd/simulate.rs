@@ -3,11 +3,14 @@
 //!
 //! The trunk runs once per image (its tokens go to the token cache); every method then
 //! learns from and predicts on cached tokens or embeddings: zero-shot CLIP, nearest class
-//! mean, and the anytime learner's full method and ablations (see [`crate::sim::learner`]).
+//! mean, and the anytime learner's full method and ablations (see [`crate::sim::learner`]);
+//! under `--protocol diet` (SPEC §8) the learners under a step budget instead (see
+//! [`crate::sim::diet`]).
 //!
 //! Writes into `--out`: `report.json` (settings, plan, every row and summary),
 //! `stages.csv`, `summary.csv` and `accuracy.svg` (accuracy against stage, one line
-//! per method), and prints the summary table.
+//! per method), with the diet protocol `steps.csv` (the steps each learner spent in
+//! each time step), and prints the summary table.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,8 +25,9 @@ use anytime_runtime::train::TrainConfig;
 
 use crate::sim::cache::Encoding;
 use crate::sim::dataset::{self, Dataset};
+use crate::sim::diet::{self, DietContext, DietSpec, DEFAULT_DIET_METHODS};
 use crate::sim::features::{Backbone, ClipBackbone, FeatureTable, PixelBackbone};
-use crate::sim::learner::{self, LearnerSettings, LearnerSpec, LEARNER_METHODS};
+use crate::sim::learner::{self, LearnerSettings, LearnerSpec, Training, LEARNER_METHODS};
 use crate::sim::method::{LabelEmbeddings, Method, NearestClassMean, ZeroShot};
 use crate::sim::metrics::Report;
 use crate::sim::plot::{accuracy_svg, Curve};
@@ -79,9 +83,28 @@ pub struct Args {
     /// Data protocol: cumulative percentages of the training set.
     #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_PERCENTS)]
     pub stages: Vec<u32>,
-    /// Class protocol: number of class groups.
-    #[arg(long, default_value_t = 5)]
+    /// Class and diet protocols: number of class groups (classes arrive group by group;
+    /// under the diet protocol each group spans time-steps / groups consecutive time steps).
+    #[arg(long, visible_alias = "diet-groups", default_value_t = 5)]
     pub groups: usize,
+    /// Diet protocol: number of time steps.
+    #[arg(long, default_value_t = 20)]
+    pub time_steps: usize,
+    /// Diet protocol: percent of each time step's samples that carry their label
+    /// (rounded, at least one a time step; class-stratified).
+    #[arg(long, default_value_t = 1.0)]
+    pub label_percent: f64,
+    /// Diet protocol: `S`, training steps per time step, for every learner.
+    #[arg(long, default_value_t = 16)]
+    pub budget: u32,
+    /// Diet protocol: the `S*` candidates cross-validated on the first time steps
+    /// (default: 0, S/4, S/2, 3S/4, S).
+    #[arg(long, value_delimiter = ',')]
+    pub s_star_candidates: Option<Vec<u32>>,
+    /// Diet protocol: class-stratified training images held out of the stream to choose
+    /// `S*` on (never trained on, never test images).
+    #[arg(long, default_value_t = 1000)]
+    pub cv_images: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Methods to compare (comma-separated): the baselines zero-shot and ncm; the
@@ -90,7 +113,9 @@ pub struct Args {
     /// (β = 0), raw (store keeps all N directions unquantised), plain-pca (full, the
     /// codec's PCA unweighted) and kKbB[-plain] (full, storing with codec k = K,
     /// bits = B, e.g. k2b4, k3b8-plain). Default: zero-shot,ncm,tuned,full,no-ocw,
-    /// no-other,raw (only the baselines with `--model pixels`).
+    /// no-other,raw (only the baselines with `--model pixels`). Under `--protocol diet`:
+    /// zero-shot, ncm, diet, labelled-only, replay-only, anytime (the default), each
+    /// learner also as <name>-tuned (its tuned block alone).
     #[arg(long, value_delimiter = ',')]
     pub methods: Option<Vec<String>>,
     /// Learner: AdamW learning rate (default: the model's `[learner] lr`, else SPEC §4's
@@ -141,6 +166,9 @@ pub enum TokenCacheKind {
 
 pub fn run(args: Args) -> Result<()> {
     let report = simulate(&args)?;
+    if args.protocol == ProtocolKind::Diet {
+        println!("{}", diet::summary_table(&report));
+    }
     println!("{}", summary_table(&report));
     println!("written to {}", args.out.display());
     Ok(())
@@ -233,13 +261,22 @@ pub fn simulate(args: &Args) -> Result<crate::sim::metrics::Report> {
         validation: args.validation,
         limit_train: args.limit_train,
         limit_test: args.limit_test,
+        time_steps: args.time_steps,
+        label_percent: args.label_percent,
+        cv_images: args.cv_images,
     };
     let plan = plan(&sources, &opts)?;
+    let is_diet = args.protocol == ProtocolKind::Diet;
+    ensure!(
+        !(is_diet && args.gpu),
+        "the diet protocol's L_r (masked token modelling) trains on the CPU backend only: drop --gpu"
+    );
 
     let pixels = args.model == "pixels";
     let requested: Vec<String> = match &args.methods {
         Some(m) => m.iter().map(|m| m.trim().to_owned()).collect(),
         None if pixels => BASELINES.iter().map(|m| m.to_string()).collect(),
+        None if is_diet => DEFAULT_DIET_METHODS.iter().map(|m| m.to_string()).collect(),
         None => DEFAULT_METHODS.iter().map(|m| m.to_string()).collect(),
     };
     let assets = if pixels {
@@ -255,10 +292,25 @@ pub fn simulate(args: &Args) -> Result<crate::sim::metrics::Report> {
     };
     let mut method_names: Vec<String> = Vec::new();
     let mut learner_specs: Vec<LearnerSpec> = Vec::new();
+    let mut diet_specs: Vec<DietSpec> = Vec::new();
     for m in &requested {
         ensure!(!method_names.contains(m), "method `{m}` is listed twice");
         if BASELINES.contains(&m.as_str()) {
             method_names.push(m.clone());
+        } else if is_diet {
+            let spec = diet::check_method(m)?;
+            ensure!(
+                !pixels,
+                "method `{m}` needs the anytime learner, which needs a CLIP model, not `--model pixels`"
+            );
+            ensure!(
+                !args.no_cache,
+                "method `{m}` learns from cached tokens: drop --no-cache"
+            );
+            method_names.push(m.clone());
+            diet_specs.push(spec);
+        } else if diet::parse_diet_method(m).is_some() {
+            bail!("method `{m}` runs under --protocol diet only");
         } else if let Some(spec) = learner::parse_method(m, store_codec, tokens_per_image)? {
             ensure!(
                 !pixels,
@@ -294,7 +346,12 @@ pub fn simulate(args: &Args) -> Result<crate::sim::metrics::Report> {
 
     // the images the plan touches, per source
     let mut needed: Vec<(Vec<u32>, Vec<u32>)> = vec![Default::default(); datasets.len()];
-    for r in plan.stages.iter().flat_map(|s| &s.train) {
+    for r in plan
+        .stages
+        .iter()
+        .flat_map(|s| s.train.iter().chain(&s.unlabelled))
+        .chain(&plan.validation)
+    {
         needed[usize::from(r.source)].0.push(r.index);
     }
     for g in &plan.groups {
@@ -347,6 +404,7 @@ pub fn simulate(args: &Args) -> Result<crate::sim::metrics::Report> {
             label_names[g] = d.prompt_name(l);
         }
     }
+    let label_names = Arc::new(label_names);
     let lr = args
         .lr
         .or_else(|| assets.as_ref().and_then(|a| a.manifest.learner.lr))
@@ -365,17 +423,55 @@ pub fn simulate(args: &Args) -> Result<crate::sim::metrics::Report> {
             a,
             &args.out.join("learners"),
             &settings,
-            Arc::new(label_names),
+            label_names.clone(),
         )?,
         _ => Vec::new(),
     };
-    let backend = learners.first().map(|l| l.backend_name().to_owned());
+    let mut backend = learners.first().map(|l| l.backend_name().to_owned());
     let mut learners = learners.into_iter();
+    // The diet protocol's learners, after choosing S* by cross-validation.
+    let mut s_star = None;
+    let mut diet_methods = Vec::new().into_iter();
+    if let (Some(a), false) = (&assets, diet_specs.is_empty()) {
+        let ctx = DietContext {
+            assets: a,
+            plan: &plan,
+            sources: &sources,
+            settings: &settings,
+            training: Training {
+                codec: store_codec,
+                beta_other: TrainConfig::default().beta_other,
+            },
+            names: label_names.clone(),
+            budget: args.budget,
+            root: args.out.join("learners"),
+        };
+        let mut chosen = 0;
+        if diet_specs.iter().any(|s| s.feed != diet::Feed::Anytime) {
+            let candidates = args
+                .s_star_candidates
+                .clone()
+                .unwrap_or_else(|| diet::default_candidates(args.budget));
+            ensure!(
+                candidates.iter().all(|&c| c <= args.budget),
+                "S* candidates {candidates:?} must not exceed the budget S = {}",
+                args.budget
+            );
+            let (choice, seconds) = diet::cross_validate(&ctx, &mut table, &candidates)?;
+            log::info!("S* = {} ({seconds:.1} s)", choice.s_star);
+            chosen = choice.s_star;
+            s_star = Some((choice, seconds));
+        }
+        let (built, b) = diet::build(&diet_specs, &ctx, chosen)?;
+        backend = backend.or(b.map(str::to_owned));
+        diet_methods = built.into_iter();
+    }
     let mut methods: Vec<Box<dyn Method>> = Vec::with_capacity(method_names.len());
     for m in &method_names {
         methods.push(match m.as_str() {
             "ncm" => Box::new(NearestClassMean::new(text.clone())),
             "zero-shot" => Box::new(ZeroShot::new(text.clone())),
+            _ if is_diet => diet_methods.next().context("one diet method per spec")?,
             _ => Box::new(learners.next().context("one learner method per spec")?),
         });
     }
@@ -401,7 +497,7 @@ pub fn simulate(args: &Args) -> Result<crate::sim::metrics::Report> {
         "stages": args.stages,
         "groups": args.groups,
         "methods": method_names,
-        "learner": (!learner_specs.is_empty()).then(|| serde_json::json!({
+        "learner": (!learner_specs.is_empty() || !diet_specs.is_empty()).then(|| serde_json::json!({
             "lr": lr,
             "replay": args.replay,
             "backend": backend,
@@ -415,6 +511,18 @@ pub fn simulate(args: &Args) -> Result<crate::sim::metrics::Report> {
         })),
         "cache": cache_dir,
         "token_cache": encoding.tag(),
+        "diet": is_diet.then(|| serde_json::json!({
+            "time_steps": args.time_steps,
+            "label_percent": args.label_percent,
+            "budget": args.budget,
+            "s_star": s_star.as_ref().map(|(c, _)| c),
+            "s_star_seconds": s_star.as_ref().map(|(_, s)| s),
+            "cv_images": plan.validation.len(),
+            "lr": lr,
+            "backend": backend,
+            "anytime": "one step per labelled sample, at most S a time step; a time step's \
+                        labelled samples beyond its first S are not learned",
+        })),
     });
     let report = Report::new(config, plan, results, t0.elapsed().as_secs_f64());
     report.write_json(&args.out.join("report.json"))?;
@@ -432,13 +540,23 @@ pub fn simulate(args: &Args) -> Result<crate::sim::metrics::Report> {
                 .collect(),
         })
         .collect();
-    let title = format!(
-        "{:?}-incremental on {} ({})",
-        args.protocol,
-        names.join(", "),
-        backbone.id()
-    )
-    .to_lowercase();
+    let title = if is_diet {
+        format!(
+            "diet stream, S = {}, {} % labelled, on {} ({})",
+            args.budget,
+            args.label_percent,
+            names.join(", "),
+            backbone.id()
+        )
+    } else {
+        format!(
+            "{:?}-incremental on {} ({})",
+            args.protocol,
+            names.join(", "),
+            backbone.id()
+        )
+        .to_lowercase()
+    };
     accuracy_svg(
         &args.out.join("accuracy.svg"),
         &title,
@@ -761,6 +879,204 @@ mod tests {
             o
         ]))
         .is_err());
+    }
+
+    /// SPEC §8 end to end on the tiny model: 4 time steps of 5 images (2 class groups of
+    /// 2 classes), 2 labelled a time step, S = 4. Every learner keeps to the budget in
+    /// every time step (on the optimiser's own count too), each spends it on the losses
+    /// its data allows, S* is the best of its candidates' recorded validation scores, and
+    /// every accuracy is a finite percentage.
+    #[test]
+    fn diet_protocol_end_to_end_on_tiny_clip() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ds = shapes(tmp.path(), "shapes", 4, 21);
+        let out = tmp.path().join("out");
+        let methods = [
+            "zero-shot",
+            "ncm",
+            "diet",
+            "labelled-only",
+            "replay-only",
+            "anytime",
+            "diet-tuned",
+        ];
+        let learners = &methods[2..];
+        let a = args(&[
+            "--dataset",
+            &ds,
+            "--protocol",
+            "diet",
+            "--diet-groups",
+            "2",
+            "--time-steps",
+            "4",
+            "--label-percent",
+            "40",
+            "--budget",
+            "4",
+            "--cv-images",
+            "4",
+            "--methods",
+            &methods.join(","),
+            "--lr",
+            "2e-3",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let report = simulate(&a).unwrap();
+        let plan = &report.plan;
+        assert_eq!(plan.stages.len(), 4);
+        assert_eq!(plan.validation.len(), 4);
+        for s in &plan.stages {
+            assert_eq!((s.train.len(), s.unlabelled.len()), (2, 3), "{}", s.name);
+        }
+        for m in methods {
+            let r = rows(&report, m);
+            assert_eq!(r.len(), 4, "{m}: one row per time step");
+            for row in &r {
+                for acc in [row.acc_all, row.acc_seen, row.acc_unseen]
+                    .into_iter()
+                    .flatten()
+                {
+                    assert!(
+                        acc.is_finite() && (0.0..=100.0).contains(&acc),
+                        "{m}: {acc}"
+                    );
+                }
+                assert!(row.acc_all.is_some(), "{m}");
+            }
+            assert!(
+                r[0].acc_unseen.is_some() && r[3].acc_unseen.is_none(),
+                "{m}"
+            );
+        }
+        // the budget, per time step and learner
+        for m in learners {
+            for (t, row) in rows(&report, m).iter().enumerate() {
+                let s = row.steps.unwrap_or_else(|| panic!("{m} {t}: no steps"));
+                assert_eq!(s.budget, 4);
+                assert!(s.used <= s.budget, "{m} {t}: {s:?}");
+                assert_eq!(
+                    s.used,
+                    s.current + s.masked + s.balanced + s.sample,
+                    "{m} {t}: {s:?}"
+                );
+                assert!(s.seconds >= 0.0);
+                match *m {
+                    "labelled-only" => assert_eq!(s.masked, 0, "no unlabelled data"),
+                    "replay-only" => assert_eq!((s.current, s.masked), (0, 0), "L_b alone"),
+                    "anytime" => assert_eq!((s.sample, s.skipped), (2, 0), "one per label"),
+                    _ => {}
+                }
+                if *m != "anytime" {
+                    assert_eq!(s.used, 4, "{m} {t}: stored data takes every step");
+                }
+            }
+            assert!(summary(&report, m).steps.is_some(), "{m}");
+        }
+        for m in ["zero-shot", "ncm"] {
+            assert!(rows(&report, m).iter().all(|r| r.steps.is_none()));
+        }
+        // methods sharing a learner report the same steps
+        let steps = |m: &str| -> Vec<_> { rows(&report, m).iter().map(|r| r.steps).collect() };
+        assert_eq!(steps("diet"), steps("diet-tuned"));
+        // counted on the optimisers themselves: the learners took exactly those steps
+        let dims = ModelAssets::find("tiny-clip").unwrap().dims().block();
+        for m in ["diet", "labelled-only", "replay-only"] {
+            let path = out.join("learners").join(m).join("tuned.safetensors");
+            let (state, _, _) = anytime_runtime::train::load_tuned(&path, &dims).unwrap();
+            let spent: u64 = rows(&report, m)
+                .iter()
+                .map(|r| u64::from(r.steps.unwrap().used))
+                .sum();
+            assert_eq!(state.optim.step, spent, "{m}");
+            assert_eq!(rows(&report, m)[3].train_steps, spent, "{m}");
+        }
+        // S* from the data: every candidate scored, the best chosen (ties: the smallest)
+        let choice = &report.config["diet"]["s_star"];
+        let scores: Vec<(u64, f64)> = choice["scores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["s_star"].as_u64().unwrap(),
+                    c["accuracy"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            scores.iter().map(|s| s.0).collect::<Vec<_>>(),
+            [0, 1, 2, 3, 4]
+        );
+        assert!(scores.iter().all(|s| s.1.is_finite()));
+        let best = scores
+            .iter()
+            .copied()
+            .reduce(|b, s| if s.1 > b.1 { s } else { b })
+            .unwrap();
+        assert_eq!(choice["s_star"].as_u64(), Some(best.0));
+        assert_eq!(choice["time_steps"], 3);
+        assert!(
+            !out.join("learners/cv-s-star-0").exists(),
+            "CV learners removed"
+        );
+        // the files
+        let csv = std::fs::read_to_string(out.join("steps.csv")).unwrap();
+        assert_eq!(csv.lines().count(), 1 + learners.len() * 4);
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap())
+                .unwrap();
+        assert_eq!(json["plan"]["kind"], "diet");
+        assert_eq!(json["plan"]["num_validation"], 4);
+        assert_eq!(json["plan"]["stages"][0]["num_unlabelled"], 3);
+        assert!(out.join("accuracy.svg").is_file());
+        let table = diet::summary_table(&report);
+        assert!(
+            table.contains("S* = ") && table.contains("replay-only"),
+            "{table}"
+        );
+
+        // methods and settings the diet protocol refuses, and diet methods elsewhere
+        for (extra, why) in [
+            (vec!["--methods", "full"], "does not run under the diet"),
+            (vec!["--methods", "diet", "--gpu"], "drop --gpu"),
+            (
+                vec!["--methods", "diet", "--s-star-candidates", "2,9"],
+                "must not exceed",
+            ),
+        ] {
+            let mut v = vec![
+                "--dataset",
+                &ds,
+                "--protocol",
+                "diet",
+                "--diet-groups",
+                "2",
+                "--time-steps",
+                "4",
+                "--cv-images",
+                "4",
+                "--budget",
+                "4",
+                "--out",
+                out.to_str().unwrap(),
+            ];
+            v.extend(extra);
+            let err = format!("{:#}", simulate(&args(&v)).unwrap_err());
+            assert!(err.contains(why), "{err}");
+        }
+        let err = simulate(&args(&[
+            "--dataset",
+            &ds,
+            "--methods",
+            "diet",
+            "--out",
+            out.to_str().unwrap(),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--protocol diet only"), "{err}");
     }
 
     /// Classes `first..first + count` of the synthetic shapes (distinct names for

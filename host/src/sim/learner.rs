@@ -19,7 +19,7 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use anytime_core::codec::{encoded_len, CodecParams};
 use anytime_runtime::assets::ModelAssets;
-use anytime_runtime::learner::{Learner, LearnerConfig, Mixing};
+use anytime_runtime::learner::{DietConfig, Learner, LearnerConfig, Mixing};
 use anytime_runtime::predict::{LabelSet, Prediction, Predictor};
 use anytime_runtime::train::{BackendChoice, TrainConfig};
 use anytime_runtime::typicality::threshold_for_rate;
@@ -189,55 +189,12 @@ impl SharedLearner {
         training: Training,
         settings: &LearnerSettings,
     ) -> Result<Self> {
-        if dir.exists() {
-            std::fs::remove_dir_all(dir)
-                .with_context(|| format!("removing the old learner {}", dir.display()))?;
-        }
+        let cfg = learner_config(assets, training, settings, None);
+        let (learner, backend) = create_learner(assets, dir, cfg)?;
         let dims = assets.dims().block();
-        let predictor = Predictor::from_assets(assets)
-            .with_context(|| format!("loading {}", assets.dir.display()))?;
-        let train = TrainConfig {
-            lr: settings.lr,
-            beta_other: training.beta_other,
-            ..TrainConfig::default()
-        };
-        // Room for every record and every state blob written on the way (the ring
-        // keeps dead state copies until it wraps), so the store never evicts.
-        let record = encoded_len(dims.tokens, dims.width, &training.codec) as u64 + 64;
-        // the state blob: OCW (≤ 16 bytes a label) and typicality (14) per label
-        let state = 64 + 32 * settings.max_labels as u64;
-        let capacity = (settings.max_samples as u64 + 1) * (record + state) * 5 / 4 + (4 << 20);
-        let cfg = LearnerConfig {
-            store_capacity: capacity,
-            codec: training.codec,
-            train,
-            replay: settings.replay,
-            checkpoint_every: 0,
-            seed: settings.seed,
-            backend: if settings.gpu {
-                BackendChoice::Gpu
-            } else {
-                BackendChoice::Cpu
-            },
-            // a simulation's learners are rebuilt from scratch on every run
-            durable: false,
-            diet: None,
-        };
-        let mut learner = Learner::with_predictor(predictor, assets, dir, cfg)
-            .with_context(|| format!("creating the learner in {}", dir.display()))?;
-        let chosen = learner
-            .training()
-            .with_context(|| format!("building the training backend of {}", dir.display()))?;
-        log::info!(
-            "learner {} trains on {chosen} (codec k{} b{}, β {})",
-            dir.display(),
-            training.codec.k,
-            training.codec.bits,
-            training.beta_other
-        );
         Ok(Self {
             learner,
-            backend: chosen.backend,
+            backend,
             stream: Vec::new(),
             learn_s: Vec::new(),
             store_bytes: Vec::new(),
@@ -273,6 +230,72 @@ impl SharedLearner {
         );
         Ok(())
     }
+}
+
+/// The configuration of a simulation learner: `training` with `settings`, a store that
+/// never evicts, nothing synced to disk, and SPEC §8's budget when `diet` is given.
+pub(crate) fn learner_config(
+    assets: &ModelAssets,
+    training: Training,
+    settings: &LearnerSettings,
+    diet: Option<DietConfig>,
+) -> LearnerConfig {
+    let dims = assets.dims().block();
+    let train = TrainConfig {
+        lr: settings.lr,
+        beta_other: training.beta_other,
+        ..TrainConfig::default()
+    };
+    // Room for every record and every state blob written on the way (the ring
+    // keeps dead state copies until it wraps), so the store never evicts.
+    let record = encoded_len(dims.tokens, dims.width, &training.codec) as u64 + 64;
+    // the state blob: OCW (≤ 16 bytes a label) and typicality (14) per label
+    let state = 64 + 32 * settings.max_labels as u64;
+    let capacity = (settings.max_samples as u64 + 1) * (record + state) * 5 / 4 + (4 << 20);
+    LearnerConfig {
+        store_capacity: capacity,
+        codec: training.codec,
+        train,
+        replay: settings.replay,
+        checkpoint_every: 0,
+        seed: settings.seed,
+        backend: if settings.gpu {
+            BackendChoice::Gpu
+        } else {
+            BackendChoice::Cpu
+        },
+        // a simulation's learners are rebuilt from scratch on every run
+        durable: false,
+        diet,
+    }
+}
+
+/// Creates a fresh learner of `cfg` in `dir` (whatever was there is removed) with its
+/// training backend built; returns it and the backend's name ("cpu" or "wgpu").
+pub(crate) fn create_learner(
+    assets: &ModelAssets,
+    dir: &Path,
+    cfg: LearnerConfig,
+) -> Result<(Learner, &'static str)> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)
+            .with_context(|| format!("removing the old learner {}", dir.display()))?;
+    }
+    let predictor = Predictor::from_assets(assets)
+        .with_context(|| format!("loading {}", assets.dir.display()))?;
+    let (codec, beta) = (cfg.codec, cfg.train.beta_other);
+    let mut learner = Learner::with_predictor(predictor, assets, dir, cfg)
+        .with_context(|| format!("creating the learner in {}", dir.display()))?;
+    let chosen = learner
+        .training()
+        .with_context(|| format!("building the training backend of {}", dir.display()))?;
+    log::info!(
+        "learner {} trains on {chosen} (codec k{} b{}, β {beta})",
+        dir.display(),
+        codec.k,
+        codec.bits,
+    );
+    Ok((learner, chosen.backend))
 }
 
 /// One of the learner's methods (see the module documentation).

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use anyhow::{ensure, Context, Result};
 use anytime_core::mixing::{argmax, dot};
 
+use super::metrics::StageSteps;
+
 /// What a method is given of one image.
 #[derive(Debug, Clone, Copy)]
 pub struct Features<'a> {
@@ -44,9 +46,24 @@ pub trait Method {
         false
     }
     /// Total seconds spent learning so far, for methods that account it themselves
-    /// (methods sharing one learner); `None`: the runner times [`Method::observe`].
+    /// (methods sharing one learner); `None`: the runner times [`Method::observe`],
+    /// [`Method::observe_unlabelled`] and [`Method::end_stage`].
     fn update_seconds(&self) -> Option<f64> {
         None
+    }
+    /// Whether the method learns from samples without their label (diet protocol):
+    /// only then does the runner call [`Method::observe_unlabelled`].
+    fn takes_unlabelled(&self) -> bool {
+        false
+    }
+    /// Learns from one new sample whose label is not given.
+    fn observe_unlabelled(&mut self, _x: &Features<'_>) -> Result<()> {
+        Ok(())
+    }
+    /// The stage (a diet time step) has delivered all its samples: a method under a
+    /// step budget trains now and says what it spent; the others return `None`.
+    fn end_stage(&mut self) -> Result<Option<StageSteps>> {
+        Ok(None)
     }
 }
 

@@ -8,6 +8,10 @@
 //! that trained it up to the one before last, minus its final accuracy; averaged
 //! over those groups. It is negative when the groups improved (backward transfer).
 //! Held-out groups are left out of "all", "seen" and "unseen" and of forgetting.
+//!
+//! Under a step budget (the diet protocol, SPEC §8) a row also says what the method
+//! spent in its time step ([`StageSteps`]), written to `steps.csv`, and the summary
+//! sums it up ([`StepsSummary`]).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -86,7 +90,9 @@ pub struct StageResult {
     pub bytes_per_sample: f64,
     /// Training steps so far (cumulative).
     pub train_steps: u64,
-    /// Mean wall time of one `observe` in this stage, in milliseconds.
+    /// Mean wall time of learning one new sample in this stage (its labelled samples,
+    /// and its unlabelled ones for a method that takes them; a time step's training at
+    /// its end included), in milliseconds.
     pub update_ms: Option<f64>,
     /// Wall time of this stage's evaluation, in seconds.
     pub eval_s: f64,
@@ -97,6 +103,79 @@ pub struct StageResult {
     /// asked over the learned labels only.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub none: Vec<NoneEval>,
+    /// Diet protocol: the training steps of this time step, for a learner under a budget.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<StageSteps>,
+}
+
+/// The training steps a method spent in one time step under the budget `S` (SPEC §8).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct StageSteps {
+    /// `S`.
+    pub budget: u32,
+    /// Forward-backward steps spent (never above `budget`).
+    pub used: u32,
+    /// Spent steps by loss: `L_m`, `L_r`, `L_b` (those at the reduced rate included),
+    /// and SPEC §4 steps (one new sample with replayed ones: the anytime learner).
+    pub current: u32,
+    pub masked: u32,
+    pub balanced: u32,
+    pub sample: u32,
+    /// Steps at 0.1× the learning rate (beyond `S*`).
+    pub reduced_lr: u32,
+    /// Labelled samples of the time step the method did not learn (the anytime learner
+    /// past `S`).
+    pub skipped: u32,
+    /// Mean loss before the update of the time step's steps of each kind.
+    pub loss_current: Option<f64>,
+    pub loss_masked: Option<f64>,
+    pub loss_balanced: Option<f64>,
+    /// Wall time of the time step's learning (its samples' arrivals and its steps), s.
+    pub seconds: f64,
+}
+
+/// A method's steps over a whole run under a budget.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct StepsSummary {
+    pub budget: u32,
+    /// The most steps spent in one time step, and the total.
+    pub max_used: u32,
+    pub used: u64,
+    pub current: u64,
+    pub masked: u64,
+    pub balanced: u64,
+    pub sample: u64,
+    pub reduced_lr: u64,
+    pub skipped: u64,
+    /// Wall time of all the time steps' learning, s, and per step spent, ms.
+    pub seconds: f64,
+    pub ms_per_step: Option<f64>,
+}
+
+impl StepsSummary {
+    /// Sums the time steps' records.
+    pub fn of<'a>(steps: impl IntoIterator<Item = &'a StageSteps>) -> Option<Self> {
+        let mut s: Option<StepsSummary> = None;
+        for t in steps {
+            let s = s.get_or_insert(StepsSummary {
+                budget: t.budget,
+                ..StepsSummary::default()
+            });
+            s.max_used = s.max_used.max(t.used);
+            s.used += u64::from(t.used);
+            s.current += u64::from(t.current);
+            s.masked += u64::from(t.masked);
+            s.balanced += u64::from(t.balanced);
+            s.sample += u64::from(t.sample);
+            s.reduced_lr += u64::from(t.reduced_lr);
+            s.skipped += u64::from(t.skipped);
+            s.seconds += t.seconds;
+        }
+        if let Some(s) = s.as_mut() {
+            s.ms_per_step = (s.used > 0).then(|| 1e3 * s.seconds / s.used as f64);
+        }
+        s
+    }
 }
 
 /// One "none of the above" signal at one stage.
@@ -210,6 +289,9 @@ pub struct Summary {
     /// protocol).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub none: Vec<NoneSummary>,
+    /// Diet protocol: the steps spent over the run, for a learner under a budget.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<StepsSummary>,
 }
 
 /// One "none of the above" signal averaged over stages.
@@ -262,6 +344,7 @@ pub fn summarise(plan: &Plan, rows: &[&StageResult]) -> Option<Summary> {
         train_steps: last.train_steps,
         bytes_per_sample: last.bytes_per_sample,
         none: mean_none(rows),
+        steps: StepsSummary::of(rows.iter().filter_map(|r| r.steps.as_ref())),
     })
 }
 
@@ -395,12 +478,51 @@ impl Report {
         s
     }
 
-    /// Writes `stages.csv` and `summary.csv` into `dir`.
+    /// One line per method and time step that spent steps under a budget (diet
+    /// protocol); `None` when no row did.
+    pub fn steps_csv(&self) -> Option<String> {
+        let mut s = String::from(
+            "method,stage,stage_name,budget,used,l_m,l_r,l_b,sample,reduced_lr,skipped,\
+             loss_m,loss_r,loss_b,seconds\n",
+        );
+        let mut any = false;
+        for r in &self.rows {
+            let Some(t) = &r.steps else { continue };
+            any = true;
+            let _ = writeln!(
+                s,
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3}",
+                csv_field(&r.method),
+                r.stage,
+                csv_field(&r.stage_name),
+                t.budget,
+                t.used,
+                t.current,
+                t.masked,
+                t.balanced,
+                t.sample,
+                t.reduced_lr,
+                t.skipped,
+                opt(t.loss_current),
+                opt(t.loss_masked),
+                opt(t.loss_balanced),
+                t.seconds
+            );
+        }
+        any.then_some(s)
+    }
+
+    /// Writes `stages.csv` and `summary.csv` into `dir`, and `steps.csv` when a method
+    /// spent steps under a budget.
     pub fn write_csv(&self, dir: &Path) -> Result<()> {
+        let steps = self.steps_csv().map(|t| ("steps.csv", t));
         for (name, text) in [
             ("stages.csv", self.stages_csv()),
             ("summary.csv", self.summary_csv()),
-        ] {
+        ]
+        .into_iter()
+        .chain(steps)
+        {
             let path = dir.join(name);
             std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         }
@@ -473,6 +595,7 @@ mod tests {
             eval_s: 0.1,
             peak_rss_kib: None,
             none: Vec::new(),
+            steps: None,
         }
     }
 
@@ -575,6 +698,53 @@ mod tests {
         assert_eq!(v["summaries"][0]["forgetting"], 30.0);
         assert_eq!(v["plan"]["kind"], "class");
         assert!(tmp.path().join("summary.csv").is_file());
+        assert!(
+            !tmp.path().join("steps.csv").exists(),
+            "no budget, no steps"
+        );
+    }
+
+    #[test]
+    fn steps_under_a_budget_are_summed_and_written() {
+        let plan = class_plan();
+        let mut rows = vec![row(0, 40.0, [80.0, 0.0]), row(1, 60.0, [50.0, 70.0])];
+        rows[0].steps = Some(StageSteps {
+            budget: 6,
+            used: 6,
+            current: 2,
+            masked: 2,
+            balanced: 2,
+            seconds: 0.3,
+            loss_masked: Some(1.5),
+            ..StageSteps::default()
+        });
+        rows[1].steps = Some(StageSteps {
+            budget: 6,
+            used: 4,
+            balanced: 4,
+            reduced_lr: 3,
+            seconds: 0.2,
+            ..StageSteps::default()
+        });
+        let report = Report::new(serde_json::json!({}), plan, rows, 1.0);
+        let s = report.summaries[0].steps.unwrap();
+        assert_eq!((s.budget, s.max_used, s.used), (6, 6, 10));
+        assert_eq!(
+            (s.current, s.masked, s.balanced, s.reduced_lr),
+            (2, 2, 6, 3)
+        );
+        assert!((s.ms_per_step.unwrap() - 50.0).abs() < 1e-9);
+        let csv = report.steps_csv().unwrap();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(
+            lines[1].starts_with("\"m,x\",0,group 1,6,6,2,2,2,0,0,0,,1.500,,0.300"),
+            "{}",
+            lines[1]
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        report.write_csv(tmp.path()).unwrap();
+        assert!(tmp.path().join("steps.csv").is_file());
     }
 
     #[test]

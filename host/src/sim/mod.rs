@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod dataset;
+pub mod diet;
 pub mod features;
 pub mod learner;
 pub mod method;

@@ -15,6 +15,17 @@
 //!   can be read off.
 //! - **task**: one stage per source, in order; each source's test set is scored
 //!   over its own labels.
+//! - **diet** (SPEC §8, "learning on a diet"): class-incremental *time steps* with sparse
+//!   labels. Classes are cut into `G` groups as in **class**; the `T` time steps are
+//!   split into `G` runs of consecutive time steps (group `g` spans time steps
+//!   `⌊g·T/G⌋ .. ⌊(g+1)·T/G⌋`), so classes arrive over time and never come back. A group's
+//!   training images, in seeded order, are spread evenly over its time steps (all of the
+//!   subset is used). In each time step `label_percent` % of its samples (rounded, at least
+//!   one) carry their label, chosen seeded and class-stratified; the rest arrive
+//!   unlabelled ([`Stage::unlabelled`]). Scored like **class** (one evaluation group per
+//!   class group, over all labels). `cv_images` class-stratified training images are
+//!   carved out of the stream ([`Plan::validation`], never trained on, never a test
+//!   image) for choosing `S*` by cross-validation.
 //!
 //! Every protocol takes an optional held-out source (the last one): it is never
 //! trained on, and its test set, scored over its own labels at every stage, measures
@@ -45,6 +56,8 @@ pub enum ProtocolKind {
     Class,
     /// Task-incremental: one dataset after another, with a held-out one.
     Task,
+    /// Learning on a diet (SPEC §8): class-incremental time steps, sparse labels.
+    Diet,
 }
 
 /// Default data-incremental stages, in percent of the training set.
@@ -70,9 +83,18 @@ pub struct SampleRef {
 #[derive(Debug, Clone, Serialize)]
 pub struct Stage {
     pub name: String,
-    /// New training samples, in arrival order (serialised as their number).
+    /// New training samples, in arrival order (serialised as their number); with the
+    /// diet protocol, the time step's labelled samples.
     #[serde(rename = "num_train", serialize_with = "serialize_len")]
     pub train: Vec<SampleRef>,
+    /// Diet protocol: the time step's samples that arrive without their label, in
+    /// arrival order (serialised as their number; empty for the other protocols).
+    #[serde(
+        rename = "num_unlabelled",
+        serialize_with = "serialize_len",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub unlabelled: Vec<SampleRef>,
     /// Global labels trained on up to and including this stage, sorted.
     pub seen: Vec<u16>,
 }
@@ -110,6 +132,14 @@ pub struct Plan {
     pub class_order: Vec<u16>,
     pub stages: Vec<Stage>,
     pub groups: Vec<EvalGroup>,
+    /// Diet protocol: training-split images held out of the stream for choosing `S*`
+    /// (serialised as their number; empty for the other protocols).
+    #[serde(
+        rename = "num_validation",
+        serialize_with = "serialize_len",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub validation: Vec<SampleRef>,
 }
 
 /// Options of [`plan`].
@@ -128,6 +158,12 @@ pub struct PlanOptions {
     pub validation: Option<usize>,
     pub limit_train: Option<usize>,
     pub limit_test: Option<usize>,
+    /// Diet protocol: number of time steps.
+    pub time_steps: usize,
+    /// Diet protocol: percent of each time step's samples that carry their label.
+    pub label_percent: f64,
+    /// Diet protocol: class-stratified training images carved out for choosing `S*`.
+    pub cv_images: usize,
 }
 
 impl Default for PlanOptions {
@@ -141,6 +177,9 @@ impl Default for PlanOptions {
             validation: None,
             limit_train: None,
             limit_test: None,
+            time_steps: 20,
+            label_percent: 1.0,
+            cv_images: 1000,
         }
     }
 }
@@ -225,11 +264,24 @@ pub fn plan(sources: &[SourceInfo], opts: &PlanOptions) -> Result<Plan> {
         Some(_) if s < trained => Split::Train,
         _ => Split::Test,
     };
+    let diet = opts.kind == ProtocolKind::Diet;
+    ensure!(
+        !(diet && opts.validation.is_some()),
+        "the diet protocol carves its own validation set (for S*) and scores on the test \
+         split: drop --validation"
+    );
     let mut kept_train: Vec<Vec<u32>> = Vec::with_capacity(sources.len());
     let mut kept_test: Vec<Vec<u32>> = Vec::with_capacity(sources.len());
+    let mut cv_set: Vec<u32> = Vec::new();
     for (i, s) in sources.iter().enumerate() {
-        let train = if eval_split(i) == Split::Train {
-            let n = opts.validation.unwrap_or(0);
+        // Images carved out of the training split and never trained on: the evaluation
+        // set under `validation`, or the diet protocol's S* validation set.
+        let carve = match (eval_split(i), diet && i < trained) {
+            (Split::Train, _) => Some(opts.validation.unwrap_or(0)),
+            (Split::Test, true) => Some(opts.cv_images),
+            (Split::Test, false) => None,
+        };
+        let train = if let Some(n) = carve {
             ensure!(
                 n >= 1 && n < s.train_labels.len(),
                 "a validation set of {n} images cannot be carved out of the {} training images of `{}`",
@@ -242,7 +294,16 @@ pub fn plan(sources: &[SourceInfo], opts: &PlanOptions) -> Result<Plan> {
                 .collect();
             let rest_labels: Vec<u16> = rest.iter().map(|&i| s.train_labels[i as usize]).collect();
             let kept = stratified_subset(&rest_labels, opts.limit_train, sub_seed(i, 1));
-            kept_test.push(val);
+            if eval_split(i) == Split::Train {
+                kept_test.push(val);
+            } else {
+                kept_test.push(stratified_subset(
+                    &s.test_labels,
+                    opts.limit_test,
+                    sub_seed(i, 2),
+                ));
+                cv_set = val;
+            }
             kept.into_iter().map(|k| rest[k as usize]).collect()
         } else {
             kept_test.push(stratified_subset(
@@ -283,7 +344,11 @@ pub fn plan(sources: &[SourceInfo], opts: &PlanOptions) -> Result<Plan> {
             let mut start = 0;
             for p in pct.drain(..) {
                 let end = (n * p as usize).div_ceil(100).max(start);
-                stages.push((format!("{p}%"), refs(0, order[start..end].iter().copied())));
+                stages.push((
+                    format!("{p}%"),
+                    refs(0, order[start..end].iter().copied()),
+                    Vec::new(),
+                ));
                 start = end;
             }
             let groups = vec![EvalGroup {
@@ -296,7 +361,7 @@ pub fn plan(sources: &[SourceInfo], opts: &PlanOptions) -> Result<Plan> {
             }];
             (stages, groups)
         }
-        ProtocolKind::Class => {
+        ProtocolKind::Class | ProtocolKind::Diet => {
             let c = usize::from(sources[0].num_classes);
             ensure!(
                 (1..=c).contains(&opts.groups),
@@ -305,6 +370,18 @@ pub fn plan(sources: &[SourceInfo], opts: &PlanOptions) -> Result<Plan> {
             );
             class_order = (0..sources[0].num_classes).collect();
             class_order.shuffle(&mut rng);
+            let t = opts.time_steps;
+            ensure!(
+                !diet || t >= opts.groups,
+                "the diet protocol needs at least one time step per class group: {t} time \
+                 steps for {} groups",
+                opts.groups
+            );
+            ensure!(
+                !diet || (opts.label_percent > 0.0 && opts.label_percent <= 100.0),
+                "the labelled share of a time step must be in (0, 100] %, got {}",
+                opts.label_percent
+            );
             let (base, extra) = (c / opts.groups, c % opts.groups);
             let mut stages = Vec::new();
             let mut groups = Vec::new();
@@ -327,15 +404,49 @@ pub fn plan(sources: &[SourceInfo], opts: &PlanOptions) -> Result<Plan> {
                     .copied()
                     .filter(|&i| in_group(&eval_label(0, i)));
                 let name = format!("group {}", g + 1);
+                // the time steps of this group (diet), or its one stage
+                let (first, last) = if diet {
+                    (g * t / opts.groups, (g + 1) * t / opts.groups)
+                } else {
+                    (g, g + 1)
+                };
                 groups.push(EvalGroup {
                     name: name.clone(),
                     split: eval_split(0),
                     samples: refs(0, test),
                     candidates: all_labels(0),
-                    learned_at: Some(g),
+                    learned_at: Some(first),
                     held_out: false,
                 });
-                stages.push((name, refs(0, train)));
+                if !diet {
+                    stages.push((name, refs(0, train), Vec::new()));
+                    continue;
+                }
+                let steps = last - first;
+                let mut start = 0;
+                for j in 0..steps {
+                    let end = train.len() * (j + 1) / steps;
+                    let slice = &train[start..end];
+                    start = end;
+                    let labels: Vec<u16> = slice
+                        .iter()
+                        .map(|&i| src.train_labels[i as usize])
+                        .collect();
+                    let wanted = (slice.len() as f64 * opts.label_percent / 100.0).round() as usize;
+                    let n_lab = wanted.max(1).min(slice.len());
+                    let ts = first + j;
+                    let picked =
+                        stratified_subset(&labels, Some(n_lab), sub_seed(0, 5 + ts as u64));
+                    let (mut lab, mut unl) = (Vec::new(), Vec::new());
+                    for (k, &i) in slice.iter().enumerate() {
+                        if picked.binary_search(&(k as u32)).is_ok() {
+                            lab.push(i);
+                        } else {
+                            unl.push(i);
+                        }
+                    }
+                    stages.push((format!("t{}", ts + 1), refs(0, lab), refs(0, unl)));
+                }
             }
             (stages, groups)
         }
@@ -345,7 +456,7 @@ pub fn plan(sources: &[SourceInfo], opts: &PlanOptions) -> Result<Plan> {
             for (s, src) in sources.iter().enumerate().take(trained) {
                 let mut train = kept_train[s].clone();
                 train.shuffle(&mut rng);
-                stages.push((src.name.clone(), refs(s as u16, train)));
+                stages.push((src.name.clone(), refs(s as u16, train), Vec::new()));
                 groups.push(EvalGroup {
                     name: src.name.clone(),
                     split: eval_split(s),
@@ -374,7 +485,7 @@ pub fn plan(sources: &[SourceInfo], opts: &PlanOptions) -> Result<Plan> {
     let mut seen = std::collections::BTreeSet::new();
     let stages = stages
         .into_iter()
-        .map(|(name, train)| {
+        .map(|(name, train, unlabelled)| {
             for r in &train {
                 let s = usize::from(r.source);
                 seen.insert(label_offsets[s] + sources[s].train_labels[r.index as usize]);
@@ -382,6 +493,7 @@ pub fn plan(sources: &[SourceInfo], opts: &PlanOptions) -> Result<Plan> {
             Stage {
                 name,
                 train,
+                unlabelled,
                 seen: seen.iter().copied().collect(),
             }
         })
@@ -394,6 +506,7 @@ pub fn plan(sources: &[SourceInfo], opts: &PlanOptions) -> Result<Plan> {
         class_order,
         stages,
         groups,
+        validation: refs(0, cv_set),
     })
 }
 
@@ -495,6 +608,116 @@ mod tests {
         assert_eq!(p.stages[0].seen.len(), 4);
         assert_eq!(p.stages[2].seen.len(), 10);
         assert!(plan(&[src], &PlanOptions { groups: 11, ..opts }).is_err());
+    }
+
+    /// Diet: 3 groups over 7 time steps (2, 2, 3), every training image arrives once
+    /// (labelled or not), 10 % labelled per time step (at least one), class-stratified;
+    /// the S* validation images are training images outside the stream.
+    #[test]
+    fn diet_time_steps_carry_sparse_labels_and_classes_arrive_over_time() {
+        let src = source("d", 6, 30, 4);
+        let opts = PlanOptions {
+            kind: ProtocolKind::Diet,
+            groups: 3,
+            time_steps: 7,
+            label_percent: 10.0,
+            cv_images: 12,
+            seed: 4,
+            ..PlanOptions::default()
+        };
+        let p = plan(std::slice::from_ref(&src), &opts).unwrap();
+        assert_eq!(p.stages.len(), 7);
+        assert_eq!(p.validation.len(), 12);
+        let label = |r: &SampleRef| src.train_labels[r.index as usize];
+        for c in 0..6 {
+            assert_eq!(p.validation.iter().filter(|r| label(r) == c).count(), 2);
+        }
+        let mut all: Vec<u32> = p
+            .stages
+            .iter()
+            .flat_map(|s| s.train.iter().chain(&s.unlabelled).map(|r| r.index))
+            .chain(p.validation.iter().map(|r| r.index))
+            .collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..180).collect::<Vec<_>>(), "each image once");
+        // group g spans time steps ⌊7g/3⌋..⌊7(g+1)/3⌋: 0..2, 2..4, 4..7
+        let learned: Vec<Option<usize>> = p.groups.iter().map(|g| g.learned_at).collect();
+        assert_eq!(learned, [Some(0), Some(2), Some(4)]);
+        let sizes: Vec<usize> = p
+            .stages
+            .iter()
+            .map(|s| s.train.len() + s.unlabelled.len())
+            .collect();
+        // 56 images a group (60 less 4 validation images) over its time steps
+        assert_eq!(sizes, [28, 28, 28, 28, 18, 19, 19]);
+        for (t, s) in p.stages.iter().enumerate() {
+            let n = s.train.len() + s.unlabelled.len();
+            let want = ((n as f64 * 0.1).round() as usize).max(1);
+            assert_eq!(s.train.len(), want, "time step {t}");
+            let g = p
+                .groups
+                .iter()
+                .rposition(|g| g.learned_at.unwrap() <= t)
+                .unwrap();
+            let mut classes: Vec<u16> = s.train.iter().chain(&s.unlabelled).map(label).collect();
+            classes.sort_unstable();
+            classes.dedup();
+            assert_eq!(classes.len(), 2, "two classes a group");
+            // stratified: 3 labelled of 2 classes are 2 + 1
+            let lab: Vec<u16> = s.train.iter().map(label).collect();
+            for c in &classes {
+                let k = lab.iter().filter(|l| *l == c).count();
+                assert!(k >= want / 2, "time step {t}: {lab:?}");
+            }
+            // the group's test images are scored from its first time step on
+            assert!(p.groups[g]
+                .samples
+                .iter()
+                .all(|r| classes.contains(&src.test_labels[r.index as usize])));
+        }
+        assert_eq!(p.stages[0].name, "t1");
+        assert_eq!(p.stages[6].seen.len(), 6);
+        // at least one labelled sample, whatever the share
+        let few = plan(
+            std::slice::from_ref(&src),
+            &PlanOptions {
+                label_percent: 0.5,
+                ..opts.clone()
+            },
+        )
+        .unwrap();
+        assert!(few.stages.iter().all(|s| s.train.len() == 1));
+        for bad in [
+            PlanOptions {
+                time_steps: 2,
+                ..opts.clone()
+            },
+            PlanOptions {
+                label_percent: 0.0,
+                ..opts.clone()
+            },
+            PlanOptions {
+                validation: Some(5),
+                ..opts.clone()
+            },
+            PlanOptions {
+                cv_images: 0,
+                ..opts.clone()
+            },
+        ] {
+            assert!(plan(std::slice::from_ref(&src), &bad).is_err(), "{bad:?}");
+        }
+        // the other protocols carve nothing and have no unlabelled samples
+        let class = plan(
+            &[src],
+            &PlanOptions {
+                kind: ProtocolKind::Class,
+                ..opts
+            },
+        )
+        .unwrap();
+        assert!(class.validation.is_empty());
+        assert!(class.stages.iter().all(|s| s.unlabelled.is_empty()));
     }
 
     #[test]

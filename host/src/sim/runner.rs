@@ -1,6 +1,7 @@
 //! Replays a plan: at every stage each method observes the stage's new samples
-//! (timed), then predicts every evaluation group's test samples; one
-//! [`StageResult`] per method and stage.
+//! (timed: the labelled ones, then the unlabelled ones of a diet time step for the
+//! methods that take them, then [`Method::end_stage`]), then predicts every evaluation
+//! group's test samples; one [`StageResult`] per method and stage.
 
 use std::time::Instant;
 
@@ -11,13 +12,28 @@ use super::dataset::Split;
 use super::features::FeatureTable;
 use super::method::{Features, Method};
 use super::metrics::{none_eval, peak_rss_kib, NoneEval, StageResult, StageScore};
-use super::protocol::{Plan, ProtocolKind, SourceInfo};
+use super::protocol::{Plan, ProtocolKind, SampleRef, SourceInfo};
 
 /// Units of work [`run`] reports to its progress bar.
 pub fn work(plan: &Plan, methods: usize) -> u64 {
     let per_stage: usize = plan.groups.iter().map(|g| g.samples.len()).sum();
-    let train: usize = plan.stages.iter().map(|s| s.train.len()).sum();
+    let train: usize = plan
+        .stages
+        .iter()
+        .map(|s| s.train.len() + s.unlabelled.len())
+        .sum();
     (methods * (train + plan.stages.len() * per_stage)) as u64
+}
+
+/// The global label of sample `r` of `split`.
+pub fn label_of(plan: &Plan, sources: &[SourceInfo], r: SampleRef, split: Split) -> Result<u16> {
+    let s = &sources[usize::from(r.source)];
+    let local = match split {
+        Split::Train => s.train_labels.get(r.index as usize),
+        Split::Test => s.test_labels.get(r.index as usize),
+    };
+    let local = *local.with_context(|| format!("no label for image {} of {}", r.index, s.name))?;
+    Ok(plan.global_label(r.source, local))
 }
 
 /// Runs every stage of `plan` for every method, in lockstep stage by stage.
@@ -31,13 +47,7 @@ pub fn run(
     let mut rows = Vec::new();
     let mut observed = vec![0u64; methods.len()];
     let label_of = |source: u16, split: Split, index: u32| -> Result<u16> {
-        let s = &sources[usize::from(source)];
-        let local = match split {
-            Split::Train => s.train_labels.get(index as usize),
-            Split::Test => s.test_labels.get(index as usize),
-        };
-        let local = *local.with_context(|| format!("no label for image {index} of {}", s.name))?;
-        Ok(plan.global_label(source, local))
+        label_of(plan, sources, SampleRef { source, index }, split)
     };
     for (k, stage) in plan.stages.iter().enumerate() {
         for (m, method) in methods.iter_mut().enumerate() {
@@ -62,6 +72,32 @@ pub fn run(
                 update_s += t.elapsed().as_secs_f64();
                 progress.inc(1);
             }
+            let mut n_new = stage.train.len();
+            if method.takes_unlabelled() {
+                for r in &stage.unlabelled {
+                    let tokens = if method.needs_tokens() {
+                        Some(table.tokens(r.source, Split::Train, r.index)?)
+                    } else {
+                        None
+                    };
+                    let x = Features {
+                        tokens: tokens.as_deref(),
+                        embedding: table.embedding(r.source, Split::Train, r.index)?,
+                    };
+                    let t = Instant::now();
+                    method.observe_unlabelled(&x).with_context(|| {
+                        format!("{} observing unlabelled image {}", method.name(), r.index)
+                    })?;
+                    update_s += t.elapsed().as_secs_f64();
+                }
+                n_new += stage.unlabelled.len();
+            }
+            progress.inc(stage.unlabelled.len() as u64);
+            let t = Instant::now();
+            let steps = method
+                .end_stage()
+                .with_context(|| format!("{} ending {}", method.name(), stage.name))?;
+            update_s += t.elapsed().as_secs_f64();
             observed[m] += stage.train.len() as u64;
             if let (Some(before), Some(after)) = (accounted, method.update_seconds()) {
                 update_s = after - before;
@@ -135,7 +171,6 @@ pub fn run(
                     .collect::<Vec<NoneEval>>();
             }
 
-            let n_new = stage.train.len();
             let mut row = StageResult {
                 method: method.name().to_owned(),
                 stage: k,
@@ -155,6 +190,7 @@ pub fn run(
                 eval_s: t_eval.elapsed().as_secs_f64(),
                 peak_rss_kib: peak_rss_kib(),
                 none,
+                steps,
             };
             row.set_score(&score);
             log::debug!(
