@@ -441,14 +441,14 @@ impl Method for Capped {
     }
 }
 
+/// The methods [`build`] made, in the order of their specs, and the training backend's
+/// name (`None` without any).
+pub type Built = (Vec<Box<dyn Method>>, Option<&'static str>);
+
 /// Builds the learner methods of `specs` (in order) with the threshold `s_star`: one
 /// learner per feed, each in `<root>/<name of its first method>`, shared by its `-tuned`
-/// twin. Returns them and the training backend's name.
-pub fn build(
-    specs: &[DietSpec],
-    ctx: &DietContext<'_>,
-    s_star: u32,
-) -> Result<(Vec<Box<dyn Method>>, Option<&'static str>)> {
+/// twin.
+pub fn build(specs: &[DietSpec], ctx: &DietContext<'_>, s_star: u32) -> Result<Built> {
     let mut shared: Vec<(Feed, Rc<RefCell<DietLearner>>)> = Vec::new();
     let anytime: Vec<LearnerSpec> = specs
         .iter()
