@@ -21,8 +21,8 @@ use anytime_runtime::block::{memory_report, step_flops, BlockDims, BlockParams, 
 use anytime_runtime::train::adamw::adamw_update;
 use anytime_runtime::train::gpu::GpuBackend;
 use anytime_runtime::train::{
-    Batch, CpuBackend, CpuOptions, MaskedBatch, MaskedState, TrainBackend, TrainConfig,
-    TrainError, TunedState,
+    Batch, CpuBackend, CpuOptions, MaskedBatch, MaskedState, TrainBackend, TrainConfig, TrainError,
+    TunedState,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::json;
