@@ -1,11 +1,24 @@
 //! The one GPU context: instance, adapter, device, queue and what the adapter is, and
 //! which adapters it may open.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
 use wgpu::util::DeviceExt;
 
 use crate::{Dispatch, GpuError};
 
+/// Idle read-back staging buffers a [`GpuContext`] keeps for reuse, at most one per size
+/// in practice (the least recently returned is dropped beyond this count). A training
+/// backend reads back a handful of sizes: the loss statistics and embeddings of each
+/// batch shape, the `L_r` errors and head gradients, the state's three tensors.
+const STAGING_KEPT: usize = 8;
+
 /// Instance, adapter, device and queue, created once and shared by every kernel.
+///
+/// Every buffer the crate creates goes through the context, which counts them
+/// ([`GpuContext::buffers_created`]); code that calls `device.create_buffer` itself is not
+/// counted.
 #[derive(Debug)]
 pub struct GpuContext {
     pub instance: wgpu::Instance,
@@ -14,6 +27,10 @@ pub struct GpuContext {
     pub queue: wgpu::Queue,
     /// Name, backend and device type of the adapter (for logs and benchmark tables).
     pub info: wgpu::AdapterInfo,
+    /// Buffers created through this context so far.
+    buffers_created: AtomicU64,
+    /// Idle read-back staging buffers (unmapped), least recently returned first.
+    staging: Mutex<Vec<wgpu::Buffer>>,
 }
 
 /// Which adapters a [`GpuContext`] may open.
@@ -90,7 +107,55 @@ impl GpuContext {
             device,
             queue,
             info,
+            buffers_created: AtomicU64::new(0),
+            staging: Mutex::new(Vec::new()),
         })
+    }
+
+    /// How many buffers this context has created (storage, uniform and read-back staging
+    /// buffers alike). A steady run of work whose buffers are all kept leaves it unchanged.
+    pub fn buffers_created(&self) -> u64 {
+        self.buffers_created.load(Ordering::Relaxed)
+    }
+
+    /// `device.create_buffer`, counted.
+    fn create_buffer(&self, desc: &wgpu::BufferDescriptor<'_>) -> wgpu::Buffer {
+        self.buffers_created.fetch_add(1, Ordering::Relaxed);
+        self.device.create_buffer(desc)
+    }
+
+    /// `device.create_buffer_init`, counted.
+    fn create_buffer_init(&self, desc: &wgpu::util::BufferInitDescriptor<'_>) -> wgpu::Buffer {
+        self.buffers_created.fetch_add(1, Ordering::Relaxed);
+        self.device.create_buffer_init(desc)
+    }
+
+    /// An idle staging buffer of exactly `size` bytes from the pool, else a new one.
+    fn take_staging(&self, size: u64) -> wgpu::Buffer {
+        let pooled = {
+            let mut pool = self.staging.lock().unwrap_or_else(|e| e.into_inner());
+            pool.iter()
+                .position(|b| b.size() == size)
+                .map(|i| pool.remove(i))
+        };
+        pooled.unwrap_or_else(|| {
+            self.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("readback"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })
+    }
+
+    /// Returns an unmapped staging buffer to the pool (dropping the oldest beyond
+    /// [`STAGING_KEPT`]).
+    fn give_back_staging(&self, buffer: wgpu::Buffer) {
+        let mut pool = self.staging.lock().unwrap_or_else(|e| e.into_inner());
+        pool.push(buffer);
+        if pool.len() > STAGING_KEPT {
+            pool.remove(0);
+        }
     }
 
     /// Whether the adapter is a software rasteriser (wgpu's `DeviceType::Cpu`).
@@ -121,17 +186,16 @@ impl GpuContext {
         } else {
             bytes
         };
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents,
-                usage: storage_usage(),
-            })
+        self.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents,
+            usage: storage_usage(),
+        })
     }
 
     /// A zeroed storage buffer of `len` f32 (at least one).
     pub fn storage_zeroed(&self, label: &str, len: usize) -> wgpu::Buffer {
-        self.device.create_buffer(&wgpu::BufferDescriptor {
+        self.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: 4 * len.max(1) as u64,
             usage: storage_usage(),
@@ -141,12 +205,11 @@ impl GpuContext {
 
     /// A uniform buffer holding `value` (also a copy destination, so it can be rewritten).
     pub fn uniform<T: bytemuck::Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: bytemuck::bytes_of(value),
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            })
+        self.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytemuck::bytes_of(value),
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        })
     }
 
     /// Records `dispatches` in order into one compute pass of one command buffer and
@@ -174,7 +237,8 @@ impl GpuContext {
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
-    /// Copies the first `size` bytes (a multiple of 4) of `buffer` back to the host.
+    /// Copies the first `size` bytes (a multiple of 4) of `buffer` back to the host,
+    /// through a staging buffer of that size kept for the next read of the same size.
     pub fn read_bytes(&self, buffer: &wgpu::Buffer, size: u64) -> Result<Vec<u8>, GpuError> {
         let what = || buffer_label(buffer);
         if size == 0 {
@@ -186,12 +250,7 @@ impl GpuContext {
                 message: format!("{size} bytes asked of a {}-byte buffer", buffer.size()),
             });
         }
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let staging = self.take_staging(size);
         let mut encoder = self
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -229,6 +288,8 @@ impl GpuContext {
             view.to_vec()
         };
         staging.unmap();
+        // Only an unmapped buffer goes back: one left mapped by an error above is dropped.
+        self.give_back_staging(staging);
         Ok(out)
     }
 
