@@ -452,6 +452,57 @@ fn non_finite_weights_are_rolled_back_and_never_saved_on_wgpu() {
     }
 }
 
+/// Once the store holds a full replay batch of a fixed label set, every `learn_tokens` on
+/// wgpu is a batch-1 probe and a full-batch step of shapes already seen: the backend finds
+/// both plans and its read-back buffers kept, so no call creates a GPU buffer (issue 17).
+/// Skips without an adapter, unless `ANYTIME_EDGE_REQUIRE_GPU` is set (as CI sets it).
+#[cfg(feature = "gpu")]
+#[test]
+fn learning_on_wgpu_creates_no_buffer_once_its_shapes_were_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config();
+    cfg.backend = BackendChoice::Gpu;
+    let replay = cfg.replay;
+    let mut l = Learner::open("tiny-clip", dir.path(), cfg).unwrap();
+    match l.training() {
+        Ok(_) => {}
+        Err(LearnError::Train(TrainError::NoAdapter)) => {
+            return anytime_testkit::skip::gpu_absent(
+                "learning_on_wgpu_creates_no_buffer_once_its_shapes_were_seen",
+            )
+        }
+        Err(e) => panic!("GPU backend: {e}"),
+    }
+    let samples = [
+        (tiny_tokens("red_square.png"), "red"),
+        (tiny_tokens("green_circle.png"), "green"),
+    ];
+    let mut calls = 0;
+    let mut learn = |l: &mut Learner| {
+        let (tokens, label) = &samples[calls % samples.len()];
+        calls += 1;
+        l.learn_tokens(tokens, label).unwrap()
+    };
+    // Fill the store: from here on each call replays `replay` stored samples.
+    while l.store().len() < replay {
+        learn(&mut l);
+    }
+    assert_eq!(learn(&mut l).batch, replay + 1, "the first full batch");
+    let created = l
+        .gpu_buffers_created()
+        .expect("a wgpu learner counts its buffers");
+    for _ in 0..6 {
+        let report = learn(&mut l);
+        assert_eq!((report.batch, report.labels), (replay + 1, 2));
+        assert!(report.loss.is_finite());
+    }
+    assert_eq!(
+        l.gpu_buffers_created(),
+        Some(created),
+        "learning with seen shapes creates no GPU buffer"
+    );
+}
+
 fn rolled_back_and_never_saved(backend: BackendChoice) {
     let dir = tempfile::tempdir().unwrap();
     let (red, green) = (

@@ -195,7 +195,7 @@ fn train_gpu_state_round_trips_and_batch_shapes_change() {
     }
     let mut gpu = small_backend(GPU, TrainConfig::default(), 5);
     let s0 = gpu.state().unwrap();
-    // Shapes change between calls: the plan is rebuilt.
+    // Shapes change between calls: a plan per shape (the third finds the first's kept).
     for (b, y) in [(3, 5), (2, 2), (3, 5)] {
         let data = random_data(&SMALL, b, y, 7);
         let st = gpu.step(&data.batch()).unwrap();
@@ -238,4 +238,51 @@ fn train_gpu_lr_scale_matches_the_cpu_path() {
         gpu.step_scaled(&random_data(&dims, 4, 5, 1).batch(), f32::NAN),
         Err(TrainError::LrScale(_))
     ));
+}
+
+/// The learner's pattern (issue 17): a batch-1 probe (`loss_embed`) and a batch-32 step
+/// over the same labels, alternating. Once each shape has been seen, the backend keeps
+/// both plans and its read-back buffers: further calls create no GPU buffer, both plans
+/// count in `memory()`, and a kept plan answers as a fresh one does.
+#[test]
+fn train_gpu_alternating_probes_and_steps_create_no_buffer() {
+    if !gpu_available("train_gpu_alternating_probes_and_steps_create_no_buffer") {
+        return;
+    }
+    let (dims, p, h) = tiny_block();
+    let cfg = TrainConfig::default();
+    let mut gpu = GPU(dims, cfg.clone(), h.clone(), TunedState::fresh(&dims, p)).unwrap();
+    let n_labels = 3;
+    let step = random_data(&dims, 32, n_labels, 11);
+    let probe = random_data(&dims, 1, n_labels, 12);
+    gpu.loss_embed(&probe.batch()).unwrap();
+    let probe_plan = gpu.memory().plan;
+    gpu.step(&step.batch()).unwrap();
+    let both_plans = gpu.memory().plan;
+    assert!(both_plans > 2 * probe_plan, "a batch of 32 needs more");
+    let created = gpu.buffers_created();
+    let mut last = None;
+    for _ in 0..5 {
+        last = Some(gpu.loss_embed(&probe.batch()).unwrap());
+        let st = gpu.step(&step.batch()).unwrap();
+        assert!(st.loss.is_finite());
+    }
+    assert_eq!(
+        gpu.buffers_created(),
+        created,
+        "alternating probes and steps of seen shapes create no buffer"
+    );
+
+    // The probe's kept plan answers as a fresh backend's does, from the same weights.
+    let (stats, emb) = gpu.loss_embed(&probe.batch()).unwrap();
+    assert_eq!(gpu.memory().plan, both_plans, "the step's plan is kept too");
+    assert_ne!(
+        Some(stats.loss),
+        last.map(|(s, _)| s.loss),
+        "the steps moved the loss"
+    );
+    let mut fresh = GPU(dims, cfg, h, gpu.state().unwrap()).unwrap();
+    let (fresh_stats, fresh_emb) = fresh.loss_embed(&probe.batch()).unwrap();
+    assert_eq!(stats.loss, fresh_stats.loss);
+    assert_eq!(emb, fresh_emb);
 }

@@ -468,6 +468,16 @@ impl Learner {
         }
     }
 
+    /// Buffers the training backend's GPU context has created so far
+    /// ([`TrainBackend::gpu_buffers_created`]); `None` before the backend is built or on
+    /// the CPU path. Once each batch shape has been seen, learning creates no buffer.
+    pub fn gpu_buffers_created(&self) -> Option<u64> {
+        match &self.trainer {
+            Trainer::Built { backend, .. } => backend.gpu_buffers_created(),
+            Trainer::Pending { .. } => None,
+        }
+    }
+
     /// The tuned parameters, `b` and optimiser state (read back from the backend once built).
     fn tuned_state(&mut self) -> Result<TunedState, LearnError> {
         Ok(match &mut self.trainer {

@@ -16,7 +16,14 @@
 //! `L_r` on it, with its gradients. [`TrainBackend::masked_step`] records the same `L_r`
 //! plan over the backend's own parameter and gradient buffers, so the block's AdamW reads
 //! its gradients in place (see there for what runs where).
+//!
+//! Plans (the buffers and bound dispatches of one batch shape) are kept across calls, up
+//! to [`cache::PLANS_KEPT`] contrastive ones keyed by `(B, |Y|)` and as many `L_r` ones
+//! keyed by `B`, least recently used evicted: the learner's batch-1 probe and batch-`B`
+//! step each find theirs, and a run of them creates no buffer
+//! ([`GpuBackend::buffers_created`]).
 
+mod cache;
 mod dense;
 mod layers;
 mod layout;
@@ -29,6 +36,7 @@ use anytime_shaders::kernels::adamw;
 use anytime_shaders::kernels::loss_fwd_bwd::{SampleStats, STATS_PER_SAMPLE};
 use anytime_shaders::{wgpu, Dispatch, GpuContext, GpuError, Kernels};
 
+use self::cache::PlanCache;
 pub use self::dense::GpuDense;
 use self::dense::{check_batch_size, BlockBuffers};
 use self::layout::ParamLayout;
@@ -77,8 +85,8 @@ pub struct GpuMemory {
     pub gradients: u64,
     /// Both Adam moments.
     pub optimiser: u64,
-    /// Inputs, forward activations and backward buffers of the current batch shapes: the
-    /// contrastive step's and `L_r`'s (0 before the first call of each).
+    /// Inputs, forward activations and backward buffers of every kept plan: the
+    /// contrastive ones' and `L_r`'s (0 before the first call of each).
     pub plan: u64,
 }
 
@@ -98,9 +106,10 @@ pub struct GpuBackend {
     step_uniform: wgpu::Buffer,
     /// Optimiser steps applied (host mirror of the state's counter).
     step: u64,
-    plan: Option<Plan>,
-    /// `L_r` for the last masked batch size (built on the first masked step).
-    masked: Option<MaskedTraining>,
+    /// Contrastive plans by `(B, |Y|)`, the one last used current.
+    plans: PlanCache<Plan>,
+    /// `L_r` by masked batch size, the one last used current.
+    masked: PlanCache<MaskedTraining>,
 }
 
 /// `L_r` on the backend's own buffers: the plan writes the block's gradients where
@@ -161,8 +170,8 @@ impl GpuBackend {
             head: ctx.storage_init("frozen head", &head_flat),
             step_uniform: ctx.uniform("adam step", &adamw::Step::default()),
             step: state.optim.step,
-            plan: None,
-            masked: None,
+            plans: PlanCache::default(),
+            masked: PlanCache::default(),
             dims,
             cfg,
             ctx,
@@ -193,9 +202,15 @@ impl GpuBackend {
             weights: self.params.size() + self.head.size(),
             gradients: self.grads.size(),
             optimiser: self.m.size() + self.v.size(),
-            plan: self.plan.as_ref().map_or(0, |p| p.bytes)
-                + self.masked.as_ref().map_or(0, |m| m.plan.bytes),
+            plan: self.plans.iter().map(|p| p.bytes).sum::<u64>()
+                + self.masked.iter().map(|m| m.plan.bytes).sum::<u64>(),
         }
+    }
+
+    /// Buffers created so far on this backend's [`GpuContext`] (shared with whatever else
+    /// uses it): unchanged over calls whose batch shapes all have a kept plan.
+    pub fn buffers_created(&self) -> u64 {
+        self.ctx.buffers_created()
     }
 
     /// The buffers that live as long as the backend.
@@ -222,22 +237,20 @@ impl GpuBackend {
         }
     }
 
-    /// Uploads the batch into the plan for its shape (built on first use of a shape).
+    /// Uploads the batch into the plan for its shape (built on first use of a shape, or
+    /// after it was evicted) and makes that plan the current one.
     fn prepare(&mut self, batch: &Batch<'_>) -> Result<(), TrainError> {
         let b = batch.check(&self.dims)?;
-        let fits = self
-            .plan
-            .as_ref()
-            .is_some_and(|p| p.batch == b && p.n_labels == batch.n_labels);
-        if !fits {
-            self.plan = None;
+        let n_labels = batch.n_labels;
+        if !self.plans.touch(|p| p.batch == b && p.n_labels == n_labels) {
+            self.plans.make_room();
             let persistent = self.persistent();
             let loss = LossConfig {
                 tau: self.cfg.logit_scale,
                 beta: self.cfg.beta_other,
             };
             log::debug!("wgpu: plan for B = {b}, |Y| = {}", batch.n_labels);
-            self.plan = Some(Plan::new(
+            let plan = Plan::new(
                 &self.ctx,
                 &self.kernels,
                 &self.dims,
@@ -245,10 +258,11 @@ impl GpuBackend {
                 persistent,
                 loss,
                 b,
-                batch.n_labels,
-            )?);
+                n_labels,
+            )?;
+            self.plans.insert(plan);
         }
-        let plan = self.plan.as_ref().expect("plan was just built");
+        let plan = self.plans.current().expect("plan was just found or built");
         self.ctx.write_f32(&plan.buffers.tokens, 0, batch.tokens);
         self.ctx.write_f32(&plan.buffers.text, 0, batch.text);
         self.ctx
@@ -259,7 +273,7 @@ impl GpuBackend {
 
     /// Records the chosen phases of the prepared plan into one encoder and submits it.
     fn submit(&self, backward: bool, update: bool) {
-        let plan = self.plan.as_ref().expect("prepare() runs first");
+        let plan = self.plans.current().expect("prepare() runs first");
         let backward: &[Dispatch] = if backward { &plan.backward } else { &[] };
         let update: &[Dispatch] = if update { &plan.update } else { &[] };
         self.submit_phases("train step", [&plan.forward, backward, update]);
@@ -292,23 +306,24 @@ impl GpuBackend {
             .write_buffer(&self.step_uniform, 0, bytemuck::bytes_of(&uniform));
     }
 
-    /// Builds `L_r`'s plan and block update for `batch` images (first use of a size).
+    /// Makes `L_r`'s plan and block update for `batch` images the current one (built on
+    /// first use of a size, or after it was evicted).
     fn prepare_masked(&mut self, batch: usize) -> Result<(), TrainError> {
         let k = masked_count(self.dims.tokens);
-        if self.masked.as_ref().is_some_and(|m| m.plan.fits(batch, k)) {
+        if self.masked.touch(|m| m.plan.fits(batch, k)) {
             return Ok(());
         }
-        self.masked = None;
+        self.masked.make_room();
         let plan = MaskedPlan::new(&self.block(), batch, k)?;
         let (ctx, kernels, layout) = (&self.ctx, &self.kernels, &self.layout);
         let update = adamw_update(ctx, kernels, layout, &self.persistent(), Updated::Block)?;
-        self.masked = Some(MaskedTraining { plan, update });
+        self.masked.insert(MaskedTraining { plan, update });
         Ok(())
     }
 
     /// Reads the loss statistics of the last forward.
     fn read_stats(&self) -> Result<StepStats, TrainError> {
-        let plan = self.plan.as_ref().expect("prepare() runs first");
+        let plan = self.plans.current().expect("prepare() runs first");
         let s = self
             .ctx
             .read_f32(&plan.buffers.scratch, STATS_PER_SAMPLE * plan.batch)?;
@@ -383,7 +398,7 @@ impl TrainBackend for GpuBackend {
         self.prepare(batch)?;
         self.submit(false, false);
         let stats = self.read_stats()?;
-        let plan = self.plan.as_ref().expect("prepared");
+        let plan = self.plans.current().expect("prepared");
         let emb = self
             .ctx
             .read_f32(&plan.buffers.emb, plan.batch * self.dims.embed)?;
@@ -396,7 +411,7 @@ impl TrainBackend for GpuBackend {
         let stats = self.read_stats()?;
         let flat = self.ctx.read_f32(&self.grads, self.layout.len())?;
         let (params, other_bias) = self.layout.unflatten(&self.dims, &flat);
-        let plan = self.plan.as_ref().expect("prepared");
+        let plan = self.plans.current().expect("prepared");
         let tokens = self
             .ctx
             .read_f32(&plan.buffers.dtokens, plan.batch * self.dims.tokens_len())?;
@@ -458,7 +473,7 @@ impl TrainBackend for GpuBackend {
         check_batch_size(&self.dims, b)?;
         let positions = mask_positions(self.dims.tokens, b, batch.seed);
         self.prepare_masked(b)?;
-        let training = self.masked.as_ref().expect("prepared");
+        let training = self.masked.current().expect("prepared");
         let plan = &training.plan;
         plan.upload(
             &self.ctx,
@@ -493,6 +508,10 @@ impl TrainBackend for GpuBackend {
             .write_f32(&self.v, 0, &l.flatten(&state.optim.v, state.optim.v_bias));
         self.step = state.optim.step;
         Ok(())
+    }
+
+    fn gpu_buffers_created(&self) -> Option<u64> {
+        Some(self.buffers_created())
     }
 }
 

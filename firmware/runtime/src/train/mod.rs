@@ -301,4 +301,9 @@ pub trait TrainBackend {
     fn state(&mut self) -> Result<TunedState, TrainError>;
     /// Replaces parameters, `b` and optimiser state (resume, or reset to the original block).
     fn set_state(&mut self, state: &TunedState) -> Result<(), TrainError>;
+    /// Buffers created so far on the backend's GPU context (a diagnostic: calls whose batch
+    /// shapes all have a kept plan create none), or `None` for a backend without one.
+    fn gpu_buffers_created(&self) -> Option<u64> {
+        None
+    }
 }
