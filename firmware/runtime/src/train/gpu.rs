@@ -112,6 +112,17 @@ pub struct GpuBackend {
     masked: PlanCache<MaskedTraining>,
 }
 
+/// What a contrastive call records after the forward and loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum After {
+    /// Nothing: the loss (and embeddings) only.
+    Nothing,
+    /// The parameter gradients and AdamW (a training step).
+    Update,
+    /// The parameter gradients and `d tokens`, no update ([`TrainBackend::gradients`]).
+    InputGradient,
+}
+
 /// `L_r` on the backend's own buffers: the plan writes the block's gradients where
 /// `update` reads them.
 #[derive(Debug)]
@@ -271,12 +282,17 @@ impl GpuBackend {
         Ok(())
     }
 
-    /// Records the chosen phases of the prepared plan into one encoder and submits it.
-    fn submit(&self, backward: bool, update: bool) {
+    /// Records the forward of the prepared plan, then the phases `after` picks, into one
+    /// encoder and submits it.
+    fn submit(&self, after: After) {
         let plan = self.plans.current().expect("prepare() runs first");
-        let backward: &[Dispatch] = if backward { &plan.backward } else { &[] };
-        let update: &[Dispatch] = if update { &plan.update } else { &[] };
-        self.submit_phases("train step", [&plan.forward, backward, update]);
+        let none: &[Dispatch] = &[];
+        let [backward, then]: [&[Dispatch]; 2] = match after {
+            After::Nothing => [none, none],
+            After::Update => [&plan.backward, &plan.update],
+            After::InputGradient => [&plan.backward, &plan.input_backward],
+        };
+        self.submit_phases("train step", [&plan.forward, backward, then]);
     }
 
     /// Records `phases` in order into one compute pass of one encoder and submits it.
@@ -383,20 +399,20 @@ impl TrainBackend for GpuBackend {
         self.prepare(batch)?;
         let next = self.step + 1;
         self.write_step(&cfg, next);
-        self.submit(true, true);
+        self.submit(After::Update);
         self.step = next;
         self.read_stats()
     }
 
     fn loss(&mut self, batch: &Batch<'_>) -> Result<StepStats, TrainError> {
         self.prepare(batch)?;
-        self.submit(false, false);
+        self.submit(After::Nothing);
         self.read_stats()
     }
 
     fn loss_embed(&mut self, batch: &Batch<'_>) -> Result<(StepStats, Vec<f32>), TrainError> {
         self.prepare(batch)?;
-        self.submit(false, false);
+        self.submit(After::Nothing);
         let stats = self.read_stats()?;
         let plan = self.plans.current().expect("prepared");
         let emb = self
@@ -407,7 +423,7 @@ impl TrainBackend for GpuBackend {
 
     fn gradients(&mut self, batch: &Batch<'_>) -> Result<(StepStats, Gradients), TrainError> {
         self.prepare(batch)?;
-        self.submit(true, false);
+        self.submit(After::InputGradient);
         let stats = self.read_stats()?;
         let flat = self.ctx.read_f32(&self.grads, self.layout.len())?;
         let (params, other_bias) = self.layout.unflatten(&self.dims, &flat);

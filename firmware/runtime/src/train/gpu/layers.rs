@@ -439,6 +439,40 @@ impl LayerNorm<'_> {
         d_output: &wgpu::Buffer,
         d_input: Dest<&wgpu::Buffer>,
     ) -> Result<(), GpuError> {
+        let dispatches = self.bind_backward(rec, norm, d_output, d_input)?;
+        rec.record(dispatches);
+        Ok(())
+    }
+
+    /// [`LayerNorm::backward`] in two halves, as the kernel computes them (two dispatches
+    /// that read the same inputs and write apart): records the scale and shift gradients
+    /// (trainable only) and returns the `d_input` dispatch unrecorded, for a caller that
+    /// needs the input gradient only in some calls.
+    pub fn backward_params_first(
+        &self,
+        rec: &mut Recorder<'_>,
+        norm: &NormRows<'_>,
+        d_output: &wgpu::Buffer,
+        d_input: Dest<&wgpu::Buffer>,
+    ) -> Result<Dispatch, GpuError> {
+        let mut dispatches = self
+            .bind_backward(rec, norm, d_output, d_input)?
+            .into_iter();
+        let dx = dispatches
+            .next()
+            .expect("layer_norm_bwd binds the input gradient first");
+        rec.record(dispatches);
+        Ok(dx)
+    }
+
+    /// The input-gradient dispatch, then (trainable only) the parameter-gradient one.
+    fn bind_backward(
+        &self,
+        rec: &Recorder<'_>,
+        norm: &NormRows<'_>,
+        d_output: &wgpu::Buffer,
+        d_input: Dest<&wgpu::Buffer>,
+    ) -> Result<Vec<Dispatch>, GpuError> {
         let grads = self.trainable.then_some(ParamGrads {
             buffer: rec.grads,
             dw_off: self.weight,
@@ -456,9 +490,7 @@ impl LayerNorm<'_> {
             accumulate: d_input.accumulate,
             grads,
         };
-        let dispatches = rec.kernels.layer_norm_bwd.bind(rec.ctx, &args)?;
-        rec.record(dispatches);
-        Ok(())
+        rec.kernels.layer_norm_bwd.bind(rec.ctx, &args)
     }
 }
 

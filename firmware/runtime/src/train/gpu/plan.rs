@@ -54,8 +54,11 @@ pub(crate) struct Plan {
     pub buffers: Buffers,
     /// Forward and loss (the loss kernel also writes its gradients).
     pub forward: Vec<Dispatch>,
-    /// Backward: every entry of the gradient buffer and `dtokens`.
+    /// Backward: every entry of the gradient buffer.
     pub backward: Vec<Dispatch>,
+    /// After `backward`, `d tokens` alone (LN1's input gradient and the CLS residual):
+    /// only [`crate::train::TrainBackend::gradients`] reads it, a step skips it.
+    pub input_backward: Vec<Dispatch>,
     /// AdamW over every tensor and `b`.
     pub update: Vec<Dispatch>,
     /// Bytes of every buffer the plan allocated (inputs, activations, backward buffers).
@@ -95,8 +98,10 @@ impl Plan {
         block.forward(&mut rec, &buffers)?;
         loss.record(&mut rec, &buffers)?;
         let forward = rec.take();
-        block.backward(&mut rec, &buffers)?;
+        let ln1_input = block.backward(&mut rec, &buffers)?;
         let backward = rec.take();
+        block.input_backward(&mut rec, &buffers, ln1_input)?;
+        let input_backward = rec.take();
         let update = adamw_update(ctx, kernels, layout, &persistent, Updated::BlockAndBias)?;
         let bytes = buffers.bytes();
         Ok(Plan {
@@ -105,6 +110,7 @@ impl Plan {
             buffers,
             forward,
             backward,
+            input_backward,
             update,
             bytes,
         })
@@ -415,9 +421,9 @@ impl<'a> Block<'a> {
         })
     }
 
-    /// Records the backward from `d emb` (written by the loss) to every block gradient and
-    /// `d tokens`.
-    fn backward(&self, rec: &mut Recorder<'_>, b: &Buffers) -> Result<(), GpuError> {
+    /// Records the backward from `d emb` (written by the loss) to every block gradient;
+    /// returns LN1's input-gradient dispatch, unrecorded, for [`Block::input_backward`].
+    fn backward(&self, rec: &mut Recorder<'_>, b: &Buffers) -> Result<Dispatch, GpuError> {
         let (width, embed) = (self.dims.width, self.dims.embed);
         let (ctx, kernels) = (rec.ctx, rec.kernels);
         // d hp = d emb·projᵀ; d x2 through the frozen ln_post.
@@ -487,10 +493,23 @@ impl<'a> Block<'a> {
         let (h1_cls, dh1_cls) = (self.cls_rows(&b.h1), self.cls_rows(&b.dh1));
         let dq = dense(&b.dq, width);
         self.query.backward(rec, h1_cls, dq, Dest::add(dh1_cls))?;
-        // d tokens = LN1 backward (all rows) + d x1 on the CLS rows (residual).
+        // LN1's scale and shift gradients (all rows); its input gradient is `d tokens`'
+        // alone.
         self.layers
             .ln1
-            .backward(rec, &b.ln1_rows(), &b.dh1, Dest::write(&b.dtokens))?;
+            .backward_params_first(rec, &b.ln1_rows(), &b.dh1, Dest::write(&b.dtokens))
+    }
+
+    /// Records `d tokens` after [`Block::backward`]: `ln1_input` (LN1's input gradient,
+    /// all rows) then `d x1` added on the CLS rows (residual).
+    fn input_backward(
+        &self,
+        rec: &mut Recorder<'_>,
+        b: &Buffers,
+        ln1_input: Dispatch,
+    ) -> Result<(), GpuError> {
+        rec.record([ln1_input]);
+        let dx1 = dense(&b.dx1, self.dims.width);
         rec.copy_rows(dx1, Dest::add(self.cls_rows(&b.dtokens)))
     }
 }
