@@ -4,6 +4,10 @@
 //! - `store_v1.store`: a token store of format version 1 (`firmware/core/FORMAT.md`) with
 //!   two labels, three records (one removed) and a state blob; opened by today's `Store`.
 //!
+//! - `stats_v1.bin`: a private learner's per-label token statistics file (`FORMAT.md` §4.1)
+//!   with labels 0 and 3, label 3 rewritten (both its slots used); read by `StatsFile`.
+//! - `generator_v1.bin`: generator parameters (`FORMAT.md` §4.2) of tiny dims.
+//!
 //! The learner's state blob (versions 1 and 2) has its golden files in the same folder,
 //! read by `learner.rs`'s unit tests (the blob's codec is private). Files are written by
 //! these tests under `ANYTIME_EDGE_WRITE_GOLDEN=1`, only where absent (a new version gets
@@ -12,6 +16,9 @@
 use std::path::PathBuf;
 
 use anytime_core::ring::FORMAT_VERSION;
+use anytime_runtime::private::{
+    Generator, GeneratorDims, GeneratorParams, StatsFile, StatsTable, STATS_HEADER_LEN,
+};
 use anytime_runtime::store::{Store, StoreConfig};
 
 fn data(name: &str) -> PathBuf {
@@ -75,4 +82,92 @@ fn store_v1_golden_file_opens_with_its_labels_records_and_state() {
     }
     assert_eq!(s.state().unwrap().as_deref(), Some(STATE));
     assert_eq!(s.verify().unwrap(), 0, "records failing their CRC");
+}
+
+/// Sample `i` of the golden statistics: `[4, 3]` values in eighths (exact in f32).
+fn stats_sample(i: u32) -> Vec<f32> {
+    (0..12u32)
+        .map(|j| ((i * 5 + j * 3) % 17) as f32 / 8.0 - 1.0)
+        .collect()
+}
+
+/// The table the golden statistics file holds: label 0 of 9 samples, label 3 of 2.
+fn stats_table() -> StatsTable {
+    let mut t = StatsTable::new(3, 4).unwrap();
+    for i in 0..11 {
+        t.observe(if i < 9 { 0 } else { 3 }, &stats_sample(i))
+            .unwrap();
+    }
+    t
+}
+
+#[test]
+fn stats_v1_golden_file_reads_with_its_labels() {
+    let path = data("stats_v1.bin");
+    if write_golden() && !path.exists() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fresh = tmp.path().join("stats.bin");
+        let mut f = StatsFile::open_or_create(&fresh, 3, 4).unwrap();
+        for i in 0..11 {
+            f.observe(if i < 9 { 0 } else { 3 }, &stats_sample(i))
+                .unwrap();
+        }
+        std::fs::copy(&fresh, &path).unwrap();
+    }
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&bytes[..6], b"AESF\x01\x00", "magic and version 1");
+    let slot = anytime_runtime::private::slot_len(3);
+    assert_eq!(
+        bytes.len(),
+        STATS_HEADER_LEN + 8 * slot,
+        "labels 0..=3, two slots each"
+    );
+    let table = StatsFile::read(&path, 3, 4).unwrap();
+    assert_eq!(table, stats_table());
+    assert_eq!(table.published_labels(), vec![0]);
+    // Opening to write (from a copy) and adding a sample keeps reading.
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("stats.bin");
+    std::fs::copy(&path, &copy).unwrap();
+    let mut f = StatsFile::open_or_create(&copy, 3, 4).unwrap();
+    f.observe(3, &stats_sample(20)).unwrap();
+    assert_eq!(
+        StatsFile::read(&copy, 3, 4)
+            .unwrap()
+            .get(3)
+            .unwrap()
+            .samples(),
+        3
+    );
+}
+
+#[test]
+fn generator_v1_golden_file_reads_its_parameters() {
+    let dims = GeneratorDims {
+        width: 3,
+        tokens: 5,
+        embed: 2,
+        hidden: 4,
+        components: 2,
+    };
+    let mut params = GeneratorParams::zeros(&dims);
+    for (t, tensor) in params.tensors_mut().into_iter().enumerate() {
+        for (i, x) in tensor.iter_mut().enumerate() {
+            *x = (t * 100 + i) as f32 / 64.0 - 1.0;
+        }
+    }
+    let gen = Generator::from_params(dims, params).unwrap();
+    let path = data("generator_v1.bin");
+    if write_golden() && !path.exists() {
+        std::fs::write(&path, gen.to_bytes()).unwrap();
+    }
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&bytes[..6], b"AEGN\x01\x00", "magic and version 1");
+    let read = Generator::from_bytes(&bytes, &dims).unwrap();
+    assert_eq!(read.params, gen.params);
+    assert_eq!(
+        read.to_bytes(),
+        bytes,
+        "this build writes other bytes than version 1's"
+    );
 }

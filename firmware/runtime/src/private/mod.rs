@@ -9,6 +9,7 @@ mod error;
 pub mod generator;
 pub mod losses;
 pub mod stats;
+mod stats_file;
 
 pub use dream::{
     generator_losses, train_generator, DreamConfig, DreamLabels, DreamReport, LossParts,
@@ -17,3 +18,4 @@ pub use error::PrivateError;
 pub use generator::{Generator, GeneratorDims, GeneratorParams, GeneratorSaved};
 pub use losses::{Snapshot, SnapshotForward};
 pub use stats::{StatsTable, TokenStats, MIN_SAMPLES, VAR_FLOOR};
+pub use stats_file::{slot_len, StatsFile, StatsFileError, STATS_HEADER_LEN};

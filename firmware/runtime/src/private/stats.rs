@@ -313,6 +313,12 @@ impl StatsTable {
         published.map(|(&l, _)| l).collect()
     }
 
+    /// Sets `label`'s statistics (of the table's dims: the caller's contract).
+    pub(crate) fn replace(&mut self, label: u16, stats: TokenStats) {
+        debug_assert_eq!((stats.width, stats.tokens), (self.width, self.tokens));
+        self.labels.insert(label, stats);
+    }
+
     /// Forgets `label`'s statistics, returning them.
     pub fn remove(&mut self, label: u16) -> Option<TokenStats> {
         self.labels.remove(&label)
