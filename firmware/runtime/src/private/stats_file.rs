@@ -22,8 +22,9 @@
 //! slot that is all zero, torn (bytes missing past the end of the file) or fails its CRC,
 //! label id or [`TokenStats::from_bytes`] is ignored. A write goes to the label's other
 //! slot (the one that does not hold its newest statistics) with the next sequence number,
-//! so the newest valid slot is never overwritten. The file is as long as its highest
-//! label's slots reach: its size depends on the label ids, never on the samples.
+//! so the newest valid slot is never overwritten. A label's first write extends the file
+//! over both its slots (zero until written): the file is as long as its highest label's
+//! slots reach, its size depends on the label ids, never on the samples.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -264,6 +265,13 @@ impl StatsFile {
             path: self.path.clone(),
             source,
         };
+        // A label's two slots are made at its first write, so that the file's size is
+        // fixed by its highest label (the hole reads as zero: empty slots).
+        let pair_end = slot_offset(self.table.width(), label, 1) + bytes.len() as u64;
+        let len = self.file.metadata().map_err(io)?.len();
+        if len < pair_end {
+            self.file.set_len(pair_end).map_err(io)?;
+        }
         self.file.write_all_at(&bytes, at).map_err(io)?;
         if self.durable {
             self.file.sync_data().map_err(io)?;
