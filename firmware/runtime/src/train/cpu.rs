@@ -8,6 +8,7 @@ use anytime_linalg::{Gemm, GemmOptions, Placement};
 use super::adamw::{next_step, update_bias, update_tensors, AdamState};
 use super::loss::{loss_forward_backward, LossOutput};
 use super::masked_step::{masked_step, MaskedBatch, MaskedStats};
+use super::private_step::{private_loss, PrivateBatch, PrivateStats};
 use super::{
     Batch, Gradients, MaskedState, StepStats, TrainBackend, TrainConfig, TrainError, TunedState,
 };
@@ -241,29 +242,82 @@ impl CpuBackend {
             return self.step_unfused(batch, cfg);
         }
         let out = self.forward_loss(batch)?;
+        let mut stats = out.stats;
+        stats.step = self.update_from(&out.d_embed, out.d_bias, cfg);
+        Ok(stats)
+    }
+
+    /// Backward of the forward in `self.saved` from the gradient `d_embed` at the
+    /// embedding and `d_bias` at `b`, and the AdamW update at `cfg`'s learning rate (fused
+    /// into backward for the weight matrices unless the options say otherwise); returns
+    /// the optimiser's step count.
+    fn update_from(&mut self, d_embed: &[f32], d_bias: f32, cfg: &TrainConfig) -> u64 {
         let s = &mut self.state;
         let k = next_step(cfg, &mut s.optim).prefetching(self.options.update_prefetch);
-        let rule = |name: &'static str, w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
-            k.update(name, w, g, m, v)
-        };
         let g = &mut self.grads;
-        backward_update(
+        if self.options.fused_update {
+            let rule =
+                |name: &'static str, w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
+                    k.update(name, w, g, m, v)
+                };
+            backward_update(
+                &self.gemm,
+                &self.dims,
+                &mut s.params,
+                &self.head,
+                &self.saved,
+                d_embed,
+                &mut g.params,
+                (&mut s.optim.m, &mut s.optim.v),
+                &rule,
+            );
+            let rest = |name: &str| !FUSED_TENSORS.contains(&name);
+            update_tensors(&self.dims, k, &mut s.optim, &mut s.params, &g.params, rest);
+        } else {
+            if !g.params.matches(&self.dims) {
+                let zeros = crate::block::BlockParams::zeros(&self.dims);
+                g.params = zeros.placed(self.options.gemm.placement);
+                advise_huge_pages(&mut g.params, self.options.huge_pages);
+            }
+            backward(
+                &self.gemm,
+                &self.dims,
+                &s.params,
+                &self.head,
+                &self.saved,
+                d_embed,
+                &mut g.params,
+                None,
+            );
+            let all = |_: &str| true;
+            update_tensors(&self.dims, k, &mut s.optim, &mut s.params, &g.params, all);
+        }
+        g.other_bias = d_bias;
+        update_bias(k, &mut s.optim, &mut s.other_bias, d_bias);
+        s.optim.step
+    }
+
+    /// SPEC §7's private step: forward, [`private_loss`], then [`Self::update_from`].
+    fn private_here(
+        &mut self,
+        batch: &PrivateBatch<'_>,
+        cfg: &TrainConfig,
+    ) -> Result<PrivateStats, TrainError> {
+        let b = batch.check(&self.dims)?;
+        forward_into(
             &self.gemm,
             &self.dims,
-            &mut s.params,
+            &self.state.params,
             &self.head,
-            &self.saved,
-            &out.d_embed,
-            &mut g.params,
-            (&mut s.optim.m, &mut s.optim.v),
-            &rule,
+            batch.tokens,
+            b,
+            &mut self.saved,
         );
-        g.other_bias = out.d_bias;
-        let rest = |name: &str| !FUSED_TENSORS.contains(&name);
-        update_tensors(&self.dims, k, &mut s.optim, &mut s.params, &g.params, rest);
-        update_bias(k, &mut s.optim, &mut s.other_bias, g.other_bias);
-        let mut stats = out.stats;
-        stats.step = s.optim.step;
+        let e = self.dims.embed;
+        let embed = &self.saved.embed[..b * e];
+        let (mut stats, d_embed, d_bias) =
+            private_loss(&self.cfg, embed, e, batch, self.state.other_bias);
+        stats.step = self.update_from(&d_embed, d_bias, cfg);
         Ok(stats)
     }
 
@@ -427,6 +481,15 @@ impl TrainBackend for CpuBackend {
         })
     }
 
+    fn private_step(
+        &mut self,
+        batch: &PrivateBatch<'_>,
+        lr_scale: f32,
+    ) -> Result<PrivateStats, TrainError> {
+        let cfg = self.cfg.with_lr_scale(lr_scale)?;
+        on_pool(self.options.keep_awake, || self.private_here(batch, &cfg))
+    }
+
     fn loss(&mut self, batch: &Batch<'_>) -> Result<StepStats, TrainError> {
         on_pool(self.options.keep_awake, || {
             Ok(self.forward_loss(batch)?.stats)
@@ -500,6 +563,81 @@ mod fused_tests {
         assert_eq!(held(&be), [0, 0, 0, 0]);
         be.gradients(&batch).unwrap();
         assert!(held(&be).iter().all(|&n| n > 0));
+    }
+}
+
+#[cfg(test)]
+mod private_tests {
+    use super::*;
+    use crate::block::BlockParams;
+
+    /// A refused private batch changes nothing; a good one takes one step, the same bits
+    /// with the update fused into backward or not.
+    #[test]
+    fn a_private_step_refused_changes_nothing_and_fused_equals_unfused() {
+        let dims = BlockDims {
+            width: 8,
+            heads: 2,
+            mlp: 16,
+            tokens: 3,
+            embed: 4,
+        };
+        let state = TunedState::fresh(&dims, BlockParams::random(&dims, 3));
+        let head = FrozenHead::random(&dims, 4);
+        let opts = |fused_update| CpuOptions {
+            fused_update,
+            ..CpuOptions::default()
+        };
+        let make = |fused| {
+            let (s, h) = (state.clone(), head.clone());
+            CpuBackend::with_options(dims, TrainConfig::default(), h, s, opts(fused)).unwrap()
+        };
+        let tokens: Vec<f32> = (0..2 * 3 * 8)
+            .map(|i| ((i % 7) as f32 - 3.0) * 0.2)
+            .collect();
+        let text = [0.6f32, 0.8, 0.0, 0.0, 0.0, 0.0, 0.6, 0.8];
+        let good = PrivateBatch {
+            tokens: &tokens,
+            real: 1,
+            labels: &[0, 1],
+            text: &text,
+            n_labels: 2,
+            local_labels: &[0],
+            local_text: &text[..4],
+            n_local: 1,
+            old_text: &text[4..],
+            n_old: 1,
+            old_target: &[0.3, -0.2],
+            mu: 0.1,
+        };
+        let mut be = make(true);
+        let nan = [f32::NAN; 2];
+        for bad in [
+            PrivateBatch {
+                old_target: &nan,
+                ..good
+            },
+            PrivateBatch {
+                labels: &[0, 2],
+                ..good
+            },
+            PrivateBatch {
+                tokens: &tokens[1..],
+                ..good
+            },
+        ] {
+            assert!(be.private_step(&bad, 1.0).is_err());
+            assert_eq!(be.state_ref(), &state, "a refused batch changed the state");
+        }
+        assert!(be.private_step(&good, f32::NAN).is_err());
+        assert_eq!(be.state_ref(), &state);
+        let stats = be.private_step(&good, 1.0).unwrap();
+        assert_eq!((stats.step, stats.batch), (1, 2));
+        assert!(stats.local > 0.0 && stats.balanced > 0.0 && stats.distill > 0.0);
+        assert_ne!(be.state_ref(), &state);
+        let mut unfused = make(false);
+        assert_eq!(unfused.private_step(&good, 1.0).unwrap(), stats);
+        assert_eq!(unfused.state_ref(), be.state_ref());
     }
 }
 

@@ -46,8 +46,8 @@ use self::plan::{adamw_update, LossConfig, Persistent, Plan, Updated};
 use super::adamw::adamw_update_slice;
 use super::{
     head_is_decayed, mask_positions, masked_count, AdamState, Batch, Gradients, MaskedBatch,
-    MaskedHead, MaskedState, MaskedStats, StepStats, TrainBackend, TrainConfig, TrainError,
-    TunedState, HEAD_TENSORS,
+    MaskedHead, MaskedState, MaskedStats, PrivateBatch, PrivateStats, StepStats, TrainBackend,
+    TrainConfig, TrainError, TunedState, HEAD_TENSORS,
 };
 use crate::block::{BlockDims, FrozenHead};
 
@@ -477,6 +477,17 @@ impl TrainBackend for GpuBackend {
     /// (the wgpu backend starts no CPU thread pool). Every input is checked before
     /// anything is written; only a device failure after the submit (its read-back) can
     /// leave the block stepped and `masked` not.
+    fn private_step(
+        &mut self,
+        _batch: &PrivateBatch<'_>,
+        _lr_scale: f32,
+    ) -> Result<PrivateStats, TrainError> {
+        Err(TrainError::CpuOnly {
+            backend: "wgpu",
+            what: "the private learner's step (SPEC §7)",
+        })
+    }
+
     fn masked_step(
         &mut self,
         batch: &MaskedBatch<'_>,

@@ -24,6 +24,9 @@
 //!   `masked_step` (SPEC §8's `L_r`; at first the CPU backend only, the others returning
 //!   an error `CpuOnly`).
 //! - v3: the wgpu backend runs `masked_step` too; `TrainError::CpuOnly` is gone.
+//! - v4: `private_step` (SPEC §7's learner loss, [`private_step`]); the CPU backend runs
+//!   it, the wgpu backend returns [`TrainError::CpuOnly`] (its kernels have no gradient
+//!   input at the embedding for it yet), so a private learner trains on the CPU.
 
 pub mod adamw;
 mod choice;
@@ -35,6 +38,7 @@ pub mod loss;
 pub mod masked;
 mod masked_state;
 mod masked_step;
+pub mod private_step;
 pub mod s_star;
 pub mod state;
 pub mod unlabelled;
@@ -51,6 +55,7 @@ pub use masked::{
 };
 pub use masked_state::{head_is_decayed, MaskedState, MaskedStateError, HEAD_TENSORS};
 pub use masked_step::{MaskedBatch, MaskedStats};
+pub use private_step::{private_loss, PrivateBatch, PrivateStats};
 pub use s_star::{choose_s_star, SStarChoice, SStarError, SStarScore};
 pub use state::{first_non_finite, load_tuned, save_tuned};
 pub use unlabelled::UnlabelledBuffer;
@@ -249,6 +254,12 @@ pub enum TrainError {
     NonFinite { what: &'static str },
     #[error(transparent)]
     Weights(#[from] WeightsError),
+    /// A step this backend does not run (the CPU backend does).
+    #[error("the {backend} backend does not run {what}; train on the CPU")]
+    CpuOnly {
+        backend: &'static str,
+        what: &'static str,
+    },
     /// A GPU failure, with the kernel (or operation) it happened in.
     #[error("GPU error in {kernel}: {message}")]
     Gpu { kernel: String, message: String },
@@ -290,6 +301,15 @@ pub trait TrainBackend {
         masked: &mut MaskedState,
         lr_scale: f32,
     ) -> Result<MaskedStats, TrainError>;
+    /// One step of SPEC §7's private learner ([`private_step`]) on `batch`: forward, the
+    /// three terms' gradients summed at the embedding, backward, AdamW (learning rate
+    /// times `lr_scale`) of the block and `b`. A step refused for its input changes
+    /// nothing. [`TrainError::CpuOnly`] from backends that do not run it.
+    fn private_step(
+        &mut self,
+        batch: &PrivateBatch<'_>,
+        lr_scale: f32,
+    ) -> Result<PrivateStats, TrainError>;
     /// Forward and loss only; no update.
     fn loss(&mut self, batch: &Batch<'_>) -> Result<StepStats, TrainError>;
     /// [`TrainBackend::loss`], and the batch's unnormalised embeddings `[B, E]` (the
