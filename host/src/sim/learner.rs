@@ -267,6 +267,7 @@ pub(crate) fn learner_config(
         // a simulation's learners are rebuilt from scratch on every run
         durable: false,
         diet,
+        private: None,
     }
 }
 

@@ -26,6 +26,40 @@ pub(super) struct Meta {
     pub(super) codec_k: u16,
     pub(super) codec_bits: u8,
     pub(super) codec_weighted: bool,
+    /// `"private"` for a learner of SPEC §7's private mode; absent for a normal one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) mode: Option<String>,
+}
+
+/// `learner.json`'s `mode` of a private learner.
+pub(super) const PRIVATE_MODE: &str = "private";
+
+/// Whether the learner folder `dir` is private (`None`: no `learner.json`), read from its
+/// `learner.json` alone.
+pub(super) fn folder_private(dir: &Path) -> Result<Option<bool>, LearnError> {
+    let path = dir.join(META_FILE);
+    let bytes = match fs::File::open(&path) {
+        Ok(f) => {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::Read::take(f, 64 * 1024), &mut bytes)
+                .map_err(|source| io_err(&path, source))?;
+            bytes
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(io_err(&path, source)),
+    };
+    let meta: Meta = serde_json::from_slice(&bytes).map_err(|e| LearnError::State {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    match meta.mode.as_deref() {
+        None => Ok(Some(false)),
+        Some(PRIVATE_MODE) => Ok(Some(true)),
+        Some(other) => Err(LearnError::State {
+            path,
+            message: format!("unknown learner mode `{other}`"),
+        }),
+    }
 }
 
 /// The smallest store capacity a learner can use: the largest state blob and four samples.
@@ -76,6 +110,7 @@ pub(super) fn check_meta(
     dims: &BlockDims,
     codec: &CodecParams,
     write: bool,
+    private: bool,
 ) -> Result<Meta, LearnError> {
     let path = dir.join(META_FILE);
     let meta = Meta {
@@ -87,6 +122,7 @@ pub(super) fn check_meta(
         codec_k: codec.k,
         codec_bits: codec.bits,
         codec_weighted: codec.weighted,
+        mode: private.then(|| PRIVATE_MODE.to_string()),
     };
     let bytes = match fs::File::open(&path) {
         Ok(f) => {

@@ -26,6 +26,10 @@
 //! or asks for it ([`Learner::training`]): a learner that only predicts never looks for a
 //! GPU adapter.
 //!
+//! [`LearnerConfig::private`] makes a learner of SPEC §7's private mode ([`private`](self::private)
+//! module): no token record is stored; `stats.bin`, `snapshot.safetensors`,
+//! `generator.bin` and `private.json` join the folder.
+//!
 //! After a crash the store holds every acknowledged sample and the OCW state of the last
 //! acknowledged call; the tuned weights are those of the last checkpoint (at most
 //! `checkpoint_every − 1` training steps behind). Both are always readable.
@@ -53,15 +57,22 @@ use crate::train::{
 mod diet;
 mod folder;
 mod predict;
+mod private;
 mod state;
 
 use diet::DietRun;
 pub use diet::{DietConfig, DietRecord, DietStatus, TimeStepReport, TimeWindow, UnlabelledReport};
 
 use folder::{
-    check_capacity, check_meta, format_id, io_err, parse_id, read_tuned, sync_dir, sync_file,
+    check_capacity, check_meta, folder_private, format_id, io_err, parse_id, read_tuned, sync_dir,
+    sync_file,
 };
 pub use folder::{min_capacity, original_block_path};
+use private::PrivateRun;
+pub use private::{
+    consolidation_peak_bytes, ConsolidationReport, LossSummary, PrivateConfig, PrivateRecord,
+    PrivateStatus,
+};
 pub use state::LearnerState;
 use state::STATE_MAX_LEN;
 
@@ -136,6 +147,22 @@ pub enum LearnError {
     NotALearner { dir: PathBuf },
     #[error("label {0:?} is reserved: it is the answer when no label fits")]
     ReservedLabel(String),
+    #[error(transparent)]
+    Private(#[from] crate::private::PrivateError),
+    #[error(transparent)]
+    StatsFile(#[from] crate::private::StatsFileError),
+    #[error("{dir} is a {found} learner and was opened as a {expected} one; nothing was changed (a learner's mode is chosen when it is created, with `learn --private` for a private one, and never changes)")]
+    Mode {
+        dir: PathBuf,
+        found: &'static str,
+        expected: &'static str,
+    },
+}
+
+/// Whether the learner folder `dir` is in private mode (SPEC §7), from its
+/// `learner.json`; `None` when it has none.
+pub fn folder_is_private(dir: &Path) -> Result<Option<bool>, LearnError> {
+    folder_private(dir)
 }
 
 /// How the per-label weight α of SPEC §2 is chosen.
@@ -181,6 +208,9 @@ pub struct LearnerConfig {
     /// SPEC §8's budget per time step instead of one step per labelled sample
     /// ([`diet`](self::diet) module); `None`: the anytime learner of SPEC §4.
     pub diet: Option<DietConfig>,
+    /// SPEC §7's private mode ([`private`](self::private) module), for a new folder; a
+    /// folder's mode never changes (opening to write in the other mode is refused).
+    pub private: Option<PrivateConfig>,
 }
 
 impl Default for LearnerConfig {
@@ -195,6 +225,7 @@ impl Default for LearnerConfig {
             backend: BackendChoice::Auto,
             durable: true,
             diet: None,
+            private: None,
         }
     }
 }
@@ -204,7 +235,7 @@ impl Default for LearnerConfig {
 pub struct LearnReport {
     pub label: String,
     pub label_id: u16,
-    /// Store sequence number of the new sample.
+    /// Store sequence number of the new sample (0 for a private learner: no record).
     pub seq: u32,
     /// Whether each model was right on the new sample before the step (OCW inputs).
     pub tuned_correct: bool,
@@ -215,12 +246,14 @@ pub struct LearnReport {
     pub batch: usize,
     /// Labels in the training label set.
     pub labels: usize,
-    /// Bytes of the compressed record.
+    /// Bytes of the compressed record (0 for a private learner).
     pub record_bytes: usize,
     /// Samples learned so far (this one included).
     pub learned: u64,
     /// The time step this call ended, for a diet learner (which trains only then).
     pub time_step: Option<TimeStepReport>,
+    /// The consolidation this call ran, for a private learner.
+    pub consolidation: Option<ConsolidationReport>,
 }
 
 /// The anytime learner: a frozen encoder and original block, a tuned block that trains
@@ -240,6 +273,8 @@ pub struct Learner {
     since_checkpoint: u32,
     /// The diet's time step in progress (diet learners only).
     diet: Option<DietRun>,
+    /// The private mode's statistics, period, generator and snapshot (private learners).
+    private: Option<PrivateRun>,
 }
 
 impl std::fmt::Debug for Learner {
@@ -288,6 +323,30 @@ impl Learner {
     ) -> Result<Self, LearnError> {
         let dims = assets.dims().block();
         check_train(&cfg.train)?;
+        let mut cfg = cfg;
+        if cfg.private.is_some() && cfg.diet.is_some() {
+            return Err(LearnError::Config(
+                "the private mode (SPEC §7) and the diet (SPEC §8) do not combine yet".into(),
+            ));
+        }
+        // The mode is the folder's: checked before anything is written. A reader takes it.
+        if let Some(private) = folder_private(dir)? {
+            if write && private != cfg.private.is_some() {
+                let name = |p: bool| if p { "private" } else { "normal" };
+                return Err(LearnError::Mode {
+                    dir: dir.to_path_buf(),
+                    found: name(private),
+                    expected: name(!private),
+                });
+            }
+            if !write {
+                cfg.private = match (private, cfg.private.take()) {
+                    (true, p) => Some(p.unwrap_or_default()),
+                    (false, _) => None,
+                };
+            }
+        }
+        let private = cfg.private.is_some();
         let record_max = encoded_len(dims.tokens, dims.width, &cfg.codec);
         let max_payload = (record_max.max(STATE_MAX_LEN)) as u32;
         let store_path = dir.join(STORE_FILE);
@@ -304,7 +363,7 @@ impl Learner {
                 StoreConfig::new(cfg.store_capacity, max_payload),
             )?;
             store.set_durable(cfg.durable);
-            let meta = check_meta(dir, &assets.manifest.name, &dims, &cfg.codec, true)?;
+            let meta = check_meta(dir, &assets.manifest.name, &dims, &cfg.codec, true, private)?;
             // A checkpoint or a learner.json write cut short leaves its temporary file.
             let _ = fs::remove_file(dir.join(format!("{TUNED_FILE}.tmp")));
             let _ = fs::remove_file(dir.join(format!("{META_FILE}.tmp")));
@@ -316,7 +375,14 @@ impl Learner {
                     dir: dir.to_path_buf(),
                 });
             }
-            let meta = check_meta(dir, &assets.manifest.name, &dims, &cfg.codec, false)?;
+            let meta = check_meta(
+                dir,
+                &assets.manifest.name,
+                &dims,
+                &cfg.codec,
+                false,
+                private,
+            )?;
             if store_path.exists() {
                 // The store and the weights are read under one shared lock: a checkpoint
                 // (new weights, then the state blob naming them) is seen whole or not at all.
@@ -383,8 +449,20 @@ impl Learner {
             Some(d) => Some(DietRun::open(d, dir, &dims, cfg.seed)?),
             None => None,
         };
+        let private = match &cfg.private {
+            Some(p) => Some(PrivateRun::open(
+                p.clone(),
+                dir,
+                &dims,
+                cfg.train.logit_scale,
+                write,
+                cfg.durable,
+            )?),
+            None => None,
+        };
         Ok(Self {
             diet,
+            private,
             predictor,
             trainer: Trainer::Pending {
                 state: Box::new(tuned),
@@ -451,9 +529,16 @@ impl Learner {
     /// The training backend, built on first use from the pending state.
     fn backend(&mut self) -> Result<&mut (dyn TrainBackend + Send), LearnError> {
         if let Trainer::Pending { state, head } = &self.trainer {
+            // A private learner trains on the CPU: its step is the CPU backend's alone
+            // (`TrainBackend::private_step`).
+            let choice = if self.private.is_some() {
+                BackendChoice::Cpu
+            } else {
+                self.cfg.backend
+            };
             // Cloned, so that a failed build leaves the learner as it was.
             let (backend, training) = choose_backend(
-                self.cfg.backend,
+                choice,
                 self.dims,
                 self.cfg.train.clone(),
                 head.clone(),
@@ -629,22 +714,30 @@ impl Learner {
             .typical
             .observe(y_id, dot(&z_t, &text[y * e..(y + 1) * e]));
 
-        // Compress and append.
-        let w = token_weights(&self.predictor.original, tokens, 1);
-        let record = encode_tokens(
-            tokens,
-            &w,
-            self.dims.tokens,
-            self.dims.width,
-            &self.cfg.codec,
-        )
-        .map_err(|e| LearnError::State {
-            path: self.dir.join(STORE_FILE),
-            message: format!("codec: {e}"),
-        })?;
-        let seq = self.store.append(y_id, &record)?;
+        let (seq, record_bytes) = if self.private.is_some() {
+            // Private: the tokens reach the label's statistics, never the store.
+            self.observe_private(y_id, tokens)?;
+            (0, 0)
+        } else {
+            // Compress and append.
+            let w = token_weights(&self.predictor.original, tokens, 1);
+            let record = encode_tokens(
+                tokens,
+                &w,
+                self.dims.tokens,
+                self.dims.width,
+                &self.cfg.codec,
+            )
+            .map_err(|e| LearnError::State {
+                path: self.dir.join(STORE_FILE),
+                message: format!("codec: {e}"),
+            })?;
+            (self.store.append(y_id, &record)?, record.len())
+        };
 
-        let (stats, batch) = if self.diet.is_some() {
+        let (stats, batch) = if self.private.is_some() {
+            self.private_train(tokens, y, &ids, &text)?
+        } else if self.diet.is_some() {
             // A diet learner trains when the time step ends.
             self.hold_labelled(tokens, y_id);
             (probe_stats, 0)
@@ -691,6 +784,7 @@ impl Learner {
         if let Some(r) = self.after_arrival()? {
             ended = Some(r);
         }
+        let consolidation = self.consolidate_if_due()?;
         Ok(LearnReport {
             label,
             label_id: y_id,
@@ -700,9 +794,10 @@ impl Learner {
             loss: stats.loss,
             batch,
             labels: names.len(),
-            record_bytes: record.len(),
+            record_bytes,
             learned: self.state.learned,
             time_step: ended,
+            consolidation,
         })
     }
 
@@ -716,6 +811,11 @@ impl Learner {
         steps: u32,
         context: &[S],
     ) -> Result<Option<f32>, LearnError> {
+        if self.private.is_some() {
+            return Err(LearnError::Config(
+                "a private learner keeps no sample to rehearse (SPEC §7)".into(),
+            ));
+        }
         if steps == 0 || self.store.is_empty() {
             return Ok(None);
         }
@@ -759,7 +859,8 @@ impl Learner {
         let new_id = new.and_then(|(id, _)| id);
         for info in self.store.labels()? {
             if let Some(name) = info.name {
-                if info.count > 0 || Some(info.id) == new_id {
+                let learned = info.count > 0 || self.learned_privately(info.id);
+                if learned || Some(info.id) == new_id {
                     ids.push(info.id);
                     names.push(name);
                 }

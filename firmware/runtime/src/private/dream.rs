@@ -294,7 +294,7 @@ impl Objective<'_> {
 /// `batch` indices into `0..labels`, class-balanced as SPEC §4 balances a batch:
 /// `⌊batch/labels⌋` of each, the rest distinct labels at random; with more labels than
 /// `batch`, `batch` distinct labels at random.
-fn balanced(labels: usize, batch: usize, rng: &mut SplitMix64) -> Vec<usize> {
+pub(crate) fn balanced(labels: usize, batch: usize, rng: &mut SplitMix64) -> Vec<usize> {
     let mut out: Vec<usize> = (0..labels)
         .flat_map(|l| std::iter::repeat_n(l, batch / labels))
         .collect();

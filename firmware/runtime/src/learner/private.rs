@@ -1,0 +1,550 @@
+//! SPEC §7 on the learner ("data-free privacy mode", after "Always Be Dreaming").
+//!
+//! A learner created with [`LearnerConfig::private`](super::LearnerConfig::private) set is
+//! private for good (`learner.json`'s `mode`); opening it to write in the other mode is
+//! refused before anything is written. Its `learn` checks the sample, updates OCW and the
+//! "none" calibration (before the step, as always), adds the tokens to the label's
+//! aggregate statistics (`stats.bin`, written in place, one label per call), stores **no
+//! token record**, and takes ONE training step ([`crate::train::private_step`]) on the new
+//! sample and, once a generator exists, class-balanced synthetic samples of the old labels
+//! with published statistics: local CE over the current period's labels, class-balanced
+//! CE over every learned label, and `μ`-weighted feature distillation towards the snapshot
+//! `θ'` through the old labels' text embeddings. The tokens are gone when `learn` returns.
+//!
+//! A label is *learned* when its statistics count a sample (the store's per-label record
+//! counts stay 0 here). *Old* labels are those learned before the last consolidation; the
+//! *current period*'s are the others and the sample's own.
+//!
+//! Consolidation ([`Learner::consolidate`], and every
+//! [`PrivateConfig::consolidate_every`] samples): the tuned weights are checkpointed and
+//! copied to `θ'` (`snapshot.safetensors`), the generator is trained against `θ'` on the
+//! labels with published statistics ([`train_generator`]) and saved (`generator.bin`),
+//! and a new period starts (`private.json`), each file replaced atomically in that order.
+//! A crash between two of them leaves a newer snapshot or generator with the older period:
+//! the next consolidation catches up.
+//!
+//! Everything here runs on the CPU: the private step is the CPU backend's (the wgpu backend
+//! refuses it, so a private learner always trains on the CPU), and so are the snapshot's
+//! forward and the generator's training.
+
+use std::fs;
+use std::path::Path;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::folder::{format_id, io_err, sync_dir, sync_file, write_atomic};
+use super::{LearnError, Learner};
+use crate::block::{block_tensor_shapes, BlockDims, FrozenHead};
+use crate::private::dream::balanced;
+use crate::private::generator::GeneratorDims;
+use crate::private::{
+    train_generator, DreamConfig, DreamLabels, Generator, LossParts, Snapshot, StatsFile,
+    StatsTable,
+};
+use crate::train::{load_tuned, save_tuned, PrivateBatch, StepStats, TunedState};
+
+pub(super) const STATS_FILE: &str = "stats.bin";
+pub(super) const GENERATOR_FILE: &str = "generator.bin";
+pub(super) const SNAPSHOT_FILE: &str = "snapshot.safetensors";
+pub(super) const PRIVATE_FILE: &str = "private.json";
+
+/// SPEC §7's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrivateConfig {
+    /// Consolidate every this many learned samples (0: only when asked). 500 by default:
+    /// a consolidation costs about [`DreamConfig::steps`] (200) generator steps of 32, each
+    /// a forward and backward of the snapshot, so every 500 samples keeps it below the
+    /// cost of the 500 learner steps between.
+    pub consolidate_every: u32,
+    /// The generator's training.
+    pub dream: DreamConfig,
+    /// `μ`, the weight of the feature distillation (0.1).
+    pub mu: f32,
+    /// Synthetic samples in each step (31: with the real one, SPEC §4's batch of 32).
+    pub synthetic: usize,
+}
+
+impl Default for PrivateConfig {
+    fn default() -> Self {
+        PrivateConfig {
+            consolidate_every: 500,
+            dream: DreamConfig::default(),
+            mu: 0.1,
+            synthetic: 31,
+        }
+    }
+}
+
+impl PrivateConfig {
+    fn check(&self) -> Result<(), LearnError> {
+        let bad = |m: String| Err(LearnError::Config(format!("private: {m}")));
+        if !(self.mu.is_finite() && self.mu >= 0.0) {
+            return bad(format!("μ = {} is not a finite number ≥ 0", self.mu));
+        }
+        if self.synthetic > 4096 {
+            return bad(format!("{} synthetic samples a step", self.synthetic));
+        }
+        if self.dream.batch == 0 || self.dream.batch > 4096 {
+            return bad(format!("generator batch {}", self.dream.batch));
+        }
+        Ok(())
+    }
+}
+
+/// The four generator losses of a batch ([`LossParts`]), for reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LossSummary {
+    pub confidence: f64,
+    pub diversity: f64,
+    pub stats: f64,
+    pub smooth: f64,
+    pub total: f64,
+}
+
+impl From<LossParts> for LossSummary {
+    fn from(p: LossParts) -> Self {
+        LossSummary {
+            confidence: p.confidence,
+            diversity: p.diversity,
+            stats: p.stats,
+            smooth: p.smooth,
+            total: p.total,
+        }
+    }
+}
+
+/// What one consolidation did and cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsolidationReport {
+    /// Its index (the first is 0).
+    pub index: u64,
+    /// Samples learned when it ran.
+    pub learned: u64,
+    /// Learned labels (old from now on), and those of them with published statistics
+    /// (the generator's).
+    pub labels: usize,
+    pub published: usize,
+    /// Generator updates (0 when no label had published statistics).
+    pub generator_steps: usize,
+    /// Generator losses of the first and last step's batches, before their updates.
+    pub loss_first: LossSummary,
+    pub loss_last: LossSummary,
+    /// Wall-clock seconds in all (snapshot, generator, saves) and in the generator's
+    /// training alone.
+    pub seconds: f64,
+    pub generator_seconds: f64,
+    /// An estimate of the peak bytes of a generator step's buffers and the parameters it
+    /// holds ([`consolidation_peak_bytes`]).
+    pub peak_bytes: u64,
+}
+
+/// `private.json`: consolidations done, where the current period began, the old labels
+/// and the last consolidation's report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PrivateRecord {
+    pub consolidations: u64,
+    /// Samples learned at the last consolidation.
+    pub learned_at: u64,
+    /// Labels learned before the last consolidation.
+    pub old_labels: Vec<u16>,
+    pub last: Option<ConsolidationReport>,
+}
+
+impl PrivateRecord {
+    /// Reads `private.json` of the learner folder `dir`, if there is one.
+    pub fn read(dir: &Path) -> Result<Option<PrivateRecord>, LearnError> {
+        let path = dir.join(PRIVATE_FILE);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| LearnError::State {
+                    path,
+                    message: e.to_string(),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(io_err(&path, source)),
+        }
+    }
+}
+
+/// Where a private learner stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrivateStatus {
+    pub config: PrivateConfig,
+    pub consolidations: u64,
+    /// Samples learned since the last consolidation.
+    pub since: u64,
+    /// Per label id with statistics, the samples they count and whether they are
+    /// published.
+    pub labels: Vec<(u16, u64, bool)>,
+    pub generator: bool,
+    pub last: Option<ConsolidationReport>,
+}
+
+/// A private learner's statistics, period, generator and snapshot.
+pub(super) struct PrivateRun {
+    cfg: PrivateConfig,
+    /// `None` when opened to read.
+    file: Option<StatsFile>,
+    table: StatsTable,
+    record: PrivateRecord,
+    generator: Option<Generator>,
+    snapshot: Option<Snapshot>,
+}
+
+impl PrivateRun {
+    /// The run of the learner folder `dir`: a damaged `generator.bin`, `snapshot.safetensors`
+    /// or `stats.bin` header is refused with the file's name.
+    pub(super) fn open(
+        cfg: PrivateConfig,
+        dir: &Path,
+        dims: &BlockDims,
+        logit_scale: f32,
+        write: bool,
+        durable: bool,
+    ) -> Result<Self, LearnError> {
+        cfg.check()?;
+        let stats_path = dir.join(STATS_FILE);
+        let (file, table) = if write {
+            let _ = fs::remove_file(dir.join(format!("{STATS_FILE}.tmp")));
+            let mut f = StatsFile::open_or_create(&stats_path, dims.width, dims.tokens)?;
+            f.set_durable(durable);
+            let t = f.table().clone();
+            (Some(f), t)
+        } else if stats_path.exists() {
+            (None, StatsFile::read(&stats_path, dims.width, dims.tokens)?)
+        } else {
+            (None, StatsTable::new(dims.width, dims.tokens)?)
+        };
+        let state = |path: &Path, message: String| LearnError::State {
+            path: path.to_path_buf(),
+            message,
+        };
+        let gen_path = dir.join(GENERATOR_FILE);
+        let generator = match fs::read(&gen_path) {
+            Ok(bytes) => Some(
+                Generator::from_bytes(&bytes, &GeneratorDims::for_block(dims))
+                    .map_err(|e| state(&gen_path, format!("corrupt generator: {e}")))?,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => return Err(io_err(&gen_path, source)),
+        };
+        let snap_path = dir.join(SNAPSHOT_FILE);
+        let snapshot = if snap_path.is_file() {
+            let (s, head, _) = load_tuned(&snap_path, dims)
+                .map_err(|e| state(&snap_path, format!("corrupt snapshot: {e}")))?;
+            Some(
+                Snapshot::new(*dims, s.params, head, logit_scale)
+                    .map_err(|e| state(&snap_path, format!("snapshot: {e}")))?,
+            )
+        } else {
+            None
+        };
+        Ok(PrivateRun {
+            cfg,
+            file,
+            table,
+            record: PrivateRecord::read(dir)?.unwrap_or_default(),
+            generator,
+            snapshot,
+        })
+    }
+}
+
+/// An estimate of the peak bytes a consolidation holds: the snapshot's parameters, the
+/// generator's parameters, moments and gradients, and one step's buffers for a batch of
+/// `batch` (the generator's activations and records, the tokens and their gradients, the
+/// snapshot's saved activations and parameter gradients of its backward).
+pub fn consolidation_peak_bytes(dims: &BlockDims, gen: &GeneratorDims, batch: usize) -> u64 {
+    let params: u64 = block_tensor_shapes(dims)
+        .iter()
+        .map(|(_, s)| s.iter().product::<usize>() as u64)
+        .sum();
+    let g =
+        (gen.hidden * gen.input() + gen.hidden + gen.record() * gen.hidden + gen.record()) as u64;
+    let (n, d) = (dims.tokens as u64, dims.width as u64);
+    let per_sample = (gen.input() + 3 * gen.hidden + 2 * gen.record()) as u64
+        + 4 * n * d
+        + n * (12 * d + 2 * dims.mlp as u64)
+        + dims.heads as u64 * n * n * 2
+        + 2 * dims.embed as u64;
+    4 * (2 * params + 4 * g + batch as u64 * per_sample)
+}
+
+impl Learner {
+    fn not_private(&self) -> LearnError {
+        LearnError::Config(format!(
+            "learner {} is not a private (SPEC §7) learner",
+            self.dir.display()
+        ))
+    }
+
+    /// Whether this learner is in private mode.
+    pub fn is_private(&self) -> bool {
+        self.private.is_some()
+    }
+
+    /// The private mode's settings and where it stands (`None`: not a private learner).
+    pub fn private_status(&self) -> Option<PrivateStatus> {
+        let run = self.private.as_ref()?;
+        Some(PrivateStatus {
+            config: run.cfg.clone(),
+            consolidations: run.record.consolidations,
+            since: self.state.learned.saturating_sub(run.record.learned_at),
+            labels: run
+                .table
+                .iter()
+                .map(|(l, s)| (l, s.samples(), s.published().is_some()))
+                .collect(),
+            generator: run.generator.is_some(),
+            last: run.record.last.clone(),
+        })
+    }
+
+    /// Whether label `id` was learned in private mode (its statistics count a sample).
+    pub(super) fn learned_privately(&self, id: u16) -> bool {
+        self.private
+            .as_ref()
+            .and_then(|r| r.table.get(id))
+            .is_some_and(|s| s.samples() > 0)
+    }
+
+    /// Adds a sample's tokens to its label's statistics and writes them (`stats.bin`).
+    pub(super) fn observe_private(&mut self, label: u16, tokens: &[f32]) -> Result<(), LearnError> {
+        let run = self.private.as_mut().expect("a private learner");
+        let file = run.file.as_mut().expect("a writer");
+        file.observe(label, tokens)?;
+        run.table = file.table().clone();
+        Ok(())
+    }
+
+    /// The private step on the new sample `tokens` (label index `y` among `ids`, the
+    /// learned labels, whose text embeddings are the first rows of `text`, `[K, E]`) and
+    /// class-balanced synthetic samples of the old labels with published statistics.
+    pub(super) fn private_train(
+        &mut self,
+        tokens: &[f32],
+        y: usize,
+        ids: &[u16],
+        text: &[f32],
+    ) -> Result<(StepStats, usize), LearnError> {
+        let e = self.dims.embed;
+        let per = self.dims.tokens_len();
+        let n_labels = text.len() / e;
+        let run = self.private.as_ref().expect("a private learner");
+        let is_old = |i: usize| {
+            ids.get(i)
+                .is_some_and(|l| run.record.old_labels.contains(l))
+        };
+        let old: Vec<usize> = (0..ids.len()).filter(|&i| is_old(i)).collect();
+        let current: Vec<usize> = (0..n_labels).filter(|&i| !is_old(i) || i == y).collect();
+        let rows = |idx: &[usize]| -> Vec<f32> {
+            idx.iter()
+                .flat_map(|&i| text[i * e..(i + 1) * e].iter().copied())
+                .collect()
+        };
+        let local_text = rows(&current);
+        let local_y = current.iter().position(|&i| i == y).expect("y is current") as u32;
+        let old_text = rows(&old);
+
+        let mut batch_tokens = anytime_linalg::AlignedVec::with_capacity(per);
+        batch_tokens.extend_from_slice(tokens);
+        let mut labels = vec![y as u32];
+        let seed = self.cfg.seed ^ self.state.learned.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        if let (Some(gen), Some(_)) = (&run.generator, &run.snapshot) {
+            let published: Vec<usize> = old
+                .iter()
+                .copied()
+                .filter(|&i| run.table.published(ids[i]).is_some())
+                .collect();
+            if !published.is_empty() && run.cfg.synthetic > 0 {
+                let mut rng = anytime_core::rng::SplitMix64::new(seed ^ 0x5359_4E54);
+                let picks = balanced(published.len(), run.cfg.synthetic, &mut rng);
+                for (j, &label) in published.iter().enumerate() {
+                    let count = picks.iter().filter(|&&p| p == j).count();
+                    let row = &text[label * e..(label + 1) * e];
+                    let t = gen.generate(row, count, rng.next_u64())?;
+                    if t.iter().any(|v| !v.is_finite()) {
+                        log::warn!(
+                            "the generator gave non-finite tokens; no synthetic sample of label {}",
+                            ids[label]
+                        );
+                        continue;
+                    }
+                    batch_tokens.extend_from_slice(&t);
+                    labels.extend(std::iter::repeat_n(label as u32, count));
+                }
+            }
+        }
+        let b = labels.len();
+        let old_target: Vec<f32> = match &run.snapshot {
+            Some(snap) if !old.is_empty() => {
+                let fwd = snap.logits(&batch_tokens, b, &old_text, old.len())?;
+                let tau = f64::from(snap.logit_scale());
+                fwd.logits.iter().map(|&l| (l / tau) as f32).collect()
+            }
+            _ => Vec::new(),
+        };
+        let n_old = if old_target.is_empty() { 0 } else { old.len() };
+        let mu = run.cfg.mu;
+        let batch = PrivateBatch {
+            tokens: &batch_tokens,
+            real: 1,
+            labels: &labels,
+            text,
+            n_labels,
+            local_labels: &[local_y],
+            local_text: &local_text,
+            n_local: current.len(),
+            old_text: if n_old > 0 { &old_text } else { &[] },
+            n_old,
+            old_target: &old_target,
+            mu,
+        };
+        let stats = self.backend()?.private_step(&batch, 1.0)?;
+        self.tuned = None;
+        log::debug!("private step: {stats:?}");
+        Ok((
+            StepStats {
+                loss: stats.loss as f32,
+                loss_label: stats.local as f32,
+                loss_other: stats.balanced as f32,
+                correct: stats.correct,
+                batch: b,
+                step: stats.step,
+            },
+            b,
+        ))
+    }
+
+    /// Consolidates when [`PrivateConfig::consolidate_every`] samples were learned since
+    /// the last consolidation.
+    pub(super) fn consolidate_if_due(&mut self) -> Result<Option<ConsolidationReport>, LearnError> {
+        let Some(run) = &self.private else {
+            return Ok(None);
+        };
+        let every = u64::from(run.cfg.consolidate_every);
+        if every > 0 && self.state.learned.saturating_sub(run.record.learned_at) >= every {
+            return self.consolidate().map(Some);
+        }
+        Ok(None)
+    }
+
+    /// SPEC §7's consolidation: checkpoint the tuned weights, copy them to the snapshot
+    /// `θ'` (saved), train the generator against it on the labels with published
+    /// statistics (saved), and start a new period (saved). Private learners only.
+    pub fn consolidate(&mut self) -> Result<ConsolidationReport, LearnError> {
+        self.writer()?;
+        if self.private.is_none() {
+            return Err(self.not_private());
+        }
+        let t0 = Instant::now();
+        self.checkpoint()?;
+        let tuned = self.tuned_state()?;
+        let head: FrozenHead = self.predictor.original.head.clone();
+        let dims = self.dims;
+        let snap_path = self.dir.join(SNAPSHOT_FILE);
+        let tmp = self.dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+        let id = self.id.map(format_id);
+        let copy = TunedState::fresh(&dims, tuned.params.clone());
+        let saved = save_tuned(&tmp, &dims, &copy, &head, id.as_deref())
+            .map_err(LearnError::from)
+            .and_then(|()| sync_file(&tmp))
+            .and_then(|()| fs::rename(&tmp, &snap_path).map_err(|s| io_err(&snap_path, s)));
+        if let Err(e) = saved {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        sync_dir(&self.dir);
+        let snapshot = Snapshot::new(dims, tuned.params, head, self.cfg.train.logit_scale)?;
+
+        // The learned labels with their names (a label whose name was lost is left out).
+        let mut ids = Vec::new();
+        let mut names = Vec::new();
+        for info in self.store.labels()? {
+            if let (Some(name), true) = (info.name, self.learned_privately(info.id)) {
+                ids.push(info.id);
+                names.push(name);
+            }
+        }
+        let text = if names.is_empty() {
+            Vec::new()
+        } else {
+            self.predictor.encoder.encode_texts(&names)?
+        };
+        let learned = self.state.learned;
+        let seed = self.cfg.seed;
+        let run = self.private.as_mut().expect("checked above");
+        let published = ids
+            .iter()
+            .filter(|&&l| run.table.published(l).is_some())
+            .count();
+        let gen_dims = GeneratorDims::for_block(&dims);
+        let mut report = ConsolidationReport {
+            index: run.record.consolidations,
+            learned,
+            labels: ids.len(),
+            published,
+            generator_steps: 0,
+            loss_first: LossSummary::default(),
+            loss_last: LossSummary::default(),
+            seconds: 0.0,
+            generator_seconds: 0.0,
+            peak_bytes: consolidation_peak_bytes(&dims, &gen_dims, run.cfg.dream.batch),
+        };
+        if published > 0 {
+            let mut gen = match &run.generator {
+                Some(g) => g.clone(),
+                None => Generator::new(gen_dims, seed ^ 0x4745_4E00)?,
+            };
+            let mut dream = run.cfg.dream.clone();
+            dream.seed ^= (run.record.consolidations + 1).wrapping_mul(0xA24B_AED4_963E_E407);
+            let labels = DreamLabels {
+                ids: &ids,
+                text: &text,
+            };
+            let r = train_generator(&mut gen, &snapshot, &labels, &run.table, &dream)?;
+            if gen
+                .params
+                .tensors()
+                .iter()
+                .any(|t| t.iter().any(|v| !v.is_finite()))
+            {
+                return Err(LearnError::Config(
+                    "the generator's training diverged (non-finite parameters); the old generator is kept".into(),
+                ));
+            }
+            write_atomic(&self.dir.join(GENERATOR_FILE), &gen.to_bytes())?;
+            report.generator_steps = r.steps;
+            report.loss_first = r.first.into();
+            report.loss_last = r.last.into();
+            report.generator_seconds = r.wall.as_secs_f64();
+            run.generator = Some(gen);
+        } else {
+            log::info!(
+                "consolidation: no label has published statistics; the generator is not trained"
+            );
+        }
+        run.snapshot = Some(snapshot);
+        report.seconds = t0.elapsed().as_secs_f64();
+        let record = PrivateRecord {
+            consolidations: run.record.consolidations + 1,
+            learned_at: learned,
+            old_labels: ids,
+            last: Some(report.clone()),
+        };
+        let json = serde_json::to_vec_pretty(&record).expect("plain struct");
+        write_atomic(&self.dir.join(PRIVATE_FILE), &json)?;
+        run.record = record;
+        log::info!(
+            "consolidation {}: {} generator steps in {:.2} s ({:.2} s in all), peak ≈ {} bytes",
+            report.index,
+            report.generator_steps,
+            report.generator_seconds,
+            report.seconds,
+            report.peak_bytes
+        );
+        Ok(report)
+    }
+}

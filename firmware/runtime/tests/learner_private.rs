@@ -1,0 +1,378 @@
+//! SPEC §7's private mode on the tiny model: the mode is the folder's, no token record is
+//! stored, consolidation snapshots the tuned block and trains the generator, and the
+//! privacy audits (1: no learned sample's bytes in the folder; 2: a size independent of
+//! the number of samples).
+use std::collections::HashSet;
+use std::path::Path;
+
+use anytime_runtime::assets::bundled_models_dir;
+use anytime_runtime::encoder::load_image;
+use anytime_runtime::learner::{LearnError, Learner, LearnerConfig, Mixing, PrivateConfig};
+use anytime_runtime::predict::Predictor;
+use anytime_runtime::private::DreamConfig;
+use anytime_runtime::store::{encode_tokens, token_weights};
+use anytime_runtime::train::BackendChoice;
+
+fn private_config(every: u32) -> PrivateConfig {
+    PrivateConfig {
+        consolidate_every: every,
+        dream: DreamConfig {
+            steps: 6,
+            batch: 8,
+            ..DreamConfig::default()
+        },
+        synthetic: 7,
+        ..PrivateConfig::default()
+    }
+}
+
+fn config(private: Option<PrivateConfig>) -> LearnerConfig {
+    let mut cfg = LearnerConfig {
+        store_capacity: 1 << 20,
+        checkpoint_every: 5,
+        backend: BackendChoice::Cpu,
+        private,
+        ..LearnerConfig::default()
+    };
+    cfg.train.lr = 2e-3;
+    cfg
+}
+
+fn tiny_tokens(image: &str) -> Vec<f32> {
+    let p = Predictor::load("tiny-clip").unwrap();
+    let img = load_image(&bundled_models_dir().join("tiny-clip/images").join(image)).unwrap();
+    p.encoder.encode_images(&[img]).unwrap()
+}
+
+/// Sample `i` of a picture: its tokens with a small distinct perturbation.
+fn variant(base: &[f32], i: usize) -> Vec<f32> {
+    base.iter()
+        .enumerate()
+        .map(|(j, v)| v + 0.003 * (((i * 31 + j * 7) % 17) as f32 - 8.0) + 1e-4 * i as f32)
+        .collect()
+}
+
+/// Every file of the learner folder: name and bytes.
+fn folder_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn sizes(dir: &Path) -> Vec<(String, usize)> {
+    folder_bytes(dir)
+        .into_iter()
+        .map(|(n, b)| (n, b.len()))
+        .collect()
+}
+
+#[test]
+fn the_mode_is_the_folders_and_the_other_mode_is_refused_unchanged() {
+    let red = tiny_tokens("red_square.png");
+    let private = tempfile::tempdir().unwrap();
+    let mut l =
+        Learner::open("tiny-clip", private.path(), config(Some(private_config(0)))).unwrap();
+    assert!(l.is_private());
+    l.learn_tokens(&red, "red").unwrap();
+    drop(l);
+    let meta = std::fs::read_to_string(private.path().join("learner.json")).unwrap();
+    assert!(meta.contains("\"mode\": \"private\""), "{meta}");
+    let before = folder_bytes(private.path());
+    let e = Learner::open("tiny-clip", private.path(), config(None)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            LearnError::Mode {
+                found: "private",
+                expected: "normal",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("never changes"), "{e}");
+    assert_eq!(folder_bytes(private.path()), before, "a refused open wrote");
+
+    let normal = tempfile::tempdir().unwrap();
+    let mut l = Learner::open("tiny-clip", normal.path(), config(None)).unwrap();
+    l.learn_tokens(&red, "red").unwrap();
+    drop(l);
+    let before = folder_bytes(normal.path());
+    let e = Learner::open("tiny-clip", normal.path(), config(Some(private_config(0)))).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            LearnError::Mode {
+                found: "normal",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(folder_bytes(normal.path()), before, "a refused open wrote");
+    assert!(!normal.path().join("stats.bin").exists());
+
+    // A reader takes the folder's mode and predicts.
+    let mut r = Learner::open_read_only("tiny-clip", private.path(), config(None)).unwrap();
+    assert!(r.is_private());
+    let set = r.label_set(&["red", "blue"]).unwrap();
+    let p = r.predict_tokens(&red, &set, Mixing::Ocw).unwrap();
+    let sum: f32 = p[0].probs.iter().sum();
+    assert!(
+        anytime_testkit::close(sum, 1.0, 1e-4, 0.0),
+        "{:?}",
+        p[0].probs
+    );
+    assert_eq!(
+        anytime_runtime::learner::folder_is_private(private.path()).unwrap(),
+        Some(true)
+    );
+    assert_eq!(
+        anytime_runtime::learner::folder_is_private(normal.path()).unwrap(),
+        Some(false)
+    );
+}
+
+#[test]
+fn a_private_learner_keeps_statistics_not_records_and_refuses_bad_input_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = Learner::open("tiny-clip", dir.path(), config(Some(private_config(0)))).unwrap();
+    let red = tiny_tokens("red_square.png");
+    let green = tiny_tokens("green_circle.png");
+    for i in 0..3 {
+        let r = l.learn_tokens(&variant(&red, i), "red").unwrap();
+        assert_eq!((r.record_bytes, r.batch), (0, 1), "no record, no replay");
+        assert!(r.loss.is_finite());
+    }
+    let r = l.learn_tokens(&green, "green").unwrap();
+    assert_eq!(
+        r.labels, 2,
+        "red was learned: it is in the training label set"
+    );
+    assert!(l.store().records().is_empty(), "a token record was stored");
+    let labels = l.store().labels().unwrap();
+    assert!(labels.iter().all(|i| i.count == 0));
+    let status = l.private_status().unwrap();
+    let counts: Vec<u64> = status.labels.iter().map(|&(_, n, _)| n).collect();
+    assert_eq!(counts, [3, 1]);
+    assert!(matches!(
+        l.rehearse(1, &[] as &[&str]),
+        Err(LearnError::Config(_))
+    ));
+    // Refused inputs change nothing, on disk or in memory.
+    l.checkpoint().unwrap();
+    let before = folder_bytes(dir.path());
+    let mut nan = red.clone();
+    nan[17] = f32::NAN;
+    assert!(l.learn_tokens(&nan, "red").is_err());
+    assert!(l.learn_tokens(&red[1..], "red").is_err());
+    assert!(l.learn_tokens(&red, "none").is_err());
+    assert_eq!(l.learned(), 4);
+    assert_eq!(folder_bytes(dir.path()), before, "a refused sample wrote");
+    assert_eq!(l.private_status().unwrap().labels, status.labels);
+    // The statistics survive a reopen.
+    drop(l);
+    let l = Learner::open("tiny-clip", dir.path(), config(Some(private_config(0)))).unwrap();
+    assert_eq!(l.private_status().unwrap().labels, status.labels);
+    assert_eq!(l.learned(), 4);
+}
+
+#[test]
+fn consolidation_snapshots_trains_the_generator_and_brings_synthetic_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = Learner::open("tiny-clip", dir.path(), config(Some(private_config(20)))).unwrap();
+    let red = tiny_tokens("red_square.png");
+    let green = tiny_tokens("green_circle.png");
+    let mut auto = None;
+    for i in 0..20 {
+        let (t, label) = if i % 2 == 0 {
+            (variant(&red, i), "red")
+        } else {
+            (variant(&green, i), "green")
+        };
+        let r = l.learn_tokens(&t, label).unwrap();
+        assert_eq!(r.consolidation.is_some(), i == 19, "sample {i}");
+        auto = auto.or(r.consolidation);
+    }
+    let c = auto.unwrap();
+    assert_eq!((c.index, c.learned, c.labels, c.published), (0, 20, 2, 2));
+    assert_eq!(c.generator_steps, 6);
+    assert!(c.loss_first.total.is_finite() && c.loss_last.total.is_finite());
+    assert!(c.peak_bytes > 0 && c.seconds >= c.generator_seconds);
+    for f in [
+        "generator.bin",
+        "snapshot.safetensors",
+        "private.json",
+        "stats.bin",
+    ] {
+        assert!(dir.path().join(f).is_file(), "{f}");
+    }
+    // After it: the real sample and 7 synthetic ones of the old labels.
+    let blue = tiny_tokens("blue_triangle.png");
+    let r = l.learn_tokens(&blue, "blue").unwrap();
+    assert_eq!(r.batch, 8);
+    assert!(r.loss.is_finite());
+    let c2 = l.consolidate().unwrap();
+    assert_eq!((c2.index, c2.labels, c2.published), (1, 3, 2));
+    let s = l.private_status().unwrap();
+    assert_eq!((s.consolidations, s.since, s.generator), (2, 0, true));
+    drop(l);
+    // Reopened: the generator and snapshot are back; damaged ones are refused.
+    let mut l = Learner::open("tiny-clip", dir.path(), config(Some(private_config(20)))).unwrap();
+    assert_eq!(l.learn_tokens(&variant(&red, 50), "red").unwrap().batch, 8);
+    drop(l);
+    for f in ["generator.bin", "snapshot.safetensors"] {
+        let path = dir.path().join(f);
+        let good = std::fs::read(&path).unwrap();
+        let mut bad = good.clone();
+        let at = bad.len() - 9;
+        bad[at] ^= 0x40;
+        std::fs::write(&path, &bad).unwrap();
+        let e =
+            Learner::open("tiny-clip", dir.path(), config(Some(private_config(20)))).unwrap_err();
+        assert!(e.to_string().contains(f), "{f}: {e}");
+        std::fs::write(&path, &good).unwrap();
+    }
+    Learner::open("tiny-clip", dir.path(), config(Some(private_config(20)))).unwrap();
+}
+
+/// Audit (1): after learning privately, no 8 consecutive values of any learned sample's
+/// tokens (as the f32 bytes they would be written as, at any byte offset), and no 8
+/// consecutive bytes of its compressed record (as the normal learner would store it; runs
+/// of fewer than 6 distinct bytes left out, as they occur anywhere), lie in any file of
+/// the folder. A consolidation ran, so the generator and snapshot are searched too.
+#[test]
+fn audit_no_learned_samples_bytes_are_in_the_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = Learner::open("tiny-clip", dir.path(), config(Some(private_config(27)))).unwrap();
+    let original = Predictor::load("tiny-clip").unwrap().original;
+    let dims = l.predictor().original.dims;
+    let pics = [
+        (tiny_tokens("red_square.png"), "red"),
+        (tiny_tokens("green_circle.png"), "green"),
+        (tiny_tokens("blue_triangle.png"), "blue"),
+    ];
+    let mut samples = Vec::new();
+    for i in 0..30 {
+        let (base, label) = &pics[i % 3];
+        let t = if i < 3 {
+            base.clone()
+        } else {
+            variant(base, i)
+        };
+        l.learn_tokens(&t, label).unwrap();
+        samples.push(t);
+    }
+    l.checkpoint().unwrap();
+    drop(l);
+    let mut token_needles: HashSet<[u8; 32]> = HashSet::new();
+    let mut record_needles: HashSet<[u8; 8]> = HashSet::new();
+    let codec = LearnerConfig::default().codec;
+    for t in &samples {
+        let bytes: Vec<u8> = t.iter().flat_map(|v| v.to_le_bytes()).collect();
+        for w in bytes.chunks_exact(4).collect::<Vec<_>>().windows(8) {
+            let mut n = [0u8; 32];
+            for (k, v) in w.iter().enumerate() {
+                n[4 * k..4 * k + 4].copy_from_slice(v);
+            }
+            token_needles.insert(n);
+        }
+        let w = token_weights(&original, t, 1);
+        let record = encode_tokens(t, &w, dims.tokens, dims.width, &codec).unwrap();
+        for w in record.windows(8) {
+            if w.iter().collect::<HashSet<_>>().len() >= 6 {
+                record_needles.insert(w.try_into().unwrap());
+            }
+        }
+    }
+    assert!(token_needles.len() > 30 * 3000 && record_needles.len() > 30 * 100);
+    let files = folder_bytes(dir.path());
+    let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    for f in [
+        "generator.bin",
+        "snapshot.safetensors",
+        "stats.bin",
+        "tokens.store",
+    ] {
+        assert!(names.contains(&f), "{f} missing from {names:?}");
+    }
+    for (name, bytes) in &files {
+        for w in bytes.windows(32) {
+            let w: [u8; 32] = w.try_into().unwrap();
+            assert!(
+                !token_needles.contains(&w),
+                "{name} holds 8 values of a sample's tokens"
+            );
+        }
+        for w in bytes.windows(8) {
+            let w: [u8; 8] = w.try_into().unwrap();
+            assert!(
+                !record_needles.contains(&w),
+                "{name} holds 8 bytes of a sample's record"
+            );
+        }
+    }
+}
+
+/// Audit (2): the folder's files have the same sizes after 10 and after 1,000 learned
+/// samples of the same labels (a consolidation after each, the first 8 samples of one
+/// label so that a generator exists from the 10th), but `private.json`, a JSON record
+/// whose numbers' digits vary: it stays under 2 KiB. The sizes are taken with the
+/// learner open (its lock file names the holder).
+#[test]
+fn audit_the_folder_size_does_not_grow_with_the_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(Some(private_config(100_000)));
+    cfg.checkpoint_every = 0;
+    let mut l = Learner::open("tiny-clip", dir.path(), cfg).unwrap();
+    let pics = [
+        (tiny_tokens("red_square.png"), "red"),
+        (tiny_tokens("green_circle.png"), "green"),
+    ];
+    let mut at_10 = None;
+    for i in 0..1000 {
+        let (base, label) = &pics[if i < 8 { 0 } else { i % 2 }];
+        l.learn_tokens(&variant(base, i), label).unwrap();
+        if i == 9 {
+            l.checkpoint().unwrap();
+            l.consolidate().unwrap();
+            at_10 = Some(sizes(dir.path()));
+        }
+    }
+    l.checkpoint().unwrap();
+    l.consolidate().unwrap();
+    assert_eq!(l.learned(), 1000);
+    let counts: Vec<u64> = l
+        .private_status()
+        .unwrap()
+        .labels
+        .iter()
+        .map(|x| x.1)
+        .collect();
+    assert_eq!(counts, [504, 496]);
+    let without_record = |s: Vec<(String, usize)>| -> Vec<(String, usize)> {
+        for (n, len) in &s {
+            assert!(
+                n != "private.json" || *len < 2048,
+                "private.json of {len} bytes"
+            );
+        }
+        s.into_iter().filter(|(n, _)| n != "private.json").collect()
+    };
+    let (now, then) = (
+        without_record(sizes(dir.path())),
+        without_record(at_10.unwrap()),
+    );
+    assert!(now.iter().any(|(n, _)| n == "generator.bin"), "{now:?}");
+    assert_eq!(now, then);
+}
