@@ -212,3 +212,44 @@ fn inspect_store_shows_a_diet_learners_settings_and_last_time_step() {
         "{stdout}"
     );
 }
+
+#[test]
+fn inspect_store_shows_a_private_learners_mode_and_statistics_counts() {
+    use anytime_runtime::learner::{Learner, LearnerConfig, PrivateConfig};
+    use anytime_runtime::predict::Predictor;
+    use anytime_runtime::train::BackendChoice;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LearnerConfig {
+        store_capacity: 1 << 20,
+        backend: BackendChoice::Cpu,
+        private: Some(PrivateConfig::default()),
+        ..LearnerConfig::default()
+    };
+    let mut l = Learner::open("tiny-clip", dir.path(), cfg).unwrap();
+    let p = Predictor::load("tiny-clip").unwrap();
+    let img = anytime_runtime::encoder::load_image(
+        &anytime_runtime::assets::bundled_models_dir().join("tiny-clip/images/red_square.png"),
+    )
+    .unwrap();
+    let tokens = p.encoder.encode_images(&[img]).unwrap();
+    for _ in 0..3 {
+        l.learn_tokens(&tokens, "red").unwrap();
+    }
+    l.learn_tokens(&tokens, "blue").unwrap();
+    drop(l);
+    let out = inspect(&dir.path().join("tokens.store"));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("mode           private"), "{stdout}");
+    assert!(stdout.contains("consolidations 0"), "{stdout}");
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .filter(|w: &Vec<&str>| w.len() == 4 && (w[3] == "red" || w[3] == "blue"))
+        .collect();
+    assert_eq!(
+        rows,
+        [["0", "0", "3", "red"], ["1", "0", "1", "blue"]],
+        "{stdout}"
+    );
+}

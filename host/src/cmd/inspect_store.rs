@@ -10,7 +10,8 @@ use anyhow::{bail, Context, Result};
 use anytime_core::mem_flash::MemFlash;
 use anytime_core::ring::layout::{STORE_HEADER_LEN, STORE_MAGIC};
 use anytime_core::ring::{LabelRef, RecordRef, Ring, MAX_LABEL_NAME};
-use anytime_runtime::learner::DietRecord;
+use anytime_runtime::learner::{folder_is_private, DietRecord, PrivateRecord};
+use anytime_runtime::private::{StatsFile, StatsTable};
 use anytime_runtime::store::{read_locked, Store};
 
 #[derive(clap::Args, Debug)]
@@ -98,8 +99,12 @@ pub fn run(args: Args) -> Result<()> {
         "state blob     {}",
         state.map_or("none".to_string(), |n| format!("{n} bytes"))
     );
+    let stats = print_mode(&args.path)?;
     println!();
-    println!("{:>6}  {:>8}  name", "id", "records");
+    match &stats {
+        Some(_) => println!("{:>6}  {:>8}  {:>10}  name", "id", "records", "statistics"),
+        None => println!("{:>6}  {:>8}  name", "id", "records"),
+    }
     for id in 0..ring.labels().len() {
         let count = ring.labels()[id].count;
         let mut buf = [0u8; MAX_LABEL_NAME];
@@ -107,7 +112,13 @@ pub fn run(args: Args) -> Result<()> {
             Ok(s) => s.to_string(),
             Err(e) => format!("<{e}>"),
         };
-        println!("{id:>6}  {count:>8}  {name}");
+        match &stats {
+            Some(t) => {
+                let n = t.get(id as u16).map_or(0, |s| s.samples());
+                println!("{id:>6}  {count:>8}  {n:>10}  {name}");
+            }
+            None => println!("{id:>6}  {count:>8}  {name}"),
+        }
     }
     if args.records {
         println!();
@@ -177,6 +188,39 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Prints the learner's mode (from `learner.json` beside the store) and, for a private
+/// learner (SPEC §7), its consolidations; returns its per-label token statistics.
+fn print_mode(path: &std::path::Path) -> Result<Option<StatsTable>> {
+    let Some(dir) = path.parent() else {
+        return Ok(None);
+    };
+    match folder_is_private(dir)? {
+        None => Ok(None),
+        Some(false) => {
+            println!("mode           normal");
+            Ok(None)
+        }
+        Some(true) => {
+            let record = PrivateRecord::read(dir)?.unwrap_or_default();
+            println!(
+                "mode           private (SPEC §7): no token record; per-label statistics in stats.bin"
+            );
+            println!(
+                "consolidations {} (the last at sample {}); {} old labels",
+                record.consolidations,
+                record.learned_at,
+                record.old_labels.len()
+            );
+            let stats_path = dir.join("stats.bin");
+            if !stats_path.exists() {
+                return Ok(Some(StatsTable::new(1, 1)?));
+            }
+            let t = StatsFile::read_found(&stats_path)?;
+            Ok(Some(t))
+        }
+    }
 }
 
 /// The diet settings and the last time step's budget use (SPEC §8) of the learner folder

@@ -215,6 +215,8 @@ pub fn run(a: Args) -> Result<()> {
         s_star: None,
         time_step_samples: None,
         time_step_seconds: None,
+        private: false,
+        consolidate_every: 0,
     };
     let (mut learner, training) = args.open_to_train()?;
     let t = Instant::now();

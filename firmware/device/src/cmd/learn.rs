@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use anytime_runtime::encoder::load_image;
 use serde_json::json;
 
-use super::{time_step_json, time_step_line, LearnerArgs};
+use super::{consolidation_json, consolidation_line, time_step_json, time_step_line, LearnerArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -123,13 +123,19 @@ pub fn run(a: Args) -> Result<()> {
                 println!("{}", time_step_line(t));
             }
         }
+        if let Ok(Some(c)) = result.as_ref().map(|r| r.consolidation.as_ref()) {
+            if !a.json {
+                println!("{}", consolidation_line(c));
+            }
+        }
         match (result, a.json) {
             (Ok(r), true) => println!(
                 "{}",
                 json!({"image": shown, "label": r.label, "learned": r.learned, "loss": r.loss,
                        "batch": r.batch, "labels": r.labels, "tuned_correct": r.tuned_correct,
                        "original_correct": r.original_correct, "record_bytes": r.record_bytes,
-                       "time_step": r.time_step.as_ref().map(time_step_json)})
+                       "time_step": r.time_step.as_ref().map(time_step_json),
+                       "consolidation": r.consolidation.as_ref().map(consolidation_json)})
             ),
             (Ok(r), false) => println!(
                 "{shown}: learned `{}` (sample {}, batch {}, loss {:.4})",

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use anytime_runtime::assets::ModelAssets;
 use anytime_runtime::learner::{
-    DietConfig, DietRecord, Learner, LearnerConfig, Mixing, TimeStepReport, TimeWindow,
+    folder_is_private, ConsolidationReport, DietConfig, DietRecord, Learner, LearnerConfig, Mixing,
+    PrivateConfig, TimeStepReport, TimeWindow,
 };
 use anytime_runtime::train::{BackendChoice, BackendReason, Training};
 
@@ -57,6 +58,16 @@ pub struct LearnerArgs {
     /// `simulate --protocol diet` cross-validates it on a stream like yours).
     #[arg(long, value_name = "S*")]
     pub s_star: Option<u32>,
+    /// Create a private learner (SPEC §7): no image's tokens are kept, only per-label
+    /// statistics, and a generator of synthetic samples is trained at each consolidation
+    /// (every `--consolidate-every` samples, and on `serve`'s `{"consolidate": true}`).
+    /// Only on a new state; a private state stays private (later runs need no flag), and
+    /// a normal one is refused. A private learner trains on the CPU.
+    #[arg(long)]
+    pub private: bool,
+    /// Consolidate a private learner every this many samples (0: only when asked).
+    #[arg(long, value_name = "N", default_value_t = PrivateConfig::default().consolidate_every)]
+    pub consolidate_every: u32,
     /// A diet time step ends with its N-th arriving image, labelled or not (default: the
     /// recorded window, else 100 images).
     #[arg(long, value_name = "N", conflicts_with = "time_step_seconds")]
@@ -113,6 +124,14 @@ impl LearnerArgs {
             cfg.train.lr = lr;
         }
         cfg.diet = self.diet()?;
+        // The folder's recorded mode, or --private for a new one; --private on a normal
+        // folder reaches the learner, which refuses it and says why.
+        if self.private || folder_is_private(&self.state)? == Some(true) {
+            cfg.private = Some(PrivateConfig {
+                consolidate_every: self.consolidate_every,
+                ..PrivateConfig::default()
+            });
+        }
         Ok(cfg)
     }
 
@@ -236,5 +255,27 @@ pub fn time_step_line(r: &TimeStepReport) -> String {
 
 /// A diet time step that ended, as JSON.
 pub fn time_step_json(r: &TimeStepReport) -> serde_json::Value {
+    serde_json::to_value(r).expect("plain struct")
+}
+
+/// One line on a consolidation of a private learner.
+pub fn consolidation_line(r: &ConsolidationReport) -> String {
+    format!(
+        "consolidation {} at sample {}: {} labels ({} with published statistics), {} generator steps (loss {:.4} -> {:.4}) in {:.2} s, {:.2} s in all, peak ≈ {:.1} MiB",
+        r.index,
+        r.learned,
+        r.labels,
+        r.published,
+        r.generator_steps,
+        r.loss_first.total,
+        r.loss_last.total,
+        r.generator_seconds,
+        r.seconds,
+        r.peak_bytes as f64 / (1 << 20) as f64
+    )
+}
+
+/// A consolidation, as JSON.
+pub fn consolidation_json(r: &ConsolidationReport) -> serde_json::Value {
     serde_json::to_value(r).expect("plain struct")
 }

@@ -90,6 +90,8 @@ pub fn run(a: Args) -> Result<()> {
                 s_star: None,
                 time_step_samples: None,
                 time_step_seconds: None,
+                private: false,
+                consolidate_every: 0,
             };
             if !state.join("learner.json").is_file() {
                 bail!(

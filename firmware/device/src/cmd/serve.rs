@@ -9,9 +9,12 @@
 //!   sample, kept in memory for its time step
 //! - `{"end_time_step": true}` — on a diet learner: end the time step now, spend its budget
 //! - `{"checkpoint": true}` — save the tuned weights now
+//! - `{"consolidate": true}` — on a private learner (`--private`): consolidate now (snapshot,
+//!   generator training, new period); answers the consolidation's report
 //! - `{"stats": true}` — samples learned, labels and their stored counts, training backend,
 //!   and on a diet learner its settings, the time step in progress and the last one's
-//!   budget use
+//!   budget use, and on a private learner its mode, consolidations and per-label statistics
+//!   sample counts
 //!
 //! A diet learner's answers to `learn` carry `"time_step"` when the request ended one (its
 //! budget: steps used of `S`, by loss). A wall-clock time step (`--time-step-seconds`) also
@@ -44,7 +47,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use super::predict::{prediction_json, NoneRule};
-use super::{parse_mixing, time_step_json, time_step_line, LearnerArgs};
+use super::{consolidation_json, parse_mixing, time_step_json, time_step_line, LearnerArgs};
 
 /// Longest request line, in bytes.
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -340,7 +343,8 @@ fn answer(learner: &Mutex<Learner>, req: &Value) -> Result<Value> {
             json!({"ok": true, "learned": r.learned, "label": r.label, "loss": r.loss,
                          "batch": r.batch, "labels": r.labels, "tuned_correct": r.tuned_correct,
                          "original_correct": r.original_correct,
-                         "time_step": r.time_step.as_ref().map(time_step_json)}),
+                         "time_step": r.time_step.as_ref().map(time_step_json),
+                         "consolidation": r.consolidation.as_ref().map(consolidation_json)}),
         );
     }
     if req.get("end_time_step").is_some() {
@@ -391,6 +395,14 @@ fn answer(learner: &Mutex<Learner>, req: &Value) -> Result<Value> {
             &none,
         ));
     }
+    if req.get("consolidate").is_some() {
+        let mut l = lock(learner)?;
+        if !l.is_private() {
+            anyhow::bail!("\"consolidate\" is for a private learner (--private)");
+        }
+        let r = l.consolidate()?;
+        return Ok(json!({"ok": true, "consolidation": consolidation_json(&r)}));
+    }
     if req.get("checkpoint").is_some() {
         let mut l = lock(learner)?;
         l.checkpoint()?;
@@ -414,12 +426,28 @@ fn answer(learner: &Mutex<Learner>, req: &Value) -> Result<Value> {
                    "elapsed_s": d.elapsed,
                    "last": d.last.as_ref().map(time_step_json)})
         });
+        let private = l.private_status().map(|p| {
+            let stats: Vec<Value> = p
+                .labels
+                .iter()
+                .map(|(id, n, published)| json!({"id": id, "samples": n, "published": published}))
+                .collect();
+            json!({"consolidate_every": p.config.consolidate_every,
+                   "consolidations": p.consolidations, "since": p.since,
+                   "generator": p.generator, "statistics": stats,
+                   "last": p.last.as_ref().map(consolidation_json)})
+        });
+        let mode = if private.is_some() {
+            "private"
+        } else {
+            "normal"
+        };
         return Ok(
-            json!({"learned": learned, "training": backend, "labels": labels,
-                         "damaged_records_met": bad_reads, "diet": diet}),
+            json!({"learned": learned, "training": backend, "mode": mode, "labels": labels,
+                         "damaged_records_met": bad_reads, "diet": diet, "private": private}),
         );
     }
-    anyhow::bail!("unknown request: expected \"learn\", \"predict\", \"end_time_step\", \"checkpoint\" or \"stats\"")
+    anyhow::bail!("unknown request: expected \"learn\", \"predict\", \"end_time_step\", \"consolidate\", \"checkpoint\" or \"stats\"")
 }
 
 #[cfg(unix)]
