@@ -42,7 +42,7 @@ use crate::private::{
     train_generator, DreamConfig, DreamLabels, Generator, LossParts, Snapshot, StatsFile,
     StatsTable,
 };
-use crate::train::{load_tuned, save_tuned, PrivateBatch, StepStats, TunedState};
+use crate::train::{load_block, save_block, PrivateBatch, StepStats};
 
 pub(super) const STATS_FILE: &str = "stats.bin";
 pub(super) const GENERATOR_FILE: &str = "generator.bin";
@@ -232,10 +232,10 @@ impl PrivateRun {
         };
         let snap_path = dir.join(SNAPSHOT_FILE);
         let snapshot = if snap_path.is_file() {
-            let (s, head, _) = load_tuned(&snap_path, dims)
+            let (params, head, _) = load_block(&snap_path, dims)
                 .map_err(|e| state(&snap_path, format!("corrupt snapshot: {e}")))?;
             Some(
-                Snapshot::new(*dims, s.params, head, logit_scale)
+                Snapshot::new(*dims, params, head, logit_scale)
                     .map_err(|e| state(&snap_path, format!("snapshot: {e}")))?,
             )
         } else {
@@ -447,8 +447,7 @@ impl Learner {
         let snap_path = self.dir.join(SNAPSHOT_FILE);
         let tmp = self.dir.join(format!("{SNAPSHOT_FILE}.tmp"));
         let id = self.id.map(format_id);
-        let copy = TunedState::fresh(&dims, tuned.params.clone());
-        let saved = save_tuned(&tmp, &dims, &copy, &head, id.as_deref())
+        let saved = save_block(&tmp, &dims, &tuned.params, &head, id.as_deref())
             .map_err(LearnError::from)
             .and_then(|()| sync_file(&tmp))
             .and_then(|()| fs::rename(&tmp, &snap_path).map_err(|s| io_err(&snap_path, s)));

@@ -57,7 +57,7 @@ pub use masked_state::{head_is_decayed, MaskedState, MaskedStateError, HEAD_TENS
 pub use masked_step::{MaskedBatch, MaskedStats};
 pub use private_step::{private_loss, PrivateBatch, PrivateStats};
 pub use s_star::{choose_s_star, SStarChoice, SStarError, SStarScore};
-pub use state::{first_non_finite, load_tuned, save_tuned};
+pub use state::{first_non_finite, load_block, load_tuned, save_block, save_tuned};
 pub use unlabelled::UnlabelledBuffer;
 
 /// Every hyper-parameter of a training step.

@@ -13,8 +13,8 @@ use sha2::{Digest, Sha256};
 
 use super::{AdamState, TunedState};
 use crate::block::{
-    block_named_tensors, block_tensor_shapes, tensors_digest, write_tensors, BlockDims, FrozenHead,
-    NamedTensor, TensorFile, WeightsError,
+    block_named_tensors, block_tensor_shapes, tensors_digest, write_tensors, BlockDims,
+    BlockParams, FrozenHead, NamedTensor, TensorFile, WeightsError,
 };
 
 const STEP_KEY: &str = "optim.step";
@@ -178,6 +178,65 @@ pub fn load_tuned(
     Ok((state, f.frozen_head(dims)?, learner))
 }
 
+/// Writes a frozen block (the private mode's snapshot `θ'`): its parameters and the frozen
+/// head, with the SHA-256 of its tensors and, when given, the learner's id; no `b`, no
+/// optimiser moments (a third of a tuned file). Parameters holding NaN or an infinity are
+/// refused.
+pub fn save_block(
+    path: &Path,
+    dims: &BlockDims,
+    params: &BlockParams,
+    head: &FrozenHead,
+    learner: Option<&str>,
+) -> Result<(), WeightsError> {
+    if params
+        .tensors()
+        .iter()
+        .any(|t| t.iter().any(|v| !v.is_finite()))
+    {
+        return Err(WeightsError::NonFinite {
+            path: path.to_path_buf(),
+            name: "params".into(),
+        });
+    }
+    let tensors = block_named_tensors(dims, params, head);
+    let digest = file_digest(&tensors_digest(&tensors), None, learner);
+    let mut meta = HashMap::from([(DIGEST_KEY.to_string(), digest)]);
+    if let Some(id) = learner {
+        meta.insert(LEARNER_KEY.to_string(), id.to_string());
+    }
+    write_tensors(path, &tensors, meta)
+}
+
+/// Reads a block written by [`save_block`]: its parameters, frozen head and learner id.
+/// The checksum must be there and match, and every value must be finite.
+pub fn load_block(
+    path: &Path,
+    dims: &BlockDims,
+) -> Result<(BlockParams, FrozenHead, Option<String>), WeightsError> {
+    if !dims.is_valid() {
+        return Err(WeightsError::Dims(*dims));
+    }
+    let f = TensorFile::open(path)?;
+    let checksum = || WeightsError::Checksum {
+        path: path.to_path_buf(),
+    };
+    let expected = f.metadata(DIGEST_KEY).ok_or_else(checksum)?;
+    if file_digest(&f.digest()?, None, f.metadata(LEARNER_KEY)) != expected {
+        return Err(checksum());
+    }
+    let params = f.block_params(dims)?;
+    let head = f.frozen_head(dims)?;
+    let finite = |t: &[f32]| t.iter().all(|v| v.is_finite());
+    if !params.tensors().iter().all(|t| finite(t)) || !head.tensors().iter().all(|t| finite(t)) {
+        return Err(WeightsError::NonFinite {
+            path: path.to_path_buf(),
+            name: "params".into(),
+        });
+    }
+    Ok((params, head, f.metadata(LEARNER_KEY).map(str::to_string)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +249,31 @@ mod tests {
         tokens: 3,
         embed: 4,
     };
+
+    #[test]
+    fn a_block_file_round_trips_and_is_refused_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snapshot.safetensors");
+        let head = FrozenHead::random(&DIMS, 1);
+        let params = BlockParams::random(&DIMS, 2);
+        save_block(&path, &DIMS, &params, &head, Some("00ab")).unwrap();
+        let (p, h, id) = load_block(&path, &DIMS).unwrap();
+        assert_eq!(
+            (p, h, id.as_deref()),
+            (params.clone(), head.clone(), Some("00ab"))
+        );
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.len() - 5;
+        bytes[at] ^= 0x08;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            load_block(&path, &DIMS),
+            Err(WeightsError::Checksum { .. })
+        ));
+        let mut nan = params;
+        nan.ln_1_w[0] = f32::NAN;
+        assert!(save_block(&path, &DIMS, &nan, &head, None).is_err());
+    }
 
     #[test]
     fn a_damaged_or_non_finite_tuned_file_is_refused() {
