@@ -376,3 +376,50 @@ fn audit_the_folder_size_does_not_grow_with_the_samples() {
     assert!(now.iter().any(|(n, _)| n == "generator.bin"), "{now:?}");
     assert_eq!(now, then);
 }
+
+/// The private step learns: after 16 samples each of two labels the zero-shot model
+/// confuses, the tuned model tells them apart on the pictures (a margin a learner at
+/// chance cannot meet), and after a consolidation and more samples of a third label it
+/// still does (the synthetic samples and the distillation hold the old labels).
+#[test]
+fn a_private_learner_learns_and_keeps_its_old_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = Learner::open("tiny-clip", dir.path(), config(Some(private_config(32)))).unwrap();
+    let pics = [
+        (tiny_tokens("red_square.png"), "alpha"),
+        (tiny_tokens("green_circle.png"), "beta"),
+    ];
+    for i in 0..32 {
+        let (base, label) = &pics[i % 2];
+        l.learn_tokens(&variant(base, i), label).unwrap();
+    }
+    assert_eq!(l.private_status().unwrap().consolidations, 1);
+    let set = l.label_set(&["alpha", "beta"]).unwrap();
+    let right = |l: &mut Learner| -> Vec<f32> {
+        pics.iter()
+            .enumerate()
+            .map(|(k, (t, _))| l.predict_tokens(t, &set, Mixing::TunedOnly).unwrap()[0].probs[k])
+            .collect()
+    };
+    let learned = right(&mut l);
+    assert!(learned.iter().all(|&p| p > 0.9), "{learned:?}");
+    let zero_shot: Vec<f32> = pics
+        .iter()
+        .enumerate()
+        .map(|(k, (t, _))| l.predict_tokens(t, &set, Mixing::OriginalOnly).unwrap()[0].probs[k])
+        .collect();
+    assert!(
+        zero_shot.iter().any(|&p| p < 0.6),
+        "{zero_shot:?}: nothing to learn"
+    );
+    let blue = tiny_tokens("blue_triangle.png");
+    for i in 0..8 {
+        let r = l.learn_tokens(&variant(&blue, i), "gamma").unwrap();
+        assert_eq!(r.batch, 8, "the real sample and 7 synthetic ones");
+    }
+    let kept = right(&mut l);
+    assert!(
+        kept.iter().all(|&p| p > 0.75),
+        "{kept:?} (after learning gamma)"
+    );
+}
