@@ -23,6 +23,13 @@
 //! A crash between two of them leaves a newer snapshot or generator with the older period:
 //! the next consolidation catches up.
 //!
+//! After a crash, `stats.bin` holds every sample whose `learn` wrote it (its write comes
+//! before the step and the state blob): a cut between the two leaves a label's statistics
+//! one sample ahead of the learned count, never torn.
+//!
+//! Consolidation's cost (its report: wall time, generator steps, a peak-bytes estimate) is
+//! not yet counted in SPEC §8's budget: a private learner cannot be a diet learner yet.
+//!
 //! Everything here runs on the CPU: the private step is the CPU backend's (the wgpu backend
 //! refuses it, so a private learner always trains on the CPU), and so are the snapshot's
 //! forward and the generator's training.
