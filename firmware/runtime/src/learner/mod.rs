@@ -26,7 +26,7 @@
 //! or asks for it ([`Learner::training`]): a learner that only predicts never looks for a
 //! GPU adapter.
 //!
-//! [`LearnerConfig::private`] makes a learner of SPEC §7's private mode ([`private`](self::private)
+//! [`LearnerConfig::private`] makes a learner of SPEC §7's private mode (`learner::private`
 //! module): no token record is stored; `stats.bin`, `snapshot.safetensors`,
 //! `generator.bin` and `private.json` join the folder.
 //!
@@ -208,7 +208,7 @@ pub struct LearnerConfig {
     /// SPEC §8's budget per time step instead of one step per labelled sample
     /// ([`diet`](self::diet) module); `None`: the anytime learner of SPEC §4.
     pub diet: Option<DietConfig>,
-    /// SPEC §7's private mode ([`private`](self::private) module), for a new folder; a
+    /// SPEC §7's private mode (the `learner::private` module), for a new folder; a
     /// folder's mode never changes (opening to write in the other mode is refused).
     pub private: Option<PrivateConfig>,
 }
