@@ -55,7 +55,9 @@ fn a_private_learner_learns_consolidates_and_predicts_and_keeps_its_mode() {
         .iter()
         .map(|l| l["samples"].as_u64().unwrap())
         .collect();
-    assert_eq!(counts, [2, 1], "{stats}");
+    // Red's two samples, each learned by a process that then ended, were never written:
+    // statistics of fewer than 8 samples live in memory only.
+    assert_eq!(counts, [1], "{stats}");
     assert!(stats["labels"]
         .as_array()
         .unwrap()

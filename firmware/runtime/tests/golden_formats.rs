@@ -91,10 +91,10 @@ fn stats_sample(i: u32) -> Vec<f32> {
         .collect()
 }
 
-/// The table the golden statistics file holds: label 0 of 9 samples, label 3 of 2.
+/// The table the golden statistics file holds: label 0 of 9 samples, label 3 of 8.
 fn stats_table() -> StatsTable {
     let mut t = StatsTable::new(3, 4).unwrap();
-    for i in 0..11 {
+    for i in 0..17 {
         t.observe(if i < 9 { 0 } else { 3 }, &stats_sample(i))
             .unwrap();
     }
@@ -108,7 +108,7 @@ fn stats_v1_golden_file_reads_with_its_labels() {
         let tmp = tempfile::tempdir().unwrap();
         let fresh = tmp.path().join("stats.bin");
         let mut f = StatsFile::open_or_create(&fresh, 3, 4).unwrap();
-        for i in 0..11 {
+        for i in 0..17 {
             f.observe(if i < 9 { 0 } else { 3 }, &stats_sample(i))
                 .unwrap();
         }
@@ -124,21 +124,20 @@ fn stats_v1_golden_file_reads_with_its_labels() {
     );
     let table = StatsFile::read(&path, 3, 4).unwrap();
     assert_eq!(table, stats_table());
-    assert_eq!(table.published_labels(), vec![0]);
-    // Opening to write (from a copy) and adding a sample keeps reading.
+    assert_eq!(table.published_labels(), vec![0, 3]);
+    // Opening to write (from a copy) and adding samples keeps reading; a new label's
+    // first samples stay in memory until its 8th.
     let tmp = tempfile::tempdir().unwrap();
     let copy = tmp.path().join("stats.bin");
     std::fs::copy(&path, &copy).unwrap();
     let mut f = StatsFile::open_or_create(&copy, 3, 4).unwrap();
     f.observe(3, &stats_sample(20)).unwrap();
-    assert_eq!(
-        StatsFile::read(&copy, 3, 4)
-            .unwrap()
-            .get(3)
-            .unwrap()
-            .samples(),
-        3
-    );
+    f.observe(0, &stats_sample(21)).unwrap();
+    f.observe(1, &stats_sample(22)).unwrap();
+    let back = StatsFile::read(&copy, 3, 4).unwrap();
+    assert_eq!(back.get(3).unwrap().samples(), 9);
+    assert!(back.get(1).is_none(), "one sample of label 1: not written");
+    assert_eq!(back.get(0).unwrap().samples(), 10, "10 samples: written");
 }
 
 #[test]

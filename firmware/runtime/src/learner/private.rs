@@ -309,12 +309,15 @@ impl Learner {
         })
     }
 
-    /// Whether label `id` was learned in private mode (its statistics count a sample).
+    /// Whether label `id` was learned in private mode: OCW observed a sample of it (its
+    /// statistics may not say so: those of fewer than 8 samples live in memory only, and a
+    /// restart loses them), or its statistics count one.
     pub(super) fn learned_privately(&self, id: u16) -> bool {
-        self.private
-            .as_ref()
-            .and_then(|r| r.table.get(id))
-            .is_some_and(|s| s.samples() > 0)
+        let Some(run) = self.private.as_ref() else {
+            return false;
+        };
+        self.state.ocw.get(id).is_some_and(|s| s.n > 0)
+            || run.table.get(id).is_some_and(|s| s.samples() > 0)
     }
 
     /// Adds a sample's tokens to its label's statistics and writes them (`stats.bin`).

@@ -33,7 +33,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::codec::{seal, write_header};
-use super::{PrivateError, StatsTable, TokenStats};
+use super::{PrivateError, StatsTable, TokenStats, MIN_SAMPLES};
 
 const MAGIC: [u8; 4] = *b"AESF";
 /// Bytes of the header.
@@ -229,10 +229,12 @@ impl StatsFile {
         &self.path
     }
 
-    /// Adds one sample's tokens to `label`'s statistics and writes them to the label's
-    /// other slot. Refused as [`StatsTable::observe`] refuses, changing nothing; after an
-    /// I/O error the table in memory is as before and the file holds the label's previous
-    /// statistics or the new ones.
+    /// Adds one sample's tokens to `label`'s statistics and, once they count at least
+    /// [`MIN_SAMPLES`] samples, writes them to the label's other slot: statistics of fewer
+    /// samples stay in memory only (a restart loses them), so that nothing written
+    /// describes fewer than 8 samples. Refused as [`StatsTable::observe`] refuses, changing
+    /// nothing; after an I/O error the table in memory is as before and the file holds the
+    /// label's previous statistics or the new ones.
     pub fn observe(&mut self, label: u16, tokens: &[f32]) -> Result<(), StatsFileError> {
         let mut stats = match self.table.get(label) {
             Some(s) => s.clone(),
@@ -245,6 +247,10 @@ impl StatsFile {
                 path: self.path.clone(),
                 source,
             })?;
+        if stats.samples() < MIN_SAMPLES {
+            self.table.replace(label, stats);
+            return Ok(());
+        }
         self.put(label, stats)
     }
 
@@ -366,15 +372,39 @@ mod tests {
             .collect()
     }
 
-    /// A file with labels 0, 2 and 5 of a few samples each; returns its path's folder.
+    /// A file with labels 0, 2 and 5 of 8, 9 and 8 samples; returns its path's folder.
     fn filled() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("stats.bin");
         let mut f = StatsFile::open_or_create(&path, D, N).unwrap();
-        for (i, label) in [0u16, 2, 5, 2, 0, 2, 5].into_iter().enumerate() {
+        let labels = (0..8).flat_map(|_| [0u16, 2, 5]).chain([2]);
+        for (i, label) in labels.enumerate() {
             f.observe(label, &sample(i as u32)).unwrap();
         }
         (dir, path)
+    }
+
+    #[test]
+    fn statistics_of_fewer_than_8_samples_are_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stats.bin");
+        let mut f = StatsFile::open_or_create(&path, D, N).unwrap();
+        let empty = fs::read(&path).unwrap();
+        for i in 0..MIN_SAMPLES as u32 - 1 {
+            f.observe(4, &sample(i)).unwrap();
+            assert_eq!(f.table().get(4).unwrap().samples(), u64::from(i) + 1);
+            assert_eq!(fs::read(&path).unwrap(), empty, "{} samples written", i + 1);
+        }
+        // A restart loses them; the 8th sample of a fresh count is written.
+        drop(f);
+        assert!(StatsFile::read(&path, D, N).unwrap().get(4).is_none());
+        let mut f = StatsFile::open_or_create(&path, D, N).unwrap();
+        for i in 0..MIN_SAMPLES as u32 {
+            f.observe(4, &sample(i)).unwrap();
+        }
+        drop(f);
+        let back = StatsFile::read(&path, D, N).unwrap();
+        assert_eq!(back.get(4).unwrap().samples(), MIN_SAMPLES);
     }
 
     #[test]
@@ -382,7 +412,7 @@ mod tests {
         let (_dir, path) = filled();
         let mut f = StatsFile::open_or_create(&path, D, N).unwrap();
         let before = f.table().clone();
-        assert_eq!(before.get(2).unwrap().samples(), 3);
+        assert_eq!(before.get(2).unwrap().samples(), 9);
         assert_eq!(StatsFile::read(&path, D, N).unwrap(), before);
         let size = fs::metadata(&path).unwrap().len();
         assert_eq!(size, (STATS_HEADER_LEN + 12 * slot_len(D)) as u64);
@@ -392,7 +422,7 @@ mod tests {
         drop(f);
         assert_eq!(fs::metadata(&path).unwrap().len(), size);
         let again = StatsFile::read(&path, D, N).unwrap();
-        assert_eq!(again.get(5).unwrap().samples(), 52);
+        assert_eq!(again.get(5).unwrap().samples(), 58);
         assert_eq!(again.get(0), before.get(0));
         assert!(matches!(
             StatsFile::read(&path, D + 1, N),
@@ -425,10 +455,14 @@ mod tests {
         let old = f.table().clone();
         // Label 2 (a rewrite inside the file) and 7 (a new label extending it).
         for label in [2u16, 7] {
-            let mut new = old
-                .get(label)
-                .cloned()
-                .unwrap_or_else(|| TokenStats::new(D, N).unwrap());
+            let mut new = old.get(label).cloned().unwrap_or_else(|| {
+                // A new label's first write holds its first 8 samples.
+                let mut t = TokenStats::new(D, N).unwrap();
+                for i in 0..MIN_SAMPLES as u32 - 1 {
+                    t.observe(&sample(40 + i)).unwrap();
+                }
+                t
+            });
             new.observe(&sample(99)).unwrap();
             let (at, bytes, _) = f.planned(label, &new);
             let at = at as usize;
@@ -447,7 +481,11 @@ mod tests {
                 g.observe(label, &sample(5)).unwrap();
                 let back = StatsFile::read(&path, D, N).unwrap();
                 let before = got.map_or(0, TokenStats::samples);
-                assert_eq!(back.get(label).unwrap().samples(), before + 1, "{what}");
+                if before + 1 >= MIN_SAMPLES {
+                    assert_eq!(back.get(label).unwrap().samples(), before + 1, "{what}");
+                } else {
+                    assert_eq!(back.get(label), got, "{what}: kept in memory only");
+                }
                 got == Some(&new)
             };
             for c in 0..=bytes.len() {
