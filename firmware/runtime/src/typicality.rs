@@ -1,15 +1,22 @@
 //! "None of the above", calibrated: how typical an image's similarity to its best label is
-//! of that label's own images.
+//! of that label's own images, on a scale where a threshold means a refusal rate.
 //!
 //! For every learned label the learner keeps the mean and variance of the cosine between
-//! the tuned model's embedding of each **new** sample and the label's text embedding,
-//! taken before the training step on it (so on an image the model has not trained on,
-//! like a query), weighted as OCW weights its estimates (a running mean for the first 100
-//! samples, then exponential with η = 0.99). A query image whose best label is `y` gets the
-//! score `(mean_y − cos) / std_y`: how many standard deviations its similarity falls below
-//! what `y`'s own images get. Answering "none" above `z` then wrongly refuses about the
-//! normal tail `P(Z > z)` of `y`'s images (the `--none-rate` of the CLI), and refuses
-//! images of labels never learned, which the tuned model does not pull towards `y`.
+//! the **original** (frozen) model's embedding of each **new** sample and the label's text
+//! embedding, weighted as OCW weights its estimates (a running mean for the first 100
+//! samples, then exponential with η = 0.99). The frozen embedding does not drift as the
+//! tuned block trains, so old samples' cosines stay what a query's would be; the tuned
+//! model's cosines (this score before state version 4) grew as it trained, and images of
+//! learned labels were refused far less often than asked (issue 22, BENCHMARKS.md).
+//!
+//! A query whose best label (the mixture's pick) is `y` gets the raw score
+//! `(mean_y − cos) / std_y`. Its distribution on images of learned labels is not normal and
+//! depends on how often the pick is wrong, so the raw score is not reported as it is: each
+//! new sample's raw score, asked as a query would be (over the learned labels, before the
+//! step on it), goes into one pooled histogram of recent arrivals ([`ArrivalScores`], the
+//! last ~2,000 samples weigh), and the reported score is `Φ⁻¹(1 − p)` with `p` the share of
+//! those arrivals scoring higher: answering "none" above `Φ⁻¹(1 − r)` (the `--none-rate r`
+//! of the CLI) refuses about a share `r` of images like the learner's recent samples.
 
 use std::collections::BTreeMap;
 
@@ -53,11 +60,123 @@ impl Typicality {
     }
 }
 
-/// The statistics of every learned label, by store label id.
+/// Bins of [`ArrivalScores`]: width 1/8 from −8 to 8 (scores beyond fall in the end bins).
+pub const BINS: usize = 128;
+const LO: f32 = -8.0;
+const WIDTH: f32 = 1.0 / 8.0;
+/// Each new arrival multiplies the older ones' weight by this: the last ~2,000 count.
+const FADE: f32 = 1.0 - 1.0 / 2000.0;
+/// Arrival weight below which the raw score is reported as it is (normal assumption).
+pub const MIN_ARRIVALS: f32 = 50.0;
+/// Bytes of [`ArrivalScores`] in the state blob: u16 bin count, f32 weight per bin.
+pub const ARRIVALS_LEN: usize = 2 + 4 * BINS;
+
+/// A fading histogram of raw scores of new samples, pooled over labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArrivalScores {
+    pub weights: [f32; BINS],
+}
+
+impl Default for ArrivalScores {
+    fn default() -> Self {
+        Self {
+            weights: [0.0; BINS],
+        }
+    }
+}
+
+impl ArrivalScores {
+    /// Adds one raw score (non-finite values are ignored).
+    pub fn observe(&mut self, raw: f32) {
+        if !raw.is_finite() {
+            return;
+        }
+        self.weights.iter_mut().for_each(|w| *w *= FADE);
+        let bin = ((raw - LO) / WIDTH).floor().clamp(0.0, (BINS - 1) as f32) as usize;
+        self.weights[bin] += 1.0;
+    }
+
+    /// Total weight of the arrivals (at most `1 / (1 − FADE)`).
+    pub fn total(&self) -> f32 {
+        self.weights.iter().sum()
+    }
+
+    /// Share of the arrivals' weight above `raw` (uniform within a bin), smoothed away
+    /// from 0 and 1 by half an arrival; `None` below [`MIN_ARRIVALS`].
+    pub fn share_above(&self, raw: f32) -> Option<f32> {
+        let total = self.total();
+        if !(total >= MIN_ARRIVALS) || raw.is_nan() {
+            return None;
+        }
+        let x = ((raw - LO) / WIDTH).clamp(0.0, BINS as f32);
+        let bin = (x.floor() as usize).min(BINS - 1);
+        let above: f32 = self.weights[bin + 1..].iter().sum::<f32>()
+            + self.weights[bin] * (1.0 - (x - bin as f32)).clamp(0.0, 1.0);
+        Some(((above + 0.5) / (total + 1.0)).clamp(f32::MIN_POSITIVE, 1.0))
+    }
+
+    /// The calibrated score `Φ⁻¹(1 − p)` of a raw score, `p` its [`share_above`]; the raw
+    /// score itself while too few arrivals are in.
+    ///
+    /// [`share_above`]: ArrivalScores::share_above
+    pub fn calibrate(&self, raw: f32) -> f32 {
+        match self.share_above(raw) {
+            Some(p) if p < 1.0 => threshold_for_rate(p).unwrap_or(raw),
+            Some(_) => f32::NEG_INFINITY,
+            None => raw,
+        }
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(BINS as u16).to_le_bytes());
+        for w in &self.weights {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+    }
+
+    /// Reads [`ARRIVALS_LEN`] bytes; refuses another bin count and non-finite or negative
+    /// weights.
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.len() != ARRIVALS_LEN {
+            return Err(format!("arrival histogram of {} bytes", bytes.len()));
+        }
+        let bins = usize::from(u16::from_le_bytes([bytes[0], bytes[1]]));
+        if bins != BINS {
+            return Err(format!(
+                "arrival histogram of {bins} bins (this build: {BINS})"
+            ));
+        }
+        let mut weights = [0f32; BINS];
+        for (w, b) in weights.iter_mut().zip(bytes[2..].chunks_exact(4)) {
+            *w = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            if !w.is_finite() || *w < 0.0 {
+                return Err(format!("arrival histogram weight {w}"));
+            }
+        }
+        Ok(Self { weights })
+    }
+}
+
+/// The statistics of every learned label, by store label id, and the pooled arrivals.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct TypicalityMap(pub BTreeMap<u16, Typicality>);
+pub struct TypicalityMap(pub BTreeMap<u16, Typicality>, pub ArrivalScores);
 
 impl TypicalityMap {
+    /// The calibrated score of a query whose best label is `label` and whose original
+    /// embedding has cosine `cos` to it; `None` when the label has too few samples.
+    pub fn score(&self, label: u16, cos: f32) -> Option<f32> {
+        let raw = self.get(label)?.score(cos)?;
+        Some(self.1.calibrate(raw))
+    }
+
+    /// One new sample's raw score as a query (best label `picked`, cosine `cos` to it),
+    /// before its own statistics are updated.
+    pub fn observe_arrival(&mut self, picked: u16, cos: f32) {
+        if let Some(raw) = self.get(picked).and_then(|t| t.score(cos)) {
+            self.1.observe(raw);
+        }
+    }
+
     pub fn observe(&mut self, label: u16, cos: f32) {
         self.0.entry(label).or_default().observe(cos);
     }
@@ -115,7 +234,30 @@ impl TypicalityMap {
             last = Some(id);
             map.insert(id, t);
         }
-        Ok(Self(map))
+        Ok(Self(map, ArrivalScores::default()))
+    }
+
+    /// The arrival histogram ([`ARRIVALS_LEN`] bytes), then the table of [`encode`] in at
+    /// most `max_len − ARRIVALS_LEN` bytes.
+    ///
+    /// [`encode`]: TypicalityMap::encode
+    pub fn encode_with_arrivals(&self, max_len: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.1.encode(&mut out);
+        out.extend_from_slice(&self.encode(max_len.saturating_sub(ARRIVALS_LEN)));
+        out
+    }
+
+    /// Reads what [`encode_with_arrivals`] wrote.
+    ///
+    /// [`encode_with_arrivals`]: TypicalityMap::encode_with_arrivals
+    pub fn decode_with_arrivals(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.len() < ARRIVALS_LEN {
+            return Err("typicality state shorter than its arrival histogram".into());
+        }
+        let arrivals = ArrivalScores::decode(&bytes[..ARRIVALS_LEN])?;
+        let map = Self::decode(&bytes[ARRIVALS_LEN..])?;
+        Ok(Self(map.0, arrivals))
     }
 }
 
@@ -240,6 +382,72 @@ mod tests {
         let mut nan = bytes.clone();
         nan[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
         assert!(TypicalityMap::decode(&nan).is_err());
+    }
+
+    #[test]
+    fn arrivals_calibrate_to_the_share_that_scored_higher() {
+        let mut a = ArrivalScores::default();
+        // raw scores 0, 0.05, …, 4.95 in turn: a share `1 − x / 5` lies above `x`
+        for j in 0..2000 {
+            a.observe((j % 100) as f32 * 0.05);
+            if j == 40 {
+                assert_eq!(a.share_above(1.0), None, "below MIN_ARRIVALS");
+                assert_eq!(a.calibrate(1.0), 1.0, "the raw score until then");
+            }
+        }
+        a.observe(f32::NAN);
+        assert!(a.total() > 1000.0 && a.total() < 2000.0, "{}", a.total());
+        for (raw, share) in [(2.5, 0.5), (4.0, 0.2), (4.75, 0.05), (-3.0, 1.0)] {
+            let p = a.share_above(raw).unwrap();
+            assert!(anytime_testkit::close(p, share, 0.02, 0.0), "{raw}: {p}");
+        }
+        assert!(anytime_testkit::close(a.calibrate(2.5), 0.0, 0.06, 0.0));
+        assert!(anytime_testkit::close(a.calibrate(4.75), 1.645, 0.15, 0.0));
+        // above every arrival: large but finite; the order of raw scores is kept
+        let top = a.calibrate(20.0);
+        assert!(top.is_finite() && top > 3.0, "{top}");
+        let mut last = f32::NEG_INFINITY;
+        for i in -100..200 {
+            let c = a.calibrate(i as f32 * 0.05);
+            assert!(c >= last, "not monotone at {i}: {c} < {last}");
+            last = c;
+        }
+    }
+
+    #[test]
+    fn arrival_scores_follow_the_mixture_pick_and_round_trip() {
+        let mut m = TypicalityMap::default();
+        // the picked label has no statistics yet: nothing to score
+        m.observe_arrival(3, 0.5);
+        assert_eq!(m.1.total(), 0.0);
+        for i in 0..20 {
+            m.observe(3, 0.2 + 0.01 * (i % 5) as f32);
+        }
+        m.observe_arrival(3, 0.0);
+        assert!(anytime_testkit::close(m.1.total(), 1.0, 1e-6, 0.0));
+        // too few arrivals: the raw score
+        let raw = m.get(3).unwrap().score(0.1).unwrap();
+        assert_eq!(m.score(3, 0.1), Some(raw));
+        assert_eq!(m.score(4, 0.1), None, "label never learned");
+        let bytes = m.encode_with_arrivals(usize::MAX);
+        assert_eq!(bytes.len(), ARRIVALS_LEN + 2 + ENTRY_LEN);
+        assert_eq!(TypicalityMap::decode_with_arrivals(&bytes).unwrap(), m);
+        // no room for the table: the histogram alone
+        let short = m.encode_with_arrivals(ARRIVALS_LEN + 2);
+        let back = TypicalityMap::decode_with_arrivals(&short).unwrap();
+        assert_eq!((back.0.len(), &back.1), (0, &m.1));
+        // refused: torn, another bin count, a NaN or negative weight
+        assert!(TypicalityMap::decode_with_arrivals(&bytes[..ARRIVALS_LEN - 1]).is_err());
+        let mut bins = bytes.clone();
+        bins[0] = 64;
+        assert!(TypicalityMap::decode_with_arrivals(&bins)
+            .unwrap_err()
+            .contains("bins"));
+        for bad in [f32::NAN, -1.0, f32::INFINITY] {
+            let mut w = bytes.clone();
+            w[2..6].copy_from_slice(&bad.to_le_bytes());
+            assert!(TypicalityMap::decode_with_arrivals(&w).is_err(), "{bad}");
+        }
     }
 
     #[test]

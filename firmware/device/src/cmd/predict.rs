@@ -25,9 +25,10 @@ pub struct Args {
     /// With --state: answer "none" when P_t(other|x) exceeds this.
     #[arg(long)]
     none_threshold: Option<f32>,
-    /// With --state: answer "none" for an image less similar to its best learned label
-    /// than all but this share of that label's own images (e.g. 0.05: about 5 % of the
-    /// images of a learned label are refused; see BENCHMARKS.md for what it catches).
+    /// With --state: answer "none" for an image less typical of its best learned label
+    /// than all but this share of the learner's recent new samples were of theirs (e.g.
+    /// 0.05: about 5 % of images of learned labels are refused; see BENCHMARKS.md for
+    /// how close, and for how many images of unlearned labels it catches).
     #[arg(long, value_parser = parse_rate)]
     none_rate: Option<f32>,
     /// Comma-separated candidate labels, e.g. "cat,dog,car".

@@ -38,7 +38,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anytime_core::codec::{encoded_len, CodecParams};
-use anytime_core::mixing::{self, dot};
+use anytime_core::mixing;
 use anytime_core::ocw::OcwState;
 use serde::{Deserialize, Serialize};
 
@@ -673,7 +673,7 @@ impl Learner {
         };
 
         // OCW update on the new sample, before the step (SPEC §3), and the "none"
-        // calibration: the tuned model's cosine to the sample's own label.
+        // calibration (crate::typicality).
         let z_o = self.predictor.original.forward_embeddings(tokens, 1);
         if z_o.iter().any(|v| !v.is_finite()) {
             // Finite tokens the frozen block overflows on: the sample, not the weights.
@@ -709,10 +709,7 @@ impl Learner {
             .observe(y_id, tuned_correct, original_correct)
             .map_err(|_| LearnError::TooManyLabels)?;
         crate::block::l2_normalise(&mut z_t, self.dims.embed);
-        let e = self.dims.embed;
-        self.state
-            .typical
-            .observe(y_id, dot(&z_t, &text[y * e..(y + 1) * e]));
+        self.observe_none(&z_o, &z_t, &text, &ids, y);
 
         let (seq, record_bytes) = if self.private.is_some() {
             // Private: the tokens reach the label's statistics, never the store.

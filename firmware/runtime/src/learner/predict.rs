@@ -46,6 +46,24 @@ impl Learner {
         self.predict_tokens(&tokens, set, mixing)
     }
 
+    /// The tuned model's L2-normalised embeddings `[B, E]` of trunk tokens `[B, N, D]`.
+    pub fn tuned_embeddings(&mut self, tokens: &[f32]) -> Result<Vec<f32>, LearnError> {
+        let per = self.dims.tokens_len();
+        if tokens.is_empty() || !tokens.len().is_multiple_of(per) {
+            return Err(crate::predict::PredictError::Tokens {
+                found: tokens.len(),
+                tokens: self.dims.tokens,
+                width: self.dims.width,
+            }
+            .into());
+        }
+        if let Some(index) = tokens.iter().position(|v| !v.is_finite()) {
+            return Err(LearnError::NonFinite { index });
+        }
+        let (tuned, _) = self.tuned_block()?;
+        Ok(tuned.forward_embeddings(tokens, tokens.len() / per))
+    }
+
     /// Predicts trunk tokens `[B, N, D]` over any label set (SPEC §2).
     pub fn predict_tokens(
         &mut self,
@@ -107,12 +125,45 @@ impl Learner {
             };
             let mut p = Prediction::new(name, mixed, &set.labels, Some(p_other));
             let best = p.best();
-            p.none_score = known[best]
-                .and_then(|id| self.state.typical.get(id))
-                .and_then(|t| t.score(dot(zt, &set.text[best * e..(best + 1) * e])));
+            p.none_score = known[best].and_then(|id| {
+                let cos = dot(zo, &set.text[best * e..(best + 1) * e]);
+                self.state.typical.score(id, cos)
+            });
             out.push(p);
         }
         Ok(out)
+    }
+
+    /// The "none" calibration of one new sample of `ids[y]` (before the step on it): its
+    /// raw score as a query over the learned labels `ids` (text rows `text[..ids.len()]`,
+    /// the OCW mixture's pick) into the arrival histogram, then its original model's
+    /// cosine into its label's statistics (see [`crate::typicality`]).
+    pub(super) fn observe_none(
+        &mut self,
+        z_o: &[f32],
+        z_t: &[f32],
+        text: &[f32],
+        ids: &[u16],
+        y: usize,
+    ) {
+        let e = self.dims.embed;
+        let text = &text[..ids.len() * e];
+        let original = zero_shot_probs(z_o, text, LOGIT_SCALE);
+        // P̃_t: the tuned softmax over the labels alone (SPEC §2)
+        let tuned = zero_shot_probs(z_t, text, LOGIT_SCALE);
+        let alphas: Vec<f32> = ids.iter().map(|&id| self.state.ocw.alpha(id)).collect();
+        let mut mixed = vec![0f32; ids.len()];
+        // Lengths agree by construction.
+        let _ = mixing::mix(&tuned, &original, &alphas, &mut mixed);
+        let row = |i: usize| &text[i * e..(i + 1) * e];
+        if let Some(pick) = mixing::argmax(&mixed) {
+            self.state
+                .typical
+                .observe_arrival(ids[pick], dot(z_o, row(pick)));
+        }
+        if let Some(&id) = ids.get(y) {
+            self.state.typical.observe(id, dot(z_o, row(y)));
+        }
     }
 
     fn tuned_block(&mut self) -> Result<&(LastBlock, f32), LearnError> {

@@ -4,13 +4,17 @@
 use super::{Ocw, OCW_CAPACITY};
 use crate::typicality::{self, TypicalityMap};
 
-/// Version 3 adds the learner's id, version 2 the typicality table (1 and 2 are still read).
-const STATE_VERSION: u8 = 3;
-/// Bytes before the OCW state in a version 3 blob.
+/// Version 4 keeps the original model's cosines and the arrival histogram in the typicality
+/// table, version 3 added the learner's id, version 2 the table (1 to 3 are still read).
+const STATE_VERSION: u8 = 4;
+/// Bytes before the OCW state in a version 3 or 4 blob.
 const STATE_HEADER_LEN: usize = 29;
-/// Largest state blob: header, OCW length and state, typicality table.
-pub(super) const STATE_MAX_LEN: usize =
-    STATE_HEADER_LEN + Ocw::MAX_ENCODED_LEN + 2 + typicality::ENTRY_LEN * OCW_CAPACITY;
+/// Largest state blob: header, OCW length and state, arrival histogram, typicality table.
+pub(super) const STATE_MAX_LEN: usize = STATE_HEADER_LEN
+    + Ocw::MAX_ENCODED_LEN
+    + typicality::ARRIVALS_LEN
+    + 2
+    + typicality::ENTRY_LEN * OCW_CAPACITY;
 
 /// Persisted in the store's state blob.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,7 +24,8 @@ pub struct LearnerState {
     /// Optimiser step of the newest tuned checkpoint.
     pub checkpoint_step: u64,
     pub(super) ocw: Box<Ocw>,
-    /// Per label, the cosines of its new samples (the "none" calibration).
+    /// Per label, the original model's cosines of its new samples, and the pooled arrival
+    /// scores (the "none" calibration).
     pub(super) typical: TypicalityMap,
     /// The id of the learner the blob belongs to (`None` in blobs of versions 1 and 2).
     pub(super) learner: Option<u64>,
@@ -37,9 +42,10 @@ impl LearnerState {
         }
     }
 
-    /// Version 3: version byte, learned (u64), checkpoint step (u64), learner id (u64), the
-    /// OCW state's length (u32) and bytes, then the typicality table; all little-endian. At
-    /// most `max_len` bytes: typicality entries that do not fit are left out.
+    /// Version 4: version byte, learned (u64), checkpoint step (u64), learner id (u64), the
+    /// OCW state's length (u32) and bytes, then the arrival histogram and the typicality
+    /// table (`TypicalityMap::encode_with_arrivals`); all little-endian. At most `max_len`
+    /// bytes: typicality entries that do not fit are left out.
     pub(super) fn encode(&self, max_len: usize) -> Vec<u8> {
         let h = STATE_HEADER_LEN;
         let mut buf = vec![0u8; h + Ocw::MAX_ENCODED_LEN];
@@ -51,13 +57,18 @@ impl LearnerState {
         let n = self.ocw.to_slice(&mut buf[h..]).unwrap_or(0);
         buf[25..29].copy_from_slice(&(n as u32).to_le_bytes());
         buf.truncate(h + n);
-        let table = self.typical.encode(max_len.saturating_sub(buf.len()));
+        let table = self
+            .typical
+            .encode_with_arrivals(max_len.saturating_sub(buf.len()));
         buf.extend_from_slice(&table);
         buf
     }
 
-    /// Reads version 3, 2 (no learner id) or 1 (learned, checkpoint step, then the OCW
-    /// state to the end; no typicality table).
+    /// Reads version 4, 3 (a table of the tuned model's cosines, no arrival histogram), 2 (as
+    /// 3 without the learner id) or 1 (learned, checkpoint step, then the OCW state to the
+    /// end; no table). The tables of versions 2 and 3 are checked and dropped: their
+    /// cosines are not the ones scored now, and a label is calibrated again from its next
+    /// new samples.
     pub(super) fn decode(bytes: &[u8]) -> Result<Self, String> {
         if bytes.len() < 17 {
             return Err(format!("state blob of {} bytes is too short", bytes.len()));
@@ -70,8 +81,8 @@ impl LearnerState {
         let mut learner = None;
         let (ocw_bytes, table) = match bytes[0] {
             1 => (&bytes[17..], None),
-            v @ (2 | 3) => {
-                let at = if v == 3 {
+            v @ (2..=4) => {
+                let at = if v >= 3 {
                     if bytes.len() < 25 {
                         return Err("state blob too short for its learner id".into());
                     }
@@ -88,7 +99,7 @@ impl LearnerState {
                     .checked_add(len)
                     .filter(|&e| e <= bytes.len())
                     .ok_or_else(|| format!("OCW state of {len} bytes overruns the blob"))?;
-                (&bytes[at + 4..end], Some(&bytes[end..]))
+                (&bytes[at + 4..end], Some((v, &bytes[end..])))
             }
             v => {
                 return Err(format!(
@@ -98,7 +109,11 @@ impl LearnerState {
         };
         let ocw = Ocw::from_bytes(ocw_bytes).map_err(|e| format!("OCW state: {e}"))?;
         let typical = match table {
-            Some(t) => TypicalityMap::decode(t)?,
+            Some((4, t)) => TypicalityMap::decode_with_arrivals(t)?,
+            Some((_, t)) => {
+                TypicalityMap::decode(t)?;
+                TypicalityMap::default()
+            }
             None => TypicalityMap::default(),
         };
         Ok(Self {
@@ -117,6 +132,20 @@ mod tests {
 
     use super::*;
 
+    /// The blob an earlier build wrote: version 3 (with the learner id) or 2, the OCW state
+    /// of `v4` and a typicality table alone (no arrival histogram).
+    fn older(version: u8, v4: &[u8], table: &[u8]) -> Vec<u8> {
+        let ocw_len = u32::from_le_bytes(v4[25..29].try_into().unwrap()) as usize;
+        let mut out = vec![version];
+        out.extend_from_slice(&v4[1..17]);
+        if version == 3 {
+            out.extend_from_slice(&v4[17..25]);
+        }
+        out.extend_from_slice(&v4[25..29 + ocw_len]);
+        out.extend_from_slice(table);
+        out
+    }
+
     #[test]
     fn state_blob_round_trips_and_rejects_garbage() {
         let mut s = LearnerState::new();
@@ -124,6 +153,7 @@ mod tests {
         s.checkpoint_step = 40;
         s.ocw.observe(3, true, false).unwrap();
         s.typical.observe(3, 0.25);
+        s.typical.1.observe(1.5);
         let bytes = s.encode(usize::MAX);
         assert_eq!(LearnerState::decode(&bytes).unwrap(), s);
         assert!(LearnerState::decode(&bytes[..5]).is_err());
@@ -131,22 +161,33 @@ mod tests {
         let mut bad = bytes.clone();
         bad[0] = 9;
         assert!(LearnerState::decode(&bad).unwrap_err().contains("version"));
+        // a negative histogram weight is refused
+        let ocw_len = u32::from_le_bytes(bytes[25..29].try_into().unwrap()) as usize;
+        let mut neg = bytes.clone();
+        let w0 = 29 + ocw_len + 2;
+        neg[w0..w0 + 4].copy_from_slice(&(-1f32).to_le_bytes());
+        assert!(LearnerState::decode(&neg).unwrap_err().contains("weight"));
         // a blob with no room for the table keeps everything else
         let small = s.encode(bytes.len() - 1);
         let back = LearnerState::decode(&small).unwrap();
         assert_eq!((back.learned, back.checkpoint_step), (42, 40));
         assert!(back.typical.0.is_empty());
+        assert_eq!(back.typical.1, s.typical.1, "the histogram is kept");
         // the learner id round-trips; 0 reads as none
         s.learner = Some(0xabc);
         assert_eq!(LearnerState::decode(&s.encode(usize::MAX)).unwrap(), s);
         s.learner = None;
-        // version 2 (no learner id) is still read
-        let ocw_len = u32::from_le_bytes(bytes[25..29].try_into().unwrap()) as usize;
-        let mut v2 = vec![2u8];
-        v2.extend_from_slice(&bytes[1..17]);
-        v2.extend_from_slice(&bytes[25..]);
-        let two = LearnerState::decode(&v2).unwrap();
-        assert_eq!(two, s);
+        // versions 3 and 2: the OCW state is read, the tuned model's table dropped
+        let table = s.typical.encode(usize::MAX);
+        for v in [3, 2] {
+            let old = LearnerState::decode(&older(v, &bytes, &table)).unwrap();
+            assert_eq!((old.learned, old.ocw.clone()), (42, s.ocw.clone()), "v{v}");
+            assert_eq!(old.typical, TypicalityMap::default(), "v{v}");
+            // a corrupt old table is still refused
+            let mut torn = older(v, &bytes, &table);
+            torn.pop();
+            assert!(LearnerState::decode(&torn).is_err(), "v{v}");
+        }
         // version 1 (no OCW length, no table) is still read
         let mut v1 = vec![1u8];
         v1.extend_from_slice(&bytes[1..17]);
@@ -156,12 +197,12 @@ mod tests {
         assert!(old.typical.0.is_empty());
     }
 
-    /// Golden blobs of versions 1, 2 and 3 (`tests/data/learner_state_v{1,2,3}.bin`,
-    /// written by this test under `ANYTIME_EDGE_WRITE_GOLDEN=1` only where absent) decode
-    /// to the state they were written from, and version 3 is what this build writes: a
-    /// format change that breaks reading a learner saved by an earlier build fails here.
+    /// Golden blobs of versions 1 to 4 (`tests/data/learner_state_v{1,2,3,4}.bin`, written
+    /// by this test under `ANYTIME_EDGE_WRITE_GOLDEN=1` only where absent) decode to the
+    /// state they were written from, and version 4 is what this build writes: a format
+    /// change that breaks reading a learner saved by an earlier build fails here.
     #[test]
-    fn learner_state_golden_files_of_versions_1_to_3_read() {
+    fn learner_state_golden_files_of_versions_1_to_4_read() {
         let mut s = LearnerState::new();
         (s.learned, s.checkpoint_step) = (1234, 1200);
         for (label, t, o) in [(3, true, false), (3, false, false), (7, true, true)] {
@@ -170,18 +211,19 @@ mod tests {
         for (label, cos) in [(3, 0.25), (3, 0.5), (7, -0.125)] {
             s.typical.observe(label, cos);
         }
+        for raw in [-0.5, 0.25, 2.0, 9.0] {
+            s.typical.1.observe(raw);
+        }
         let mut with_id = s.clone();
         with_id.learner = Some(0x0123_4567_89ab_cdef);
-        let v3 = with_id.encode(usize::MAX);
-        // Versions 2 and 1 as earlier builds wrote them: no learner id; v1 no OCW length
-        // and no typicality table.
-        let ocw_len = u32::from_le_bytes(v3[25..29].try_into().unwrap()) as usize;
-        let mut v2 = vec![2u8];
-        v2.extend_from_slice(&v3[1..17]);
-        v2.extend_from_slice(&v3[25..]);
+        let v4 = with_id.encode(usize::MAX);
+        // Versions 3, 2 and 1 as earlier builds wrote them.
+        let table = s.typical.encode(usize::MAX);
+        let (v3, v2) = (older(3, &v4, &table), older(2, &v4, &table));
+        let ocw_len = u32::from_le_bytes(v4[25..29].try_into().unwrap()) as usize;
         let mut v1 = vec![1u8];
-        v1.extend_from_slice(&v3[1..17]);
-        v1.extend_from_slice(&v3[29..29 + ocw_len]);
+        v1.extend_from_slice(&v4[1..17]);
+        v1.extend_from_slice(&v4[29..29 + ocw_len]);
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
         let golden = |name: &str, fresh: &[u8]| {
             let path = dir.join(name);
@@ -191,17 +233,28 @@ mod tests {
             }
             std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         };
-        let (g1, g2, g3) = (
+        let (g1, g2, g3, g4) = (
             golden("learner_state_v1.bin", &v1),
             golden("learner_state_v2.bin", &v2),
             golden("learner_state_v3.bin", &v3),
+            golden("learner_state_v4.bin", &v4),
         );
-        assert_eq!((g1[0], g2[0], g3[0]), (1, 2, 3), "version bytes");
-        assert_eq!(STATE_VERSION, 3, "a new version needs a new golden file");
-        assert_eq!(LearnerState::decode(&g3).unwrap(), with_id);
-        assert_eq!(g3, v3, "this build writes other bytes than version 3's");
-        assert_eq!(LearnerState::decode(&g2).unwrap(), s);
+        assert_eq!((g1[0], g2[0], g3[0], g4[0]), (1, 2, 3, 4), "version bytes");
+        assert_eq!(STATE_VERSION, 4, "a new version needs a new golden file");
+        assert_eq!(LearnerState::decode(&g4).unwrap(), with_id);
+        assert_eq!(g4, v4, "this build writes other bytes than version 4's");
+        assert_eq!(g3, v3, "version 3's layout, as this build derives it");
         assert_eq!(g2, v2, "version 2's layout, as this build derives it");
+        for (g, id) in [(&g3, with_id.learner), (&g2, None)] {
+            let old = LearnerState::decode(g).unwrap();
+            assert_eq!((old.learned, old.checkpoint_step), (1234, 1200));
+            assert_eq!((old.ocw, old.learner), (s.ocw.clone(), id));
+            assert_eq!(
+                old.typical,
+                TypicalityMap::default(),
+                "tuned cosines dropped"
+            );
+        }
         let old = LearnerState::decode(&g1).unwrap();
         assert_eq!((old.learned, old.checkpoint_step), (1234, 1200));
         assert_eq!(old.ocw, s.ocw);
