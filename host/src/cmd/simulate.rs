@@ -139,6 +139,10 @@ pub struct Args {
     /// Output directory.
     #[arg(long, default_value = "target/sim")]
     pub out: PathBuf,
+    /// Class protocol: also measure the candidate "none of the above" signals (issue 22)
+    /// beside the `full` method's own (slower: a nearest-neighbour search per image).
+    #[arg(long)]
+    pub none_candidates: bool,
     /// Token cache directory (default: <out>/cache).
     #[arg(long)]
     pub cache: Option<PathBuf>,
@@ -416,6 +420,7 @@ pub fn simulate(args: &Args) -> Result<crate::sim::metrics::Report> {
         gpu: args.gpu,
         max_samples: plan.stages.iter().map(|s| s.train.len()).sum(),
         max_labels: usize::from(plan.num_labels),
+        none_candidates: args.none_candidates,
     };
     let learners = match &assets {
         Some(a) if !learner_specs.is_empty() => learner::build(
@@ -800,6 +805,60 @@ mod tests {
         };
         assert!(size("tokens-k5b8w") * 3 < size("tokens-f16"));
         assert_eq!(report_c.rows[3].acc_all, report.rows[3].acc_all);
+    }
+
+    /// `--none-rate r` is calibrated (issue 22): the learner (tiny-clip, class protocol,
+    /// 8 synthetic classes in 2 groups) answers "none" on held-out test images of the
+    /// labels it learned at a rate within 3 binomial standard errors of `r` (400 images:
+    /// ±4.5 points at r = 0.10, ±3.3 at 0.05); a score that never abstains, or one on the
+    /// normal assumption that ignores where the learner's own samples score, fails that.
+    #[test]
+    fn none_rate_is_calibrated_on_learned_labels() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = SyntheticSpec {
+            classes: 8,
+            train_per_class: 60,
+            test_per_class: 100,
+            size: 24,
+            seed: 7,
+        };
+        let ds = write_image_folder(tmp.path(), "shapes8", &spec).unwrap();
+        let out = tmp.path().join("out");
+        let a = args(&[
+            "--dataset",
+            ds.to_str().unwrap(),
+            "--protocol",
+            "class",
+            "--groups",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+            "--methods",
+            "full",
+            "--replay",
+            "7",
+        ]);
+        let report = simulate(&a).unwrap();
+        let open = &report.rows[0].none;
+        let learned = 4.0 * 100.0;
+        for (name, rate) in crate::sim::learner::NONE_RATES {
+            let e = open.iter().find(|e| e.signal == name).unwrap();
+            let realized = e.abstain_learned.unwrap() / 100.0;
+            let se = (f64::from(rate) * (1.0 - f64::from(rate)) / learned).sqrt();
+            eprintln!(
+                "--none-rate {rate}: learned {:.1} %, unlearned {:?} %, AUROC {:?}",
+                100.0 * realized,
+                e.abstain_unlearned,
+                e.auroc
+            );
+            if rate >= 0.05 {
+                assert!(
+                    anytime_testkit::close(realized, f64::from(rate), 3.0 * se, 0.0),
+                    "{name}: {realized} of learned images refused at r = {rate}"
+                );
+            }
+            assert!(e.abstain_unlearned.is_some() && e.auroc.is_some(), "{e:?}");
+        }
     }
 
     #[test]

@@ -25,6 +25,7 @@ use anytime_runtime::train::{BackendChoice, TrainConfig};
 use anytime_runtime::typicality::threshold_for_rate;
 
 use super::method::{Features, Method, NoneSignal, OpenPick};
+use super::none_probe::NoneProbe;
 
 /// How a learner trains: what differs between learners that cannot be shared.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -54,6 +55,13 @@ pub const LEARNER_METHODS: [&str; 8] = [
     "no-other",
     "raw",
     "plain-pca",
+];
+
+/// The learner's none score at these `--none-rate`s, under these names.
+pub const NONE_RATES: [(&str, f32); 3] = [
+    ("none_score", 0.05),
+    ("none_score@.01", 0.01),
+    ("none_score@.10", 0.10),
 ];
 
 /// The fixed α of the "no OCW" ablation (SPEC §9): an even mix for every learned label.
@@ -156,6 +164,8 @@ pub struct LearnerSettings {
     pub max_samples: usize,
     /// Upper bound of the labels it will learn.
     pub max_labels: usize,
+    /// Measure the candidate "none" signals of [`NoneProbe`] beside the `full` method's.
+    pub none_candidates: bool,
 }
 
 /// One learner and what its methods need to share it.
@@ -308,6 +318,8 @@ pub struct LearnerMethod {
     names: Arc<Vec<String>>,
     sets: HashMap<Vec<u16>, LabelSet>,
     observed: usize,
+    /// Candidate "none" signals measured beside the learner's (the `full` method only).
+    probe: Option<NoneProbe>,
 }
 
 impl std::fmt::Debug for LearnerMethod {
@@ -333,6 +345,7 @@ impl LearnerMethod {
             names,
             sets: HashMap::new(),
             observed: 0,
+            probe: Some(NoneProbe::default()),
         }
     }
 
@@ -380,9 +393,32 @@ impl Method for LearnerMethod {
             bail!("the learner needs the sample's tokens");
         };
         let name = self.name_of(label)?.to_owned();
-        self.shared
-            .borrow_mut()
-            .learn(self.observed, tokens, label, &name)?;
+        let mut shared = self.shared.borrow_mut();
+        if let Some(probe) = &mut self.probe {
+            // only while this method is the one that trains (before the step)
+            if shared.stream.len() == self.observed {
+                // the query's statistic on this sample, asked over the labels learned
+                // so far and this one
+                let mut labels = probe.learned.clone();
+                if let Err(i) = labels.binary_search(&label) {
+                    labels.insert(i, label);
+                }
+                let names = labels
+                    .iter()
+                    .map(|&l| self.names[usize::from(l)].clone())
+                    .collect::<Vec<_>>();
+                let set = shared.learner.label_set(&names)?;
+                let p = shared.learner.predict_tokens(tokens, &set, self.mixing)?;
+                let b = p[0].best();
+                let e = x.embedding.len();
+                probe.observe_pick(labels[b], x.embedding, &set.text[b * e..(b + 1) * e]);
+                let z_t = shared.learner.tuned_embeddings(tokens)?;
+                let set = shared.learner.label_set(&[&name])?;
+                probe.observe(label, x.embedding, &z_t, &set.text);
+            }
+        }
+        shared.learn(self.observed, tokens, label, &name)?;
+        drop(shared);
         self.observed += 1;
         Ok(())
     }
@@ -392,12 +428,18 @@ impl Method for LearnerMethod {
     }
 
     /// `P_t(other|x)` (the tuned model's "other" over the candidates and "other"), the
-    /// mixture's maximum probability's complement, and the none score of
-    /// `anytime_runtime::typicality` (at the CLI's `--none-rate 0.05`).
+    /// mixture's maximum probability's complement, and the calibrated none score of
+    /// `anytime_runtime::typicality` at the CLI's `--none-rate` 0.05, 0.01 and 0.10.
     fn predict_open(&mut self, x: &Features<'_>, candidates: &[u16]) -> Result<Option<OpenPick>> {
         let p = self.prediction(x, candidates)?;
         let best = p.best();
         let max_p = f64::from(p.probs[best]);
+        let mut extra = Vec::new();
+        if let (Some(probe), Some(tokens)) = (&mut self.probe, x.tokens) {
+            let z_t = self.shared.borrow_mut().learner.tuned_embeddings(tokens)?;
+            let text = &self.sets[candidates].text;
+            extra = probe.signals(candidates, text, x.embedding, &z_t, best, &p.probs);
+        }
         Ok(Some(OpenPick {
             pick: best,
             signals: vec![
@@ -411,13 +453,16 @@ impl Method for LearnerMethod {
                     value: 1.0 - max_p,
                     threshold: 0.5,
                 },
-                NoneSignal {
-                    name: "none_score",
-                    // a label without a calibration yet is never refused
-                    value: p.none_score.map_or(-1e9, f64::from),
-                    threshold: f64::from(threshold_for_rate(0.05).unwrap_or(f32::INFINITY)),
-                },
-            ],
+            ]
+            .into_iter()
+            .chain(NONE_RATES.iter().map(|&(name, rate)| NoneSignal {
+                name,
+                // a label without a calibration yet is never refused
+                value: p.none_score.map_or(-1e9, f64::from),
+                threshold: f64::from(threshold_for_rate(rate).unwrap_or(f32::INFINITY)),
+            }))
+            .chain(extra)
+            .collect(),
         }))
     }
 
@@ -471,12 +516,11 @@ pub fn build(
                 s
             }
         };
-        out.push(LearnerMethod::new(
-            &spec.name,
-            spec.mixing,
-            shared,
-            names.clone(),
-        ));
+        let mut method = LearnerMethod::new(&spec.name, spec.mixing, shared, names.clone());
+        if !(settings.none_candidates && spec.name == "full") {
+            method.probe = None;
+        }
+        out.push(method);
     }
     Ok(out)
 }

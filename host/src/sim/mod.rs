@@ -8,6 +8,7 @@ pub mod features;
 pub mod learner;
 pub mod method;
 pub mod metrics;
+pub mod none_probe;
 pub mod plot;
 pub mod protocol;
 pub mod runner;
