@@ -105,7 +105,7 @@ impl ArrivalScores {
     /// from 0 and 1 by half an arrival; `None` below [`MIN_ARRIVALS`].
     pub fn share_above(&self, raw: f32) -> Option<f32> {
         let total = self.total();
-        if !(total >= MIN_ARRIVALS) || raw.is_nan() {
+        if total.is_nan() || total < MIN_ARRIVALS || raw.is_nan() {
             return None;
         }
         let x = ((raw - LO) / WIDTH).clamp(0.0, BINS as f32);

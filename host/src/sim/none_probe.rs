@@ -60,6 +60,9 @@ impl LabelStats {
     }
 }
 
+/// A whitening matrix `[E, E]` (row-major, lower triangular) and whitened label means.
+type Whitened = (Vec<f64>, BTreeMap<u16, Vec<f64>>);
+
 /// The probe's per-label statistics and stored embeddings.
 #[derive(Debug, Default)]
 pub struct NoneProbe {
@@ -68,9 +71,10 @@ pub struct NoneProbe {
     stored: Vec<(u16, Vec<f32>)>,
     /// Whitening `L⁻¹` of the pooled within-label covariance and whitened label means,
     /// rebuilt after new samples.
-    whitened: Option<(Vec<f64>, BTreeMap<u16, Vec<f64>>)>,
-    /// Arrival z-scores (own label, statistics before the sample) of the frozen text
-    /// cosine and of the prototype cosine.
+    whitened: Option<Whitened>,
+    /// Arrival z-scores (statistics before the sample) of the frozen text cosine and of
+    /// the prototype cosine against the sample's own label, and of the frozen text cosine
+    /// against the mixture's pick.
     arrivals: [Vec<f32>; 3],
     /// Their empirical (1 − r) quantiles for r = .01, .05, .10: all history, last 2000.
     quantiles: Option<[[[f64; 3]; 2]; 3]>,
@@ -322,7 +326,7 @@ impl NoneProbe {
             .fold(f64::INFINITY, f64::min)
     }
 
-    fn whiten(&self) -> Option<(Vec<f64>, BTreeMap<u16, Vec<f64>>)> {
+    fn whiten(&self) -> Option<Whitened> {
         let e = self.stored.first()?.1.len();
         let mut means: BTreeMap<u16, Vec<f64>> = BTreeMap::new();
         for (l, s) in &self.labels {
