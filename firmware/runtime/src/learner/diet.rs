@@ -29,7 +29,7 @@ use std::time::Instant;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::folder::{io_err, write_atomic};
+use super::folder::{io_err, read_json, write_atomic};
 use super::{LearnError, Learner};
 use crate::block::BlockDims;
 use crate::train::{
@@ -184,17 +184,7 @@ pub struct DietRecord {
 impl DietRecord {
     /// Reads `diet.json` of the learner folder `dir`, if there is one.
     pub fn read(dir: &Path) -> Result<Option<DietRecord>, LearnError> {
-        let path = dir.join(DIET_FILE);
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| LearnError::State {
-                    path,
-                    message: e.to_string(),
-                }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(io_err(&path, source)),
-        }
+        read_json(&dir.join(DIET_FILE))
     }
 }
 

@@ -170,6 +170,23 @@ pub(super) fn write_meta(path: &Path, meta: &Meta) -> Result<(), LearnError> {
     write_atomic(path, &text)
 }
 
+/// Reads the JSON file `path` of a learner folder: `None` when it does not exist, a
+/// [`LearnError::State`] naming it when it does not parse.
+pub(super) fn read_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> Result<Option<T>, LearnError> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| LearnError::State {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(io_err(path, source)),
+    }
+}
+
 /// Replaces `path` with `bytes` atomically (`<path>.tmp`, fsync, rename, fsync of the
 /// folder): a reader or a crash sees the old file or the new one, whole.
 pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LearnError> {

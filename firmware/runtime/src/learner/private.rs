@@ -40,7 +40,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::folder::{format_id, io_err, sync_dir, sync_file, write_atomic};
+use super::folder::{format_id, io_err, read_json, sync_dir, sync_file, write_atomic};
 use super::{LearnError, Learner};
 use crate::block::{block_tensor_shapes, BlockDims, FrozenHead};
 use crate::private::dream::balanced;
@@ -161,17 +161,7 @@ pub struct PrivateRecord {
 impl PrivateRecord {
     /// Reads `private.json` of the learner folder `dir`, if there is one.
     pub fn read(dir: &Path) -> Result<Option<PrivateRecord>, LearnError> {
-        let path = dir.join(PRIVATE_FILE);
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| LearnError::State {
-                    path,
-                    message: e.to_string(),
-                }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(io_err(&path, source)),
-        }
+        read_json(&dir.join(PRIVATE_FILE))
     }
 }
 
