@@ -30,7 +30,7 @@ enum Command {
     /// Print a store's header, labels and counts, and verify every CRC.
     InspectStore(cmd::inspect_store::Args),
     /// Replay a labelled dataset as a stream and evaluate every method at every stage.
-    Simulate(cmd::simulate::Args),
+    Simulate(Box<cmd::simulate::Args>),
 }
 
 fn main() -> Result<()> {
@@ -41,6 +41,6 @@ fn main() -> Result<()> {
         Command::BenchTrain(a) => cmd::bench_train::run(a),
         Command::BenchStore(a) => cmd::bench_store::run(a),
         Command::InspectStore(a) => cmd::inspect_store::run(a),
-        Command::Simulate(a) => cmd::simulate::run(a),
+        Command::Simulate(a) => cmd::simulate::run(*a),
     }
 }

@@ -427,3 +427,50 @@ fn a_private_learner_learns_and_keeps_its_old_labels() {
         "{kept:?} (after learning gamma)"
     );
 }
+
+/// `synthetic_tokens` gives the generator's sets of a label with published statistics
+/// (none before a consolidation, none for a label it does not know), finite and of the
+/// token shape; without the local CE (`local_ce: false`, an ablation) the private step still
+/// learns the new sample through the class-balanced CE.
+#[test]
+fn synthetic_tokens_and_the_step_without_local_ce() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = PrivateConfig {
+        local_ce: false,
+        ..private_config(0)
+    };
+    let mut l = Learner::open("tiny-clip", dir.path(), config(Some(cfg))).unwrap();
+    let red = tiny_tokens("red_square.png");
+    let green = tiny_tokens("green_circle.png");
+    let per = red.len();
+    for i in 0..16 {
+        let (t, label) = if i % 2 == 0 {
+            (variant(&red, i), "red")
+        } else {
+            (variant(&green, i), "green")
+        };
+        let r = l.learn_tokens(&t, label).unwrap();
+        assert!(r.loss.is_finite() && r.loss > 0.0, "sample {i}: {r:?}");
+        assert_eq!(r.batch, 1);
+    }
+    assert_eq!(
+        l.synthetic_tokens("red", 4, 1).unwrap(),
+        None,
+        "no generator yet"
+    );
+    l.consolidate().unwrap();
+    let a = l.synthetic_tokens("red", 4, 1).unwrap().unwrap();
+    assert_eq!(a.len(), 4 * per);
+    assert!(a.iter().all(|v| v.is_finite()));
+    assert_eq!(
+        l.synthetic_tokens("red", 4, 1).unwrap().unwrap(),
+        a,
+        "seeded"
+    );
+    assert_ne!(l.synthetic_tokens("red", 4, 2).unwrap().unwrap(), a);
+    assert_eq!(l.synthetic_tokens("blue", 4, 1).unwrap(), None);
+    // the step after the consolidation: the real sample and 7 synthetic ones
+    let r = l.learn_tokens(&variant(&red, 40), "red").unwrap();
+    assert_eq!(r.batch, 8);
+    assert!(r.loss.is_finite() && r.loss > 0.0);
+}

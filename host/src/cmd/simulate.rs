@@ -21,13 +21,17 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use anytime_core::codec::CodecParams;
 use anytime_runtime::assets::ModelAssets;
+use anytime_runtime::learner::PrivateConfig;
 use anytime_runtime::train::TrainConfig;
 
+use crate::sim::audit;
 use crate::sim::cache::Encoding;
 use crate::sim::dataset::{self, Dataset};
 use crate::sim::diet::{self, DietContext, DietSpec, DEFAULT_DIET_METHODS};
 use crate::sim::features::{Backbone, ClipBackbone, FeatureTable, PixelBackbone};
-use crate::sim::learner::{self, LearnerSettings, LearnerSpec, Training, LEARNER_METHODS};
+use crate::sim::learner::{
+    self, LearnerSettings, LearnerSpec, Training, LEARNER_METHODS, PRIVATE_METHODS,
+};
 use crate::sim::method::{LabelEmbeddings, Method, NearestClassMean, ZeroShot};
 use crate::sim::metrics::Report;
 use crate::sim::plot::{accuracy_svg, Curve};
@@ -48,6 +52,25 @@ const DEFAULT_METHODS: [&str; 7] = [
     "no-other",
     "raw",
 ];
+
+/// Methods run under `--protocol data-free` when `--methods` is not given (issue 15):
+/// the baselines, stored replay (`full`, the normal learner), the private learner (and its
+/// tuned block alone), and its ablations, `private-no-replay` being the lower bound.
+const DEFAULT_DATA_FREE_METHODS: [&str; 9] = [
+    "zero-shot",
+    "ncm",
+    "full",
+    "private",
+    "private-tuned",
+    "private-no-replay",
+    "private-no-stats",
+    "private-no-distill",
+    "private-no-local",
+];
+
+/// The privacy audit's pool of learned samples and synthetic sets per label.
+const AUDIT_POOL: usize = 200;
+const AUDIT_SYNTHETIC: usize = 64;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -115,7 +138,11 @@ pub struct Args {
     /// bits = B, e.g. k2b4, k3b8-plain). Default: zero-shot,ncm,tuned,full,no-ocw,
     /// no-other,raw (only the baselines with `--model pixels`). Under `--protocol diet`:
     /// zero-shot, ncm, diet, labelled-only, replay-only, anytime (the default), each
-    /// learner also as <name>-tuned (its tuned block alone).
+    /// learner also as <name>-tuned (its tuned block alone). The private learner (SPEC
+    /// §7, consolidating at the end of each stage) under any other protocol: private,
+    /// private-tuned, and the ablations private-no-replay, private-no-stats,
+    /// private-no-distill, private-no-local; under `--protocol data-free` the default is
+    /// zero-shot, ncm, full (stored replay), and all of these.
     #[arg(long, value_delimiter = ',')]
     pub methods: Option<Vec<String>>,
     /// Learner: AdamW learning rate (default: the model's `[learner] lr`, else SPEC §4's
@@ -143,6 +170,9 @@ pub struct Args {
     /// beside the `full` method's own (slower: a nearest-neighbour search per image).
     #[arg(long)]
     pub none_candidates: bool,
+    /// Private methods: `μ`, the weight of the feature distillation (SPEC §7: 0.1).
+    #[arg(long, default_value_t = PrivateConfig::default().mu)]
+    pub mu: f32,
     /// Token cache directory (default: <out>/cache).
     #[arg(long)]
     pub cache: Option<PathBuf>,
@@ -281,6 +311,10 @@ pub fn simulate(args: &Args) -> Result<crate::sim::metrics::Report> {
         Some(m) => m.iter().map(|m| m.trim().to_owned()).collect(),
         None if pixels => BASELINES.iter().map(|m| m.to_string()).collect(),
         None if is_diet => DEFAULT_DIET_METHODS.iter().map(|m| m.to_string()).collect(),
+        None if args.protocol == ProtocolKind::DataFree => DEFAULT_DATA_FREE_METHODS
+            .iter()
+            .map(|m| m.to_string())
+            .collect(),
         None => DEFAULT_METHODS.iter().map(|m| m.to_string()).collect(),
     };
     let assets = if pixels {
@@ -331,9 +365,10 @@ pub fn simulate(args: &Args) -> Result<crate::sim::metrics::Report> {
             learner_specs.push(spec);
         } else {
             bail!(
-                "unknown method `{m}`; known: {}, {}, kKbB[-plain]",
+                "unknown method `{m}`; known: {}, {}, kKbB[-plain], {}",
                 BASELINES.join(", "),
-                LEARNER_METHODS.join(", ")
+                LEARNER_METHODS.join(", "),
+                PRIVATE_METHODS.join(", ")
             );
         }
     }
@@ -421,6 +456,7 @@ pub fn simulate(args: &Args) -> Result<crate::sim::metrics::Report> {
         max_samples: plan.stages.iter().map(|s| s.train.len()).sum(),
         max_labels: usize::from(plan.num_labels),
         none_candidates: args.none_candidates,
+        mu: args.mu,
     };
     let learners = match &assets {
         Some(a) if !learner_specs.is_empty() => learner::build(
@@ -446,6 +482,7 @@ pub fn simulate(args: &Args) -> Result<crate::sim::metrics::Report> {
             training: Training {
                 codec: store_codec,
                 beta_other: TrainConfig::default().beta_other,
+                private: None,
             },
             names: label_names.clone(),
             budget: args.budget,
@@ -485,6 +522,25 @@ pub fn simulate(args: &Args) -> Result<crate::sim::metrics::Report> {
     let results = runner::run(&plan, &sources, &mut table, &mut methods, &pb)?;
     pb.finish_and_clear();
 
+    // The privacy audit's item 3 on the first private learner with a generator.
+    let mut privacy_audit = None;
+    for m in methods.iter_mut() {
+        let name = m.name().to_owned();
+        let labels = audit::nearest_neighbour_audit(
+            m.as_mut(),
+            &plan,
+            &sources,
+            &mut table,
+            AUDIT_POOL,
+            AUDIT_SYNTHETIC,
+            args.seed,
+        )?;
+        if !labels.is_empty() {
+            privacy_audit = Some(serde_json::json!({"method": name, "labels": labels}));
+            break;
+        }
+    }
+
     let config = serde_json::json!({
         "datasets": datasets.iter().map(|d| serde_json::json!({
             "name": d.name, "path": d.root, "format": d.format,
@@ -516,6 +572,7 @@ pub fn simulate(args: &Args) -> Result<crate::sim::metrics::Report> {
         })),
         "cache": cache_dir,
         "token_cache": encoding.tag(),
+        "privacy_audit": privacy_audit,
         "diet": is_diet.then(|| serde_json::json!({
             "time_steps": args.time_steps,
             "label_percent": args.label_percent,
@@ -550,6 +607,12 @@ pub fn simulate(args: &Args) -> Result<crate::sim::metrics::Report> {
             "diet stream, S = {}, {} % labelled, on {} ({})",
             args.budget,
             args.label_percent,
+            names.join(", "),
+            backbone.id()
+        )
+    } else if args.protocol == ProtocolKind::DataFree {
+        format!(
+            "data-free class-incremental on {} ({})",
             names.join(", "),
             backbone.id()
         )
@@ -593,6 +656,13 @@ pub fn summary_table(report: &Report) -> String {
         );
         for (name, acc) in &m.held_out {
             s += &format!("{:<12} held-out {name}: {}\n", "", f(*acc));
+        }
+        if let (Some(secs), Some(peak)) = (m.consolidation_s, m.consolidation_peak_bytes) {
+            s += &format!(
+                "{:<12} consolidations: {secs:.1} s in all, peak ≈ {:.1} MiB\n",
+                "",
+                peak as f64 / (1u64 << 20) as f64
+            );
         }
         for n in &m.none {
             s += &format!(
@@ -1505,6 +1575,110 @@ mod tests {
         }
         // At most one of the 12 images below the better model.
         assert_mixing_keeps_the_better_model(&report, 100.0 / 12.0 + 0.1);
+    }
+
+    /// The data-free protocol end to end on the tiny model (issue 15): the baselines,
+    /// stored replay, the private learner and its lower bound (the other ablations differ
+    /// only in their settings, `sim::learner`'s tests), the private learners consolidating
+    /// at each stage end (generator trained once a label has published statistics),
+    /// storing no record, and the privacy audit's item 3: no synthetic token set nearer a
+    /// learned sample than the nearest pair of learned samples of its label.
+    #[test]
+    fn data_free_protocol_end_to_end_on_tiny_clip() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = SyntheticSpec {
+            classes: 4,
+            // ≥ 8 a label, so that its statistics are published and the generator trains
+            train_per_class: 10,
+            test_per_class: 3,
+            size: 24,
+            seed: 21,
+        };
+        let ds = write_image_folder(tmp.path(), "shapes", &spec).unwrap();
+        let out = tmp.path().join("out");
+        let methods = [
+            "zero-shot",
+            "ncm",
+            "full",
+            "private",
+            "private-tuned",
+            "private-no-replay",
+        ];
+        let a = args(&[
+            "--dataset",
+            ds.to_str().unwrap(),
+            "--protocol",
+            "data-free",
+            "--groups",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+            "--lr",
+            "2e-3",
+            "--replay",
+            "7",
+            "--methods",
+            &methods.join(","),
+        ]);
+        let report = simulate(&a).unwrap();
+        check_outputs(&report, &out, &methods);
+        assert_eq!(report.config["protocol"], "data-free");
+        for m in methods {
+            let r = rows(&report, m);
+            let private = m.starts_with("private");
+            for (k, row) in r.iter().enumerate() {
+                assert_eq!(row.samples_seen, 20 * (k as u64 + 1), "{m}");
+                let c = row.consolidation;
+                assert_eq!(
+                    c.is_some(),
+                    private,
+                    "{m}: a consolidation at each stage end"
+                );
+                if let Some(c) = c {
+                    assert_eq!((c.labels, c.published), (2 * (k + 1), 2 * (k + 1)), "{m}");
+                    assert_eq!(c.generator_steps, 200, "{m}");
+                    assert!(c.seconds.is_finite() && c.seconds > 0.0, "{m}");
+                    assert!(c.peak_bytes > 0, "{m}");
+                    // the alignment loss falls while the generator trains
+                    assert!(c.stats_last < c.stats_first, "{m}: {c:?}");
+                }
+            }
+            let s = summary(&report, m);
+            assert_eq!(s.consolidation_s.is_some(), private, "{m}");
+            if private {
+                // no record stored: the bytes are the statistics and the generator, the
+                // same whatever the samples (4 labels' statistics at the end)
+                let learners = out.join("learners");
+                let dir = learners.join(if m == "private-tuned" { "private" } else { m });
+                let store = std::fs::metadata(dir.join("store.bin")).map(|m| m.len());
+                assert!(dir.join("stats.bin").is_file(), "{m}: {store:?}");
+                let bytes = s.bytes_per_sample * 40.0;
+                let files: u64 = ["stats.bin", "generator.bin"]
+                    .iter()
+                    .map(|f| std::fs::metadata(dir.join(f)).unwrap().len())
+                    .sum();
+                assert!(
+                    (bytes - files as f64).abs() < 1.0,
+                    "{m}: {bytes} vs {files}"
+                );
+            }
+        }
+        // the audit: every label, a pool of its 10 learned samples, 64 synthetic sets
+        let audit = &report.config["privacy_audit"];
+        assert_eq!(audit["method"], "private");
+        let labels = audit["labels"].as_array().unwrap();
+        assert_eq!(labels.len(), 4, "{audit}");
+        for l in labels {
+            assert_eq!(l["pool"], 10, "{l}");
+            assert_eq!(l["generated"], AUDIT_SYNTHETIC, "{l}");
+            let (rr, sr) = (&l["real_to_real"], &l["synthetic_to_real"]);
+            let min = |v: &serde_json::Value| v["min"].as_f64().unwrap();
+            assert!(min(rr) > 0.0 && min(sr) > 0.0, "{l}");
+            assert_eq!(l["closer_than_any_real_pair"], 0, "{l}");
+            assert!(min(sr) >= min(rr), "{l}");
+        }
+        let table = summary_table(&report);
+        assert!(table.contains("consolidations:"), "{table}");
     }
 
     /// Task-incremental with a held-out dataset: the full method never trains on the

@@ -8,6 +8,11 @@
 //! block and OCW state with its own [`Mixing`]. Methods that train differently
 //! (no-other, raw, `kKbB`) get their own learner. Every learner lives in its own
 //! folder, wiped at the start of a run.
+//!
+//! The private methods (`private`, `private-tuned` and the ablations of issue 15) run the
+//! learner in SPEC §7's private mode: no record is stored, and the learner consolidates
+//! (snapshot, generator) at the end of every stage, the task boundary of the
+//! class-incremental protocol, as "Always Be Dreaming" does.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -19,12 +24,16 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use anytime_core::codec::{encoded_len, CodecParams};
 use anytime_runtime::assets::ModelAssets;
-use anytime_runtime::learner::{DietConfig, Learner, LearnerConfig, Mixing};
+use anytime_runtime::learner::{
+    ConsolidationReport, DietConfig, Learner, LearnerConfig, Mixing, PrivateConfig,
+};
 use anytime_runtime::predict::{LabelSet, Prediction, Predictor};
+use anytime_runtime::private::DreamConfig;
 use anytime_runtime::train::{BackendChoice, TrainConfig};
 use anytime_runtime::typicality::threshold_for_rate;
 
 use super::method::{Features, Method, NoneSignal, OpenPick};
+use super::metrics::{Consolidation, StageSteps};
 use super::none_probe::NoneProbe;
 
 /// How a learner trains: what differs between learners that cannot be shared.
@@ -34,7 +43,43 @@ pub struct Training {
     pub codec: CodecParams,
     /// Weight `β` of the "other" term of the loss.
     pub beta_other: f32,
+    /// SPEC §7's private mode, with the parts an ablation keeps (`None`: the normal
+    /// learner, storing records).
+    pub private: Option<PrivateParts>,
 }
+
+/// The parts of SPEC §7's private learner a method keeps (all of them for `private`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrivateParts {
+    /// Synthetic samples of the old labels in each step (off: "no replay").
+    pub replay: bool,
+    /// The generator's statistics-alignment loss (weight 50; off: weight 0).
+    pub stats: bool,
+    /// The feature distillation (`μ` = 0.1; off: `μ` = 0).
+    pub distill: bool,
+    /// The local CE over the current period's labels.
+    pub local_ce: bool,
+}
+
+impl PrivateParts {
+    pub const ALL: PrivateParts = PrivateParts {
+        replay: true,
+        stats: true,
+        distill: true,
+        local_ce: true,
+    };
+}
+
+/// The private methods (issue 15): the private learner, its tuned block alone, and its
+/// ablations (no synthetic replay, no statistics alignment, no distillation, no local CE).
+pub const PRIVATE_METHODS: [&str; 6] = [
+    "private",
+    "private-tuned",
+    "private-no-replay",
+    "private-no-stats",
+    "private-no-distill",
+    "private-no-local",
+];
 
 /// A learner method as named on the command line.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,8 +121,44 @@ pub fn parse_method(name: &str, codec: CodecParams, tokens: usize) -> Result<Opt
     let base = Training {
         codec,
         beta_other: TrainConfig::default().beta_other,
+        private: None,
     };
+    let private = |parts: PrivateParts| Training {
+        private: Some(parts),
+        ..base
+    };
+    let all = PrivateParts::ALL;
     let (training, mixing) = match name {
+        "private" => (private(all), Mixing::Ocw),
+        "private-tuned" => (private(all), Mixing::TunedOnly),
+        "private-no-replay" => (
+            private(PrivateParts {
+                replay: false,
+                ..all
+            }),
+            Mixing::Ocw,
+        ),
+        "private-no-stats" => (
+            private(PrivateParts {
+                stats: false,
+                ..all
+            }),
+            Mixing::Ocw,
+        ),
+        "private-no-distill" => (
+            private(PrivateParts {
+                distill: false,
+                ..all
+            }),
+            Mixing::Ocw,
+        ),
+        "private-no-local" => (
+            private(PrivateParts {
+                local_ce: false,
+                ..all
+            }),
+            Mixing::Ocw,
+        ),
         "full" => (base, Mixing::Ocw),
         "tuned" => (base, Mixing::TunedOnly),
         "no-ocw" => (base, Mixing::Fixed(NO_OCW_ALPHA)),
@@ -166,6 +247,8 @@ pub struct LearnerSettings {
     pub max_labels: usize,
     /// Measure the candidate "none" signals of [`NoneProbe`] beside the `full` method's.
     pub none_candidates: bool,
+    /// Private methods: `μ` of the feature distillation.
+    pub mu: f32,
 }
 
 /// One learner and what its methods need to share it.
@@ -181,6 +264,10 @@ pub struct SharedLearner {
     /// `store_bytes[i]`: record bytes stored for the first `i + 1` samples.
     store_bytes: Vec<u64>,
     dims: (usize, usize),
+    /// The learner's folder.
+    dir: PathBuf,
+    /// Private mode: the stream position of the last consolidation, and its report.
+    consolidated: Option<(usize, ConsolidationReport)>,
 }
 
 impl std::fmt::Debug for SharedLearner {
@@ -209,7 +296,45 @@ impl SharedLearner {
             learn_s: Vec::new(),
             store_bytes: Vec::new(),
             dims: (dims.tokens, dims.width),
+            dir: dir.to_path_buf(),
+            consolidated: None,
         })
+    }
+
+    /// Private mode: consolidates at the stream position `at` (the end of a stage) unless
+    /// it was done there already (methods sharing the learner end the same stages), and
+    /// adds its time to the learning time. Returns the consolidation of position `at`.
+    fn end_stage(&mut self, at: usize) -> Result<Option<ConsolidationReport>> {
+        if !self.learner.is_private() || at == 0 {
+            return Ok(None);
+        }
+        ensure!(
+            at == self.stream.len(),
+            "a stage ended at sample {at} of a stream of {}",
+            self.stream.len()
+        );
+        if let Some((pos, report)) = &self.consolidated {
+            if *pos == at {
+                return Ok(Some(report.clone()));
+            }
+        }
+        let t = Instant::now();
+        let report = self.learner.consolidate()?;
+        if let Some(s) = self.learn_s.last_mut() {
+            *s += t.elapsed().as_secs_f64();
+        }
+        self.consolidated = Some((at, report.clone()));
+        Ok(Some(report))
+    }
+
+    /// Private mode: the bytes of what replaces the store (per-label statistics and the
+    /// generator; the snapshot is a copy of the block, as the tuned block itself).
+    fn private_bytes(&self) -> u64 {
+        ["stats.bin", "generator.bin"]
+            .iter()
+            .filter_map(|f| std::fs::metadata(self.dir.join(f)).ok())
+            .map(|m| m.len())
+            .sum()
     }
 
     /// Learns the sample at position `at` of the stream unless it was learned already.
@@ -234,7 +359,7 @@ impl SharedLearner {
         self.stream.push(label);
         let stored = self.learner.store().len();
         ensure!(
-            stored == self.stream.len(),
+            self.learner.is_private() || stored == self.stream.len(),
             "the learner's store evicted samples ({stored} kept of {})",
             self.stream.len()
         );
@@ -277,7 +402,27 @@ pub(crate) fn learner_config(
         // a simulation's learners are rebuilt from scratch on every run
         durable: false,
         diet,
-        private: None,
+        private: training
+            .private
+            .map(|parts| private_config(parts, settings)),
+    }
+}
+
+/// SPEC §7's settings of a simulation's private learner with `parts`: it consolidates at
+/// the end of each stage only (not every N samples), and takes as many synthetic samples
+/// a step as the normal learner replays stored ones.
+fn private_config(parts: PrivateParts, settings: &LearnerSettings) -> PrivateConfig {
+    let base = PrivateConfig::default();
+    PrivateConfig {
+        consolidate_every: 0,
+        dream: DreamConfig {
+            w_stats: if parts.stats { base.dream.w_stats } else { 0.0 },
+            seed: settings.seed ^ 0x4452_4541_4d00,
+            ..base.dream
+        },
+        mu: if parts.distill { settings.mu } else { 0.0 },
+        synthetic: if parts.replay { settings.replay } else { 0 },
+        local_ce: parts.local_ce,
     }
 }
 
@@ -320,6 +465,8 @@ pub struct LearnerMethod {
     observed: usize,
     /// Candidate "none" signals measured beside the learner's (the `full` method only).
     probe: Option<NoneProbe>,
+    /// Private mode: the consolidation at the end of the last stage.
+    consolidation: Option<ConsolidationReport>,
 }
 
 impl std::fmt::Debug for LearnerMethod {
@@ -346,6 +493,7 @@ impl LearnerMethod {
             sets: HashMap::new(),
             observed: 0,
             probe: Some(NoneProbe::default()),
+            consolidation: None,
         }
     }
 
@@ -467,10 +615,38 @@ impl Method for LearnerMethod {
     }
 
     /// Bytes of the records in the learner's store (payloads, without the ring's
-    /// record headers) for the samples this method observed.
+    /// record headers) for the samples this method observed; in private mode the bytes
+    /// of the statistics and the generator now.
     fn stored_bytes(&self) -> u64 {
         let s = self.shared.borrow();
+        if s.learner.is_private() {
+            return s.private_bytes();
+        }
         self.observed.checked_sub(1).map_or(0, |i| s.store_bytes[i])
+    }
+
+    /// Private mode: consolidates (once per learner and stage).
+    fn end_stage(&mut self) -> Result<Option<StageSteps>> {
+        self.consolidation = self.shared.borrow_mut().end_stage(self.observed)?;
+        Ok(None)
+    }
+
+    fn consolidation(&self) -> Option<Consolidation> {
+        self.consolidation.as_ref().map(Consolidation::from)
+    }
+
+    fn synthetic_tokens(
+        &mut self,
+        label: u16,
+        count: usize,
+        seed: u64,
+    ) -> Result<Option<Vec<f32>>> {
+        let name = self.name_of(label)?.to_owned();
+        let mut s = self.shared.borrow_mut();
+        if !s.learner.is_private() {
+            return Ok(None);
+        }
+        Ok(s.learner.synthetic_tokens(&name, count, seed)?)
     }
 
     /// One step per observed sample (SPEC §4).
@@ -580,6 +756,72 @@ mod tests {
             parse_method("alpha-hard", c, 50).unwrap().unwrap().mixing,
             Mixing::OcwHard
         );
+        // the private methods: one learner for private and private-tuned, each
+        // ablation its own, differing from the private learner's settings in one part
+        let private = parse_method("private", c, 50).unwrap().unwrap();
+        assert_eq!(private.training.private, Some(PrivateParts::ALL));
+        let tuned = parse_method("private-tuned", c, 50).unwrap().unwrap();
+        assert_eq!(
+            (tuned.training, tuned.mixing),
+            (private.training, Mixing::TunedOnly)
+        );
+        let settings = LearnerSettings {
+            lr: 1e-3,
+            replay: 7,
+            seed: 3,
+            gpu: false,
+            max_samples: 10,
+            max_labels: 2,
+            none_candidates: false,
+            mu: 0.1,
+        };
+        let cfg = |m: &str| {
+            let spec = parse_method(m, c, 50).unwrap().unwrap();
+            assert_eq!(spec.mixing, Mixing::Ocw, "{m}");
+            private_config(spec.training.private.unwrap(), &settings)
+        };
+        let all = cfg("private");
+        assert_eq!(all.consolidate_every, 0, "at stage ends only");
+        assert_eq!(
+            (all.synthetic, all.mu, all.dream.w_stats, all.local_ce),
+            (7, 0.1, 50.0, true)
+        );
+        let ablated = [
+            (
+                "private-no-replay",
+                PrivateConfig {
+                    synthetic: 0,
+                    ..all.clone()
+                },
+            ),
+            (
+                "private-no-distill",
+                PrivateConfig {
+                    mu: 0.0,
+                    ..all.clone()
+                },
+            ),
+            (
+                "private-no-local",
+                PrivateConfig {
+                    local_ce: false,
+                    ..all.clone()
+                },
+            ),
+            (
+                "private-no-stats",
+                PrivateConfig {
+                    dream: DreamConfig {
+                        w_stats: 0.0,
+                        ..all.dream.clone()
+                    },
+                    ..all.clone()
+                },
+            ),
+        ];
+        for (m, expected) in ablated {
+            assert_eq!(cfg(m), expected, "{m}");
+        }
         assert!(parse_method("k99b8", c, 50).is_err());
         assert!(parse_method("k2b5", c, 50).is_err());
         assert!(parse_method("ncm", c, 50).unwrap().is_none());

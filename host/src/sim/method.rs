@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{ensure, Context, Result};
 use anytime_core::mixing::{argmax, dot};
 
-use super::metrics::StageSteps;
+use super::metrics::{Consolidation, StageSteps};
 
 /// What a method is given of one image.
 #[derive(Debug, Clone, Copy)]
@@ -63,6 +63,21 @@ pub trait Method {
     /// The stage (a diet time step) has delivered all its samples: a method under a
     /// step budget trains now and says what it spent; the others return `None`.
     fn end_stage(&mut self) -> Result<Option<StageSteps>> {
+        Ok(None)
+    }
+    /// The consolidation (SPEC §7) the last [`Method::end_stage`] ran, for a private
+    /// learner.
+    fn consolidation(&self) -> Option<Consolidation> {
+        None
+    }
+    /// `count` synthetic token sets `[count, N, D]` of the learned `label` (a private
+    /// learner's generator), for the privacy audit; `None` for other methods.
+    fn synthetic_tokens(
+        &mut self,
+        _label: u16,
+        _count: usize,
+        _seed: u64,
+    ) -> Result<Option<Vec<f32>>> {
         Ok(None)
     }
 }

@@ -106,6 +106,41 @@ pub struct StageResult {
     /// Diet protocol: the training steps of this time step, for a learner under a budget.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub steps: Option<StageSteps>,
+    /// A private learner's consolidation at the end of this stage (SPEC §7).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consolidation: Option<Consolidation>,
+}
+
+/// What a private learner's consolidation cost and reached (SPEC §7).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Consolidation {
+    pub seconds: f64,
+    pub generator_seconds: f64,
+    pub generator_steps: usize,
+    /// Labels learned, and those with published statistics (the generator's).
+    pub labels: usize,
+    pub published: usize,
+    /// The statistics-alignment loss (unweighted) of the generator's first and last
+    /// batches.
+    pub stats_first: f64,
+    pub stats_last: f64,
+    /// The estimate of the bytes it holds at its peak.
+    pub peak_bytes: u64,
+}
+
+impl From<&anytime_runtime::learner::ConsolidationReport> for Consolidation {
+    fn from(r: &anytime_runtime::learner::ConsolidationReport) -> Self {
+        Consolidation {
+            seconds: r.seconds,
+            generator_seconds: r.generator_seconds,
+            generator_steps: r.generator_steps,
+            labels: r.labels,
+            published: r.published,
+            stats_first: r.loss_first.stats,
+            stats_last: r.loss_last.stats,
+            peak_bytes: r.peak_bytes,
+        }
+    }
 }
 
 /// The training steps a method spent in one time step under the budget `S` (SPEC §8).
@@ -292,6 +327,12 @@ pub struct Summary {
     /// Diet protocol: the steps spent over the run, for a learner under a budget.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub steps: Option<StepsSummary>,
+    /// Private learners: seconds spent consolidating over the run, and the most bytes a
+    /// consolidation held (estimate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consolidation_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consolidation_peak_bytes: Option<u64>,
 }
 
 /// One "none of the above" signal averaged over stages.
@@ -345,6 +386,14 @@ pub fn summarise(plan: &Plan, rows: &[&StageResult]) -> Option<Summary> {
         bytes_per_sample: last.bytes_per_sample,
         none: mean_none(rows),
         steps: StepsSummary::of(rows.iter().filter_map(|r| r.steps.as_ref())),
+        consolidation_s: rows
+            .iter()
+            .filter_map(|r| r.consolidation.map(|c| c.seconds))
+            .reduce(|a, b| a + b),
+        consolidation_peak_bytes: rows
+            .iter()
+            .filter_map(|r| r.consolidation.map(|c| c.peak_bytes))
+            .max(),
     })
 }
 
@@ -596,6 +645,7 @@ mod tests {
             peak_rss_kib: None,
             none: Vec::new(),
             steps: None,
+            consolidation: None,
         }
     }
 

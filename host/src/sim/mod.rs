@@ -1,6 +1,7 @@
 //! The host simulator: datasets, token cache, evaluation protocols, methods,
 //! metrics and plots. `cmd/simulate.rs` drives them.
 
+pub mod audit;
 pub mod cache;
 pub mod dataset;
 pub mod diet;

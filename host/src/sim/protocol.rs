@@ -58,6 +58,10 @@ pub enum ProtocolKind {
     Task,
     /// Learning on a diet (SPEC §8): class-incremental time steps, sparse labels.
     Diet,
+    /// Data-free class-incremental (SPEC §7, §9): the class protocol's stages, the
+    /// private learner and its baselines.
+    #[serde(rename = "data-free")]
+    DataFree,
 }
 
 /// Default data-incremental stages, in percent of the training set.
@@ -361,7 +365,7 @@ pub fn plan(sources: &[SourceInfo], opts: &PlanOptions) -> Result<Plan> {
             }];
             (stages, groups)
         }
-        ProtocolKind::Class | ProtocolKind::Diet => {
+        ProtocolKind::Class | ProtocolKind::Diet | ProtocolKind::DataFree => {
             let c = usize::from(sources[0].num_classes);
             ensure!(
                 (1..=c).contains(&opts.groups),

@@ -98,6 +98,7 @@ pub fn run(
                 .end_stage()
                 .with_context(|| format!("{} ending {}", method.name(), stage.name))?;
             update_s += t.elapsed().as_secs_f64();
+            let consolidation = method.consolidation();
             observed[m] += stage.train.len() as u64;
             if let (Some(before), Some(after)) = (accounted, method.update_seconds()) {
                 update_s = after - before;
@@ -191,6 +192,7 @@ pub fn run(
                 peak_rss_kib: peak_rss_kib(),
                 none,
                 steps,
+                consolidation,
             };
             row.set_score(&score);
             log::debug!(

@@ -70,6 +70,9 @@ pub struct PrivateConfig {
     pub mu: f32,
     /// Synthetic samples in each step (31: with the real one, SPEC §4's batch of 32).
     pub synthetic: usize,
+    /// Take the local CE over the current period's labels (on; off only to measure what
+    /// it brings: the real sample is then learned through the class-balanced CE alone).
+    pub local_ce: bool,
 }
 
 impl Default for PrivateConfig {
@@ -79,6 +82,7 @@ impl Default for PrivateConfig {
             dream: DreamConfig::default(),
             mu: 0.1,
             synthetic: 31,
+            local_ce: true,
         }
     }
 }
@@ -388,15 +392,19 @@ impl Learner {
         };
         let n_old = if old_target.is_empty() { 0 } else { old.len() };
         let mu = run.cfg.mu;
+        // Without the local CE the batch has no "real" sample: the new one is learned
+        // through the class-balanced CE alone.
+        let local = run.cfg.local_ce;
+        let local_labels = [local_y];
         let batch = PrivateBatch {
             tokens: &batch_tokens,
-            real: 1,
+            real: usize::from(local),
             labels: &labels,
             text,
             n_labels,
-            local_labels: &[local_y],
-            local_text: &local_text,
-            n_local: current.len(),
+            local_labels: if local { &local_labels } else { &[] },
+            local_text: if local { &local_text } else { &[] },
+            n_local: if local { current.len() } else { 0 },
             old_text: if n_old > 0 { &old_text } else { &[] },
             n_old,
             old_target: &old_target,
@@ -416,6 +424,28 @@ impl Learner {
             },
             b,
         ))
+    }
+
+    /// `count` synthetic token sets `[count, N, D]` of the learned label `name` from the
+    /// current generator and the noise of `seed` (audits, the simulator); `None` when
+    /// there is no generator yet or the label has no published statistics.
+    pub fn synthetic_tokens(
+        &mut self,
+        name: &str,
+        count: usize,
+        seed: u64,
+    ) -> Result<Option<Vec<f32>>, LearnError> {
+        let Some(id) = self.store.find_label(name)? else {
+            return Ok(None);
+        };
+        let run = self.private.as_ref().ok_or_else(|| self.not_private())?;
+        let (Some(_), Some(_)) = (&run.generator, run.table.published(id)) else {
+            return Ok(None);
+        };
+        let text = self.predictor.encoder.encode_texts(&[name])?;
+        let run = self.private.as_ref().expect("checked above");
+        let gen = run.generator.as_ref().expect("checked above");
+        Ok(Some(gen.generate(&text, count, seed)?))
     }
 
     /// Consolidates when [`PrivateConfig::consolidate_every`] samples were learned since
