@@ -522,9 +522,13 @@ pub fn simulate(args: &Args) -> Result<crate::sim::metrics::Report> {
     let results = runner::run(&plan, &sources, &mut table, &mut methods, &pb)?;
     pb.finish_and_clear();
 
-    // The privacy audit's item 3 on the first private learner with a generator.
+    // The privacy audit's item 3 on `private` if it ran, else the first private learner
+    // with a generator.
     let mut privacy_audit = None;
-    for m in methods.iter_mut() {
+    let mut order: Vec<usize> = (0..methods.len()).collect();
+    order.sort_by_key(|&i| methods[i].name() != "private");
+    for i in order {
+        let m = &mut methods[i];
         let name = m.name().to_owned();
         let labels = audit::nearest_neighbour_audit(
             m.as_mut(),
