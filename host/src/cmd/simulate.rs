@@ -1323,10 +1323,36 @@ mod tests {
         for m in methods {
             let mine = rows(report, m);
             assert_eq!(mine.len(), stages, "{m}: one row per stage");
+            let images: usize = report.plan.groups.iter().map(|g| g.samples.len()).sum();
+            let held: Vec<u16> = report
+                .plan
+                .groups
+                .iter()
+                .filter(|g| g.held_out)
+                .flat_map(|g| g.candidates.iter().copied())
+                .collect();
             for (k, r) in mine.iter().enumerate() {
                 assert_eq!(r.stage, k);
                 assert!(r.acc_all.is_some(), "{m} {k}");
                 assert!(r.peak_rss_kib.unwrap() > 0);
+                // every test image is in the confusion matrix once, and its diagonal over
+                // the labels not held out is acc_all
+                let c = &r.confusion;
+                assert_eq!(c.len(), usize::from(report.plan.num_labels), "{m} {k}");
+                let total: u32 = c.iter().flatten().sum();
+                assert_eq!(total as usize, images, "{m} {k}");
+                let kept = |t: usize| !held.contains(&(t as u16));
+                let right: u32 = (0..c.len()).filter(|&t| kept(t)).map(|t| c[t][t]).sum();
+                let all: u32 = (0..c.len())
+                    .filter(|&t| kept(t))
+                    .map(|t| c[t].iter().sum::<u32>())
+                    .sum();
+                let acc = 100.0 * f64::from(right) / f64::from(all);
+                assert!(
+                    (acc - r.acc_all.unwrap()).abs() < 1e-9,
+                    "{m} {k}: {acc} vs {:?}",
+                    r.acc_all
+                );
             }
         }
         // zero-shot learns nothing, so its accuracy is the same at every stage

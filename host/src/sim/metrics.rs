@@ -109,6 +109,10 @@ pub struct StageResult {
     /// A private learner's consolidation at the end of this stage (SPEC §7).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub consolidation: Option<Consolidation>,
+    /// `confusion[truth][answer]`: test images of global label `truth` answered as global
+    /// label `answer`, over every evaluation group (report.json only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub confusion: Vec<Vec<u32>>,
 }
 
 /// What a private learner's consolidation cost and reached (SPEC §7).
@@ -646,6 +650,7 @@ mod tests {
             none: Vec::new(),
             steps: None,
             consolidation: None,
+            confusion: Vec::new(),
         }
     }
 

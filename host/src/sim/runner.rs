@@ -106,6 +106,8 @@ pub fn run(
 
             let t_eval = Instant::now();
             let mut score = StageScore::new(plan.groups.len());
+            let labels = usize::from(plan.num_labels);
+            let mut confusion = vec![vec![0u32; labels]; labels];
             for (g, group) in plan.groups.iter().enumerate() {
                 for r in &group.samples {
                     let truth = label_of(r.source, group.split, r.index)?;
@@ -119,7 +121,13 @@ pub fn run(
                         embedding: table.embedding(r.source, group.split, r.index)?,
                     };
                     let pick = method.predict(&x, &group.candidates)?;
-                    let correct = group.candidates.get(pick) == Some(&truth);
+                    let answer = group.candidates.get(pick).copied();
+                    let correct = answer == Some(truth);
+                    if let (Some(row), Some(a)) = (confusion.get_mut(usize::from(truth)), answer) {
+                        if let Some(c) = row.get_mut(usize::from(a)) {
+                            *c += 1;
+                        }
+                    }
                     let seen = stage.seen.binary_search(&truth).is_ok();
                     score.record(g, group.held_out, seen, correct);
                     progress.inc(1);
@@ -193,6 +201,7 @@ pub fn run(
                 none,
                 steps,
                 consolidation,
+                confusion,
             };
             row.set_score(&score);
             log::debug!(
