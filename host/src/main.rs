@@ -23,6 +23,8 @@ struct Cli {
 enum Command {
     /// Trunk encode throughput: tract against onnxruntime (python) at equal threads.
     BenchEncode(cmd::bench_encode::Args),
+    /// A user's learn and predict requests end to end, by phase.
+    BenchLearn(cmd::bench_learn::Args),
     /// One training step of the tuned block (CPU and wgpu) against the SGEMM roofline.
     BenchTrain(cmd::bench_train::Args),
     /// Codec and store throughput, record sizes and reconstruction error.
@@ -38,6 +40,7 @@ fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().command {
         Command::BenchEncode(a) => cmd::bench_encode::run(a),
+        Command::BenchLearn(a) => cmd::bench_learn::run(a),
         Command::BenchTrain(a) => cmd::bench_train::run(a),
         Command::BenchStore(a) => cmd::bench_store::run(a),
         Command::InspectStore(a) => cmd::inspect_store::run(a),

@@ -1,4 +1,5 @@
 pub mod bench_encode;
+pub mod bench_learn;
 pub mod bench_store;
 pub mod bench_train;
 pub mod inspect_store;

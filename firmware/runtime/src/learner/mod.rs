@@ -36,6 +36,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anytime_core::codec::{encoded_len, CodecParams};
 use anytime_core::mixing;
@@ -254,6 +255,30 @@ pub struct LearnReport {
     pub time_step: Option<TimeStepReport>,
     /// The consolidation this call ran, for a private learner.
     pub consolidation: Option<ConsolidationReport>,
+    /// Where the call's time went.
+    pub timings: LearnTimings,
+}
+
+/// Seconds of one `learn` call by phase (benchmarks; the phases not named are in `total`
+/// only).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LearnTimings {
+    /// The training label set's text embeddings (the text tower).
+    pub text: f64,
+    /// The original block's and the tuned block's forward on the sample (OCW's inputs).
+    pub probe: f64,
+    /// Compressing the sample (SPEC §5's weights and codec).
+    pub compress: f64,
+    /// Appending the record to the store, flushed (private: writing its statistics).
+    pub store: f64,
+    /// Drawing and decoding the stored samples replayed with it.
+    pub replay_decode: f64,
+    /// The training step (forward, backward, AdamW; private: with the synthetic samples).
+    pub step: f64,
+    /// Persisting the OCW state (and the weights, at a checkpoint).
+    pub persist: f64,
+    /// The whole call.
+    pub total: f64,
 }
 
 /// The anytime learner: a frozen encoder and original block, a tuned block that trains
@@ -275,6 +300,8 @@ pub struct Learner {
     diet: Option<DietRun>,
     /// The private mode's statistics, period, generator and snapshot (private learners).
     private: Option<PrivateRun>,
+    /// Seconds the last `learn` spent drawing and decoding replayed samples.
+    replay_decode_s: f64,
 }
 
 impl std::fmt::Debug for Learner {
@@ -463,6 +490,7 @@ impl Learner {
         Ok(Self {
             diet,
             private,
+            replay_decode_s: 0.0,
             predictor,
             trainer: Trainer::Pending {
                 state: Box::new(tuned),
@@ -635,6 +663,8 @@ impl Learner {
         label: &str,
         context: &[S],
     ) -> Result<LearnReport, LearnError> {
+        let t_call = Instant::now();
+        let mut timings = LearnTimings::default();
         self.check_tokens(tokens)?;
         self.writer()?;
         let label = check_label(0, label)?.to_string();
@@ -665,7 +695,10 @@ impl Learner {
         // sample leaves no label record behind.
         let known = self.store.find_label(&label)?;
         let (mut ids, names) = self.training_labels(Some((known, &label)), context)?;
+        let t = Instant::now();
         let text = self.predictor.encoder.encode_texts(&names)?;
+        timings.text = t.elapsed().as_secs_f64();
+        let t_probe = Instant::now();
         // A new label comes right after the stored ones; it is stored once the probe passed.
         let y = match known {
             Some(id) => ids.iter().position(|&i| i == id).unwrap_or(ids.len()),
@@ -695,6 +728,7 @@ impl Learner {
                 "; the sample was not learned, try again",
             ));
         }
+        timings.probe = t_probe.elapsed().as_secs_f64();
         let y_id = match known {
             Some(id) => id,
             None => {
@@ -711,6 +745,7 @@ impl Learner {
         crate::block::l2_normalise(&mut z_t, self.dims.embed);
         self.observe_none(&z_o, &z_t, &text, &ids, y);
 
+        let t = Instant::now();
         let (seq, record_bytes) = if self.private.is_some() {
             // Private: the tokens reach the label's statistics, never the store.
             self.observe_private(y_id, tokens)?;
@@ -729,9 +764,13 @@ impl Learner {
                 path: self.dir.join(STORE_FILE),
                 message: format!("codec: {e}"),
             })?;
+            timings.compress = t.elapsed().as_secs_f64();
             (self.store.append(y_id, &record)?, record.len())
         };
+        timings.store = t.elapsed().as_secs_f64() - timings.compress;
 
+        let t = Instant::now();
+        self.replay_decode_s = 0.0;
         let (stats, batch) = if self.private.is_some() {
             self.private_train(tokens, y, &ids, &text)?
         } else if self.diet.is_some() {
@@ -752,6 +791,9 @@ impl Learner {
             )?
             .expect("the batch holds the new sample")
         };
+        timings.replay_decode = self.replay_decode_s;
+        timings.step = t.elapsed().as_secs_f64() - timings.replay_decode;
+        let t_persist = Instant::now();
         self.state.learned += 1;
         self.since_checkpoint += 1;
         const KEPT: &str = " (the sample is kept in the store and counted)";
@@ -778,10 +820,12 @@ impl Learner {
         } else {
             self.save_state()?;
         }
+        timings.persist = t_persist.elapsed().as_secs_f64();
         if let Some(r) = self.after_arrival()? {
             ended = Some(r);
         }
         let consolidation = self.consolidate_if_due()?;
+        timings.total = t_call.elapsed().as_secs_f64();
         Ok(LearnReport {
             label,
             label_id: y_id,
@@ -795,6 +839,7 @@ impl Learner {
             learned: self.state.learned,
             time_step: ended,
             consolidation,
+            timings,
         })
     }
 
@@ -896,6 +941,7 @@ impl Learner {
         text: &[f32],
         lr_scale: f32,
     ) -> Result<Option<(StepStats, usize)>, LearnError> {
+        let t_decode = Instant::now();
         let replay = self.store.sample_balanced(count, seed, exclude)?;
         let per = self.dims.tokens_len();
         // On a cache line, where the step's kernels read it from.
@@ -920,6 +966,7 @@ impl Learner {
                 None => log::warn!("store record {} does not decode to tokens; skipped", s.seq),
             }
         }
+        self.replay_decode_s += t_decode.elapsed().as_secs_f64();
         if labels.is_empty() {
             return Ok(None);
         }

@@ -7,7 +7,7 @@ use super::{LearnError, Learner, Mixing, Trainer};
 use crate::block::LastBlock;
 use crate::encoder::DynamicImage;
 use crate::predict::{logits, zero_shot_probs, LabelSet, Prediction, LOGIT_SCALE};
-use crate::train::{first_non_finite, TunedState};
+use crate::train::first_non_finite_params;
 use crate::typicality;
 
 impl Learner {
@@ -168,17 +168,18 @@ impl Learner {
 
     fn tuned_block(&mut self) -> Result<&(LastBlock, f32), LearnError> {
         if self.tuned.is_none() {
+            // The parameters alone (not the optimiser's moments, twice their size).
             let mut trained = match &mut self.trainer {
-                Trainer::Pending { state, .. } => TunedState::clone(state),
-                Trainer::Built { backend, .. } => backend.state()?,
+                Trainer::Pending { state, .. } => (state.params.clone(), state.other_bias),
+                Trainer::Built { backend, .. } => backend.params()?,
             };
-            if let Some(name) = first_non_finite(&trained) {
+            if let Some(name) = first_non_finite_params(&trained.0, trained.1) {
                 self.roll_back(&format!("`{name}` is not finite"))?;
                 if let Trainer::Pending { state, .. } = &self.trainer {
-                    trained = TunedState::clone(state);
+                    trained = (state.params.clone(), state.other_bias);
                 }
             }
-            let (params, other_bias) = (trained.params, trained.other_bias);
+            let (params, other_bias) = trained;
             let head = self.predictor.original.head.clone();
             let block = LastBlock::new(self.dims, params, head);
             self.tuned = Some((block, other_bias));

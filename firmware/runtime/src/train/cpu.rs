@@ -515,6 +515,10 @@ impl TrainBackend for CpuBackend {
         Ok(self.state.clone())
     }
 
+    fn params(&mut self) -> Result<(crate::block::BlockParams, f32), TrainError> {
+        Ok((self.state.params.clone(), self.state.other_bias))
+    }
+
     fn set_state(&mut self, state: &TunedState) -> Result<(), TrainError> {
         state.check(&self.dims)?;
         self.state = placed(state.clone(), self.options.gemm.placement);

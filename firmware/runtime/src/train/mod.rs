@@ -57,7 +57,9 @@ pub use masked_state::{head_is_decayed, MaskedState, MaskedStateError, HEAD_TENS
 pub use masked_step::{MaskedBatch, MaskedStats};
 pub use private_step::{private_loss, PrivateBatch, PrivateStats};
 pub use s_star::{choose_s_star, SStarChoice, SStarError, SStarScore};
-pub use state::{first_non_finite, load_block, load_tuned, save_block, save_tuned};
+pub use state::{
+    first_non_finite, first_non_finite_params, load_block, load_tuned, save_block, save_tuned,
+};
 pub use unlabelled::UnlabelledBuffer;
 
 /// Every hyper-parameter of a training step.
@@ -319,6 +321,11 @@ pub trait TrainBackend {
     fn gradients(&mut self, batch: &Batch<'_>) -> Result<(StepStats, Gradients), TrainError>;
     /// Reads the current parameters, `b` and optimiser state back.
     fn state(&mut self) -> Result<TunedState, TrainError>;
+    /// Reads the current parameters and `b` back, without the optimiser state (what
+    /// prediction needs).
+    fn params(&mut self) -> Result<(BlockParams, f32), TrainError> {
+        self.state().map(|s| (s.params, s.other_bias))
+    }
     /// Replaces parameters, `b` and optimiser state (resume, or reset to the original block).
     fn set_state(&mut self, state: &TunedState) -> Result<(), TrainError>;
     /// Buffers created so far on the backend's GPU context (a diagnostic: calls whose batch

@@ -46,6 +46,18 @@ fn file_digest(tensors: &str, step: Option<&str>, learner: Option<&str>) -> Stri
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The name of the first of `params` and `b` holding a value that is not finite.
+pub fn first_non_finite_params(params: &BlockParams, other_bias: f32) -> Option<&'static str> {
+    if params
+        .tensors()
+        .iter()
+        .any(|t| t.iter().any(|v| !v.is_finite()))
+    {
+        return Some("params");
+    }
+    (!other_bias.is_finite()).then_some("other_bias")
+}
+
 /// Whether every value of a tuned run (parameters, `b`, Adam moments) is finite; else the
 /// name of a tensor that is not.
 pub fn first_non_finite(state: &TunedState) -> Option<&'static str> {
