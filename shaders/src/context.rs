@@ -237,17 +237,48 @@ impl GpuContext {
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
+    /// Copies the `len` f32 from element `offset` of `buffer` back to the host (waits for
+    /// all submitted work), e.g. one scalar of a large buffer. Not for use inside a
+    /// training step.
+    pub fn read_f32_at(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: usize,
+        len: usize,
+    ) -> Result<Vec<f32>, GpuError> {
+        let [offset, size] = [offset, len].map(|n| (n as u64).saturating_mul(4));
+        let bytes = self.read_bytes_at(buffer, offset, size)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
     /// Copies the first `size` bytes (a multiple of 4) of `buffer` back to the host,
     /// through a staging buffer of that size kept for the next read of the same size.
     pub fn read_bytes(&self, buffer: &wgpu::Buffer, size: u64) -> Result<Vec<u8>, GpuError> {
+        self.read_bytes_at(buffer, 0, size)
+    }
+
+    /// [`Self::read_bytes`] of the `size` bytes from byte `offset` (both multiples of 4).
+    fn read_bytes_at(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        size: u64,
+    ) -> Result<Vec<u8>, GpuError> {
         let what = || buffer_label(buffer);
         if size == 0 {
             return Ok(Vec::new());
         }
-        if size > buffer.size() || !size.is_multiple_of(4) {
+        let end = offset.checked_add(size);
+        if end.is_none_or(|end| end > buffer.size())
+            || !size.is_multiple_of(4)
+            || !offset.is_multiple_of(4)
+        {
             return Err(GpuError::Readback {
                 what: what(),
-                message: format!("{size} bytes asked of a {}-byte buffer", buffer.size()),
+                message: format!(
+                    "{size} bytes at {offset} asked of a {}-byte buffer",
+                    buffer.size()
+                ),
             });
         }
         let staging = self.take_staging(size);
@@ -256,7 +287,7 @@ impl GpuContext {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("readback"),
             });
-        encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
+        encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
         self.queue.submit([encoder.finish()]);
         let (tx, rx) = std::sync::mpsc::channel();
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {

@@ -973,3 +973,25 @@ fn gpu_loss_matches_reference() {
     assert_close("d emb", &ctx.read_f32(&gdemb, batch * e).unwrap(), &demb);
     assert_close("d b", &ctx.read_f32(&ggrads, 4).unwrap()[3..], &[db]);
 }
+
+/// `read_f32_at` reads a slice from an element offset (one scalar of a larger buffer, as
+/// the training backend reads `b`) and refuses a slice past the end.
+#[test]
+fn gpu_read_f32_at_reads_from_an_offset() {
+    let Some((ctx, _)) = gpu("gpu_read_f32_at_reads_from_an_offset") else {
+        return;
+    };
+    let data: Vec<f32> = (0..10).map(|i| i as f32 * 0.5).collect();
+    let buf = ctx.storage_init("offset read", &data);
+    assert_eq!(ctx.read_f32_at(&buf, 7, 1).unwrap(), [3.5]);
+    assert_eq!(ctx.read_f32_at(&buf, 2, 3).unwrap(), data[2..5]);
+    assert_eq!(ctx.read_f32_at(&buf, 0, 10).unwrap(), data);
+    assert!(ctx.read_f32_at(&buf, 4, 0).unwrap().is_empty());
+    for (offset, len) in [(9, 2), (10, 1), (usize::MAX / 8, 1)] {
+        let e = ctx.read_f32_at(&buf, offset, len).unwrap_err();
+        assert!(
+            matches!(e, GpuError::Readback { .. }),
+            "{offset}+{len}: {e}"
+        );
+    }
+}
