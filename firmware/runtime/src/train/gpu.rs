@@ -15,7 +15,9 @@
 //! and backward from a given output gradient; [`GpuMasked`] is SPEC §8's masked-token loss
 //! `L_r` on it, with its gradients. [`TrainBackend::masked_step`] records the same `L_r`
 //! plan over the backend's own parameter and gradient buffers, so the block's AdamW reads
-//! its gradients in place (see there for what runs where).
+//! its gradients in place (see there for what runs where). [`TrainBackend::private_step`]
+//! (SPEC §7) splits a contrastive plan's step at the embedding: the block's forward in one
+//! submit, the loss and its gradient on the host, backward and AdamW in a second submit.
 //!
 //! Plans (the buffers and bound dispatches of one batch shape) are kept across calls, up
 //! to [`cache::PLANS_KEPT`] contrastive ones keyed by `(B, |Y|)` and as many `L_r` ones
@@ -45,9 +47,9 @@ use self::masked::MaskedPlan;
 use self::plan::{adamw_update, LossConfig, Persistent, Plan, Updated};
 use super::adamw::adamw_update_slice;
 use super::{
-    head_is_decayed, mask_positions, masked_count, AdamState, Batch, Gradients, MaskedBatch,
-    MaskedHead, MaskedState, MaskedStats, PrivateBatch, PrivateStats, StepStats, TrainBackend,
-    TrainConfig, TrainError, TunedState, HEAD_TENSORS,
+    head_is_decayed, mask_positions, masked_count, private_loss, AdamState, Batch, Gradients,
+    MaskedBatch, MaskedHead, MaskedState, MaskedStats, PrivateBatch, PrivateStats, StepStats,
+    TrainBackend, TrainConfig, TrainError, TunedState, HEAD_TENSORS,
 };
 use crate::block::{BlockDims, FrozenHead};
 
@@ -292,7 +294,8 @@ impl GpuBackend {
             After::Update => [&plan.backward, &plan.update],
             After::InputGradient => [&plan.backward, &plan.input_backward],
         };
-        self.submit_phases("train step", [&plan.forward, backward, then]);
+        let phases = [&plan.forward, &plan.loss, backward, then];
+        self.submit_phases("train step", phases);
     }
 
     /// Records `phases` in order into one compute pass of one encoder and submits it.
@@ -465,6 +468,47 @@ impl TrainBackend for GpuBackend {
         })
     }
 
+    /// SPEC §7's step split at the embedding: the block's forward runs on the GPU (the
+    /// batch's plan, without its loss kernel), the embeddings and `b` come back, and
+    /// [`private_loss`] (the CPU path's own function) gives the loss
+    /// and its gradients by the embeddings and by `b`. Those are written where the loss
+    /// kernel would have written them (`d emb`, `b`'s entry of the gradient buffer; both
+    /// overwritten each step, never accumulated), and the backward and AdamW of the block
+    /// and `b` run on the GPU in a second submit. The plan is the contrastive one of
+    /// `(B, |Y|)`, shared with SPEC §4 steps of that shape. The batch is checked before
+    /// anything is written; a device failure before the second submit leaves the state
+    /// as it was.
+    fn private_step(
+        &mut self,
+        batch: &PrivateBatch<'_>,
+        lr_scale: f32,
+    ) -> Result<PrivateStats, TrainError> {
+        let cfg = self.cfg.with_lr_scale(lr_scale)?;
+        let b = batch.check(&self.dims)?;
+        check_batch_size(&self.dims, b)?;
+        self.prepare(&Batch {
+            tokens: batch.tokens,
+            labels: batch.labels,
+            text: batch.text,
+            n_labels: batch.n_labels,
+        })?;
+        let plan = self.plans.current().expect("prepared");
+        self.submit_phases("private forward", [&plan.forward]);
+        let e = self.dims.embed;
+        let embed = self.ctx.read_f32(&plan.buffers.emb, b * e)?;
+        let bias = self.layout.bias as usize;
+        let other_bias = self.ctx.read_f32_at(&self.params, bias, 1)?[0];
+        let (mut stats, d_embed, d_bias) = private_loss(&self.cfg, &embed, e, batch, other_bias);
+        self.ctx.write_f32(&plan.buffers.demb, 0, &d_embed);
+        self.ctx.write_f32(&self.grads, bias, &[d_bias]);
+        let next = self.step + 1;
+        self.write_step(&cfg, next);
+        self.submit_phases("private backward", [&plan.backward, &plan.update]);
+        self.step = next;
+        stats.step = next;
+        Ok(stats)
+    }
+
     /// The positions are drawn on the host (as on the CPU path); the masked input, the
     /// dense forward and backward, the loss and the block's AdamW run on the GPU in one
     /// submit, over the backend's own buffers (the block never leaves the GPU). The mask
@@ -477,17 +521,6 @@ impl TrainBackend for GpuBackend {
     /// (the wgpu backend starts no CPU thread pool). Every input is checked before
     /// anything is written; only a device failure after the submit (its read-back) can
     /// leave the block stepped and `masked` not.
-    fn private_step(
-        &mut self,
-        _batch: &PrivateBatch<'_>,
-        _lr_scale: f32,
-    ) -> Result<PrivateStats, TrainError> {
-        Err(TrainError::CpuOnly {
-            backend: "wgpu",
-            what: "the private learner's step (SPEC §7)",
-        })
-    }
-
     fn masked_step(
         &mut self,
         batch: &MaskedBatch<'_>,

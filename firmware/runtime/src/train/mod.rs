@@ -24,9 +24,11 @@
 //!   `masked_step` (SPEC §8's `L_r`; at first the CPU backend only, the others returning
 //!   an error `CpuOnly`).
 //! - v3: the wgpu backend runs `masked_step` too; `TrainError::CpuOnly` is gone.
-//! - v4: `private_step` (SPEC §7's learner loss, [`private_step`]); the CPU backend runs
-//!   it, the wgpu backend returns [`TrainError::CpuOnly`] (its kernels have no gradient
-//!   input at the embedding for it yet), so a private learner trains on the CPU.
+//! - v4: `private_step` (SPEC §7's learner loss, [`private_step`]); at first the CPU
+//!   backend only, the wgpu backend returning an error `CpuOnly`, so a private learner
+//!   trained on the CPU.
+//! - v5: the wgpu backend runs `private_step` too (block forward, backward and AdamW on
+//!   the GPU, the loss at the embedding on the host); `TrainError::CpuOnly` is gone again.
 
 pub mod adamw;
 mod choice;
@@ -256,12 +258,6 @@ pub enum TrainError {
     NonFinite { what: &'static str },
     #[error(transparent)]
     Weights(#[from] WeightsError),
-    /// A step this backend does not run (the CPU backend does).
-    #[error("the {backend} backend does not run {what}; train on the CPU")]
-    CpuOnly {
-        backend: &'static str,
-        what: &'static str,
-    },
     /// A GPU failure, with the kernel (or operation) it happened in.
     #[error("GPU error in {kernel}: {message}")]
     Gpu { kernel: String, message: String },
@@ -306,7 +302,7 @@ pub trait TrainBackend {
     /// One step of SPEC §7's private learner ([`private_step`]) on `batch`: forward, the
     /// three terms' gradients summed at the embedding, backward, AdamW (learning rate
     /// times `lr_scale`) of the block and `b`. A step refused for its input changes
-    /// nothing. [`TrainError::CpuOnly`] from backends that do not run it.
+    /// nothing.
     fn private_step(
         &mut self,
         batch: &PrivateBatch<'_>,

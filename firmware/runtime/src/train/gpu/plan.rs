@@ -1,7 +1,8 @@
 //! The recorded training step for one batch shape: activation buffers sized for `B`
 //! samples and `|Y|` labels, and every dispatch of forward, loss, backward and AdamW bound
 //! once. A step re-records these dispatches into one command encoder; nothing reads back
-//! in between.
+//! in between (but in SPEC §7's private step, which reads the embeddings back and skips the
+//! loss kernel: the host writes `d emb` and `b`'s gradient in its place).
 //!
 //! Like the CPU path (see `block::attention`), only the CLS rows reach the embedding, so
 //! the query, attention output, MLP and head run on the CLS rows only, and keys and values
@@ -52,8 +53,11 @@ pub(crate) struct Plan {
     pub n_labels: usize,
     /// Inputs, activations and backward buffers.
     pub buffers: Buffers,
-    /// Forward and loss (the loss kernel also writes its gradients).
+    /// The block's forward, from `tokens` to `emb` (saving what the backward reads).
     pub forward: Vec<Dispatch>,
+    /// The contrastive loss on `emb`: the per-sample stats, `d emb` and `b`'s gradient.
+    /// A private step skips it and writes `d emb` and `b`'s gradient from the host.
+    pub loss: Vec<Dispatch>,
     /// Backward: every entry of the gradient buffer.
     pub backward: Vec<Dispatch>,
     /// After `backward`, `d tokens` alone (LN1's input gradient and the CLS residual):
@@ -96,8 +100,9 @@ impl Plan {
             dispatches: Vec::new(),
         };
         block.forward(&mut rec, &buffers)?;
-        loss.record(&mut rec, &buffers)?;
         let forward = rec.take();
+        loss.record(&mut rec, &buffers)?;
+        let loss = rec.take();
         let ln1_input = block.backward(&mut rec, &buffers)?;
         let backward = rec.take();
         block.input_backward(&mut rec, &buffers, ln1_input)?;
@@ -109,6 +114,7 @@ impl Plan {
             n_labels,
             buffers,
             forward,
+            loss,
             backward,
             input_backward,
             update,
@@ -151,7 +157,9 @@ pub(crate) struct Buffers {
     statsp: wgpu::Buffer,
     /// The unnormalised embeddings of the last forward, `[B, E]`.
     pub emb: wgpu::Buffer,
-    demb: wgpu::Buffer,
+    /// `d loss / d emb`, `[B, E]`: written by the loss kernel (or by the host), read by
+    /// the backward.
+    pub demb: wgpu::Buffer,
     dhp: wgpu::Buffer,
     dx2: wgpu::Buffer,
     dact: wgpu::Buffer,
