@@ -474,3 +474,90 @@ fn synthetic_tokens_and_the_step_without_local_ce() {
     assert_eq!(r.batch, 8);
     assert!(r.loss.is_finite() && r.loss > 0.0);
 }
+
+/// A private learner on the wgpu backend (`BackendChoice::Gpu`: any adapter, lavapipe in
+/// CI) learns two labels, consolidates (snapshot and generator on the CPU), then learns a
+/// third with synthetic samples of the old two, and ends with the CPU learner's tuned
+/// state: per tensor, weights and `b` within `1e-2 · lr · steps` (a step moves a weight by
+/// about lr; the generator is trained against each learner's own snapshot, so the
+/// synthetic samples differ by as much as the snapshots do) and Adam moments within
+/// `1e-3` of the tensor's largest CPU value (measured on lavapipe: weights ≤ 2.4e-5, 6 %
+/// of the bound; moments ≤ 1.1e-5 relative; every sample's loss within 1e-3 relative).
+/// Skips without an adapter, unless `ANYTIME_EDGE_REQUIRE_GPU` is set (as CI sets it).
+#[cfg(feature = "gpu")]
+#[test]
+fn a_private_learner_on_wgpu_ends_with_the_cpu_learners_state() {
+    use anytime_runtime::train::{load_tuned, TrainError, TunedState};
+    use anytime_testkit::{max_abs, max_abs_diff};
+    let pics = [
+        (tiny_tokens("red_square.png"), "alpha"),
+        (tiny_tokens("green_circle.png"), "beta"),
+    ];
+    let blue = tiny_tokens("blue_triangle.png");
+    let run = |backend: BackendChoice| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(Some(private_config(16)));
+        cfg.backend = backend;
+        let mut l = Learner::open("tiny-clip", dir.path(), cfg)?;
+        let training = l.training()?;
+        let mut losses = Vec::new();
+        for i in 0..16 {
+            let (base, label) = &pics[i % 2];
+            let r = l.learn_tokens(&variant(base, i), label)?;
+            assert_eq!(r.consolidation.is_some(), i == 15, "sample {i}");
+            losses.push(r.loss);
+        }
+        for i in 0..4 {
+            let r = l.learn_tokens(&variant(&blue, i), "gamma")?;
+            assert_eq!(r.batch, 8, "the real sample and 7 synthetic ones");
+            losses.push(r.loss);
+        }
+        l.checkpoint()?;
+        let dims = l.predictor().original.dims;
+        let (state, _, _) = load_tuned(&dir.path().join("tuned.safetensors"), &dims).unwrap();
+        Ok::<_, LearnError>((training.backend, losses, state))
+    };
+    let (_, cpu_losses, cpu) = run(BackendChoice::Cpu).unwrap();
+    let (backend, gpu_losses, gpu) = match run(BackendChoice::Gpu) {
+        Ok(r) => r,
+        Err(LearnError::Train(TrainError::NoAdapter)) => {
+            return anytime_testkit::skip::gpu_absent(
+                "a_private_learner_on_wgpu_ends_with_the_cpu_learners_state",
+            )
+        }
+        Err(e) => panic!("GPU backend: {e}"),
+    };
+    assert_eq!(
+        backend, "wgpu",
+        "a private learner asked for the GPU gets it"
+    );
+    for (i, (c, g)) in cpu_losses.iter().zip(&gpu_losses).enumerate() {
+        assert!(c.is_finite() && g.is_finite());
+        assert!(
+            anytime_testkit::close(*g, *c, 1e-4, 1e-3),
+            "loss of sample {i}: cpu {c}, wgpu {g}"
+        );
+    }
+    assert_eq!(gpu.optim.step, cpu.optim.step);
+    let lr = f64::from(config(None).train.lr);
+    let bound = 1e-2 * lr * cpu.optim.step as f64;
+    let mut report = Vec::new();
+    fn parts(s: &TunedState) -> impl Iterator<Item = [&[f32]; 3]> {
+        let t = [&s.params, &s.optim.m, &s.optim.v].map(|p| p.tensors());
+        (0..t[0].len()).map(move |i| [t[0][i], t[1][i], t[2][i]])
+    }
+    for (k, (g, c)) in parts(&gpu).zip(parts(&cpu)).enumerate() {
+        let diff = max_abs_diff(g[0], c[0]);
+        report.push(format!("tensor {k}: max |Δθ| {diff:e} (bound {bound:e})"));
+        assert!(diff <= bound, "{}", report.join("\n"));
+        for (what, g, c) in [("m", g[1], c[1]), ("v", g[2], c[2])] {
+            let (diff, scale) = (max_abs_diff(g, c), max_abs(c));
+            report.push(format!("  {what}: {diff:e} of {scale:e}"));
+            assert!(diff <= 1e-3 * scale, "{}", report.join("\n"));
+        }
+    }
+    let diff = max_abs_diff(&[gpu.other_bias], &[cpu.other_bias]);
+    report.push(format!("b: |Δ| {diff:e}"));
+    assert!(diff <= bound, "{}", report.join("\n"));
+    eprintln!("private learner, wgpu vs CPU:\n{}", report.join("\n"));
+}

@@ -62,7 +62,8 @@ pub struct LearnerArgs {
     /// statistics, and a generator of synthetic samples is trained at each consolidation
     /// (every `--consolidate-every` samples, and on `serve`'s `{"consolidate": true}`).
     /// Only on a new state; a private state stays private (later runs need no flag), and
-    /// a normal one is refused. A private learner trains on the CPU.
+    /// a normal one is refused. It trains on the backend `--cpu`/`--gpu` pick, as any
+    /// learner does (its consolidation runs on the CPU).
     #[arg(long)]
     pub private: bool,
     /// Consolidate a private learner every this many samples (0: only when asked).

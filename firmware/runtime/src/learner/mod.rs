@@ -557,16 +557,9 @@ impl Learner {
     /// The training backend, built on first use from the pending state.
     fn backend(&mut self) -> Result<&mut (dyn TrainBackend + Send), LearnError> {
         if let Trainer::Pending { state, head } = &self.trainer {
-            // A private learner trains on the CPU: its step is the CPU backend's alone
-            // (`TrainBackend::private_step`).
-            let choice = if self.private.is_some() {
-                BackendChoice::Cpu
-            } else {
-                self.cfg.backend
-            };
             // Cloned, so that a failed build leaves the learner as it was.
             let (backend, training) = choose_backend(
-                choice,
+                self.cfg.backend,
                 self.dims,
                 self.cfg.train.clone(),
                 head.clone(),

@@ -30,9 +30,10 @@
 //! Consolidation's cost (its report: wall time, generator steps, a peak-bytes estimate) is
 //! not yet counted in SPEC §8's budget: a private learner cannot be a diet learner yet.
 //!
-//! Everything here runs on the CPU: the private step is the CPU backend's (the wgpu backend
-//! refuses it, so a private learner always trains on the CPU), and so are the snapshot's
-//! forward and the generator's training.
+//! The private step runs on the learner's training backend, chosen as for any learner
+//! (on wgpu the block's forward, backward and AdamW run on the GPU and the loss at the
+//! embedding on the host, see `TrainBackend::private_step`); the snapshot's forward and
+//! the generator's training run on the CPU.
 
 use std::fs;
 use std::path::Path;
