@@ -301,10 +301,6 @@ pub fn simulate(args: &Args) -> Result<crate::sim::metrics::Report> {
     };
     let plan = plan(&sources, &opts)?;
     let is_diet = args.protocol == ProtocolKind::Diet;
-    ensure!(
-        !(is_diet && args.gpu),
-        "the diet protocol's L_r (masked token modelling) trains on the CPU backend only: drop --gpu"
-    );
 
     let pixels = args.model == "pixels";
     let requested: Vec<String> = match &args.methods {
@@ -1173,7 +1169,6 @@ mod tests {
         // methods and settings the diet protocol refuses, and diet methods elsewhere
         for (extra, why) in [
             (vec!["--methods", "full"], "does not run under the diet"),
-            (vec!["--methods", "diet", "--gpu"], "drop --gpu"),
             (
                 vec!["--methods", "diet", "--s-star-candidates", "2,9"],
                 "must not exceed",
