@@ -512,7 +512,7 @@ impl Learner {
                         &text_b,
                         step.lr_scale,
                     )? {
-                        Some((stats, _)) => (2, f64::from(stats.loss)),
+                        Some(done) => (2, f64::from(done.stats.loss)),
                         None => continue, // nothing decoded: the step is counted, not run
                     }
                 }

@@ -281,6 +281,14 @@ pub struct LearnTimings {
     pub total: f64,
 }
 
+/// What one replay step did: its statistics, its batch size, and the seconds spent
+/// sampling and decoding the stored records.
+pub(crate) struct ReplayStep {
+    stats: StepStats,
+    batch: usize,
+    decode_s: f64,
+}
+
 /// The anytime learner: a frozen encoder and original block, a tuned block that trains
 /// one sample at a time, a store of compressed tokens and the OCW state.
 pub struct Learner {
@@ -300,8 +308,6 @@ pub struct Learner {
     diet: Option<DietRun>,
     /// The private mode's statistics, period, generator and snapshot (private learners).
     private: Option<PrivateRun>,
-    /// Seconds the last `learn` spent drawing and decoding replayed samples.
-    replay_decode_s: f64,
 }
 
 impl std::fmt::Debug for Learner {
@@ -490,7 +496,6 @@ impl Learner {
         Ok(Self {
             diet,
             private,
-            replay_decode_s: 0.0,
             predictor,
             trainer: Trainer::Pending {
                 state: Box::new(tuned),
@@ -763,7 +768,6 @@ impl Learner {
         timings.store = t.elapsed().as_secs_f64() - timings.compress;
 
         let t = Instant::now();
-        self.replay_decode_s = 0.0;
         let (stats, batch) = if self.private.is_some() {
             self.private_train(tokens, y, &ids, &text)?
         } else if self.diet.is_some() {
@@ -773,18 +777,20 @@ impl Learner {
         } else {
             // One step on the new sample and class-balanced stored ones.
             let seed = self.cfg.seed ^ self.state.learned.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            self.replay_step(
-                Some((tokens, y as u32)),
-                self.cfg.replay,
-                seed,
-                Some(seq),
-                &ids,
-                &text,
-                1.0,
-            )?
-            .expect("the batch holds the new sample")
+            let step = self
+                .replay_step(
+                    Some((tokens, y as u32)),
+                    self.cfg.replay,
+                    seed,
+                    Some(seq),
+                    &ids,
+                    &text,
+                    1.0,
+                )?
+                .expect("the batch holds the new sample");
+            timings.replay_decode = step.decode_s;
+            (step.stats, step.batch)
         };
-        timings.replay_decode = self.replay_decode_s;
         timings.step = t.elapsed().as_secs_f64() - timings.replay_decode;
         let t_persist = Instant::now();
         self.state.learned += 1;
@@ -863,15 +869,15 @@ impl Learner {
             let seed = self.cfg.seed
                 ^ self.state.learned.wrapping_mul(0x9E37_79B9_7F4A_7C15)
                 ^ (u64::from(step) + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
-            let Some((stats, _)) =
+            let Some(done) =
                 self.replay_step(None, self.cfg.replay + 1, seed, None, &ids, &text, 1.0)?
             else {
                 return Ok(None);
             };
-            if !stats.loss.is_finite() {
+            if !done.stats.loss.is_finite() {
                 return Err(self.diverged("a rehearsal batch's loss is not finite".into(), ""));
             }
-            loss += f64::from(stats.loss);
+            loss += f64::from(done.stats.loss);
         }
         self.since_checkpoint += 1;
         if self.cfg.checkpoint_every > 0 && self.since_checkpoint >= self.cfg.checkpoint_every {
@@ -920,9 +926,9 @@ impl Learner {
 
     /// One training step on `first` (a sample's tokens and label index), if any, and up to
     /// `count` class-balanced stored samples (not `exclude`) whose labels are among `ids`,
-    /// over the label embeddings `text`, at `lr_scale` times the learning rate. Returns the
-    /// step's statistics and batch size, or `None` when the batch is empty; the loss may be
-    /// non-finite (the caller rolls back).
+    /// over the label embeddings `text`, at `lr_scale` times the learning rate. Returns what
+    /// the step did, or `None` when the batch is empty; the loss may be non-finite (the
+    /// caller rolls back).
     #[allow(clippy::too_many_arguments)]
     fn replay_step(
         &mut self,
@@ -933,7 +939,7 @@ impl Learner {
         ids: &[u16],
         text: &[f32],
         lr_scale: f32,
-    ) -> Result<Option<(StepStats, usize)>, LearnError> {
+    ) -> Result<Option<ReplayStep>, LearnError> {
         let t_decode = Instant::now();
         let replay = self.store.sample_balanced(count, seed, exclude)?;
         let per = self.dims.tokens_len();
@@ -959,7 +965,7 @@ impl Learner {
                 None => log::warn!("store record {} does not decode to tokens; skipped", s.seq),
             }
         }
-        self.replay_decode_s += t_decode.elapsed().as_secs_f64();
+        let decode_s = t_decode.elapsed().as_secs_f64();
         if labels.is_empty() {
             return Ok(None);
         }
@@ -974,7 +980,11 @@ impl Learner {
             lr_scale,
         )?;
         self.tuned = None;
-        Ok(Some((stats, labels.len())))
+        Ok(Some(ReplayStep {
+            stats,
+            batch: labels.len(),
+            decode_s,
+        }))
     }
 
     /// Saves the tuned weights atomically, then the state blob that names them (readers see
