@@ -51,7 +51,7 @@ use super::{
     MaskedBatch, MaskedHead, MaskedState, MaskedStats, PrivateBatch, PrivateStats, StepStats,
     TrainBackend, TrainConfig, TrainError, TunedState, HEAD_TENSORS,
 };
-use crate::block::{BlockDims, FrozenHead};
+use crate::block::{BlockDims, BlockParams, FrozenHead};
 
 impl From<GpuError> for TrainError {
     fn from(e: GpuError) -> Self {
@@ -466,6 +466,14 @@ impl TrainBackend for GpuBackend {
                 v_bias,
             },
         })
+    }
+
+    /// One read of the parameter buffer; the Adam moments stay on the GPU.
+    fn params(&mut self) -> Result<(BlockParams, f32), TrainError> {
+        let len = self.layout.len();
+        Ok(self
+            .layout
+            .unflatten(&self.dims, &self.ctx.read_f32(&self.params, len)?))
     }
 
     /// SPEC §7's step split at the embedding: the block's forward runs on the GPU (the

@@ -202,7 +202,8 @@ pub fn check_token_gradients<B: TrainBackend>(make: Make<B>, cfg: TrainConfig) {
     );
 }
 
-/// `loss`, `gradients` and `step` agree on the loss; `step` changes the state and counts.
+/// `loss`, `gradients` and `step` agree on the loss; `step` changes the state and counts;
+/// `params` reads the state's weights and `b`.
 pub fn check_step_contract<B: TrainBackend>(make: Make<B>) {
     let mut be = small_backend(
         make,
@@ -231,6 +232,10 @@ pub fn check_step_contract<B: TrainBackend>(make: Make<B>) {
     assert_eq!(after.optim.step, 1);
     assert_ne!(before.params, after.params);
     assert_ne!(before.other_bias, after.other_bias);
+    // What prediction reads back is the state's weights and `b`, exactly.
+    let (params, other_bias) = be.params().expect("params");
+    assert_eq!(params, after.params);
+    assert_eq!(other_bias.to_bits(), after.other_bias.to_bits());
     // A label list of the wrong length is a shape error; one of the right length with a
     // label outside the set reaches the range check (and names that label).
     let short = Batch {
