@@ -21,49 +21,19 @@
 //! bits); moments ≤ 2.2e-5 relative.
 #![cfg(feature = "gpu")]
 
-use anytime_runtime::block::FrozenHead;
-use anytime_runtime::block::{block_tensor_shapes, l2_normalise, BlockDims, BlockParams};
+use anytime_runtime::block::{l2_normalise, BlockDims};
 use anytime_runtime::train::gpu::GpuBackend;
 use anytime_runtime::train::{
-    private_loss, Batch, CpuBackend, PrivateBatch, PrivateStats, TrainBackend, TrainConfig,
-    TrainError, TunedState,
+    private_loss, Batch, CpuBackend, PrivateBatch, PrivateStats, TrainBackend, TrainError,
 };
 use anytime_testkit::close;
 
 mod dense_common;
+use dense_common::gpu::*;
 use dense_common::*;
 
-/// Learning rate of every test (scaled per step).
-const LR: f32 = 1e-3;
-/// Bound on the moments, relative to the tensor's largest CPU value.
-const MOMENT_RTOL: f64 = 1e-4;
 /// Learned labels `K` of every batch (the first [`N_LOCAL`]... are not: see [`Data`]).
 const N_LABELS: usize = 4;
-
-fn config() -> TrainConfig {
-    TrainConfig {
-        lr: LR,
-        ..TrainConfig::default()
-    }
-}
-
-/// Both backends from one random tuned state (`b` = 0.3), or `None` (skip logged; a
-/// failure under `ANYTIME_EDGE_REQUIRE_GPU`) when there is no adapter.
-fn pair(test: &str, dims: BlockDims, seed: u64) -> Option<(CpuBackend, GpuBackend)> {
-    let mut state = TunedState::fresh(&dims, BlockParams::random(&dims, seed));
-    state.other_bias = 0.3;
-    let head = FrozenHead::random(&dims, seed + 1);
-    let gpu = match GpuBackend::new(dims, config(), head.clone(), state.clone()) {
-        Ok(g) => g,
-        Err(TrainError::NoAdapter) => {
-            anytime_testkit::skip::gpu_absent(test);
-            return None;
-        }
-        Err(e) => panic!("GPU backend: {e}"),
-    };
-    let cpu = CpuBackend::new(dims, config(), head, state).expect("CPU backend");
-    Some((cpu, gpu))
-}
 
 /// The owned inputs of a private batch: `b` samples of which the first `real` are real,
 /// [`N_LABELS`] learned labels, the last two the current period's and the first two old
@@ -162,40 +132,13 @@ fn private_both(
     g
 }
 
-/// Block tensor `i` of `s`: weights, first and second moments.
-fn block_part(s: &TunedState, i: usize) -> [&[f32]; 3] {
-    [&s.params, &s.optim.m, &s.optim.v].map(|t| t.tensors()[i])
-}
-
 /// Every tensor of both backends' states compared (see the module docs for the bounds;
 /// `steps` is the sum of the learning-rate scales so far); the report, after asserting
 /// that every line is within its bound.
 fn check_states(what: &str, (cpu, gpu): (&mut CpuBackend, &mut GpuBackend), steps: f64) -> String {
     let (c, g) = (cpu.state().unwrap(), gpu.state().unwrap());
-    let bound = 2e-3 * LR as f64 * steps;
-    let mut lines = Vec::new();
-    let dims = cpu.dims();
-    for (i, (name, _)) in block_tensor_shapes(&dims).iter().enumerate() {
-        let ([gp, gm, gv], [cp, cm, cv]) = (block_part(&g, i), block_part(&c, i));
-        lines.push(compare_abs(name, gp, cp, bound));
-        lines.push(compare_rel(&format!("m {name}"), gm, cm, MOMENT_RTOL));
-        lines.push(compare_rel(&format!("v {name}"), gv, cv, MOMENT_RTOL));
-    }
-    lines.push(compare_abs("b", &[g.other_bias], &[c.other_bias], bound));
-    for (got, want, name) in [
-        (g.optim.m_bias, c.optim.m_bias, "m b"),
-        (g.optim.v_bias, c.optim.v_bias, "v b"),
-    ] {
-        let ok = close(got, want, 0.0, MOMENT_RTOL);
-        lines.push((format!("{name}: gpu {got:e}, cpu {want:e}"), ok));
-    }
-    let report: Vec<&str> = lines.iter().map(|(l, _)| l.as_str()).collect();
-    let report = format!(
-        "{what}, {dims:?} on {}:\n{}",
-        gpu.adapter(),
-        report.join("\n")
-    );
-    assert!(lines.iter().all(|(_, ok)| *ok), "{report}");
+    let lines = tuned_state_lines(&cpu.dims(), &g, &c, steps);
+    let report = assert_report(what, gpu, &lines);
     assert_eq!(g.optim.step, c.optim.step, "{what}: steps");
     report
 }

@@ -6,6 +6,9 @@ use anytime_runtime::block::BlockDims;
 use anytime_testkit::{close, max_abs, max_abs_diff};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
+#[cfg(feature = "gpu")]
+pub mod gpu;
+
 /// A small block: every coordinate can be checked by finite differences.
 pub const SMALL: BlockDims = BlockDims {
     width: 8,
