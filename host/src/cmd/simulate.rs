@@ -54,19 +54,17 @@ const DEFAULT_METHODS: [&str; 7] = [
 ];
 
 /// Methods run under `--protocol data-free` when `--methods` is not given (issue 15):
-/// the baselines, stored replay (`full`, the normal learner), the private learner (and its
-/// tuned block alone), and its ablations, `private-no-replay` being the lower bound.
-const DEFAULT_DATA_FREE_METHODS: [&str; 9] = [
-    "zero-shot",
-    "ncm",
-    "full",
-    "private",
-    "private-tuned",
-    "private-no-replay",
-    "private-no-stats",
-    "private-no-distill",
-    "private-no-local",
-];
+/// the baselines, stored replay (`full`, the normal learner), and every private method
+/// (the private learner, its tuned block alone, its ablations; `private-no-replay` is the
+/// lower bound).
+fn default_data_free_methods() -> Vec<String> {
+    BASELINES
+        .iter()
+        .chain(&["full"])
+        .chain(PRIVATE_METHODS.iter())
+        .map(|m| m.to_string())
+        .collect()
+}
 
 /// The privacy audit's pool of learned samples and synthetic sets per label.
 const AUDIT_POOL: usize = 200;
@@ -307,10 +305,7 @@ pub fn simulate(args: &Args) -> Result<crate::sim::metrics::Report> {
         Some(m) => m.iter().map(|m| m.trim().to_owned()).collect(),
         None if pixels => BASELINES.iter().map(|m| m.to_string()).collect(),
         None if is_diet => DEFAULT_DIET_METHODS.iter().map(|m| m.to_string()).collect(),
-        None if args.protocol == ProtocolKind::DataFree => DEFAULT_DATA_FREE_METHODS
-            .iter()
-            .map(|m| m.to_string())
-            .collect(),
+        None if args.protocol == ProtocolKind::DataFree => default_data_free_methods(),
         None => DEFAULT_METHODS.iter().map(|m| m.to_string()).collect(),
     };
     let assets = if pixels {
@@ -519,9 +514,11 @@ pub fn simulate(args: &Args) -> Result<crate::sim::metrics::Report> {
     pb.finish_and_clear();
 
     // The privacy audit's item 3 on `private` if it ran, else the first private learner
-    // with a generator.
+    // with a generator; no pass at all without a private method.
     let mut privacy_audit = None;
-    let mut order: Vec<usize> = (0..methods.len()).collect();
+    let mut order: Vec<usize> = (0..methods.len())
+        .filter(|&i| PRIVATE_METHODS.contains(&methods[i].name()))
+        .collect();
     order.sort_by_key(|&i| methods[i].name() != "private");
     for i in order {
         let m = &mut methods[i];
@@ -702,9 +699,21 @@ mod tests {
     }
 
     fn shapes(dir: &std::path::Path, name: &str, classes: usize, seed: u64) -> String {
+        shapes_with(dir, name, classes, 6, seed)
+    }
+
+    /// A drawn-shapes image folder of `classes` classes, `train_per_class` training and 3
+    /// test images each, 24 px.
+    fn shapes_with(
+        dir: &std::path::Path,
+        name: &str,
+        classes: usize,
+        train_per_class: usize,
+        seed: u64,
+    ) -> String {
         let spec = SyntheticSpec {
             classes,
-            train_per_class: 6,
+            train_per_class,
             test_per_class: 3,
             size: 24,
             seed,
@@ -1216,14 +1225,7 @@ mod tests {
         count: usize,
         seed: u64,
     ) -> String {
-        let spec = SyntheticSpec {
-            classes: first + count,
-            train_per_class: 6,
-            test_per_class: 3,
-            size: 24,
-            seed,
-        };
-        let root = write_image_folder(dir, name, &spec).unwrap();
+        let root = std::path::PathBuf::from(shapes(dir, name, first + count, seed));
         for class in &crate::sim::synthetic::class_names(first) {
             for split in ["train", "test"] {
                 std::fs::remove_dir_all(root.join(split).join(class)).unwrap();
@@ -1611,15 +1613,8 @@ mod tests {
     #[test]
     fn data_free_protocol_end_to_end_on_tiny_clip() {
         let tmp = tempfile::tempdir().unwrap();
-        let spec = SyntheticSpec {
-            classes: 4,
-            // ≥ 8 a label, so that its statistics are published and the generator trains
-            train_per_class: 10,
-            test_per_class: 3,
-            size: 24,
-            seed: 21,
-        };
-        let ds = write_image_folder(tmp.path(), "shapes", &spec).unwrap();
+        // ≥ 8 a label, so that its statistics are published and the generator trains
+        let ds = shapes_with(tmp.path(), "shapes", 4, 10, 21);
         let out = tmp.path().join("out");
         let methods = [
             "zero-shot",
@@ -1631,7 +1626,7 @@ mod tests {
         ];
         let a = args(&[
             "--dataset",
-            ds.to_str().unwrap(),
+            &ds,
             "--protocol",
             "data-free",
             "--groups",
