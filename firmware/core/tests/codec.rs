@@ -182,8 +182,30 @@ fn malformed_records_are_rejected() {
     // Bad parameters.
     let bad = CodecParams { k: 11, ..p };
     assert!(encode(&t, &w, n, d, &bad, &mut scratch, &mut rec).is_err());
-    let bad = CodecParams { bits: 5, ..p };
-    assert!(encode(&t, &w, n, d, &bad, &mut scratch, &mut rec).is_err());
+    // A width other than 4, 8, 32 is refused as such, with room enough for any width
+    // (not by the length check), when encoding and when reading a header.
+    let mut roomy = vec![0u8; encoded_len(n, d, &CodecParams { bits: 32, ..p })];
+    for bits in [0u8, 1, 5, 7, 16, 31, 33, 64] {
+        let bad = CodecParams { bits, ..p };
+        assert!(
+            matches!(
+                encode(&t, &w, n, d, &bad, &mut scratch, &mut roomy),
+                Err(anytime_core::Error::InvalidShape)
+            ),
+            "bits {bits}"
+        );
+        let mut header = rec.clone();
+        header[1] = bits;
+        header.resize(roomy.len(), 0);
+        assert!(
+            matches!(
+                record_shape(&header),
+                Err(anytime_core::Error::CorruptCodecRecord)
+            ),
+            "bits {bits}"
+        );
+        assert!(decode(&header, &mut out).is_err(), "bits {bits}");
+    }
 }
 
 /// Value `i` of a quantised row (min, max, values), the plain way.
@@ -292,4 +314,237 @@ fn unquantised_round_trip_equals_numpy_svd() {
             );
         }
     }
+}
+
+/// `encode` owes nothing to its scratch's contents: scratch full of NaN, or left over from
+/// a record of other tokens, gives the bytes a zeroed one gives.
+#[test]
+fn a_dirty_scratch_changes_nothing() {
+    for (n, d, k, weighted) in [(50, 128, 5, true), (9, 16, 3, false), (1, 4, 1, true)] {
+        let p = CodecParams {
+            k,
+            bits: 8,
+            weighted,
+        };
+        let (t, w) = tokens(n, d, 4.min(n), 0.05, 17);
+        let (other, _) = tokens(n, d, 2.min(n), 0.3, 18);
+        let len = encode_scratch_len(n, d, k as usize);
+        let mut want = vec![0u8; encoded_len(n, d, &p)];
+        encode(&t, &w, n, d, &p, &mut vec![0f32; len], &mut want).unwrap();
+        let mut nan = vec![f32::NAN; len];
+        let mut used = vec![0f32; len];
+        let mut scrap = vec![0u8; want.len()];
+        encode(&other, &w, n, d, &p, &mut used, &mut scrap).unwrap();
+        for scratch in [&mut nan, &mut used] {
+            let mut got = vec![0u8; want.len()];
+            encode(&t, &w, n, d, &p, scratch, &mut got).unwrap();
+            assert_eq!(got, want, "n {n} d {d} k {k} weighted {weighted}");
+        }
+    }
+}
+
+/// The codec has no absolute threshold: tokens scaled by 1e-4 … 1e4 round-trip with the
+/// relative error of the unscaled ones.
+#[test]
+fn the_round_trip_error_does_not_depend_on_the_scale() {
+    let (n, d) = (50, 64);
+    let (t, w) = tokens(n, d, 8, 0.05, 23);
+    let p = CodecParams {
+        k: 5,
+        bits: 32,
+        weighted: true,
+    };
+    let base = rel_err(&t, &round_trip(&t, &w, n, d, p).0);
+    assert!(base > 1e-3, "the test needs a lossy round trip ({base})");
+    for scale in [1e-4f32, 1e-2, 1e2, 1e4] {
+        let ts: Vec<f32> = t.iter().map(|x| x * scale).collect();
+        let err = rel_err(&ts, &round_trip(&ts, &w, n, d, p).0);
+        assert!(
+            (err - base).abs() <= 1e-3 * base,
+            "scale {scale}: relative error {err} against {base}"
+        );
+    }
+}
+
+/// Directions beyond the data's rank are stored as zero rows (not normalised round-off):
+/// tokens `μ + aᵢ b` (rank 1 after centring) at k = 3 keep one direction.
+#[test]
+fn directions_beyond_the_rank_are_zero() {
+    use anytime_core::codec::quant::row_len;
+    use anytime_core::codec::CODEC_HEADER_LEN;
+    let (n, d) = (20, 16);
+    let mut rng = SplitMix64::new(31);
+    let b: Vec<f32> = (0..d).map(|_| rng.normal()).collect();
+    let mu: Vec<f32> = (0..d).map(|_| rng.normal()).collect();
+    let mut t = vec![0f32; n * d];
+    for i in 0..n {
+        let a = rng.normal();
+        for j in 0..d {
+            t[i * d + j] = mu[j] + a * b[j];
+        }
+    }
+    let w = vec![1.0f32; n];
+    for weighted in [true, false] {
+        let p = CodecParams {
+            k: 3,
+            bits: 32,
+            weighted,
+        };
+        let mut scratch = vec![0f32; encode_scratch_len(n, d, 3)];
+        let mut rec = vec![0u8; encoded_len(n, d, &p)];
+        encode(&t, &w, n, d, &p, &mut scratch, &mut rec).unwrap();
+        let rd = row_len(d, 32);
+        let direction = |r: usize| {
+            let row = &rec[CODEC_HEADER_LEN + rd * (1 + r)..][..rd];
+            (0..d).map(|i| value(row, 32, i)).collect::<Vec<f32>>()
+        };
+        let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+        assert!(
+            (norm(&direction(0)) - 1.0).abs() < 1e-5,
+            "the data's direction"
+        );
+        for r in 1..3 {
+            assert_eq!(
+                direction(r),
+                vec![0.0; d],
+                "direction {r} (weighted {weighted})"
+            );
+        }
+    }
+}
+
+/// Every input `encode` refuses, each alone (the others valid), with the error it names;
+/// the buffers' lengths are exact: one byte or float less is refused, none more is needed.
+#[test]
+fn encode_refuses_each_bad_input_alone() {
+    use anytime_core::Error;
+    let (n, d, k) = (6usize, 5usize, 2u16);
+    let (t, w) = tokens(n, d, 2, 0.1, 41);
+    let p = CodecParams {
+        k,
+        bits: 8,
+        weighted: true,
+    };
+    let scratch_len = encode_scratch_len(n, d, 2);
+    // n·d + n² + k·d + n·k + 3n + d + k
+    assert_eq!(scratch_len, 30 + 36 + 10 + 12 + 18 + 5 + 2);
+    let need = encoded_len(n, d, &p);
+    let run = |t: &[f32], w: &[f32], n: usize, d: usize, p: &CodecParams, s: usize, o: usize| {
+        encode(t, w, n, d, p, &mut vec![0f32; s], &mut vec![0u8; o])
+    };
+    assert_eq!(run(&t, &w, n, d, &p, scratch_len, need), Ok(need));
+    let shape = |r: Result<usize, Error>, what: &str| {
+        assert!(matches!(r, Err(Error::InvalidShape)), "{what}: {r:?}");
+    };
+    shape(run(&t, &w, 0, d, &p, scratch_len, need), "n = 0");
+    shape(run(&t, &w, n, 0, &p, scratch_len, need), "d = 0");
+    shape(
+        run(&t, &w, n, d, &CodecParams { k: 0, ..p }, 1 << 10, 1 << 10),
+        "k = 0",
+    );
+    let k7 = CodecParams { k: 7, ..p };
+    shape(run(&t, &w, n, d, &k7, 1 << 10, 1 << 10), "k > n");
+    let wide = u16::MAX as usize + 1;
+    let ones = vec![1f32; wide];
+    let one = CodecParams { k: 1, ..p };
+    shape(run(&ones, &ones, wide, 1, &one, 0, 0), "n > 65535");
+    shape(run(&ones, &[1.0], 1, wide, &one, 0, 0), "d > 65535");
+    shape(
+        run(&t[1..], &w, n, d, &p, scratch_len, need),
+        "tokens one short",
+    );
+    shape(
+        run(&t, &w[1..], n, d, &p, scratch_len, need),
+        "weights one short",
+    );
+    for bad in [f32::NAN, -1e-3, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut wb = w.clone();
+        wb[3] = bad;
+        shape(run(&t, &wb, n, d, &p, scratch_len, need), "a bad weight");
+    }
+    shape(
+        run(&t, &vec![0.0; n], n, d, &p, scratch_len, need),
+        "all weights 0",
+    );
+    // The edges that are allowed: a zero weight among others, k = n, and n or d of 65535
+    // (refused only for the buffers given here, not for the shape).
+    let mut w0 = w.clone();
+    w0[3] = 0.0;
+    assert_eq!(run(&t, &w0, n, d, &p, scratch_len, need), Ok(need));
+    let kn = CodecParams { k: n as u16, ..p };
+    let (s_kn, o_kn) = (encode_scratch_len(n, d, n), encoded_len(n, d, &kn));
+    assert_eq!(run(&t, &w, n, d, &kn, s_kn, o_kn), Ok(o_kn));
+    let edge = u16::MAX as usize;
+    for (en, ed) in [(edge, 1), (1, edge)] {
+        let ones = vec![1f32; en * ed];
+        let r = run(&ones, &ones[..en], en, ed, &one, 0, 0);
+        assert!(
+            matches!(r, Err(Error::BufferTooSmall { .. })),
+            "{en}×{ed}: {r:?}"
+        );
+    }
+    assert_eq!(
+        run(&t, &w, n, d, &p, scratch_len, need - 1),
+        Err(Error::BufferTooSmall {
+            needed: need as u32,
+            got: need as u32 - 1
+        })
+    );
+    assert_eq!(
+        run(&t, &w, n, d, &p, scratch_len - 1, need),
+        Err(Error::BufferTooSmall {
+            needed: scratch_len as u32,
+            got: scratch_len as u32 - 1
+        })
+    );
+}
+
+/// A header whose k, n or d is 0, or whose k exceeds n, is corrupt however long the record;
+/// a record one byte short of its header's length is corrupt; `decode` names the room it
+/// needs.
+#[test]
+fn record_shape_refuses_each_bad_header_field() {
+    use anytime_core::Error;
+    let (n, d) = (6usize, 5usize);
+    let (t, w) = tokens(n, d, 2, 0.1, 43);
+    let p = CodecParams {
+        k: 2,
+        bits: 8,
+        weighted: false,
+    };
+    let mut rec = vec![0u8; encoded_len(n, d, &p)];
+    let len = encode(
+        &t,
+        &w,
+        n,
+        d,
+        &p,
+        &mut vec![0f32; encode_scratch_len(n, d, 2)],
+        &mut rec,
+    )
+    .unwrap();
+    assert_eq!(record_shape(&rec), Ok((n, d, p)));
+    assert_eq!(
+        record_shape(&rec[..len - 1]),
+        Err(Error::CorruptCodecRecord)
+    );
+    for (at, value, what) in [
+        (2, 0u16, "k = 0"),
+        (4, 0, "n = 0"),
+        (6, 0, "d = 0"),
+        (2, 7, "k > n"),
+    ] {
+        let mut bad = rec.clone();
+        bad[at..at + 2].copy_from_slice(&value.to_le_bytes());
+        bad.resize(1 << 12, 0);
+        assert_eq!(record_shape(&bad), Err(Error::CorruptCodecRecord), "{what}");
+    }
+    let mut out = vec![0f32; n * d - 1];
+    assert_eq!(
+        decode(&rec, &mut out),
+        Err(Error::BufferTooSmall {
+            needed: (n * d) as u32,
+            got: (n * d - 1) as u32
+        })
+    );
 }

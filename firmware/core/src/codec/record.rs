@@ -1,6 +1,6 @@
 //! The codec record: header, quantised mean, directions and coefficients (see `FORMAT.md`).
 
-use crate::codec::pca::{dot, jacobi, orthonormalise};
+use crate::codec::pca::{dot, orthonormalise, sym_eigen};
 use crate::codec::quant::{
     add_scaled_row, check_bits, dequantise, dequantise_row_into, quantise_row, row_len,
 };
@@ -42,7 +42,7 @@ pub const fn encoded_len(n: usize, d: usize, p: &CodecParams) -> usize {
 
 /// `f32`s of scratch [`encode`] needs.
 pub const fn encode_scratch_len(n: usize, d: usize, k: usize) -> usize {
-    n * d + 2 * n * n + k * d + n * k + 2 * n + d + k
+    n * d + n * n + k * d + n * k + 3 * n + d + k
 }
 
 /// Shape `(n, d)` and parameters stored in a record's header.
@@ -79,7 +79,8 @@ pub fn encode(
 ) -> Result<usize, Error> {
     let k = p.k as usize;
     check_bits(p.bits)?;
-    if n == 0 || d == 0 || k == 0 || k > n || n > u16::MAX as usize || d > u16::MAX as usize {
+    // (k ≥ 1 and k ≤ n: n ≥ 1)
+    if d == 0 || k == 0 || k > n || n > u16::MAX as usize || d > u16::MAX as usize {
         return Err(Error::InvalidShape);
     }
     if t.len() != n * d
@@ -103,11 +104,11 @@ pub fn encode(
     }
     let (x, rest) = scratch.split_at_mut(n * d);
     let (g, rest) = rest.split_at_mut(n * n);
-    let (e, rest) = rest.split_at_mut(n * n);
     let (v, rest) = rest.split_at_mut(k * d);
     let (c, rest) = rest.split_at_mut(n * k);
     let (sw, rest) = rest.split_at_mut(n);
     let (eig, rest) = rest.split_at_mut(n);
+    let (off, rest) = rest.split_at_mut(n);
     let (mu, rest) = rest.split_at_mut(d);
     let norms = &mut rest[..k];
 
@@ -129,19 +130,15 @@ pub fn encode(
         }
         sw[i] = libm::sqrtf(sw[i]);
     }
-    // Gram matrix of the weighted centred tokens.
+    // Gram matrix of the weighted centred tokens (its lower triangle: all the solver reads).
     for i in 0..n {
         for j in 0..=i {
             let v =
                 sw[i] as f64 * sw[j] as f64 * dot(&x[i * d..(i + 1) * d], &x[j * d..(j + 1) * d]);
             g[i * n + j] = v as f32;
-            g[j * n + i] = v as f32;
         }
     }
-    jacobi(g, e, n);
-    for i in 0..n {
-        eig[i] = g[i * n + i];
-    }
+    sym_eigen(g, eig, off, n);
     // Top-k eigenvectors -> D-space directions.
     for r in 0..k {
         let mut best = 0;
@@ -154,7 +151,7 @@ pub fn encode(
         let row = &mut v[r * d..(r + 1) * d];
         row.fill(0.0);
         for i in 0..n {
-            let a = sw[i] * e[i * n + best];
+            let a = sw[i] * g[i * n + best];
             if a != 0.0 {
                 for (o, &xv) in row.iter_mut().zip(&x[i * d..(i + 1) * d]) {
                     *o += a * xv;
