@@ -175,9 +175,8 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// A direction whose length before orthogonalisation (√λ) is at most this share of the
-/// first's lies beyond the data's rank: it is the `f32` round-off of the centred tokens
-/// (about 1e-8 of the first on exactly rank-deficient tokens), where a weighted direction of
-/// real data is far longer (a token of small attention weight: 3e-3 on the tiny model).
+/// first's lies beyond the data's rank (the `f32` round-off of the centred tokens, far below
+/// any weighted direction of real data; FORMAT.md §2).
 const RANK_RTOL: f32 = 1e-6;
 
 /// Modified Gram–Schmidt (two passes) on the `k` rows of `v` (`k×d`), whose lengths before
