@@ -126,6 +126,80 @@ impl fmt::Display for Error {
 #[cfg(any(test, feature = "std"))]
 impl std::error::Error for Error {}
 
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    #[test]
+    fn every_variant_has_its_own_message_with_its_fields() {
+        let all = [
+            (
+                Error::OutOfBounds {
+                    offset: 70,
+                    len: 71,
+                },
+                &["70", "71"][..],
+            ),
+            (Error::NorViolation { offset: 72 }, &["72"]),
+            (Error::FlashFailure, &[]),
+            (Error::NotAStore, &[]),
+            (
+                Error::UnsupportedVersion {
+                    found: 73,
+                    supported: 74,
+                },
+                &["73", "74"],
+            ),
+            (Error::CorruptHeader, &[]),
+            (
+                Error::Truncated {
+                    expected: 75,
+                    found: 76,
+                },
+                &["75", "76"],
+            ),
+            (Error::BadGeometry, &[]),
+            (Error::NoSpace, &[]),
+            (Error::RecordTooLarge { len: 77, max: 78 }, &["77", "78"]),
+            (Error::InvalidLabelName, &[]),
+            (Error::LabelTableFull, &[]),
+            (Error::IndexFull, &[]),
+            (Error::UnknownLabel(79), &["79"]),
+            (Error::CorruptRecord { offset: 80 }, &["80"]),
+            (
+                Error::BufferTooSmall {
+                    needed: 81,
+                    got: 82,
+                },
+                &["81", "82"],
+            ),
+            (Error::InvalidShape, &[]),
+            (Error::CorruptCodecRecord, &[]),
+            (Error::OcwFull { label: 83 }, &["83"]),
+            (
+                Error::UnsupportedOcwVersion {
+                    found: 84,
+                    supported: 85,
+                },
+                &["84", "85"],
+            ),
+            (Error::CorruptOcwState, &[]),
+            (Error::Damaged, &[]),
+            (Error::OutOfOrder { seq: 86, next: 87 }, &["86", "87"]),
+        ];
+        let mut seen = Vec::new();
+        for (e, fields) in all {
+            let m = e.to_string();
+            assert!(m.len() > 10, "{e:?}: {m:?}");
+            for f in fields {
+                assert!(m.contains(f), "{e:?}: {m:?} lacks {f}");
+            }
+            assert!(!seen.contains(&m), "{e:?} shares its message");
+            seen.push(m);
+        }
+    }
+}
+
 #[cfg(feature = "defmt")]
 impl defmt::Format for Error {
     fn format(&self, f: defmt::Formatter) {

@@ -175,4 +175,65 @@ mod tests {
         let mut b = [0u8; 1];
         assert_eq!(f.read(0, &mut b), Err(Error::FlashFailure));
     }
+
+    #[test]
+    fn geometry_bounds_and_alignment_are_checked() {
+        let mut f = MemFlash::new([0xFFu8; 64], 16);
+        assert_eq!((f.capacity(), f.erase_size()), (64, 16));
+        let mut b = [0u8; 8];
+        let oob = Err(Error::OutOfBounds { offset: 60, len: 8 });
+        assert_eq!(f.read(60, &mut b), oob);
+        assert_eq!(f.write(60, &[0; 8]), oob);
+        assert_eq!(f.read(56, &mut b), Ok(()));
+        assert_eq!(
+            f.erase(48, 32),
+            Err(Error::OutOfBounds {
+                offset: 48,
+                len: 32
+            })
+        );
+        // Misaligned offset or length, each alone.
+        assert_eq!(
+            f.erase(8, 16),
+            Err(Error::OutOfBounds { offset: 8, len: 16 })
+        );
+        assert_eq!(
+            f.erase(16, 8),
+            Err(Error::OutOfBounds { offset: 16, len: 8 })
+        );
+        assert_eq!(f.bytes(), &[0xFF; 64], "a refused access changes nothing");
+        // A violation is reported at its own address, not the write's.
+        f.write(20, &[0xF0; 4]).unwrap();
+        assert_eq!(
+            f.write(18, &[0x00, 0x00, 0x0F, 0x00]),
+            Err(Error::NorViolation { offset: 20 })
+        );
+        assert_eq!(
+            &f.bytes()[18..20],
+            &[0xFF, 0xFF],
+            "a refused write lands nothing"
+        );
+    }
+
+    #[test]
+    fn a_cut_inside_an_erase_leaves_an_erased_prefix_and_kills_the_flash() {
+        let mut f = MemFlash::new([0u8; 64], 16);
+        assert!(!f.is_dead());
+        assert_eq!(f.flush(), Ok(()));
+        f.cut_after(5);
+        assert_eq!(f.erase(16, 16), Err(Error::FlashFailure));
+        assert!(f.is_dead());
+        assert_eq!(&f.bytes()[16..22], &[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0]);
+        assert_eq!(f.bytes_touched, 5);
+        assert_eq!(f.flush(), Err(Error::FlashFailure));
+        assert_eq!(f.write(0, &[0]), Err(Error::FlashFailure));
+        assert_eq!(f.erase(0, 16), Err(Error::FlashFailure));
+        // A cut that falls exactly at the end of an erase lets it complete.
+        let mut f = MemFlash::new([0u8; 32], 16);
+        f.cut_after(16);
+        assert_eq!(f.erase(0, 16), Ok(()));
+        assert!(!f.is_dead());
+        assert_eq!(f.write(0, &[0]), Err(Error::FlashFailure));
+        assert!(f.is_dead());
+    }
 }
