@@ -27,11 +27,19 @@ fn tokens(n: usize, d: usize, r: usize, noise: f32, seed: u64) -> (Vec<f32>, Vec
     (t, w)
 }
 
-fn round_trip(t: &[f32], w: &[f32], n: usize, d: usize, p: CodecParams) -> (Vec<f32>, usize) {
+/// The record of `t` (weights `w`), in buffers of exactly the advertised sizes; checks that
+/// `encode` reports the length `encoded_len` promised.
+fn encoded(t: &[f32], w: &[f32], n: usize, d: usize, p: &CodecParams) -> Vec<u8> {
     let mut scratch = vec![0f32; encode_scratch_len(n, d, p.k as usize)];
-    let mut rec = vec![0u8; encoded_len(n, d, &p)];
-    let len = encode(t, w, n, d, &p, &mut scratch, &mut rec).unwrap();
+    let mut rec = vec![0u8; encoded_len(n, d, p)];
+    let len = encode(t, w, n, d, p, &mut scratch, &mut rec).unwrap();
     assert_eq!(len, rec.len());
+    rec
+}
+
+fn round_trip(t: &[f32], w: &[f32], n: usize, d: usize, p: CodecParams) -> (Vec<f32>, usize) {
+    let rec = encoded(t, w, n, d, &p);
+    let len = rec.len();
     let mut out = vec![0f32; n * d];
     assert_eq!(decode(&rec, &mut out).unwrap(), (n, d));
     (out, len)
@@ -146,9 +154,7 @@ fn the_header_records_k_bits_and_weighting() {
                 bits,
                 weighted,
             };
-            let mut out = vec![0u8; encoded_len(n, d, &p)];
-            let mut scratch = vec![0f32; encode_scratch_len(n, d, 3)];
-            encode(&t, &w, n, d, &p, &mut scratch, &mut out).unwrap();
+            let out = encoded(&t, &w, n, d, &p);
             assert_eq!(out[1] == bits, weighted, "bits byte {:#x}", out[1]);
             assert_eq!(record_shape(&out).unwrap(), (n, d, p));
         }
@@ -164,9 +170,7 @@ fn malformed_records_are_rejected() {
         bits: 4,
         weighted: true,
     };
-    let mut scratch = vec![0f32; encode_scratch_len(n, d, 3)];
-    let mut rec = vec![0u8; encoded_len(n, d, &p)];
-    encode(&t, &w, n, d, &p, &mut scratch, &mut rec).unwrap();
+    let rec = encoded(&t, &w, n, d, &p);
     let mut out = vec![0f32; n * d];
     assert!(decode(&rec[..rec.len() - 1], &mut out).is_err());
     assert!(decode(&rec, &mut out[..n * d - 1]).is_err());
@@ -180,8 +184,9 @@ fn malformed_records_are_rejected() {
         let _ = decode(&junk, &mut out);
     }
     // Bad parameters.
+    let mut scratch = vec![0f32; encode_scratch_len(n, d, 3)];
     let bad = CodecParams { k: 11, ..p };
-    assert!(encode(&t, &w, n, d, &bad, &mut scratch, &mut rec).is_err());
+    assert!(encode(&t, &w, n, d, &bad, &mut scratch, &mut rec.clone()).is_err());
     // A width other than 4, 8, 32 is refused as such, with room enough for any width
     // (not by the length check), when encoding and when reading a header.
     let mut roomy = vec![0u8; encoded_len(n, d, &CodecParams { bits: 32, ..p })];
@@ -239,9 +244,7 @@ fn decode_equals_the_plain_reconstruction() {
             bits,
             weighted: true,
         };
-        let mut scratch = vec![0f32; encode_scratch_len(n, d, k as usize)];
-        let mut rec = vec![0u8; encoded_len(n, d, &p)];
-        encode(&t, &w, n, d, &p, &mut scratch, &mut rec).unwrap();
+        let rec = encoded(&t, &w, n, d, &p);
         let mut out = vec![f32::NAN; n * d];
         decode(&rec, &mut out).unwrap();
 
@@ -390,9 +393,7 @@ fn directions_beyond_the_rank_are_zero() {
             bits: 32,
             weighted,
         };
-        let mut scratch = vec![0f32; encode_scratch_len(n, d, 3)];
-        let mut rec = vec![0u8; encoded_len(n, d, &p)];
-        encode(&t, &w, n, d, &p, &mut scratch, &mut rec).unwrap();
+        let rec = encoded(&t, &w, n, d, &p);
         let rd = row_len(d, 32);
         let direction = |r: usize| {
             let row = &rec[CODEC_HEADER_LEN + rd * (1 + r)..][..rd];
@@ -512,17 +513,8 @@ fn record_shape_refuses_each_bad_header_field() {
         bits: 8,
         weighted: false,
     };
-    let mut rec = vec![0u8; encoded_len(n, d, &p)];
-    let len = encode(
-        &t,
-        &w,
-        n,
-        d,
-        &p,
-        &mut vec![0f32; encode_scratch_len(n, d, 2)],
-        &mut rec,
-    )
-    .unwrap();
+    let rec = encoded(&t, &w, n, d, &p);
+    let len = rec.len();
     assert_eq!(record_shape(&rec), Ok((n, d, p)));
     assert_eq!(
         record_shape(&rec[..len - 1]),
