@@ -354,6 +354,27 @@ mod tests {
         }
     }
 
+    /// `correct` counts what prediction answers: the argmax over the labels, the first on
+    /// ties (`anytime_core::mixing::argmax`'s rule).
+    #[test]
+    fn a_tie_counts_for_the_first_label() {
+        let cfg = TrainConfig::default();
+        // Labels 0 and 1 share a text row; label 2 points away.
+        let text = [0.6f32, 0.8, 0.6, 0.8, -0.8, 0.6];
+        let out = loss_forward_backward(&cfg, &[3.0, 4.0, 3.0, 4.0], 2, &[0, 1], &text, 3, 0.0);
+        assert_eq!(
+            out.stats.correct, 1,
+            "label 0 wins the tie: sample 1 is wrong"
+        );
+        let out = loss_forward_backward(&cfg, &[3.0, 4.0], 2, &[1], &text, 3, 0.0);
+        assert_eq!(out.stats.correct, 0, "label 0 wins the tie");
+        assert_eq!(
+            anytime_core::mixing::argmax(&[1.0, 1.0, -1.0]),
+            Some(0),
+            "the rule prediction uses"
+        );
+    }
+
     #[test]
     fn with_one_label_the_other_term_is_zero() {
         let cfg = TrainConfig::default();
