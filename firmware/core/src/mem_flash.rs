@@ -19,6 +19,8 @@ pub struct MemFlash<B> {
     strict: bool,
     /// Bytes programmed or erased since creation (counts what a cut can interrupt).
     pub bytes_touched: u64,
+    /// Bytes read since creation (how much of the region a scan reads).
+    pub bytes_read: u64,
 }
 
 impl<B: AsRef<[u8]> + AsMut<[u8]>> MemFlash<B> {
@@ -31,6 +33,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> MemFlash<B> {
             dead: false,
             strict: true,
             bytes_touched: 0,
+            bytes_read: 0,
         }
     }
 
@@ -94,6 +97,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Flash for MemFlash<B> {
         check_range(self.capacity(), offset, buf.len())?;
         let o = offset as usize;
         buf.copy_from_slice(&self.buf.as_ref()[o..o + buf.len()]);
+        self.bytes_read += buf.len() as u64;
         Ok(())
     }
 
@@ -185,6 +189,7 @@ mod tests {
         assert_eq!(f.read(60, &mut b), oob);
         assert_eq!(f.write(60, &[0; 8]), oob);
         assert_eq!(f.read(56, &mut b), Ok(()));
+        assert_eq!(f.bytes_read, 8, "refused reads count nothing");
         assert_eq!(
             f.erase(48, 32),
             Err(Error::OutOfBounds {

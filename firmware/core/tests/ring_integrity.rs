@@ -166,3 +166,64 @@ fn label_names_are_checked() {
         Err(Error::RecordTooLarge { len: 17, max: 16 })
     );
 }
+
+/// Opening scans the region about once: each written byte (twice at most), the erased tail of each active
+/// segment once (to the segment's end), headers; never a header read at every aligned
+/// offset of erased space.
+#[test]
+fn opening_reads_the_region_about_once() {
+    let geo = anytime_core::ring::Geometry::for_capacity(6000, 1024, 48).unwrap();
+    let region = geo.region_len();
+    for appends in [0usize, 5, 60, 400] {
+        let mut ring = Ring::create(
+            MemFlash::new(vec![0u8; region as usize], 64),
+            geo,
+            Index::new(),
+            Labels::new(),
+        )
+        .unwrap();
+        let a = ring.label_id("alpha").unwrap();
+        for i in 0..appends {
+            ring.append(a, 0, &payload(i, 8 + i % 40)).unwrap();
+        }
+        let snap = snapshot(&mut ring);
+        let bytes = ring.into_flash().into_inner();
+        let written = bytes.iter().filter(|&&b| b != 0xFF).count() as u64;
+        // The head's erased tail, and each sealed segment's (shorter than a record).
+        let tails =
+            u64::from(geo.segment_size) + u64::from(geo.segment_count) * u64::from(geo.max_record);
+        let mut back = reopen(bytes);
+        let read = back.flash_mut().bytes_read;
+        // Twice each written byte: a record's header is read by the scan and again with its
+        // body for the CRC.
+        assert!(
+            read <= 2 * written + tails + u64::from(geo.segment_size),
+            "{appends} appends: opening read {read} bytes ({written} written, {region} in all)"
+        );
+        assert_eq!(snapshot(&mut back), snap);
+    }
+}
+
+/// Labels alone can fill the capacity: a label that does not fit then is refused with
+/// `NoSpace` (nothing is evictable), and the store keeps every label it had.
+#[test]
+fn labels_alone_filling_the_store_give_no_space() {
+    let mut ring = create(small_geometry(300));
+    let mut names = Vec::new();
+    let err = loop {
+        let name = format!("label number {:03}", names.len());
+        match ring.label_id(&name) {
+            Ok(id) => names.push((id, name)),
+            Err(e) => break e,
+        }
+        assert!(names.len() < 16, "the capacity never ran out");
+    };
+    assert_eq!(err, Error::NoSpace);
+    assert!(names.len() >= 5, "{} labels", names.len());
+    assert_eq!(ring.append(0, 0, b"x"), Err(Error::NoSpace));
+    let mut back = reopen(ring.into_flash().into_inner());
+    assert!(!back.open_report().has_findings());
+    for (id, name) in names {
+        assert_eq!(back.find_label(&name), Ok(Some(id)));
+    }
+}

@@ -483,4 +483,200 @@ mod tests {
         assert_eq!(record_size(0), 24);
         assert_eq!(record_size(1), 28);
     }
+
+    #[test]
+    fn markers_read_set_below_four_one_bits() {
+        for b in 0..=255u8 {
+            assert_eq!(marker_set(b), b.count_ones() <= 3, "{b:#010b}");
+        }
+    }
+
+    #[test]
+    fn geometry_from_a_capacity_is_the_smallest_that_holds_it() {
+        // Payloads up to 16 bytes: records up to 40; segments of at least 20 + 2 * 40.
+        let max_record = record_size(16);
+        assert_eq!(max_record, 40);
+        let least = SEGMENT_HEADER_LEN + 2 * max_record;
+        assert!(Geometry::for_capacity(500, least, 16).is_ok());
+        for seg in [least - ALIGN, least + 2, 0] {
+            assert_eq!(
+                Geometry::for_capacity(500, seg, 16),
+                Err(Error::BadGeometry),
+                "segment {seg}"
+            );
+        }
+        // 128-byte segments hold 128 - 20 - 40 = 68 bytes a segment, plus three spare.
+        let per = 128 - SEGMENT_HEADER_LEN - max_record;
+        for (capacity, count) in [(1u64, 4u32), (68 * 5, 8), (68 * 5 + 1, 9)] {
+            let g = Geometry::for_capacity(capacity, 128, 16).unwrap();
+            assert_eq!(
+                g,
+                Geometry {
+                    segment_size: 128,
+                    segment_count: count,
+                    max_record,
+                    capacity,
+                },
+                "capacity {capacity}"
+            );
+            assert_eq!(u64::from(count - 3) * u64::from(per), g.max_capacity());
+            assert_eq!(g.usable(), 108);
+            assert_eq!(g.max_payload(), 16);
+            assert_eq!(g.region_len(), 128 * u64::from(count + 1));
+        }
+        assert_eq!(Geometry::for_capacity(0, 128, 16), Err(Error::BadGeometry));
+    }
+
+    #[test]
+    fn geometry_for_a_region_fills_it() {
+        assert_eq!(Geometry::for_region(4096, 0, 16), Err(Error::BadGeometry));
+        let g = Geometry::for_region(128 * 9 + 100, 128, 16).unwrap();
+        assert_eq!((g.segment_count, g.capacity), (8, 5 * 68));
+        assert_eq!(
+            Geometry::for_region(128 * 4, 128, 16),
+            Err(Error::BadGeometry),
+            "3 segments"
+        );
+    }
+
+    #[test]
+    fn validate_refuses_each_bad_field_alone() {
+        let good = Geometry {
+            segment_size: 128,
+            segment_count: 6,
+            max_record: 40,
+            capacity: 3 * 68,
+        };
+        assert_eq!(good.validate(), Ok(()));
+        assert_eq!(
+            Geometry {
+                segment_count: 3,
+                ..good
+            }
+            .max_capacity(),
+            0
+        );
+        let bad = [
+            Geometry {
+                segment_size: 126,
+                ..good
+            },
+            Geometry {
+                segment_size: 96,
+                max_record: 40,
+                ..good
+            },
+            Geometry {
+                max_record: 20,
+                segment_size: 128,
+                ..good
+            },
+            Geometry {
+                max_record: 42,
+                ..good
+            },
+            Geometry {
+                segment_count: 3,
+                capacity: 1,
+                ..good
+            },
+            Geometry {
+                capacity: 0,
+                ..good
+            },
+            Geometry {
+                capacity: 3 * 68 + 1,
+                ..good
+            },
+            Geometry {
+                segment_size: 1 << 24,
+                segment_count: 256,
+                max_record: 40,
+                capacity: 1,
+            },
+        ];
+        for g in bad {
+            assert_eq!(g.validate(), Err(Error::BadGeometry), "{g:?}");
+        }
+        // The smallest accepted segment for these records, and the largest region.
+        assert_eq!(
+            Geometry {
+                segment_size: 100,
+                capacity: 3 * 40,
+                ..good
+            }
+            .validate(),
+            Ok(())
+        );
+        let big = Geometry {
+            segment_size: 1 << 24,
+            segment_count: 255,
+            max_record: 40,
+            capacity: 1,
+        };
+        assert_eq!(big.region_len(), 1 << 32);
+        assert_eq!(big.validate(), Err(Error::BadGeometry));
+        let fits = Geometry {
+            segment_count: 254,
+            ..big
+        };
+        assert_eq!(fits.validate(), Ok(()));
+    }
+
+    #[test]
+    fn segments_and_offsets_agree() {
+        let g = Geometry::for_capacity(1000, 128, 16).unwrap();
+        for i in 0..g.segment_count {
+            let o = g.segment_offset(i);
+            assert_eq!(o, 128 * (i + 1));
+            assert_eq!(g.segment_of(o), i);
+            assert_eq!(g.segment_of(o + 127), i);
+        }
+        // The header's copy sits at the end of the header block, when both fit apart.
+        let at = |segment_size| header_copy_offset(&Geometry { segment_size, ..g });
+        assert_eq!(at(128), Some(128 - STORE_HEADER_LEN as u32));
+        assert_eq!(
+            at(2 * STORE_HEADER_LEN as u32),
+            Some(STORE_HEADER_LEN as u32)
+        );
+        assert_eq!(at(2 * STORE_HEADER_LEN as u32 - 4), None);
+    }
+
+    fn record_header(kind: Kind, label: u16, seq: u32, len: u32) -> [u8; 20] {
+        let mut h = [0xFFu8; 20];
+        h[0] = 0;
+        h[2..].copy_from_slice(&encode_record_fields(kind, 3, label, seq, len));
+        h
+    }
+
+    #[test]
+    fn one_flipped_bit_of_a_record_header_is_corrected_back() {
+        let h = record_header(Kind::Data, 0x0102, 0x0A0B_0C0D, 77);
+        let HeaderRead::Valid(want) = decode_record_header(&h) else {
+            panic!("not valid");
+        };
+        for bit in 16..160 {
+            let mut b = h;
+            b[bit / 8] ^= 1 << (bit % 8);
+            assert_eq!(decode_record_header(&b), HeaderRead::Invalid, "bit {bit}");
+            assert_eq!(correct_record_header(&b), Some((want, h)), "bit {bit}");
+        }
+        // Two flips are beyond one correction (CRC-32's distance is at least 4 here).
+        let mut b = h;
+        b[5] ^= 0x11;
+        assert_eq!(correct_record_header(&b), None);
+    }
+
+    #[test]
+    fn reserved_bytes_must_be_zero() {
+        for at in [4usize, 5] {
+            let mut f = encode_record_fields(Kind::Label, 0, 1, 2, 3);
+            f[at] = 1;
+            let c = crc32(&f[0..14]);
+            f[14..18].copy_from_slice(&c.to_le_bytes());
+            let mut h = [0xFFu8; 20];
+            h[2..].copy_from_slice(&f);
+            assert_eq!(decode_record_header(&h), HeaderRead::Invalid, "byte {at}");
+        }
+    }
 }
