@@ -69,3 +69,71 @@ fn ocw_state_v1_golden_file_reads_and_is_what_this_build_writes() {
     assert!(s1000.c_tuned > 0.6 && s1000.c_tuned < 0.9, "{s1000:?}");
     assert_eq!(&buf[..n], &bytes[..], "this build writes other bytes");
 }
+
+/// A ring store (format v1) over the NOR model after labels, appends, evictions, a
+/// compaction, state updates and a removal: the file reads back to the same contents, and
+/// this build writes the same bytes for the same operations.
+#[test]
+fn ring_store_v1_golden_file_reads_and_is_what_this_build_writes() {
+    use anytime_core::mem_flash::MemFlash;
+    use anytime_core::ring::layout::FORMAT_VERSION as STORE_VERSION;
+    use anytime_core::ring::{Geometry, LabelRef, RecordRef, Ring};
+    type R = Ring<MemFlash<Vec<u8>>, heapless::Vec<RecordRef, 64>, heapless::Vec<LabelRef, 4>>;
+    assert_eq!(STORE_VERSION, 1, "a new version needs a new golden file");
+    let geo = Geometry::for_capacity(600, 128, 16).unwrap();
+    let flash = MemFlash::new(vec![0u8; geo.region_len() as usize], 64);
+    let mut ring: R = Ring::create(flash, geo, heapless::Vec::new(), heapless::Vec::new()).unwrap();
+    let a = ring.label_id("alpha").unwrap();
+    let b = ring.label_id("beta").unwrap();
+    for i in 0..40u32 {
+        let p: Vec<u8> = (0..4 + i % 12).map(|j| (i * 31 + j * 7) as u8).collect();
+        ring.append(if i % 3 == 0 { a } else { b }, (i % 5) as u8, &p)
+            .unwrap();
+        if i % 9 == 0 {
+            ring.set_state(&i.to_le_bytes()).unwrap();
+        }
+    }
+    let victim = ring.records()[3].seq;
+    assert!(ring.remove(victim).unwrap());
+    assert!(
+        ring.segments_opened() > geo.segment_count,
+        "it must have wrapped"
+    );
+    let want: Vec<(u32, u16, Vec<u8>)> = {
+        let recs = ring.records().to_vec();
+        let mut buf = [0u8; 16];
+        recs.iter()
+            .map(|r| {
+                let n = ring.read_payload(r, &mut buf).unwrap();
+                (r.seq, r.label, buf[..n].to_vec())
+            })
+            .collect()
+    };
+    let fresh = ring.into_flash().into_inner();
+    let bytes = golden("ring_store_v1.bin", &fresh);
+    let mut back: R = Ring::open(
+        MemFlash::new(bytes.clone(), 64),
+        heapless::Vec::new(),
+        heapless::Vec::new(),
+    )
+    .unwrap();
+    assert!(!back.open_report().has_findings());
+    assert_eq!(back.geometry(), &geo);
+    let mut buf = [0u8; 16];
+    let got: Vec<(u32, u16, Vec<u8>)> = back
+        .records()
+        .to_vec()
+        .iter()
+        .map(|r| {
+            let n = back.read_payload(r, &mut buf).unwrap();
+            (r.seq, r.label, buf[..n].to_vec())
+        })
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(back.find_label("alpha"), Ok(Some(a)));
+    assert_eq!(back.find_label("beta"), Ok(Some(b)));
+    let mut st = [0u8; 8];
+    assert_eq!(back.read_state(&mut st), Ok(Some(4)));
+    assert_eq!(&st[..4], &36u32.to_le_bytes());
+    assert_eq!(fresh, bytes, "this build writes other bytes");
+}

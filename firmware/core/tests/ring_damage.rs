@@ -142,7 +142,9 @@ fn check(
             "{what}: lost records silently: {report:?}"
         );
     }
+    assert_eq!(ring.is_read_only(), report.is_damaged(), "{what}");
     if report.is_damaged() {
+        assert!(report.has_findings(), "{what}");
         assert_eq!(
             ring.flash_mut().bytes(),
             &damaged[..],
@@ -321,5 +323,6 @@ fn a_store_without_the_header_copy_gains_it_and_still_reads() {
     b[..STORE_HEADER_LEN].fill(0);
     let mut ring = reopen(b);
     assert!(ring.open_report().header_from_copy);
+    assert!(ring.open_report().has_findings() && !ring.open_report().is_damaged());
     assert_eq!(snapshot(&mut ring), snap);
 }

@@ -5,7 +5,7 @@ mod common;
 
 use anytime_core::crc32::crc32;
 use anytime_core::mem_flash::MemFlash;
-use anytime_core::ring::layout::{FORMAT_VERSION, SEGMENT_HEADER_LEN};
+use anytime_core::ring::layout::{FORMAT_VERSION, SEGMENT_HEADER_LEN, STORE_HEADER_LEN};
 use anytime_core::ring::Ring;
 use anytime_core::rng::SplitMix64;
 use anytime_core::Error;
@@ -88,6 +88,11 @@ fn flip_in_segment_header_is_corrected() {
     assert_eq!(snapshot(&mut ring), snap);
     assert_eq!(ring.open_report().corrected, 1);
     assert!(!ring.open_report().is_damaged());
+    assert!(
+        ring.open_report().has_findings(),
+        "a corrected bit is a finding"
+    );
+    assert!(!ring.is_read_only());
 }
 
 #[test]
@@ -226,4 +231,109 @@ fn labels_alone_filling_the_store_give_no_space() {
     for (id, name) in names {
         assert_eq!(back.find_label(&name), Ok(Some(id)));
     }
+}
+
+/// What `open` checks before it reads a segment: the region's size against the header and
+/// its geometry, and the flash's erase unit against the segment size.
+#[test]
+fn open_checks_the_region_and_the_erase_unit() {
+    let geo = small_geometry(600);
+    let bytes = create(geo).into_flash().into_inner();
+    let header = STORE_HEADER_LEN;
+    // Exactly a header's length: the header is read, then the region found short of it.
+    assert_eq!(
+        open_err(&mut bytes[..header].to_vec()),
+        Error::Truncated {
+            expected: geo.region_len(),
+            found: header as u64
+        }
+    );
+    assert_eq!(open_err(&mut vec![0u8; header]), Error::NotAStore);
+    assert_eq!(
+        open_err(&mut vec![0u8; header - 1]),
+        Error::Truncated {
+            expected: header as u64,
+            found: header as u64 - 1
+        }
+    );
+    // An erase unit that does not divide the segments, or none.
+    for es in [0u32, 48, 256] {
+        let mut b = bytes.clone();
+        let before = b.clone();
+        let e = Ring::open(MemFlash::new(&mut b[..], es), Index::new(), Labels::new()).unwrap_err();
+        assert_eq!(e, Error::BadGeometry, "erase unit {es}");
+        assert_eq!(b, before);
+    }
+    for es in [4u32, 64, 128] {
+        Ring::open(
+            MemFlash::new(bytes.clone(), es),
+            Index::new(),
+            Labels::new(),
+        )
+        .unwrap();
+    }
+}
+
+/// The open report counts the active segments.
+#[test]
+fn the_open_report_counts_active_segments() {
+    let mut ring = create(small_geometry(600));
+    assert_eq!(
+        reopen(ring.flash_mut().bytes().to_vec())
+            .open_report()
+            .active_segments,
+        1
+    );
+    let a = ring.label_id("alpha").unwrap();
+    for i in 0..8 {
+        ring.append(a, 0, &payload(i, 16)).unwrap();
+    }
+    let opened = ring.segments_opened();
+    assert!(opened >= 3, "{opened}");
+    let back = reopen(ring.into_flash().into_inner());
+    assert_eq!(back.open_report().active_segments, opened);
+}
+
+/// `create` checks the flash before it erases anything; a store's emptiness follows its
+/// data records.
+#[test]
+fn create_checks_the_flash_and_counts_records() {
+    let geo = small_geometry(600);
+    let region = geo.region_len() as usize;
+    for es in [0u32, 48] {
+        let r = Ring::create(
+            MemFlash::new(vec![0u8; region], es),
+            geo,
+            Index::new(),
+            Labels::new(),
+        );
+        assert_eq!(r.err(), Some(Error::BadGeometry), "erase unit {es}");
+    }
+    let r = Ring::create(
+        MemFlash::new(vec![0u8; region - 128], 64),
+        geo,
+        Index::new(),
+        Labels::new(),
+    );
+    assert_eq!(
+        r.err(),
+        Some(Error::Truncated {
+            expected: region as u64,
+            found: region as u64 - 128
+        })
+    );
+    let mut ring = Ring::create(
+        MemFlash::new(vec![0u8; region + 256], 64),
+        geo,
+        Index::new(),
+        Labels::new(),
+    )
+    .unwrap();
+    assert!(ring.is_empty());
+    assert_eq!(ring.records().len(), 0);
+    let a = ring.label_id("alpha").unwrap();
+    assert!(ring.is_empty(), "a label is not a data record");
+    ring.append(a, 0, b"x").unwrap();
+    assert!(!ring.is_empty() && ring.len() == 1);
+    assert!(!ring.is_read_only() && !ring.open_report().has_findings());
 }

@@ -60,3 +60,38 @@ impl<T: Copy> Slots<T> for std::vec::Vec<T> {
         usize::MAX
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Slots;
+
+    /// The trait's contract, on any implementation with room for 3 entries or more.
+    fn check<S: Slots<u32>>(mut s: S, max: usize) {
+        assert_eq!(s.max_len(), max);
+        for v in [10, 20, 30] {
+            assert_eq!(s.try_push(v), Ok(()));
+        }
+        assert_eq!(s.as_slice(), &[10, 20, 30]);
+        s.as_mut_slice()[1] = 21;
+        assert_eq!(s.remove_at(0), 10);
+        assert_eq!(s.as_slice(), &[21, 30]);
+        s.clear_all();
+        assert!(s.as_slice().is_empty());
+        assert_eq!(s.try_push(5), Ok(()));
+        assert_eq!(s.as_slice(), &[5]);
+    }
+
+    #[test]
+    fn both_tables_keep_the_contract() {
+        check(heapless::Vec::<u32, 3>::new(), 3);
+        check(std::vec::Vec::<u32>::new(), usize::MAX);
+        let mut full = heapless::Vec::<u32, 1>::new();
+        assert_eq!(full.try_push(1), Ok(()));
+        assert_eq!(
+            full.try_push(2),
+            Err(2),
+            "a full table hands the value back"
+        );
+        assert_eq!(Slots::as_slice(&full), &[1]);
+    }
+}
