@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 
 use anytime_core::mem_flash::MemFlash;
 use anytime_core::ring::layout::{
-    header_copy_offset, record_size, Kind, RECORD_HEADER_LEN, STORE_HEADER_LEN,
+    encode_record_fields, header_copy_offset, record_size, Kind, RECORD_HEADER_LEN,
+    STORE_HEADER_LEN,
 };
 use anytime_core::ring::{Ring, Salvaged};
 use anytime_core::rng::SplitMix64;
@@ -302,6 +303,32 @@ fn a_record_whose_start_reads_erased_is_skipped_to_the_next() {
         tried > 20 && damaged > 10,
         "{tried} cases, {damaged} damaged"
     );
+}
+
+/// A record header whose CRC checks but whose length cannot be (beyond the store's record
+/// bound, or past its segment's end: a store of another geometry, or a CRC collision) is
+/// garbage: the scan steps past it and loses nothing else.
+#[test]
+fn a_valid_header_with_an_impossible_length_is_skipped() {
+    let (bytes, snap, live) = build();
+    let mut tried = 0;
+    for &(o, size) in &live {
+        if bytes[o + 2] != Kind::Data as u8 {
+            continue;
+        }
+        let f = &bytes[o + 2..o + 20];
+        let seq = u32::from_le_bytes(f[6..10].try_into().unwrap());
+        let label = u16::from_le_bytes([f[2], f[3]]);
+        for len in [17u32, 60, 100_000] {
+            let mut b = bytes.clone();
+            let fields = encode_record_fields(Kind::Data, f[1], label, seq, len);
+            b[o + 2..o + 20].copy_from_slice(&fields);
+            let what = format!("record {seq} at {o} claiming {len} bytes");
+            check(&bytes, b, &snap, &live, (o, o + size), &what);
+            tried += 1;
+        }
+    }
+    assert!(tried > 30, "{tried}");
 }
 
 #[test]
