@@ -337,3 +337,31 @@ fn create_checks_the_flash_and_counts_records() {
     assert!(!ring.is_empty() && ring.len() == 1);
     assert!(!ring.is_read_only() && !ring.open_report().has_findings());
 }
+
+/// `verify` counts the live records whose bytes no longer match their CRC (data records
+/// and label names alike), and reading one fails with the record's offset.
+#[test]
+fn verify_counts_records_that_went_bad_after_opening() {
+    let (bytes, _) = filled();
+    let mut ring = reopen(bytes);
+    assert_eq!(ring.verify(), Ok(0));
+    assert_eq!(ring.state_len(), Some(3));
+    let r = ring.records()[5];
+    let l = ring.labels()[1];
+    ring.flash_mut().bytes_mut()[r.offset as usize + 20] ^= 0x04;
+    assert_eq!(ring.verify(), Ok(1));
+    ring.flash_mut().bytes_mut()[l.offset as usize + 21] ^= 0x80;
+    assert_eq!(ring.verify(), Ok(2));
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        ring.read_payload(&r, &mut buf),
+        Err(Error::CorruptRecord { offset: r.offset })
+    );
+    assert_eq!(
+        ring.read_payload(&r, &mut buf[..r.len as usize - 1]),
+        Err(Error::BufferTooSmall {
+            needed: r.len,
+            got: r.len - 1
+        })
+    );
+}
