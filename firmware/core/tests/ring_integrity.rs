@@ -365,3 +365,42 @@ fn verify_counts_records_that_went_bad_after_opening() {
         })
     );
 }
+
+/// A record whose header and body landed but whose commit marker did not (a cut just
+/// before it) is a torn write: not read, counted as torn, not damage.
+#[test]
+fn an_uncommitted_record_reads_as_torn() {
+    let (mut bytes, snap) = filled();
+    let last = *reopen(bytes.clone()).records().last().unwrap();
+    bytes[last.offset as usize] = 0xFF;
+    let mut ring = reopen(bytes);
+    let report = ring.open_report();
+    assert_eq!((report.torn, report.is_damaged()), (1, false), "{report:?}");
+    let mut want = snap;
+    want.records.remove(&last.seq);
+    assert_eq!(snapshot(&mut ring), want);
+}
+
+/// Label names: 1 to 255 bytes whatever the store's record bound; a full label table
+/// refuses a new label before writing anything.
+#[test]
+fn label_limits_are_checked_before_any_write() {
+    let mut ring = create(small_geometry(2000));
+    assert_eq!(ring.find_label(&"x".repeat(255)), Ok(None));
+    assert_eq!(
+        ring.find_label(&"x".repeat(256)),
+        Err(Error::InvalidLabelName)
+    );
+    assert_eq!(ring.find_label(""), Err(Error::InvalidLabelName));
+    for i in 0..16 {
+        assert_eq!(ring.label_id(&format!("label {i}")), Ok(i as u16));
+    }
+    let before = ring.flash_mut().bytes().to_vec();
+    assert_eq!(ring.label_id("one too many"), Err(Error::LabelTableFull));
+    assert_eq!(ring.flash_mut().bytes(), &before[..]);
+    assert_eq!(
+        ring.label_id("label 7"),
+        Ok(7),
+        "a known label is still found"
+    );
+}
