@@ -346,6 +346,9 @@ fn verify_counts_records_that_went_bad_after_opening() {
     let mut ring = reopen(bytes);
     assert_eq!(ring.verify(), Ok(0));
     assert_eq!(ring.state_len(), Some(3));
+    let ok = ring.records()[6];
+    let mut exact = vec![0u8; ok.len as usize];
+    assert_eq!(ring.read_payload(&ok, &mut exact), Ok(ok.len as usize));
     let r = ring.records()[5];
     let l = ring.labels()[1];
     ring.flash_mut().bytes_mut()[r.offset as usize + 20] ^= 0x04;
