@@ -457,3 +457,67 @@ fn of_two_copies_of_a_record_the_newer_is_kept() {
     }
     assert!(tried >= 5 && wrapped, "{tried} cases, wrapped: {wrapped}");
 }
+
+/// `restore` (what a repair writes salvaged records with) checks what it is given before it
+/// writes, keeps the sequence numbers, and counts live bytes as appends do: a renamed label
+/// and a newer state replace the older ones' bytes.
+#[test]
+fn restore_checks_its_input_and_counts_live_bytes() {
+    use anytime_core::ring::layout::{record_size, Kind, STATE_LABEL};
+    let geo = anytime_core::ring::Geometry::for_capacity(4000, 1024, 300).unwrap();
+    let mut ring = Ring::create(
+        MemFlash::new(vec![0u8; geo.region_len() as usize], 64),
+        geo,
+        Index::new(),
+        Labels::new(),
+    )
+    .unwrap();
+    let before = ring.flash_mut().bytes().to_vec();
+    let refused = [
+        (
+            Kind::Data,
+            STATE_LABEL,
+            &b"x"[..],
+            Error::UnknownLabel(STATE_LABEL),
+        ),
+        (Kind::Label, 0, &b""[..], Error::InvalidLabelName),
+        (Kind::Label, 0, &[b'n'; 256][..], Error::InvalidLabelName),
+        (Kind::Label, 0, &[0xC3, 0x28][..], Error::InvalidLabelName),
+    ];
+    for (kind, label, payload, e) in refused {
+        assert_eq!(
+            ring.restore(kind, 0, label, 5, payload),
+            Err(e),
+            "{kind:?} {payload:?}"
+        );
+    }
+    assert_eq!(
+        ring.flash_mut().bytes(),
+        &before[..],
+        "a refused restore writes nothing"
+    );
+    let size = |n: usize| u64::from(record_size(n as u32));
+    ring.restore(Kind::Label, 9, 1, 3, b"old name").unwrap();
+    assert_eq!(ring.live_bytes(), size(8));
+    ring.restore(Kind::Data, 7, 1, 4, b"data!").unwrap();
+    ring.restore(Kind::State, 9, 0, 6, b"state one").unwrap();
+    assert_eq!(ring.live_bytes(), size(8) + size(5) + size(9));
+    ring.restore(Kind::Label, 0, 1, 8, b"a much longer new name")
+        .unwrap();
+    ring.restore(Kind::State, 0, 0, 9, b"s2").unwrap();
+    let live = size(22) + size(5) + size(2);
+    assert_eq!(ring.live_bytes(), live);
+    assert_eq!(
+        ring.restore(Kind::Data, 0, 1, 9, b"late"),
+        Err(Error::OutOfOrder { seq: 9, next: 10 })
+    );
+    let mut back = reopen(ring.into_flash().into_inner());
+    assert_eq!(back.live_bytes(), live);
+    assert_eq!(back.find_label("a much longer new name"), Ok(Some(1)));
+    assert!(!back.labels()[0].has_name(), "label 0 was never named");
+    let r = back.records()[0];
+    assert_eq!((r.seq, r.label, r.flags, r.len), (4, 1, 7, 5));
+    let mut buf = [0u8; 16];
+    assert_eq!(back.read_state(&mut buf), Ok(Some(2)));
+    assert_eq!(&buf[..2], b"s2");
+}
