@@ -353,3 +353,34 @@ fn a_store_without_the_header_copy_gains_it_and_still_reads() {
     assert!(ring.open_report().has_findings() && !ring.open_report().is_damaged());
     assert_eq!(snapshot(&mut ring), snap);
 }
+
+/// More damaged segments than the store lists (16): salvage then finds them by scanning
+/// every segment outside the active zone, and still gives back every intact record.
+#[test]
+fn salvage_finds_more_damaged_segments_than_it_lists() {
+    let geo = small_geometry(1600);
+    let mut ring = create(geo);
+    let a = ring.label_id("alpha").unwrap();
+    for i in 0..38 {
+        ring.append(a, 0, &payload(i, 16)).unwrap();
+    }
+    let snap = snapshot(&mut ring);
+    let head = geo.segment_of(ring.records().last().unwrap().offset);
+    assert!(head >= 19, "head {head}");
+    let bytes = ring.into_flash().into_inner();
+    for damaged in [0usize, 5, 15, 16, 17, 18] {
+        let mut b = bytes.clone();
+        // Clear the magic of `damaged` segments after the first: retired out of turn.
+        for s in 1..=damaged as u32 {
+            let at = geo.segment_offset(s) as usize;
+            b[at..at + 4].fill(0);
+        }
+        let Some(Ok(mut ring)) = open(b) else {
+            panic!("{damaged}: open failed")
+        };
+        let report = ring.open_report();
+        assert_eq!(report.damaged_segments as usize, damaged, "{report:?}");
+        let back = repaired(&mut ring);
+        assert_eq!(back.records, snap.records, "{damaged} damaged: {report:?}");
+    }
+}

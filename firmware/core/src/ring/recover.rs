@@ -211,16 +211,17 @@ impl<F: Flash, R: Slots<RecordRef>, L: Slots<LabelRef>> Ring<F, R, L> {
                 self.salvage_segment(seg, false, &mut visit)?;
             }
         }
-        if self.damaged.len() < self.damaged.capacity() {
+        if self.damaged.len() == self.report.damaged_segments as usize {
             for i in 0..self.damaged.len() {
                 let seg = self.damaged[i];
                 self.salvage_segment(seg, true, &mut visit)?;
             }
         } else {
-            // Too many to list: every segment outside the zone that holds anything.
-            for k in 0..n - zone {
-                let seg = (self.oldest + zone + k) % n;
-                if !self.body_erased(seg)? {
+            // Too many to list: every segment without an active header that holds
+            // anything, in the zone (where only damage leaves one) or outside it.
+            for k in 0..n {
+                let seg = (self.oldest + k) % n;
+                if self.active_header(seg)?.is_none() && !self.body_erased(seg)? {
                     self.salvage_segment(seg, true, &mut visit)?;
                 }
             }
