@@ -500,6 +500,11 @@ fn restore_checks_its_input_and_counts_live_bytes() {
     ring.restore(Kind::Label, 9, 1, 3, b"old name").unwrap();
     assert_eq!(ring.live_bytes(), size(8));
     ring.restore(Kind::Data, 7, 1, 4, b"data!").unwrap();
+    assert_eq!(
+        ring.labels()[1].count,
+        1,
+        "a restored record counts for its label"
+    );
     ring.restore(Kind::State, 9, 0, 6, b"state one").unwrap();
     assert_eq!(ring.live_bytes(), size(8) + size(5) + size(9));
     ring.restore(Kind::Label, 0, 1, 8, b"a much longer new name")
