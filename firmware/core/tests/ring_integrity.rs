@@ -180,13 +180,7 @@ fn opening_reads_the_region_about_once() {
     let geo = anytime_core::ring::Geometry::for_capacity(6000, 1024, 48).unwrap();
     let region = geo.region_len();
     for appends in [0usize, 5, 60, 400] {
-        let mut ring = Ring::create(
-            MemFlash::new(vec![0u8; region as usize], 64),
-            geo,
-            Index::new(),
-            Labels::new(),
-        )
-        .unwrap();
+        let mut ring = create(geo);
         let a = ring.label_id("alpha").unwrap();
         for i in 0..appends {
             ring.append(a, 0, &payload(i, 8 + i % 40)).unwrap();
@@ -465,13 +459,7 @@ fn of_two_copies_of_a_record_the_newer_is_kept() {
 fn restore_checks_its_input_and_counts_live_bytes() {
     use anytime_core::ring::layout::{record_size, Kind, STATE_LABEL};
     let geo = anytime_core::ring::Geometry::for_capacity(4000, 1024, 300).unwrap();
-    let mut ring = Ring::create(
-        MemFlash::new(vec![0u8; geo.region_len() as usize], 64),
-        geo,
-        Index::new(),
-        Labels::new(),
-    )
-    .unwrap();
+    let mut ring = create(geo);
     let before = ring.flash_mut().bytes().to_vec();
     let refused = [
         (
