@@ -49,14 +49,8 @@ impl<F: Flash, R: Slots<RecordRef>, L: Slots<LabelRef>> Ring<F, R, L> {
             }
             i += 1;
         }
-        if victim.is_none() {
-            // Only the incoming label reaches `top` and it has no stored record: fall back
-            // to the largest stored label.
-            let top = labels.iter().map(|l| l.count).max().unwrap_or(0);
-            victim = recs
-                .iter()
-                .position(|r| labels[r.label as usize].count == top);
-        }
+        // Whenever a record is stored, a label with records reaches `top` (if the incoming
+        // label reaches it with none stored, `top` is 1): `None` means nothing is stored.
         match victim {
             Some(i) => self.delete_at(i),
             None => Err(Error::NoSpace),
@@ -150,9 +144,7 @@ impl<F: Flash, R: Slots<RecordRef>, L: Slots<LabelRef>> Ring<F, R, L> {
                     Step::Record(h, size, _) => {
                         let off = base + pos;
                         pos += size;
-                        if !marker_set(h.commit) || marker_set(h.deleted) {
-                            continue;
-                        }
+                        // Uncommitted and deleted records are in no table.
                         let Some(i) = self.live_slot(off, &h) else {
                             continue;
                         };

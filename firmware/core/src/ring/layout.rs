@@ -498,7 +498,8 @@ mod tests {
         assert_eq!(max_record, 40);
         let least = SEGMENT_HEADER_LEN + 2 * max_record;
         assert!(Geometry::for_capacity(500, least, 16).is_ok());
-        for seg in [least - ALIGN, least + 2, 0] {
+        // (A segment smaller than the header and one record leaves no room at all.)
+        for seg in [least - ALIGN, least + 2, max_record, 0] {
             assert_eq!(
                 Geometry::for_capacity(500, seg, 16),
                 Err(Error::BadGeometry),
@@ -564,6 +565,7 @@ mod tests {
             Geometry {
                 segment_size: 96,
                 max_record: 40,
+                capacity: 1,
                 ..good
             },
             Geometry {
@@ -678,5 +680,65 @@ mod tests {
             h[2..].copy_from_slice(&f);
             assert_eq!(decode_record_header(&h), HeaderRead::Invalid, "byte {at}");
         }
+    }
+
+    /// Each way a segment header reads: the magic intact, one bit off, cleared wholly or in
+    /// part, or foreign; the fields as written or one bit off.
+    #[test]
+    fn segment_headers_are_classified_by_magic_and_fields() {
+        use SegmentRead::*;
+        let h = SegmentHeader {
+            seq: 7,
+            erase_count: 2,
+            source: NO_SOURCE,
+        };
+        let good = encode_segment_header(&h);
+        let with = |f: &dyn Fn(&mut [u8; 20])| {
+            let mut b = good;
+            f(&mut b);
+            classify_segment_header(&b)
+        };
+        let active = |corrected| Active {
+            header: h,
+            corrected,
+        };
+        assert_eq!(with(&|_| {}), active(false));
+        assert_eq!(with(&|b| b[5] ^= 0x10), active(true));
+        // One bit of the magic, cleared ('A' = 0x41) or set.
+        assert_eq!(with(&|b| b[0] ^= 0x01), active(true));
+        assert_eq!(with(&|b| b[1] ^= 0x80), active(true));
+        // Retired (the magic zeroed), with or without one flipped bit in the fields.
+        assert_eq!(with(&|b| b[0..4].fill(0)), Retired(h));
+        assert_eq!(with(&|b| b[1] = 0), Retired(h));
+        assert_eq!(
+            with(&|b| {
+                b[0..4].fill(0);
+                b[9] ^= 0x04;
+            }),
+            Retired(h)
+        );
+        // A bit the magic lacks set in a cleared magic: fields as written are still read,
+        // a second fault is not corrected.
+        assert_eq!(
+            with(&|b| b[0..4].copy_from_slice(&[0x80, 0, 0, 0])),
+            Retired(h)
+        );
+        assert_eq!(
+            with(&|b| {
+                b[0..4].copy_from_slice(&[0x80, 0, 0, 0]);
+                b[9] ^= 0x04;
+            }),
+            Unreadable
+        );
+        // A foreign magic (every bit inverted) and two bad field bits are not a header.
+        let foreign = [
+            !SEGMENT_MAGIC[0],
+            !SEGMENT_MAGIC[1],
+            !SEGMENT_MAGIC[2],
+            !SEGMENT_MAGIC[3],
+        ];
+        assert_eq!(with(&|b| b[0..4].copy_from_slice(&foreign)), Unreadable);
+        assert_eq!(with(&|b| b[5] ^= 0x11), Unreadable);
+        assert_eq!(with(&|b| b[0] = 0xFF), Erased);
     }
 }

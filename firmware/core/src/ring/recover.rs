@@ -270,7 +270,7 @@ impl<F: Flash, R: Slots<RecordRef>, L: Slots<LabelRef>> Ring<F, R, L> {
     ) -> Result<(), Error> {
         let n = self.geo.segment_count;
         let (start, count) = match zone {
-            Some(_) => ((self.head + 1) % n, self.free),
+            Some(_) => (self.head + 1, self.free),
             None => (0, n),
         };
         let before_oldest = (self.oldest + n - 1) % n;
@@ -412,9 +412,9 @@ impl<F: Flash, R: Slots<RecordRef>, L: Slots<LabelRef>> Ring<F, R, L> {
             }
         }
         if let Some(g) = garbage {
-            if self.judge_run(seg, g, pos, prev, None)? && seg == self.head {
-                // A torn write ends the head: appends go on in the next segment, so the
-                // run stays followed by erased space and keeps reading as torn.
+            if self.judge_run(seg, g, pos, prev, None)? {
+                // A torn write ends its segment: appends to the head go on in the next
+                // one, so the run stays followed by erased space and keeps reading as torn.
                 return Ok(self.geo.segment_size);
             }
         }
@@ -427,10 +427,7 @@ impl<F: Flash, R: Slots<RecordRef>, L: Slots<LabelRef>> Ring<F, R, L> {
         let mut raw = [0u8; RECORD_HEADER_LEN as usize];
         self.flash.read(off, &mut raw)?;
         Ok(match correct_record_header(&raw) {
-            Some((_, fixed)) => raw
-                .iter()
-                .zip(fixed)
-                .any(|(&r, f)| r != f && r == 0 && f & !r != 0),
+            Some((_, fixed)) => raw.iter().zip(fixed).any(|(&r, f)| r != f && r == 0),
             None => false,
         })
     }
