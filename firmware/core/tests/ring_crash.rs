@@ -98,6 +98,14 @@ fn power_cut_at_every_byte() {
         );
         assert_eq!(re.verify(), Ok(0), "cut {k}");
         let got = snapshot(&mut re);
+        // What recovery wrote (an undone compaction, the header copy) opens the same again.
+        let mut again = reopen(re.flash_mut().bytes().to_vec());
+        let report = again.open_report();
+        assert!(
+            !report.is_damaged() && report.corrupt == 0,
+            "cut {k}, opened twice: {report:?}"
+        );
+        assert_eq!(snapshot(&mut again), got, "cut {k}, opened twice");
         let (before, after) = (&states[failed], &states[failed + 1]);
         for (seq, rec) in &got.records {
             let known = before.records.get(seq).or(after.records.get(seq));
@@ -136,6 +144,7 @@ fn power_cut_at_every_byte() {
             )
         });
         let mut re2 = reopen(re.into_flash().into_inner());
+        assert!(!re2.open_report().is_damaged(), "cut {k}");
         let s2 = snapshot(&mut re2);
         assert_eq!(
             s2.records.get(&seq),

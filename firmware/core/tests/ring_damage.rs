@@ -380,7 +380,297 @@ fn salvage_finds_more_damaged_segments_than_it_lists() {
         };
         let report = ring.open_report();
         assert_eq!(report.damaged_segments as usize, damaged, "{report:?}");
+        // Each record is met once: salvage visits a segment of the active zone only there.
+        let mut seen = BTreeMap::new();
+        ring.salvage(|s| {
+            if s.kind == Kind::Data {
+                *seen.entry(s.seq).or_insert(0) += 1;
+            }
+        })
+        .unwrap();
+        assert_eq!(seen.len(), snap.records.len(), "{damaged} damaged");
+        assert!(
+            seen.values().all(|&c| c == 1),
+            "{damaged} damaged: {seen:?}"
+        );
         let back = repaired(&mut ring);
         assert_eq!(back.records, snap.records, "{damaged} damaged: {report:?}");
+    }
+}
+
+/// Records longer than the 64-byte chunks that compaction copies and the scan reads in: a
+/// compaction moves them whole, and an erased stretch longer than a chunk at a record's
+/// start is skipped to the next record without passing it.
+#[test]
+fn records_longer_than_a_chunk_are_moved_and_skipped_whole() {
+    use anytime_core::ring::Geometry;
+    let geo = Geometry::for_capacity(2400, 512, 200).unwrap();
+    let mut ring = create(geo);
+    let labels = [
+        ring.label_id("alpha").unwrap(),
+        ring.label_id("beta").unwrap(),
+    ];
+    let mut written = BTreeMap::new();
+    for i in 0..60 {
+        let data = payload(i, 120 + i % 80);
+        // Alpha's two records stay (the balance evicts beta): compactions move them.
+        let seq = ring.append(labels[usize::from(i >= 2)], 0, &data).unwrap();
+        written.insert(seq, (ring.records().last().unwrap().offset, data));
+    }
+    let records = ring.records().to_vec();
+    let moved = records
+        .iter()
+        .filter(|r| written[&r.seq].0 != r.offset)
+        .count();
+    assert!(moved > 0, "no record was compacted");
+    let mut buf = vec![0u8; 256];
+    for r in &records {
+        let n = ring.read_payload(r, &mut buf).unwrap();
+        assert_eq!(buf[..n], written[&r.seq].1, "record {}", r.seq);
+    }
+    let bytes = ring.into_flash().into_inner();
+
+    // Erase the first 100 bytes of a record that has another after it in its segment.
+    let (hit, next) = records
+        .windows(2)
+        .map(|w| (w[0], w[1]))
+        .find(|(a, b)| geo.segment_of(a.offset) == geo.segment_of(b.offset))
+        .expect("two records in one segment");
+    let mut b = bytes.clone();
+    b[hit.offset as usize..][..100].fill(0xFF);
+    let mut ring = open(b).unwrap().unwrap();
+    assert!(ring.open_report().is_damaged(), "{:?}", ring.open_report());
+    let mut salvaged = BTreeMap::new();
+    ring.salvage(|s| {
+        if s.kind == Kind::Data {
+            salvaged.insert(s.seq, s);
+        }
+    })
+    .unwrap();
+    assert!(
+        salvaged.contains_key(&next.seq),
+        "record {} was passed",
+        next.seq
+    );
+    let want: Vec<u32> = records
+        .iter()
+        .map(|r| r.seq)
+        .filter(|&s| s != hit.seq)
+        .collect();
+    assert_eq!(salvaged.keys().copied().collect::<Vec<_>>(), want);
+    for s in salvaged.values() {
+        let n = ring.read_payload(&s.record(), &mut buf).unwrap();
+        assert_eq!(buf[..n], written[&s.seq].1, "record {}", s.seq);
+    }
+}
+
+/// The oldest segment retired while it still holds live records that no compaction copied
+/// (no active segment names it as its source): damage, not a segment retired in turn.
+#[test]
+fn an_oldest_segment_retired_with_live_records_is_damage() {
+    let geo = small_geometry(600);
+    let mut ring = create(geo);
+    let a = ring.label_id("alpha").unwrap();
+    let b = ring.label_id("beta").unwrap();
+    for i in 0..10 {
+        ring.append(if i < 2 { a } else { b }, 0, &payload(i, 8))
+            .unwrap();
+    }
+    let first = ring.records()[0];
+    assert_eq!(geo.segment_of(first.offset), 0);
+    assert!(ring.segments_opened() < geo.segment_count, "no wrap");
+    let mut bytes = ring.into_flash().into_inner();
+    let at = geo.segment_offset(0) as usize;
+    bytes[at..at + 4].fill(0);
+    let ring = open(bytes).unwrap().unwrap();
+    let report = ring.open_report();
+    assert!(
+        report.is_damaged() && report.damaged_segments == 1,
+        "{report:?}"
+    );
+    assert!(report.unreachable >= 2, "{report:?}");
+}
+
+/// Segments retired out of turn that are newer than every active one (the head, and a
+/// compaction's target whose source is retired): their records are damage.
+#[test]
+fn segments_newer_than_the_head_retired_out_of_turn_are_damage() {
+    use anytime_core::ring::layout::{decode_segment_header, NO_SOURCE, SEGMENT_HEADER_LEN};
+    let geo = small_geometry(600);
+    let mut ring = create(geo);
+    let a = ring.label_id("alpha").unwrap();
+    let b = ring.label_id("beta").unwrap();
+    ring.append(a, 0, &payload(0, 16)).unwrap();
+    let alpha_at = ring.records()[0].offset;
+    let retire = |ring: &mut MemRing, segs: &[u32]| {
+        let mut bytes = ring.flash_mut().bytes().to_vec();
+        for &s in segs {
+            let at = geo.segment_offset(s) as usize;
+            bytes[at..at + 4].fill(0);
+        }
+        open(bytes).unwrap().unwrap().open_report()
+    };
+    // A plain head (opened for appends).
+    ring.append(b, 0, &payload(1, 8)).unwrap();
+    let report = retire(&mut ring, &[0]);
+    assert!(
+        report.is_damaged() && report.damaged_segments == 1,
+        "{report:?}"
+    );
+    // The first compaction moves alpha's record (the balance evicts beta) into a target.
+    let mut i = 2;
+    while ring.records()[0].offset == alpha_at {
+        ring.append(b, 0, &payload(i, 8)).unwrap();
+        i += 1;
+        assert!(i < 200, "no compaction");
+    }
+    let target = geo.segment_of(ring.records()[0].offset);
+    let head = geo.segment_of(ring.records().last().unwrap().offset);
+    let at = geo.segment_offset(target) as usize;
+    let hb = ring.flash_mut().bytes()[at..at + SEGMENT_HEADER_LEN as usize]
+        .try_into()
+        .unwrap();
+    assert_ne!(decode_segment_header(hb).unwrap().source, NO_SOURCE);
+    let mut segs = vec![target, head];
+    segs.dedup();
+    let report = retire(&mut ring, &segs);
+    let what = format!("target {target}, head {head}");
+    assert!(report.is_damaged(), "{what}: {report:?}");
+    assert_eq!(
+        report.damaged_segments as usize,
+        segs.len(),
+        "{what}: {report:?}"
+    );
+}
+
+/// A removed record's header with one flipped bit (a bit cleared, its byte not zero) is
+/// corrected and stays removed: that is not the zeroed run that could hide a live record.
+#[test]
+fn a_flipped_bit_in_a_removed_record_is_no_damage() {
+    let mut ring = create(small_geometry(600));
+    let a = ring.label_id("alpha").unwrap();
+    let seqs: Vec<u32> = (0..8)
+        .map(|i| ring.append(a, 0, &payload(i, 8)).unwrap())
+        .collect();
+    // Sequence 3 (0b11): clearing bit 0 leaves a nonzero byte.
+    let r = *ring.records().iter().find(|r| r.seq == 3).unwrap();
+    ring.remove(3).unwrap();
+    let snap = snapshot(&mut ring);
+    assert_eq!(snap.records.len(), seqs.len() - 1);
+    let mut bytes = ring.into_flash().into_inner();
+    let at = r.offset as usize + 8;
+    assert_eq!(bytes[at], 3);
+    bytes[at] = 2;
+    let mut back = open(bytes).unwrap().unwrap();
+    let report = back.open_report();
+    assert!(!report.is_damaged() && report.corrected == 1, "{report:?}");
+    assert_eq!(snapshot(&mut back), snap);
+}
+
+/// A segment between active ones whose header is unreadable is damage whenever anything
+/// past its header is written, however far in (here its first record's start reads erased).
+#[test]
+fn an_unreadable_segment_header_over_written_bytes_is_damage() {
+    let geo = small_geometry(600);
+    let mut ring = create(geo);
+    let a = ring.label_id("alpha").unwrap();
+    for i in 0..10 {
+        ring.append(a, 0, &payload(i, 8)).unwrap();
+    }
+    assert!(ring.segments_opened() >= 3);
+    let mut bytes = ring.into_flash().into_inner();
+    let at = geo.segment_offset(1) as usize;
+    // Two bits of its sequence: beyond the one-bit correction.
+    bytes[at + 4] ^= 0x03;
+    bytes[at + 20..at + 56].fill(0xFF);
+    let back = open(bytes).unwrap().unwrap();
+    let report = back.open_report();
+    assert!(
+        report.is_damaged() && report.damaged_segments == 1,
+        "{report:?}"
+    );
+}
+
+/// Older versions sealed a torn write with zeros and appended after it: a run of zeros no
+/// longer than a record, between records of consecutive sequence numbers, is that seal and
+/// no damage. A longer run, or one not wholly zero, may have hidden a record: damage.
+#[test]
+fn an_old_seal_of_zeros_between_consecutive_records_is_no_damage() {
+    use anytime_core::ring::Geometry;
+    let geo = Geometry::for_capacity(1000, 512, 16).unwrap();
+    let mut ring = create(geo);
+    let a = ring.label_id("alpha").unwrap();
+    ring.append(a, 0, &payload(0, 4)).unwrap();
+    ring.append(a, 0, &payload(1, 4)).unwrap();
+    let snap = snapshot(&mut ring);
+    let (first, second) = (ring.records()[0], ring.records()[1]);
+    assert_eq!(second.seq, first.seq + 1);
+    let bytes = ring.into_flash().into_inner();
+    let with_run = |run: &[u8]| {
+        let (at, size) = (second.offset as usize, second.size() as usize);
+        let mut b = bytes.clone();
+        let record = b[at..at + size].to_vec();
+        b[at..at + run.len()].copy_from_slice(run);
+        b[at + run.len()..at + run.len() + size].copy_from_slice(&record);
+        let mut ring = open(b).unwrap().unwrap();
+        let report = ring.open_report();
+        (report, snapshot(&mut ring))
+    };
+    let max = geo.max_record as usize;
+    let (report, got) = with_run(&vec![0; max]);
+    assert!(!report.has_findings(), "{report:?}");
+    assert_eq!(got, snap);
+    let mut not_zero = vec![0; max];
+    not_zero[8..].fill(0x55);
+    for (what, run) in [("longer", vec![0; max + 4]), ("not zero", not_zero)] {
+        let (report, got) = with_run(&run);
+        assert!(
+            report.is_damaged() && report.corrupt == 1,
+            "{what}: {report:?}"
+        );
+        assert_eq!(got, snap, "{what}");
+    }
+}
+
+/// A committed record with valid CRCs, built byte by byte (what a store of another build, or
+/// a forger, could hold).
+fn forged(kind: Kind, label: u16, seq: u32, body: &[u8]) -> Vec<u8> {
+    let mut r = vec![0x00, 0xFF];
+    r.extend(encode_record_fields(kind, 0, label, seq, body.len() as u32));
+    let mut crc_in = r[2..16].to_vec();
+    crc_in.extend(body);
+    r.extend(body);
+    r.extend(anytime_core::crc32::crc32(&crc_in).to_le_bytes());
+    r.resize(record_size(body.len() as u32) as usize, 0xFF);
+    r
+}
+
+/// Label records that no build writes (an empty name, one longer than the limit, the
+/// state's label id) are counted corrupt and leave the label table as it was.
+#[test]
+fn impossible_label_records_are_corrupt() {
+    use anytime_core::ring::layout::STATE_LABEL;
+    use anytime_core::ring::{Geometry, MAX_LABEL_NAME};
+    let geo = Geometry::for_capacity(2000, 1024, 300).unwrap();
+    let mut ring = create(geo);
+    let a = ring.label_id("alpha").unwrap();
+    ring.append(a, 0, &payload(0, 4)).unwrap();
+    let snap = snapshot(&mut ring);
+    let next = ring.records()[0].seq + 1;
+    let end = (ring.records()[0].offset + ring.records()[0].size()) as usize;
+    let bytes = ring.into_flash().into_inner();
+    let long = vec![b'n'; MAX_LABEL_NAME + 1];
+    for (what, label, name) in [
+        ("an empty name", 1, &b""[..]),
+        ("a name over the limit", 1, &long[..]),
+        ("the state's label id", STATE_LABEL, &b"x"[..]),
+    ] {
+        let mut b = bytes.clone();
+        let r = forged(Kind::Label, label, next, name);
+        b[end..end + r.len()].copy_from_slice(&r);
+        let mut back = open(b).unwrap().unwrap();
+        let report = back.open_report();
+        assert_eq!(report.corrupt, 1, "{what}: {report:?}");
+        assert_eq!(snapshot(&mut back), snap, "{what}");
     }
 }

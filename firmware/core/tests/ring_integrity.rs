@@ -6,7 +6,7 @@ mod common;
 use anytime_core::crc32::crc32;
 use anytime_core::mem_flash::MemFlash;
 use anytime_core::ring::layout::{FORMAT_VERSION, SEGMENT_HEADER_LEN, STORE_HEADER_LEN};
-use anytime_core::ring::Ring;
+use anytime_core::ring::{Ring, MAX_LABEL_NAME};
 use anytime_core::rng::SplitMix64;
 use anytime_core::Error;
 use common::*;
@@ -349,6 +349,18 @@ fn verify_counts_records_that_went_bad_after_opening() {
     assert_eq!(ring.verify(), Ok(1));
     ring.flash_mut().bytes_mut()[l.offset as usize + 21] ^= 0x80;
     assert_eq!(ring.verify(), Ok(2));
+    // The state record (the newest of its copies).
+    let mut state = None;
+    ring.salvage(|s| {
+        if s.kind == anytime_core::ring::layout::Kind::State && state.is_none_or(|(q, _)| s.seq > q)
+        {
+            state = Some((s.seq, s.offset));
+        }
+    })
+    .unwrap();
+    let (_, at) = state.expect("a state record");
+    ring.flash_mut().bytes_mut()[at as usize + 20] ^= 0x01;
+    assert_eq!(ring.verify(), Ok(3));
     let mut buf = [0u8; 64];
     assert_eq!(
         ring.read_payload(&r, &mut buf),
@@ -504,8 +516,15 @@ fn restore_checks_its_input_and_counts_live_bytes() {
         ring.restore(Kind::Data, 0, 1, 9, b"late"),
         Err(Error::OutOfOrder { seq: 9, next: 10 })
     );
+    let longest = [b'n'; MAX_LABEL_NAME];
+    ring.restore(Kind::Label, 0, 2, 10, &longest).unwrap();
+    let live = live + size(MAX_LABEL_NAME);
     let mut back = reopen(ring.into_flash().into_inner());
     assert_eq!(back.live_bytes(), live);
+    assert_eq!(
+        back.find_label(core::str::from_utf8(&longest).unwrap()),
+        Ok(Some(2))
+    );
     assert_eq!(back.find_label("a much longer new name"), Ok(Some(1)));
     assert!(!back.labels()[0].has_name(), "label 0 was never named");
     let r = back.records()[0];
@@ -513,4 +532,105 @@ fn restore_checks_its_input_and_counts_live_bytes() {
     let mut buf = [0u8; 16];
     assert_eq!(back.read_state(&mut buf), Ok(Some(2)));
     assert_eq!(&buf[..2], b"s2");
+}
+
+/// A store cut after its header and before its first segment (`create` writes both) opens
+/// empty and starts at segment 0, as `create` does: the same operations then write the
+/// same bytes.
+#[test]
+fn a_store_cut_before_its_first_segment_starts_where_create_does() {
+    let geo = small_geometry(600);
+    let work = |ring: &mut MemRing| {
+        let a = ring.label_id("alpha").unwrap();
+        for i in 0..3 {
+            ring.append(a, 0, &payload(i, 4)).unwrap();
+        }
+    };
+    let mut fresh = create(geo);
+    let mut cut = fresh.flash_mut().bytes().to_vec();
+    work(&mut fresh);
+    let at = geo.segment_offset(0) as usize;
+    cut[at..at + geo.segment_size as usize].fill(0xFF);
+    let mut ring = reopen(cut);
+    assert_eq!(ring.open_report().active_segments, 0);
+    assert!(!ring.open_report().is_damaged());
+    work(&mut ring);
+    assert_eq!(geo.segment_of(ring.records()[0].offset), 0);
+    assert!(ring.flash_mut().bytes() == fresh.flash_mut().bytes());
+}
+
+/// Two copies of the state record (a compaction cut short) of which the older one went
+/// bad: the intact copy is that same state, so nothing is lost and nothing is reported.
+#[test]
+fn a_bad_older_copy_of_the_state_is_no_damage() {
+    use anytime_core::ring::layout::{record_size, Kind, RECORD_HEADER_LEN};
+    let mut ring = create(small_geometry(600));
+    let a = ring.label_id("alpha").unwrap();
+    ring.set_state(&payload(99, 6)).unwrap();
+    for i in 0..6 {
+        ring.append(a, 0, &payload(i, 4)).unwrap();
+    }
+    let snap = snapshot(&mut ring);
+    let geo = *ring.geometry();
+    let last = *ring.records().last().unwrap();
+    let at = (last.offset + last.size()) as usize;
+    let mut state = None;
+    ring.salvage(|s| {
+        if s.kind == Kind::State {
+            state = Some(s);
+        }
+    })
+    .unwrap();
+    let s = state.expect("a state record");
+    let size = record_size(s.len) as usize;
+    let head = geo.segment_of(last.offset);
+    assert_ne!(geo.segment_of(s.offset), head);
+    assert!(at + size <= geo.segment_offset(head + 1) as usize);
+    let mut bytes = ring.into_flash().into_inner();
+    let record = bytes[s.offset as usize..][..size].to_vec();
+    bytes[at..at + size].copy_from_slice(&record);
+    bytes[s.offset as usize + RECORD_HEADER_LEN as usize] ^= 0x01;
+    let mut back = reopen(bytes);
+    let report = back.open_report();
+    assert!(!report.is_damaged() && report.corrupt == 0, "{report:?}");
+    assert_eq!(snapshot(&mut back), snap);
+}
+
+/// `restore` of a data record makes room as `append` does: into a full store it evicts by
+/// the same balance (counting the incoming label), and into a full index the same record.
+#[test]
+fn restore_evicts_as_append_does() {
+    use anytime_core::ring::layout::Kind;
+    use anytime_core::ring::{LabelRef, RecordRef};
+    fn run<R: anytime_core::ring::Slots<RecordRef>>(
+        index: R,
+        restore_last: bool,
+    ) -> Vec<(u32, u16)> {
+        let geo = small_geometry(600);
+        let flash = MemFlash::new(vec![0u8; geo.region_len() as usize], 64);
+        let mut ring: Ring<_, R, heapless::Vec<LabelRef, 16>> =
+            Ring::create(flash, geo, index, Labels::new()).unwrap();
+        let a = ring.label_id("alpha").unwrap();
+        let b = ring.label_id("beta").unwrap();
+        for i in 0..40 {
+            // Beta first in each pair: the oldest record is beta's, so a balance that
+            // forgot the incoming alpha would evict it instead of alpha's oldest.
+            ring.append(if i % 2 == 0 { b } else { a }, 0, &payload(i, 12))
+                .unwrap();
+        }
+        if restore_last {
+            let seq = ring.records().last().unwrap().seq + 1;
+            ring.restore(Kind::Data, 0, a, seq, &payload(99, 12))
+                .unwrap();
+        } else {
+            ring.append(a, 0, &payload(99, 12)).unwrap();
+        }
+        ring.records().iter().map(|r| (r.seq, r.label)).collect()
+    }
+    // By capacity (a large index), and by a full index of 6 entries.
+    let by_bytes = run(heapless::Vec::<RecordRef, 512>::new(), true);
+    assert_eq!(by_bytes, run(heapless::Vec::<RecordRef, 512>::new(), false));
+    let by_index = run(heapless::Vec::<RecordRef, 6>::new(), true);
+    assert_eq!(by_index.len(), 6);
+    assert_eq!(by_index, run(heapless::Vec::<RecordRef, 6>::new(), false));
 }
