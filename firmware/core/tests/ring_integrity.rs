@@ -417,7 +417,8 @@ fn label_limits_are_checked_before_any_write() {
 /// Two copies of one record (what a compaction leaves when power goes after the copy and
 /// before the source is retired, if recovery did not undo it): the copy in the newer
 /// segment is kept, the older one is marked deleted, and the duplicate is counted. Tried
-/// before and after the ring wraps (the newer segment then has the lower index).
+/// for every record outside the head, before and after the ring wraps (the newer segment
+/// then has the lower index), the older copy early or late in its segment.
 #[test]
 fn of_two_copies_of_a_record_the_newer_is_kept() {
     let mut wrapped = false;
@@ -430,38 +431,86 @@ fn of_two_copies_of_a_record_the_newer_is_kept() {
         }
         let snap = snapshot(&mut ring);
         let geo = *ring.geometry();
-        let (first, last) = (ring.records()[0], *ring.records().last().unwrap());
-        let (src, head) = (geo.segment_of(first.offset), geo.segment_of(last.offset));
-        let size = first.size() as usize;
+        let last = *ring.records().last().unwrap();
+        let head = geo.segment_of(last.offset);
         let at = (last.offset + last.size()) as usize;
-        if src == head || at + size > geo.segment_offset(head + 1) as usize {
-            continue;
+        let records = ring.records().to_vec();
+        let bytes = ring.into_flash().into_inner();
+        for first in records {
+            let src = geo.segment_of(first.offset);
+            let size = first.size() as usize;
+            if src == head || at + size > geo.segment_offset(head + 1) as usize {
+                continue;
+            }
+            tried += 1;
+            wrapped |= head < src;
+            let mut bytes = bytes.clone();
+            let record = bytes[first.offset as usize..][..size].to_vec();
+            bytes[at..at + size].copy_from_slice(&record);
+            let what = format!(
+                "{appends} appends, record {} of segment {src} copied into {head}",
+                first.seq
+            );
+            let mut back = reopen(bytes);
+            assert_eq!(back.open_report().duplicates, 1, "{what}");
+            assert!(!back.open_report().is_damaged(), "{what}");
+            assert_eq!(snapshot(&mut back), snap, "{what}");
+            let kept = back.records().iter().find(|r| r.seq == first.seq).unwrap();
+            assert_eq!(kept.offset as usize, at, "{what}: the newer copy is kept");
+            let b = back.flash_mut().bytes();
+            assert_eq!(
+                b[first.offset as usize + 1],
+                0x00,
+                "{what}: the older copy is deleted"
+            );
+            assert_eq!(b[at + 1], 0xFF, "{what}");
+            // Reopened, it reads the same, with no duplicate left.
+            let mut again = reopen(back.into_flash().into_inner());
+            assert_eq!(again.open_report().duplicates, 0, "{what}");
+            assert_eq!(snapshot(&mut again), snap, "{what}");
         }
-        tried += 1;
-        wrapped |= head < src;
-        let mut bytes = ring.into_flash().into_inner();
-        let record = bytes[first.offset as usize..][..size].to_vec();
-        bytes[at..at + size].copy_from_slice(&record);
-        let what = format!("{appends} appends, segment {src} copied into {head}");
-        let mut back = reopen(bytes);
-        assert_eq!(back.open_report().duplicates, 1, "{what}");
-        assert!(!back.open_report().is_damaged(), "{what}");
-        assert_eq!(snapshot(&mut back), snap, "{what}");
-        let kept = back.records().iter().find(|r| r.seq == first.seq).unwrap();
-        assert_eq!(kept.offset as usize, at, "{what}: the newer copy is kept");
-        let b = back.flash_mut().bytes();
-        assert_eq!(
-            b[first.offset as usize + 1],
-            0x00,
-            "{what}: the older copy is deleted"
-        );
-        assert_eq!(b[at + 1], 0xFF, "{what}");
-        // Reopened, it reads the same, with no duplicate left.
-        let mut again = reopen(back.into_flash().into_inner());
-        assert_eq!(again.open_report().duplicates, 0, "{what}");
-        assert_eq!(snapshot(&mut again), snap, "{what}");
     }
-    assert!(tried >= 5 && wrapped, "{tried} cases, wrapped: {wrapped}");
+    assert!(tried >= 50 && wrapped, "{tried} cases, wrapped: {wrapped}");
+}
+
+/// Of two intact copies of the state record, the one in the newer segment is the live one
+/// (as for data records): a fault in it after opening is what reading the state finds.
+#[test]
+fn of_two_copies_of_the_state_the_newer_is_live() {
+    use anytime_core::ring::layout::{record_size, Kind, RECORD_HEADER_LEN};
+    let mut ring = create(small_geometry(600));
+    let a = ring.label_id("alpha").unwrap();
+    ring.set_state(&payload(99, 6)).unwrap();
+    for i in 0..6 {
+        ring.append(a, 0, &payload(i, 4)).unwrap();
+    }
+    let last = *ring.records().last().unwrap();
+    let at = last.offset + last.size();
+    let mut state = None;
+    ring.salvage(|s| {
+        if s.kind == Kind::State {
+            state = Some(s);
+        }
+    })
+    .unwrap();
+    let s = state.expect("a state record");
+    let size = record_size(s.len) as usize;
+    let mut bytes = ring.into_flash().into_inner();
+    let record = bytes[s.offset as usize..][..size].to_vec();
+    bytes[at as usize..at as usize + size].copy_from_slice(&record);
+    let mut back = reopen(bytes);
+    assert!(
+        !back.open_report().has_findings(),
+        "{:?}",
+        back.open_report()
+    );
+    let mut buf = [0u8; 16];
+    assert_eq!(back.read_state(&mut buf), Ok(Some(6)));
+    back.flash_mut().bytes_mut()[(at + RECORD_HEADER_LEN) as usize] ^= 0x01;
+    assert_eq!(
+        back.read_state(&mut buf),
+        Err(Error::CorruptRecord { offset: at })
+    );
 }
 
 /// `restore` (what a repair writes salvaged records with) checks what it is given before it

@@ -521,7 +521,7 @@ impl<F: Flash, R: Slots<RecordRef>, L: Slots<LabelRef>> Ring<F, R, L> {
                 };
             }
             Kind::State => {
-                if self.state.is_none_or(|s| h.seq > s.seq) {
+                if self.state.is_none_or(|s| h.seq >= s.seq) {
                     self.state = Some(RecordRef {
                         offset: off,
                         seq: h.seq,
