@@ -674,3 +674,20 @@ fn impossible_label_records_are_corrupt() {
         assert_eq!(snapshot(&mut back), snap, "{what}");
     }
 }
+
+/// The header copy is found on flash whose erase unit is smaller than two headers (the
+/// header block sizes tried then start below a header's length).
+#[test]
+fn the_header_copy_is_found_with_a_small_erase_unit() {
+    let geo = small_geometry(600);
+    let flash = MemFlash::new(vec![0u8; geo.region_len() as usize], 16);
+    let mut ring = Ring::create(flash, geo, Index::new(), Labels::new()).unwrap();
+    let a = ring.label_id("alpha").unwrap();
+    ring.append(a, 0, &payload(0, 8)).unwrap();
+    let snap = snapshot(&mut ring);
+    let mut bytes = ring.into_flash().into_inner();
+    bytes[..STORE_HEADER_LEN].fill(0);
+    let mut ring = Ring::open(MemFlash::new(bytes, 16), Index::new(), Labels::new()).unwrap();
+    assert!(ring.open_report().header_from_copy);
+    assert_eq!(snapshot(&mut ring), snap);
+}
