@@ -586,3 +586,40 @@ fn training_settings_that_can_diverge_are_refused() {
         assert!(!at.exists(), "{what}: nothing is created");
     }
 }
+
+/// The tuned model's embeddings (what the simulator's tuned baseline reads): a unit row per
+/// image; the original model's until the first step; after it, the embeddings whose label
+/// softmax is what `TunedOnly` predicts.
+#[test]
+fn tuned_embeddings_are_the_tuned_models() {
+    use anytime_runtime::predict::{zero_shot_probs, LOGIT_SCALE};
+    let dir = tempfile::tempdir().unwrap();
+    let mut learner = Learner::open("tiny-clip", dir.path(), config()).unwrap();
+    let square = tiny_tokens("red_square.png");
+    let tokens = [square.clone(), tiny_tokens("green_circle.png")].concat();
+    let original = Predictor::load("tiny-clip")
+        .unwrap()
+        .embed(&tokens)
+        .unwrap();
+    let before = learner.tuned_embeddings(&tokens).unwrap();
+    anytime_testkit::assert_close("before a step", &before, &original, 1e-5, 1e-5);
+    for _ in 0..5 {
+        learner.learn_tokens(&square, "alpha").unwrap();
+    }
+    let after = learner.tuned_embeddings(&tokens).unwrap();
+    assert_eq!(after.len(), original.len());
+    let e = after.len() / 2;
+    for row in after.chunks(e) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!(close(norm, 1.0, 1e-4, 0.0), "{norm}");
+    }
+    assert!(anytime_testkit::max_abs_diff(&after, &original) > 1e-4);
+    let set = learner.label_set(&["alpha", "beta"]).unwrap();
+    let tuned = learner
+        .predict_tokens(&tokens, &set, Mixing::TunedOnly)
+        .unwrap();
+    for (row, p) in after.chunks(e).zip(&tuned) {
+        let want = zero_shot_probs(row, &set.text, LOGIT_SCALE);
+        anytime_testkit::assert_close("TunedOnly", &p.probs, &want, 1e-5, 1e-4);
+    }
+}
