@@ -597,7 +597,9 @@ fn an_unreadable_segment_header_over_written_bytes_is_damage() {
 #[test]
 fn an_old_seal_of_zeros_between_consecutive_records_is_no_damage() {
     use anytime_core::ring::Geometry;
-    let geo = Geometry::for_capacity(1000, 512, 16).unwrap();
+    // Records up to 124 bytes: a seal longer than the 64-byte chunks zeros are read in.
+    let geo = Geometry::for_capacity(1000, 512, 100).unwrap();
+    assert!(geo.max_record > 64);
     let mut ring = create(geo);
     let a = ring.label_id("alpha").unwrap();
     ring.append(a, 0, &payload(0, 4)).unwrap();

@@ -651,7 +651,7 @@ fn a_bad_older_copy_of_the_state_is_no_damage() {
 fn restore_evicts_as_append_does() {
     use anytime_core::ring::layout::Kind;
     use anytime_core::ring::{LabelRef, RecordRef};
-    fn run<R: anytime_core::ring::Slots<RecordRef>>(
+    fn run<R: anytime_core::ring::Slots<RecordRef> + Default>(
         index: R,
         restore_last: bool,
     ) -> Vec<(u32, u16)> {
@@ -662,17 +662,24 @@ fn restore_evicts_as_append_does() {
         let a = ring.label_id("alpha").unwrap();
         let b = ring.label_id("beta").unwrap();
         for i in 0..40 {
-            // Beta first in each pair: the oldest record is beta's, so a balance that
-            // forgot the incoming alpha would evict it instead of alpha's oldest.
             ring.append(if i % 2 == 0 { b } else { a }, 0, &payload(i, 12))
                 .unwrap();
         }
+        // Equal counts, the oldest record beta's: a balance that forgot the incoming alpha
+        // would evict that one instead of alpha's oldest.
+        let oldest_alpha = ring.records().iter().find(|r| r.label == a).unwrap().seq;
+        ring.remove(oldest_alpha).unwrap();
+        let count = |l| ring.records().iter().filter(|r| r.label == l).count();
+        if R::default().max_len() > 64 {
+            assert_eq!(count(a), count(b));
+            assert_eq!(ring.records()[0].label, b);
+        }
+        let data = payload(99, 16);
         if restore_last {
             let seq = ring.records().last().unwrap().seq + 1;
-            ring.restore(Kind::Data, 0, a, seq, &payload(99, 12))
-                .unwrap();
+            ring.restore(Kind::Data, 0, a, seq, &data).unwrap();
         } else {
-            ring.append(a, 0, &payload(99, 12)).unwrap();
+            ring.append(a, 0, &data).unwrap();
         }
         ring.records().iter().map(|r| (r.seq, r.label)).collect()
     }
