@@ -115,9 +115,22 @@ fn ocw_uses_the_tuned_model_for_learned_labels_and_the_original_for_the_rest() {
         "{t:?}"
     );
     assert!(learner.typicality("gamma").unwrap().is_none());
-    // The learned label answers with a none score; a never-learned best label without.
+    // The learned label answers with a none score: with fewer than 50 arrivals, the raw
+    // one, how far the original model's cosine to the label's text falls below its mean.
+    // A never-learned best label answers without.
     let score = mixed.none_score.expect("a learned best label has a score");
-    assert!(score.is_finite(), "{score}");
+    let z_o = Predictor::load("tiny-clip")
+        .unwrap()
+        .embed(&tokens)
+        .unwrap();
+    let e = z_o.len();
+    let cos: f32 = z_o.iter().zip(&query.text[..e]).map(|(a, b)| a * b).sum();
+    let raw = (t.mean - cos) / t.var.max(1e-8).sqrt();
+    assert!(close(score, raw, 1e-4, 1e-4), "{score} vs {raw}");
+    assert_eq!(
+        (mixed.model, tuned.model, original.model),
+        ("mixed", "tuned", "original")
+    );
     let unlearned = learner.label_set(&["gamma", "delta"]).unwrap();
     let p = &learner
         .predict_tokens(&tokens, &unlearned, Mixing::Ocw)
@@ -179,14 +192,19 @@ fn hard_mixing_picks_one_model_per_label() {
         mut learner,
         tokens,
         taught,
-        ..
+        other,
     } = taught_setup();
     for _ in 0..30 {
         learner.learn_tokens(&tokens, &taught).unwrap();
     }
     let (c_t, c_o, _) = learner.ocw(&taught).unwrap().unwrap();
     assert!(c_t > c_o, "{c_t} vs {c_o}");
-    let query = learner.label_set(&[taught.as_str(), "gamma"]).unwrap();
+    // `other` was learned once, alone: both models right, a tie, which keeps the original.
+    let (c_t, c_o, _) = learner.ocw(&other).unwrap().unwrap();
+    assert_eq!(c_t, c_o);
+    let query = learner
+        .label_set(&[taught.as_str(), "gamma", other.as_str()])
+        .unwrap();
     let hard = &learner
         .predict_tokens(&tokens, &query, Mixing::OcwHard)
         .unwrap()[0];
@@ -201,6 +219,8 @@ fn hard_mixing_picks_one_model_per_label() {
         hard.probs[1], original.probs[1],
         "α = 0 for a label never learned"
     );
+    assert_ne!(tuned.probs[2], original.probs[2]);
+    assert_eq!(hard.probs[2], original.probs[2], "α = 0 for a tie");
 }
 
 #[test]
@@ -589,7 +609,7 @@ fn training_settings_that_can_diverge_are_refused() {
 
 /// The tuned model's embeddings (what the simulator's tuned baseline reads): a unit row per
 /// image; the original model's until the first step; after it, the embeddings whose label
-/// softmax is what `TunedOnly` predicts.
+/// softmax is what `TunedOnly` predicts. Pictures predict as their tokens do.
 #[test]
 fn tuned_embeddings_are_the_tuned_models() {
     use anytime_runtime::predict::{zero_shot_probs, LOGIT_SCALE};
@@ -601,6 +621,13 @@ fn tuned_embeddings_are_the_tuned_models() {
         .unwrap()
         .embed(&tokens)
         .unwrap();
+    for bad in [&[][..], &square[1..], &tokens[..square.len() + 1]] {
+        assert!(
+            matches!(learner.tuned_embeddings(bad), Err(LearnError::Predict(_))),
+            "{} values",
+            bad.len()
+        );
+    }
     let before = learner.tuned_embeddings(&tokens).unwrap();
     anytime_testkit::assert_close("before a step", &before, &original, 1e-5, 1e-5);
     for _ in 0..5 {
@@ -622,4 +649,10 @@ fn tuned_embeddings_are_the_tuned_models() {
         let want = zero_shot_probs(row, &set.text, LOGIT_SCALE);
         anytime_testkit::assert_close("TunedOnly", &p.probs, &want, 1e-5, 1e-4);
     }
+    // Pictures go through the same encoder to the same answer as their tokens.
+    let image = load_image(&bundled_models_dir().join("tiny-clip/images/red_square.png")).unwrap();
+    let from_image = learner.predict_images(&[image], &set, Mixing::Ocw).unwrap();
+    let from_tokens = learner.predict_tokens(&square, &set, Mixing::Ocw).unwrap();
+    assert_eq!(from_image.len(), 1);
+    assert_eq!(from_image[0].ranked, from_tokens[0].ranked);
 }
