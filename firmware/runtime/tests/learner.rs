@@ -127,6 +127,13 @@ fn ocw_uses_the_tuned_model_for_learned_labels_and_the_original_for_the_rest() {
     let cos: f32 = z_o.iter().zip(&query.text[..e]).map(|(a, b)| a * b).sum();
     let raw = (t.mean - cos) / t.var.max(1e-8).sqrt();
     assert!(close(score, raw, 1e-4, 1e-4), "{score} vs {raw}");
+    // The same score with the label in another place of the query.
+    let swapped = learner.label_set(&["gamma", taught.as_str()]).unwrap();
+    let p = &learner
+        .predict_tokens(&tokens, &swapped, Mixing::Ocw)
+        .unwrap()[0];
+    assert_eq!(p.ranked[0].0, taught);
+    assert!(close(p.none_score.unwrap(), raw, 1e-4, 1e-4), "{p:?}");
     assert_eq!(
         (mixed.model, tuned.model, original.model),
         ("mixed", "tuned", "original")
