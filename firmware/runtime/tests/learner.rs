@@ -125,6 +125,11 @@ fn ocw_uses_the_tuned_model_for_learned_labels_and_the_original_for_the_rest() {
         .unwrap();
     let e = z_o.len();
     let cos: f32 = z_o.iter().zip(&query.text[..e]).map(|(a, b)| a * b).sum();
+    // One picture 40 times: the label's statistics are that one cosine.
+    assert!(
+        close(t.mean, cos, 1e-5, 1e-5) && t.var < 1e-6,
+        "{t:?} vs {cos}"
+    );
     let raw = (t.mean - cos) / t.var.max(1e-8).sqrt();
     assert!(close(score, raw, 1e-4, 1e-4), "{score} vs {raw}");
     // The same score with the label in another place of the query.
