@@ -197,6 +197,30 @@ mod tests {
         assert!(old.typical.0.is_empty());
     }
 
+    /// The largest blob fits `STATE_MAX_LEN` (what the store's record bound is sized by), and
+    /// the bound is the blob of a full state up to the slack of its varints (a count of 1
+    /// takes 1 of its 5 bytes; the entry count, 2 of 5).
+    #[test]
+    fn a_full_state_fits_its_bound_tightly() {
+        let mut s = LearnerState::new();
+        (s.learned, s.checkpoint_step, s.learner) = (u64::MAX, u64::MAX, Some(u64::MAX));
+        for i in 0..OCW_CAPACITY as u16 {
+            // Ids of three varint bytes, as large as they come.
+            let id = u16::MAX - i;
+            s.ocw.observe(id, true, false).unwrap();
+            s.typical.observe(id, 0.5);
+        }
+        s.typical.1.observe(1.0);
+        let len = s.encode(usize::MAX).len();
+        assert!(len <= STATE_MAX_LEN, "{len} > {STATE_MAX_LEN}");
+        let slack = 4 * OCW_CAPACITY + 3;
+        assert!(
+            STATE_MAX_LEN - len <= slack,
+            "{STATE_MAX_LEN} - {len} > {slack}"
+        );
+        assert_eq!(LearnerState::decode(&s.encode(usize::MAX)).unwrap(), s);
+    }
+
     /// Golden blobs of versions 1 to 4 (`tests/data/learner_state_v{1,2,3,4}.bin`, written
     /// by this test under `ANYTIME_EDGE_WRITE_GOLDEN=1` only where absent) decode to the
     /// state they were written from, and version 4 is what this build writes: a format
