@@ -195,6 +195,12 @@ mod tests {
         let old = LearnerState::decode(&v1).unwrap();
         assert_eq!(old.ocw, s.ocw);
         assert!(old.typical.0.is_empty());
+        // every cut of a blob is refused, none read past its end
+        for (v, blob) in [(1, &v1), (4, &bytes)] {
+            for n in 0..blob.len().min(40) {
+                assert!(LearnerState::decode(&blob[..n]).is_err(), "v{v}, {n} bytes");
+            }
+        }
     }
 
     /// The largest blob fits `STATE_MAX_LEN` (what the store's record bound is sized by), and
