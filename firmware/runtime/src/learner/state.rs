@@ -204,8 +204,8 @@ mod tests {
     }
 
     /// The largest blob fits `STATE_MAX_LEN` (what the store's record bound is sized by), and
-    /// the bound is the blob of a full state up to the slack of its varints (a count of 1
-    /// takes 1 of its 5 bytes; the entry count, 2 of 5).
+    /// the bound is the blob of a full state but for the slack of its varints, exactly (a
+    /// count of 1 takes 1 of its 5 bytes; the entry count 4096, 2 of 5).
     #[test]
     fn a_full_state_fits_its_bound_tightly() {
         let mut s = LearnerState::new();
@@ -220,10 +220,7 @@ mod tests {
         let len = s.encode(usize::MAX).len();
         assert!(len <= STATE_MAX_LEN, "{len} > {STATE_MAX_LEN}");
         let slack = 4 * OCW_CAPACITY + 3;
-        assert!(
-            STATE_MAX_LEN - len <= slack,
-            "{STATE_MAX_LEN} - {len} > {slack}"
-        );
+        assert_eq!(STATE_MAX_LEN - len, slack, "{STATE_MAX_LEN} - {len}");
         assert_eq!(LearnerState::decode(&s.encode(usize::MAX)).unwrap(), s);
     }
 
