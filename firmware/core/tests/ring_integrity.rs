@@ -473,17 +473,19 @@ fn of_two_copies_of_a_record_the_newer_is_kept() {
     assert!(tried >= 50 && wrapped, "{tried} cases, wrapped: {wrapped}");
 }
 
-/// Of two intact copies of the state record, the one in the newer segment is the live one
-/// (as for data records): a fault in it after opening is what reading the state finds.
-#[test]
-fn of_two_copies_of_the_state_the_newer_is_live() {
-    use anytime_core::ring::layout::{record_size, Kind, RECORD_HEADER_LEN};
+/// A store whose state record has a second copy after the head's last record (what a
+/// compaction cut short leaves, if recovery did not undo it): its bytes, what it holds,
+/// and the offsets of the older and the newer copy.
+fn two_state_copies() -> (Vec<u8>, Snap, u32, u32) {
+    use anytime_core::ring::layout::{record_size, Kind};
     let mut ring = create(small_geometry(600));
     let a = ring.label_id("alpha").unwrap();
     ring.set_state(&payload(99, 6)).unwrap();
     for i in 0..6 {
         ring.append(a, 0, &payload(i, 4)).unwrap();
     }
+    let snap = snapshot(&mut ring);
+    let geo = *ring.geometry();
     let last = *ring.records().last().unwrap();
     let at = last.offset + last.size();
     let mut state = None;
@@ -494,10 +496,35 @@ fn of_two_copies_of_the_state_the_newer_is_live() {
     })
     .unwrap();
     let s = state.expect("a state record");
-    let size = record_size(s.len) as usize;
+    let size = record_size(s.len);
+    let head = geo.segment_of(last.offset);
+    assert_ne!(geo.segment_of(s.offset), head);
+    assert!(at + size <= geo.segment_offset(head + 1));
     let mut bytes = ring.into_flash().into_inner();
-    let record = bytes[s.offset as usize..][..size].to_vec();
-    bytes[at as usize..at as usize + size].copy_from_slice(&record);
+    let record = bytes[s.offset as usize..][..size as usize].to_vec();
+    bytes[at as usize..(at + size) as usize].copy_from_slice(&record);
+    (bytes, snap, s.offset, at)
+}
+
+/// Two copies of the state record of which the older one went bad: the intact copy is that
+/// same state, so nothing is lost and nothing is reported.
+#[test]
+fn a_bad_older_copy_of_the_state_is_no_damage() {
+    use anytime_core::ring::layout::RECORD_HEADER_LEN;
+    let (mut bytes, snap, older, _) = two_state_copies();
+    bytes[(older + RECORD_HEADER_LEN) as usize] ^= 0x01;
+    let mut back = reopen(bytes);
+    let report = back.open_report();
+    assert!(!report.is_damaged() && report.corrupt == 0, "{report:?}");
+    assert_eq!(snapshot(&mut back), snap);
+}
+
+/// Of two intact copies of the state record, the one in the newer segment is the live one
+/// (as for data records): a fault in it after opening is what reading the state finds.
+#[test]
+fn of_two_copies_of_the_state_the_newer_is_live() {
+    use anytime_core::ring::layout::RECORD_HEADER_LEN;
+    let (bytes, _, _, newer) = two_state_copies();
     let mut back = reopen(bytes);
     assert!(
         !back.open_report().has_findings(),
@@ -506,10 +533,10 @@ fn of_two_copies_of_the_state_the_newer_is_live() {
     );
     let mut buf = [0u8; 16];
     assert_eq!(back.read_state(&mut buf), Ok(Some(6)));
-    back.flash_mut().bytes_mut()[(at + RECORD_HEADER_LEN) as usize] ^= 0x01;
+    back.flash_mut().bytes_mut()[(newer + RECORD_HEADER_LEN) as usize] ^= 0x01;
     assert_eq!(
         back.read_state(&mut buf),
-        Err(Error::CorruptRecord { offset: at })
+        Err(Error::CorruptRecord { offset: newer })
     );
 }
 
@@ -606,43 +633,6 @@ fn a_store_cut_before_its_first_segment_starts_where_create_does() {
     work(&mut ring);
     assert_eq!(geo.segment_of(ring.records()[0].offset), 0);
     assert!(ring.flash_mut().bytes() == fresh.flash_mut().bytes());
-}
-
-/// Two copies of the state record (a compaction cut short) of which the older one went
-/// bad: the intact copy is that same state, so nothing is lost and nothing is reported.
-#[test]
-fn a_bad_older_copy_of_the_state_is_no_damage() {
-    use anytime_core::ring::layout::{record_size, Kind, RECORD_HEADER_LEN};
-    let mut ring = create(small_geometry(600));
-    let a = ring.label_id("alpha").unwrap();
-    ring.set_state(&payload(99, 6)).unwrap();
-    for i in 0..6 {
-        ring.append(a, 0, &payload(i, 4)).unwrap();
-    }
-    let snap = snapshot(&mut ring);
-    let geo = *ring.geometry();
-    let last = *ring.records().last().unwrap();
-    let at = (last.offset + last.size()) as usize;
-    let mut state = None;
-    ring.salvage(|s| {
-        if s.kind == Kind::State {
-            state = Some(s);
-        }
-    })
-    .unwrap();
-    let s = state.expect("a state record");
-    let size = record_size(s.len) as usize;
-    let head = geo.segment_of(last.offset);
-    assert_ne!(geo.segment_of(s.offset), head);
-    assert!(at + size <= geo.segment_offset(head + 1) as usize);
-    let mut bytes = ring.into_flash().into_inner();
-    let record = bytes[s.offset as usize..][..size].to_vec();
-    bytes[at..at + size].copy_from_slice(&record);
-    bytes[s.offset as usize + RECORD_HEADER_LEN as usize] ^= 0x01;
-    let mut back = reopen(bytes);
-    let report = back.open_report();
-    assert!(!report.is_damaged() && report.corrupt == 0, "{report:?}");
-    assert_eq!(snapshot(&mut back), snap);
 }
 
 /// `restore` of a data record makes room as `append` does: into a full store it evicts by
