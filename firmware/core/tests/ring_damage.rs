@@ -359,11 +359,7 @@ fn a_store_without_the_header_copy_gains_it_and_still_reads() {
 #[test]
 fn salvage_finds_more_damaged_segments_than_it_lists() {
     let geo = small_geometry(1600);
-    let mut ring = create(geo);
-    let a = ring.label_id("alpha").unwrap();
-    for i in 0..38 {
-        ring.append(a, 0, &payload(i, 16)).unwrap();
-    }
+    let mut ring = alpha_store(geo, 38, 16);
     let snap = snapshot(&mut ring);
     let head = geo.segment_of(ring.records().last().unwrap().offset);
     assert!(head >= 19, "head {head}");
@@ -547,16 +543,12 @@ fn segments_newer_than_the_head_retired_out_of_turn_are_damage() {
 /// corrected and stays removed: that is not the zeroed run that could hide a live record.
 #[test]
 fn a_flipped_bit_in_a_removed_record_is_no_damage() {
-    let mut ring = create(small_geometry(600));
-    let a = ring.label_id("alpha").unwrap();
-    let seqs: Vec<u32> = (0..8)
-        .map(|i| ring.append(a, 0, &payload(i, 8)).unwrap())
-        .collect();
+    let mut ring = alpha_store(small_geometry(600), 8, 8);
     // Sequence 3 (0b11): clearing bit 0 leaves a nonzero byte.
     let r = *ring.records().iter().find(|r| r.seq == 3).unwrap();
     ring.remove(3).unwrap();
     let snap = snapshot(&mut ring);
-    assert_eq!(snap.records.len(), seqs.len() - 1);
+    assert_eq!(snap.records.len(), 7);
     let mut bytes = ring.into_flash().into_inner();
     let at = r.offset as usize + 8;
     assert_eq!(bytes[at], 3);
@@ -572,11 +564,7 @@ fn a_flipped_bit_in_a_removed_record_is_no_damage() {
 #[test]
 fn an_unreadable_segment_header_over_written_bytes_is_damage() {
     let geo = small_geometry(600);
-    let mut ring = create(geo);
-    let a = ring.label_id("alpha").unwrap();
-    for i in 0..10 {
-        ring.append(a, 0, &payload(i, 8)).unwrap();
-    }
+    let ring = alpha_store(geo, 10, 8);
     assert!(ring.segments_opened() >= 3);
     let mut bytes = ring.into_flash().into_inner();
     let at = geo.segment_offset(1) as usize;
@@ -600,10 +588,7 @@ fn an_old_seal_of_zeros_between_consecutive_records_is_no_damage() {
     // Records up to 124 bytes: a seal longer than the 64-byte chunks zeros are read in.
     let geo = Geometry::for_capacity(1000, 512, 100).unwrap();
     assert!(geo.max_record > 64);
-    let mut ring = create(geo);
-    let a = ring.label_id("alpha").unwrap();
-    ring.append(a, 0, &payload(0, 4)).unwrap();
-    ring.append(a, 0, &payload(1, 4)).unwrap();
+    let mut ring = alpha_store(geo, 2, 4);
     let snap = snapshot(&mut ring);
     let (first, second) = (ring.records()[0], ring.records()[1]);
     assert_eq!(second.seq, first.seq + 1);
@@ -654,9 +639,7 @@ fn impossible_label_records_are_corrupt() {
     use anytime_core::ring::layout::STATE_LABEL;
     use anytime_core::ring::{Geometry, MAX_LABEL_NAME};
     let geo = Geometry::for_capacity(2000, 1024, 300).unwrap();
-    let mut ring = create(geo);
-    let a = ring.label_id("alpha").unwrap();
-    ring.append(a, 0, &payload(0, 4)).unwrap();
+    let mut ring = alpha_store(geo, 1, 4);
     let snap = snapshot(&mut ring);
     let next = ring.records()[0].seq + 1;
     let end = (ring.records()[0].offset + ring.records()[0].size()) as usize;

@@ -424,11 +424,7 @@ fn of_two_copies_of_a_record_the_newer_is_kept() {
     let mut wrapped = false;
     let mut tried = 0;
     for appends in 4..60 {
-        let mut ring = create(small_geometry(600));
-        let a = ring.label_id("alpha").unwrap();
-        for i in 0..appends {
-            ring.append(a, 0, &payload(i, 4)).unwrap();
-        }
+        let mut ring = alpha_store(small_geometry(600), appends, 4);
         let snap = snapshot(&mut ring);
         let geo = *ring.geometry();
         let last = *ring.records().last().unwrap();

@@ -21,6 +21,17 @@ pub fn create(geo: Geometry) -> MemRing {
     Ring::create(flash, geo, Index::new(), Labels::new()).expect("create")
 }
 
+/// A store of `geo` with one label, "alpha" (id 0), and `n` data records of it, the `i`th
+/// holding `payload(i, len)`.
+pub fn alpha_store(geo: Geometry, n: usize, len: usize) -> MemRing {
+    let mut ring = create(geo);
+    let a = ring.label_id("alpha").expect("label");
+    for i in 0..n {
+        ring.append(a, 0, &payload(i, len)).expect("append");
+    }
+    ring
+}
+
 pub fn reopen(bytes: Vec<u8>) -> MemRing {
     Ring::open(MemFlash::new(bytes, 64), Index::new(), Labels::new()).expect("reopen")
 }
