@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use anytime_core::mem_flash::MemFlash;
 use anytime_core::ring::layout::{
-    encode_record_fields, header_copy_offset, record_size, Kind, RECORD_HEADER_LEN,
+    encode_record_fields, header_copy_offset, record_crc, record_size, Kind, RECORD_HEADER_LEN,
     STORE_HEADER_LEN,
 };
 use anytime_core::ring::{Ring, Salvaged};
@@ -622,12 +622,11 @@ fn an_old_seal_of_zeros_between_consecutive_records_is_no_damage() {
 /// A committed record with valid CRCs, built byte by byte (what a store of another build, or
 /// a forger, could hold).
 fn forged(kind: Kind, label: u16, seq: u32, body: &[u8]) -> Vec<u8> {
+    let fields = encode_record_fields(kind, 0, label, seq, body.len() as u32);
     let mut r = vec![0x00, 0xFF];
-    r.extend(encode_record_fields(kind, 0, label, seq, body.len() as u32));
-    let mut crc_in = r[2..16].to_vec();
-    crc_in.extend(body);
+    r.extend(fields);
     r.extend(body);
-    r.extend(anytime_core::crc32::crc32(&crc_in).to_le_bytes());
+    r.extend(record_crc(&fields, body).to_le_bytes());
     r.resize(record_size(body.len() as u32) as usize, 0xFF);
     r
 }
