@@ -124,13 +124,13 @@ fn ocw_uses_the_tuned_model_for_learned_labels_and_the_original_for_the_rest() {
         .embed(&tokens)
         .unwrap();
     let e = z_o.len();
-    let cos: f32 = z_o.iter().zip(&query.text[..e]).map(|(a, b)| a * b).sum();
+    let cos = anytime_core::mixing::dot(&z_o, &query.text[..e]);
     // One picture 40 times: the label's statistics are that one cosine.
     assert!(
         close(t.mean, cos, 1e-5, 1e-5) && t.var < 1e-6,
         "{t:?} vs {cos}"
     );
-    let raw = (t.mean - cos) / t.var.max(1e-8).sqrt();
+    let raw = t.score(cos).expect("40 samples");
     assert!(close(score, raw, 1e-4, 1e-4), "{score} vs {raw}");
     // The same score with the label in another place of the query.
     let swapped = learner.label_set(&["gamma", taught.as_str()]).unwrap();
