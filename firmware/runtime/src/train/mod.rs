@@ -132,17 +132,6 @@ impl Batch<'_> {
     /// Checks every length against `dims`; returns `B`.
     pub fn check(&self, dims: &BlockDims) -> Result<usize, TrainError> {
         let b = self.labels.len();
-        let shape = |what: &'static str, expected: usize, found: usize| {
-            if expected == found {
-                Ok(())
-            } else {
-                Err(TrainError::Shape {
-                    what,
-                    expected,
-                    found,
-                })
-            }
-        };
         if b == 0 {
             return Err(TrainError::Shape {
                 what: "batch size",
@@ -157,15 +146,36 @@ impl Batch<'_> {
                 found: 0,
             });
         }
-        shape("tokens (B·N·D)", b * dims.tokens_len(), self.tokens.len())?;
-        shape("text (|Y|·E)", self.n_labels * dims.embed, self.text.len())?;
-        if let Some(&label) = self.labels.iter().find(|&&l| l as usize >= self.n_labels) {
-            return Err(TrainError::Label {
-                label,
-                n_labels: self.n_labels,
-            });
-        }
+        check_len("tokens (B·N·D)", b * dims.tokens_len(), self.tokens.len())?;
+        check_len("text (|Y|·E)", self.n_labels * dims.embed, self.text.len())?;
+        check_labels(self.labels, self.n_labels)?;
         Ok(b)
+    }
+}
+
+/// `Ok` when a slice's length `found` is the `expected` one; otherwise a shape error naming
+/// `what`.
+pub(crate) fn check_len(
+    what: &'static str,
+    expected: usize,
+    found: usize,
+) -> Result<(), TrainError> {
+    if expected == found {
+        Ok(())
+    } else {
+        Err(TrainError::Shape {
+            what,
+            expected,
+            found,
+        })
+    }
+}
+
+/// `Ok` when every label indexes one of `n_labels` rows; otherwise the first that does not.
+pub(crate) fn check_labels(labels: &[u32], n_labels: usize) -> Result<(), TrainError> {
+    match labels.iter().find(|&&l| l as usize >= n_labels) {
+        Some(&label) => Err(TrainError::Label { label, n_labels }),
+        None => Ok(()),
     }
 }
 

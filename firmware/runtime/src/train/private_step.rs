@@ -14,7 +14,7 @@
 //! backward and AdamW run as in a SPEC §4 step.
 
 use super::loss::loss_forward_backward;
-use super::{TrainConfig, TrainError};
+use super::{check_labels, check_len, TrainConfig, TrainError};
 use crate::block::BlockDims;
 
 /// A batch of the private learner's step.
@@ -49,17 +49,6 @@ impl PrivateBatch<'_> {
     pub fn check(&self, dims: &BlockDims) -> Result<usize, TrainError> {
         let b = self.labels.len();
         let e = dims.embed;
-        let shape = |what: &'static str, expected: usize, found: usize| {
-            if expected == found {
-                Ok(())
-            } else {
-                Err(TrainError::Shape {
-                    what,
-                    expected,
-                    found,
-                })
-            }
-        };
         if b == 0 {
             return Err(TrainError::Shape {
                 what: "batch size",
@@ -81,24 +70,18 @@ impl PrivateBatch<'_> {
                 found: self.real,
             });
         }
-        shape("tokens (B·N·D)", b * dims.tokens_len(), self.tokens.len())?;
-        shape("text (|Y|·E)", self.n_labels * e, self.text.len())?;
-        shape("local labels", self.real, self.local_labels.len())?;
-        shape("local text", self.n_local * e, self.local_text.len())?;
-        shape("old text", self.n_old * e, self.old_text.len())?;
-        shape(
+        check_len("tokens (B·N·D)", b * dims.tokens_len(), self.tokens.len())?;
+        check_len("text (|Y|·E)", self.n_labels * e, self.text.len())?;
+        check_len("local labels", self.real, self.local_labels.len())?;
+        check_len("local text", self.n_local * e, self.local_text.len())?;
+        check_len("old text", self.n_old * e, self.old_text.len())?;
+        check_len(
             "old targets (B·K_old)",
             b * self.n_old,
             self.old_target.len(),
         )?;
-        for (labels, n) in [
-            (self.labels, self.n_labels),
-            (self.local_labels, self.n_local),
-        ] {
-            if let Some(&label) = labels.iter().find(|&&l| l as usize >= n) {
-                return Err(TrainError::Label { label, n_labels: n });
-            }
-        }
+        check_labels(self.labels, self.n_labels)?;
+        check_labels(self.local_labels, self.n_local)?;
         if !(self.mu.is_finite() && self.mu >= 0.0) {
             return Err(TrainError::NonFinite { what: "μ" });
         }
