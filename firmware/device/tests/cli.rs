@@ -6,7 +6,7 @@ use std::process::Output;
 use anytime_testkit::close;
 
 mod common;
-use common::bin;
+use common::{bin, json_lines};
 
 fn image(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -93,11 +93,7 @@ fn bad_images_are_reported_and_the_rest_still_classified() {
         .unwrap();
     assert!(!o.status.success());
     assert!(stderr(&o).contains("4 of 5 images"), "{}", stderr(&o));
-    let lines: Vec<serde_json::Value> = String::from_utf8(o.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&o.stdout);
     assert_eq!(lines.len(), 5);
     let err = |i: usize| lines[i]["error"].as_str().unwrap_or_default().to_string();
     assert!(err(0).contains("cannot read"), "{}", err(0));

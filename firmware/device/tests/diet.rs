@@ -5,18 +5,7 @@
 use serde_json::{json, Value};
 
 mod common;
-use common::{bin, image, Server};
-
-fn img(name: &str) -> String {
-    image(name).to_str().unwrap().to_string()
-}
-
-fn json_lines(out: &[u8]) -> Vec<Value> {
-    String::from_utf8_lossy(out)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
-}
+use common::{bin, image_arg as img, json_lines, Server};
 
 #[test]
 fn learn_without_a_label_needs_a_diet_and_trains_when_the_time_step_ends() {

@@ -11,7 +11,7 @@ const LABELS: [&str; 3] = ["red square", "green circle", "blue triangle"];
 const FILES: [&str; 3] = ["red_square.png", "green_circle.png", "blue_triangle.png"];
 
 mod common;
-use common::{bin, image, Server};
+use common::{bin, image, json_lines, Server};
 
 fn img(i: usize) -> String {
     image(FILES[i]).to_str().unwrap().to_string()
@@ -57,11 +57,7 @@ fn learn_a_folder_then_predict_with_the_learner() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("training on cpu"), "{err}");
-    let lines: Vec<Value> = String::from_utf8(o.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&o.stdout);
     assert_eq!(lines.len(), 3);
     // Folders are taken in name order: blue, green, red.
     let learned: Vec<(&str, u64)> = lines
@@ -90,11 +86,7 @@ fn learn_a_folder_then_predict_with_the_learner() {
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8(o.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        json_lines(&o.stdout)
     };
     let top = |preds: &[Value]| -> Vec<String> {
         preds

@@ -2,21 +2,10 @@
 //! mode kept without the flag, `serve`'s `consolidate` and `stats`, `predict --state`.
 #![cfg(unix)]
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 mod common;
-use common::{bin, image, Server};
-
-fn img(name: &str) -> String {
-    image(name).to_str().unwrap().to_string()
-}
-
-fn json_lines(out: &[u8]) -> Vec<Value> {
-    String::from_utf8_lossy(out)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
-}
+use common::{bin, image_arg as img, json_lines, Server};
 
 #[test]
 fn a_private_learner_learns_consolidates_and_predicts_and_keeps_its_mode() {

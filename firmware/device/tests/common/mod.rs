@@ -39,6 +39,19 @@ pub fn image(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// [`image`] as a command-line argument.
+pub fn image_arg(name: &str) -> String {
+    image(name).to_str().unwrap().to_string()
+}
+
+/// Every line of `out` as JSON (a line that is not fails the test).
+pub fn json_lines(out: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
 /// `serve --cpu` on a learner folder, talking over stdin/stdout.
 pub struct Server {
     pub child: Child,
