@@ -342,6 +342,22 @@ fn one_writer_per_folder_and_readers_beside_it() {
     let red = tiny_tokens("red_square.png");
     let mut w = Learner::open("tiny-clip", dir.path(), config()).unwrap();
     w.learn_tokens(&red, "red").unwrap();
+    assert!(w.is_writer());
+    let shown = format!("{w:?}");
+    assert!(
+        shown.starts_with("Learner {") && shown.contains(&format!("{:?}", dir.path())),
+        "{shown}"
+    );
+    assert!(shown.contains("learned: 1"), "{shown}");
+    // The id is learner.json's: 16 hex digits, the same for every opener of the folder.
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("learner.json")).unwrap()).unwrap();
+    let id = w.id().unwrap();
+    assert_eq!(meta["id"].as_str(), Some(id.as_str()));
+    assert!(
+        id.len() == 16 && id.chars().all(|c| c.is_ascii_hexdigit()),
+        "{id}"
+    );
     let e = Learner::open("tiny-clip", dir.path(), config()).unwrap_err();
     let msg = e.to_string();
     assert!(
@@ -350,6 +366,8 @@ fn one_writer_per_folder_and_readers_beside_it() {
     );
     let mut r = Learner::open_read_only("tiny-clip", dir.path(), config()).unwrap();
     assert_eq!(r.learned(), 1);
+    assert!(!r.is_writer());
+    assert_eq!(r.id(), Some(id.clone()));
     assert!(
         r.learn_tokens(&red, "red").is_err(),
         "a reader cannot learn"
