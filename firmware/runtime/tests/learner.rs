@@ -4,7 +4,9 @@ use anytime_runtime::assets::{bundled_models_dir, ModelAssets};
 use anytime_runtime::encoder::load_image;
 use anytime_runtime::learner::{LearnError, Learner, LearnerConfig, Mixing};
 use anytime_runtime::predict::Predictor;
-use anytime_runtime::train::{load_tuned, save_tuned, BackendChoice, TrainConfig, TrainError};
+use anytime_runtime::train::{
+    load_tuned, save_tuned, BackendChoice, TrainConfig, TrainError, TunedState,
+};
 use anytime_testkit::close;
 
 fn config() -> LearnerConfig {
@@ -266,9 +268,25 @@ fn a_reopened_learner_continues_where_it_stopped() {
         "same weights and OCW state after reopening"
     );
     // And it keeps learning.
+    let wall = std::time::Instant::now();
     let r = l.learn_tokens(&green, "green").unwrap();
+    let wall = wall.elapsed().as_secs_f64();
     assert_eq!(r.learned, learned + 1);
     assert_eq!(r.batch, 7);
+    // Its phases are disjoint parts of the call, each measured.
+    let t = &r.timings;
+    let phases = [
+        t.text,
+        t.probe,
+        t.compress,
+        t.store,
+        t.replay_decode,
+        t.step,
+        t.persist,
+    ];
+    assert!(phases.iter().all(|&p| p.is_finite() && p > 0.0), "{t:?}");
+    let sum: f64 = phases.iter().sum();
+    assert!(sum <= t.total && t.total <= wall, "{t:?}, {wall} s");
 }
 
 #[test]
@@ -343,6 +361,7 @@ fn one_writer_per_folder_and_readers_beside_it() {
     let mut w = Learner::open("tiny-clip", dir.path(), config()).unwrap();
     w.learn_tokens(&red, "red").unwrap();
     assert!(w.is_writer());
+    assert_eq!(w.gpu_buffers_created(), None, "the CPU path counts none");
     let shown = format!("{w:?}");
     assert!(
         shown.starts_with("Learner {") && shown.contains(&format!("{:?}", dir.path())),
@@ -459,11 +478,18 @@ fn bad_settings_and_labels_are_refused_without_a_trace() {
 /// infinite (first moment `f32::MAX`, second 0, at a learning rate of 1): finite on disk,
 /// so they load, but the first step turns `fc_w` into infinities.
 fn poison_moments(dir: &std::path::Path) -> Vec<u8> {
+    poison(dir, |state| {
+        state.optim.m.fc_w.fill(f32::MAX);
+        state.optim.v.fc_w.fill(0.0);
+    })
+}
+
+/// Rewrites the saved tuned state of `dir` with `edit` and returns the file's bytes.
+fn poison(dir: &std::path::Path, edit: fn(&mut TunedState)) -> Vec<u8> {
     let dims = ModelAssets::find("tiny-clip").unwrap().dims().block();
     let path = dir.join("tuned.safetensors");
     let (mut state, head, owner) = load_tuned(&path, &dims).unwrap();
-    state.optim.m.fc_w.fill(f32::MAX);
-    state.optim.v.fc_w.fill(0.0);
+    edit(&mut state);
     save_tuned(&path, &dims, &state, &head, owner.as_deref()).unwrap();
     std::fs::read(&path).unwrap()
 }
@@ -541,6 +567,7 @@ fn learning_on_wgpu_creates_no_buffer_once_its_shapes_were_seen() {
     let created = l
         .gpu_buffers_created()
         .expect("a wgpu learner counts its buffers");
+    assert!(created > 1, "the backend's weights and batch need buffers");
     for _ in 0..6 {
         let report = learn(&mut l);
         assert_eq!((report.batch, report.labels), (replay + 1, 2));
@@ -609,6 +636,31 @@ fn rolled_back_and_never_saved(backend: BackendChoice) {
     assert_eq!(std::fs::read(&tuned).unwrap(), saved, "never saved");
     let l = Learner::open_read_only("tiny-clip", dir.path(), cfg).unwrap();
     assert_eq!(l.learned(), learned + 1, "the counter was saved");
+}
+
+/// A step that makes the "other" bias alone infinite leaves the embeddings finite: the next
+/// sample's probe still meets it through its loss, and refuses the sample before the store.
+#[test]
+fn an_infinite_other_bias_alone_is_met_by_the_next_probe() {
+    let dir = tempfile::tempdir().unwrap();
+    let red = tiny_tokens("red_square.png");
+    let mut cfg = config();
+    cfg.checkpoint_every = 0;
+    let mut l = Learner::open("tiny-clip", dir.path(), cfg.clone()).unwrap();
+    l.learn_tokens(&red, "red").unwrap();
+    l.checkpoint().unwrap();
+    drop(l);
+    poison(dir.path(), |state| {
+        state.optim.m_bias = f32::MAX;
+        state.optim.v_bias = 0.0;
+    });
+    let mut l = Learner::open("tiny-clip", dir.path(), cfg).unwrap();
+    l.learn_tokens(&red, "red").unwrap();
+    let (stored, learned) = (l.store().len(), l.learned());
+    let e = l.learn_tokens(&red, "blue").unwrap_err().to_string();
+    assert!(e.contains("not finite") && e.contains("rolled back"), "{e}");
+    assert_eq!((l.store().len(), l.learned()), (stored, learned));
+    assert!(l.store().find_label("blue").unwrap().is_none());
 }
 
 /// Hyper-parameters that can make the weights non-finite are refused before anything is

@@ -273,7 +273,8 @@ pub struct LearnTimings {
     pub store: f64,
     /// Drawing and decoding the stored samples replayed with it.
     pub replay_decode: f64,
-    /// The training step (forward, backward, AdamW; private: with the synthetic samples).
+    /// The training step (forward, backward, AdamW; private: with the synthetic samples;
+    /// none on a diet, whose step comes when its time step ends).
     pub step: f64,
     /// Persisting the OCW state (and the weights, at a checkpoint).
     pub persist: f64,
@@ -281,12 +282,13 @@ pub struct LearnTimings {
     pub total: f64,
 }
 
-/// What one replay step did: its statistics, its batch size, and the seconds spent
-/// sampling and decoding the stored records.
+/// What one replay step did: its statistics, its batch size, the seconds spent sampling and
+/// decoding the stored records and the seconds of the training step itself.
 pub(crate) struct ReplayStep {
     stats: StepStats,
     batch: usize,
     decode_s: f64,
+    step_s: f64,
 }
 
 /// The anytime learner: a frozen encoder and original block, a tuned block that trains
@@ -743,13 +745,15 @@ impl Learner {
         crate::block::l2_normalise(&mut z_t, self.dims.embed);
         self.observe_none(&z_o, &z_t, &text, &ids, y);
 
-        let t = Instant::now();
         let (seq, record_bytes) = if self.private.is_some() {
             // Private: the tokens reach the label's statistics, never the store.
+            let t = Instant::now();
             self.observe_private(y_id, tokens)?;
+            timings.store = t.elapsed().as_secs_f64();
             (0, 0)
         } else {
             // Compress and append.
+            let t = Instant::now();
             let w = token_weights(&self.predictor.original, tokens, 1);
             let record = encode_tokens(
                 tokens,
@@ -763,20 +767,24 @@ impl Learner {
                 message: format!("codec: {e}"),
             })?;
             timings.compress = t.elapsed().as_secs_f64();
-            (self.store.append(y_id, &record)?, record.len())
+            let t = Instant::now();
+            let seq = self.store.append(y_id, &record)?;
+            timings.store = t.elapsed().as_secs_f64();
+            (seq, record.len())
         };
-        timings.store = t.elapsed().as_secs_f64() - timings.compress;
 
-        let t = Instant::now();
         let (stats, batch) = if self.private.is_some() {
-            self.private_train(tokens, y, &ids, &text)?
+            let t = Instant::now();
+            let trained = self.private_train(tokens, y, &ids, &text)?;
+            timings.step = t.elapsed().as_secs_f64();
+            trained
         } else if self.diet.is_some() {
-            // A diet learner trains when the time step ends.
+            // A diet learner trains when the time step ends (no step here).
             self.hold_labelled(tokens, y_id);
             (probe_stats, 0)
         } else {
             // One step on the new sample and class-balanced stored ones.
-            let seed = self.cfg.seed ^ self.state.learned.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let seed = replay_seed(self.cfg.seed, self.state.learned, 0);
             let step = self
                 .replay_step(
                     Some((tokens, y as u32)),
@@ -789,9 +797,9 @@ impl Learner {
                 )?
                 .expect("the batch holds the new sample");
             timings.replay_decode = step.decode_s;
+            timings.step = step.step_s;
             (step.stats, step.batch)
         };
-        timings.step = t.elapsed().as_secs_f64() - timings.replay_decode;
         let t_persist = Instant::now();
         self.state.learned += 1;
         self.since_checkpoint += 1;
@@ -866,9 +874,7 @@ impl Learner {
         let text = self.predictor.encoder.encode_texts(&names)?;
         let mut loss = 0.0f64;
         for step in 0..steps {
-            let seed = self.cfg.seed
-                ^ self.state.learned.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                ^ (u64::from(step) + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
+            let seed = replay_seed(self.cfg.seed, self.state.learned, u64::from(step) + 1);
             let Some(done) =
                 self.replay_step(None, self.cfg.replay + 1, seed, None, &ids, &text, 1.0)?
             else {
@@ -970,6 +976,7 @@ impl Learner {
             return Ok(None);
         }
         let n_labels = text.len() / self.dims.embed;
+        let t_step = Instant::now();
         let stats = self.backend()?.step_scaled(
             &Batch {
                 tokens: &tokens,
@@ -979,11 +986,13 @@ impl Learner {
             },
             lr_scale,
         )?;
+        let step_s = t_step.elapsed().as_secs_f64();
         self.tuned = None;
         Ok(Some(ReplayStep {
             stats,
             batch: labels.len(),
             decode_s,
+            step_s,
         }))
     }
 
@@ -1104,6 +1113,13 @@ impl Trainer {
     }
 }
 
+/// The seed of a replay draw: the learner's `seed`, the samples `learned` so far and the
+/// rehearsal step (`0` for a learn). Distinct seeds, counts or steps draw differently.
+fn replay_seed(seed: u64, learned: u64, rehearsal: u64) -> u64 {
+    seed ^ learned.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ rehearsal.wrapping_mul(0xD1B5_4A32_D192_ED03)
+}
+
 /// Index of the row of `text` (`[k, E]`) with the largest dot product with `z` (`[E]`).
 fn argmax_rows(z: &[f32], text: &[f32]) -> usize {
     mixing::argmax(&crate::predict::logits(z, text, LOGIT_SCALE)).unwrap_or(0)
@@ -1140,4 +1156,32 @@ fn check_train(t: &TrainConfig) -> Result<(), LearnError> {
         return bad("logit scale", t.logit_scale, "(0, 1000]");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_seeds_differ_by_seed_count_and_rehearsal_step() {
+        let mut seen = std::collections::HashSet::new();
+        for seed in [0, 1, 2, 7, u64::MAX] {
+            for learned in 0..9 {
+                for rehearsal in 0..5 {
+                    assert!(
+                        seen.insert(replay_seed(seed, learned, rehearsal)),
+                        "seed {seed}, learned {learned}, rehearsal {rehearsal}"
+                    );
+                }
+            }
+        }
+        // Pinned, so that a run replays the same draws across versions; a learn's draw
+        // mixes the seed with the count alone.
+        let (k1, k2) = (0x9E37_79B9_7F4A_7C15u64, 0xD1B5_4A32_D192_ED03u64);
+        assert_eq!(replay_seed(5, 3, 0), 5 ^ 3u64.wrapping_mul(k1));
+        assert_eq!(
+            replay_seed(5, 3, 2),
+            5 ^ 3u64.wrapping_mul(k1) ^ 2u64.wrapping_mul(k2)
+        );
+    }
 }
