@@ -335,9 +335,23 @@ fn rehearsal_trains_on_stored_samples_and_stores_nothing() {
 
     let first = l.rehearse(1, &["blue"]).unwrap().unwrap();
     let later = l.rehearse(30, &["blue"]).unwrap().unwrap();
-    assert!(first.is_finite() && later < first, "{first} → {later}");
+    assert!(
+        first.loss.is_finite() && later.loss < first.loss,
+        "{first:?} → {later:?}"
+    );
+    assert_eq!(
+        (first.samples, later.samples),
+        (2, 60),
+        "all that is stored"
+    );
     let after = l.predict_tokens(&red, &set, Mixing::TunedOnly).unwrap();
     assert_ne!(before[0].probs, after[0].probs, "the tuned block trained");
+    // At checkpoint_every = 1, a rehearsal is a checkpoint.
+    drop(l);
+    let mut cfg = config();
+    let mut l = Learner::open("tiny-clip", dir.path(), cfg.clone()).unwrap();
+    let tuned = |l: &mut Learner| l.predict_tokens(&red, &set, Mixing::TunedOnly).unwrap();
+    assert_eq!(tuned(&mut l)[0].probs, after[0].probs, "saved");
     assert_eq!(l.store().len(), stored, "rehearsal stores nothing");
     assert_eq!(l.learned(), learned, "nor counts as learning");
     assert_eq!(
@@ -350,6 +364,20 @@ fn rehearsal_trains_on_stored_samples_and_stores_nothing() {
         l.rehearse(1, &[""]).is_err(),
         "a bad context label is refused"
     );
+    // Batches of replay + 1 draws; without checkpoints, nothing is saved.
+    for _ in 0..3 {
+        l.learn_tokens(&red, "red").unwrap();
+    }
+    drop(l);
+    cfg.checkpoint_every = 0;
+    cfg.replay = 2;
+    let mut l = Learner::open("tiny-clip", dir.path(), cfg).unwrap();
+    let saved = tuned(&mut l);
+    assert_eq!(l.rehearse(2, &["blue"]).unwrap().unwrap().samples, 6);
+    assert_ne!(tuned(&mut l)[0].probs, saved[0].probs);
+    drop(l);
+    let mut l = Learner::open_read_only("tiny-clip", dir.path(), config()).unwrap();
+    assert_eq!(tuned(&mut l)[0].probs, saved[0].probs, "not saved");
 }
 
 /// One writer per folder, refused with the holder's name; a reader beside it sees what was

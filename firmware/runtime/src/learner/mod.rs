@@ -282,6 +282,15 @@ pub struct LearnTimings {
     pub total: f64,
 }
 
+/// What [`Learner::rehearse`] did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rehearsal {
+    /// The batches' mean loss, each before its update.
+    pub loss: f32,
+    /// Stored samples trained on, over all the batches.
+    pub samples: usize,
+}
+
 /// What one replay step did: its statistics, its batch size, the seconds spent sampling and
 /// decoding the stored records and the seconds of the training step itself.
 pub(crate) struct ReplayStep {
@@ -853,13 +862,14 @@ impl Learner {
     /// `steps` extra training steps, each on a class-balanced batch of stored samples alone
     /// (the stored-sample term `L_b` of SPEC §8's budget), over the stored labels and
     /// `context`. Nothing is stored and OCW is not updated (replayed samples never are,
-    /// SPEC §3). Returns the batches' mean loss before their updates, or `None` when the
-    /// store is empty or `steps` is 0.
+    /// SPEC §3). Each batch draws `replay + 1` stored samples (fewer if fewer are stored).
+    /// Returns the batches' mean loss before their updates and the samples they held, or
+    /// `None` when the store is empty or `steps` is 0.
     pub fn rehearse<S: AsRef<str>>(
         &mut self,
         steps: u32,
         context: &[S],
-    ) -> Result<Option<f32>, LearnError> {
+    ) -> Result<Option<Rehearsal>, LearnError> {
         if self.private.is_some() {
             return Err(LearnError::Config(
                 "a private learner keeps no sample to rehearse (SPEC §7)".into(),
@@ -872,7 +882,7 @@ impl Learner {
         self.backend()?;
         let (ids, names) = self.training_labels(None, context)?;
         let text = self.predictor.encoder.encode_texts(&names)?;
-        let mut loss = 0.0f64;
+        let (mut loss, mut samples) = (0.0f64, 0);
         for step in 0..steps {
             let seed = replay_seed(self.cfg.seed, self.state.learned, u64::from(step) + 1);
             let Some(done) =
@@ -884,12 +894,16 @@ impl Learner {
                 return Err(self.diverged("a rehearsal batch's loss is not finite".into(), ""));
             }
             loss += f64::from(done.stats.loss);
+            samples += done.batch;
         }
         self.since_checkpoint += 1;
         if self.cfg.checkpoint_every > 0 && self.since_checkpoint >= self.cfg.checkpoint_every {
             self.checkpoint()?;
         }
-        Ok(Some((loss / f64::from(steps)) as f32))
+        Ok(Some(Rehearsal {
+            loss: (loss / f64::from(steps)) as f32,
+            samples,
+        }))
     }
 
     /// The training label set: the stored labels with samples, `new` (its id when stored,
