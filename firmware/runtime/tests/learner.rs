@@ -4,6 +4,7 @@ use anytime_runtime::assets::{bundled_models_dir, ModelAssets};
 use anytime_runtime::encoder::load_image;
 use anytime_runtime::learner::{LearnError, Learner, LearnerConfig, Mixing};
 use anytime_runtime::predict::Predictor;
+use anytime_runtime::store::{encode_tokens, CodecParams};
 use anytime_runtime::train::{
     load_tuned, save_tuned, BackendChoice, TrainConfig, TrainError, TunedState,
 };
@@ -237,6 +238,47 @@ fn hard_mixing_picks_one_model_per_label() {
     assert_eq!(hard.probs[2], original.probs[2], "α = 0 for a tie");
 }
 
+/// The training label set is the stored labels that have samples, the new one, then the
+/// context's labels that are neither (case ignored); a stored record that does not decode to
+/// this model's tokens is left out of the batch.
+#[test]
+fn the_training_set_holds_labels_with_samples_and_records_that_decode() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = Learner::open("tiny-clip", dir.path(), config()).unwrap();
+    let red = tiny_tokens("red_square.png");
+    let green = tiny_tokens("green_circle.png");
+    let first = l.learn_tokens(&red, "red").unwrap();
+    l.learn_tokens(&green, "green").unwrap();
+    assert!(
+        l.store().remove(first.seq).unwrap(),
+        "red has no sample now"
+    );
+    l.store().label_id("gray").unwrap();
+    let r = l
+        .learn_tokens_in(&green, "green", &["GREEN", "RED", "blue"])
+        .unwrap();
+    assert_eq!(r.labels, 3, "green, then RED and blue of the context");
+    assert_eq!(r.batch, 2, "the new sample and the green one stored");
+
+    let dims = ModelAssets::find("tiny-clip").unwrap().dims().block();
+    let n = dims.tokens - 1;
+    let short = encode_tokens(
+        &green[..n * dims.width],
+        &vec![1.0; n],
+        n,
+        dims.width,
+        &CodecParams::DEFAULT,
+    )
+    .unwrap();
+    let id = l.store().find_label("green").unwrap().unwrap();
+    l.store().append(id, &short).unwrap();
+    let r = l.learn_tokens(&green, "green").unwrap();
+    assert_eq!(
+        r.batch, 3,
+        "the new sample and the two stored ones of its shape"
+    );
+}
+
 #[test]
 fn a_reopened_learner_continues_where_it_stopped() {
     let dir = tempfile::tempdir().unwrap();
@@ -244,7 +286,7 @@ fn a_reopened_learner_continues_where_it_stopped() {
     let green = tiny_tokens("green_circle.png");
     let (before, learned) = {
         let mut l = Learner::open("tiny-clip", dir.path(), config()).unwrap();
-        for i in 0..6 {
+        for i in 0..20 {
             if i % 2 == 0 {
                 l.learn_tokens(&red, "red").unwrap();
             } else {
@@ -259,20 +301,25 @@ fn a_reopened_learner_continues_where_it_stopped() {
     };
     let mut l = Learner::open("tiny-clip", dir.path(), config()).unwrap();
     assert_eq!(l.learned(), learned);
-    assert_eq!(l.ocw("red").unwrap().unwrap().2, 3);
-    assert_eq!(l.store().len(), 6);
+    assert_eq!(l.ocw("red").unwrap().unwrap().2, 10);
+    assert_eq!(l.store().len(), 20);
     let set = l.label_set(&["red", "green", "blue"]).unwrap();
     let after = l.predict_tokens(&red, &set, Mixing::Ocw).unwrap();
     assert_eq!(
         before[0].probs, after[0].probs,
         "same weights and OCW state after reopening"
     );
+    assert!(before[0].none_score.is_some(), "red is calibrated");
+    assert_eq!(
+        before[0].none_score, after[0].none_score,
+        "and the same \"none\" calibration"
+    );
     // And it keeps learning.
     let wall = std::time::Instant::now();
     let r = l.learn_tokens(&green, "green").unwrap();
     let wall = wall.elapsed().as_secs_f64();
     assert_eq!(r.learned, learned + 1);
-    assert_eq!(r.batch, 7);
+    assert_eq!(r.batch, 21);
     // Its phases are disjoint parts of the call, each measured.
     let t = &r.timings;
     let phases = [

@@ -927,13 +927,9 @@ impl Learner {
                 }
             }
         }
-        match new {
-            Some((Some(id), name)) if !ids.contains(&id) => {
-                ids.push(id);
-                names.push(name.to_string());
-            }
-            Some((None, name)) => names.push(name.to_string()),
-            _ => {}
+        // A stored `new` label is among the store's labels, taken above by its id.
+        if let Some((None, name)) = new {
+            names.push(name.to_string());
         }
         for (i, c) in context.iter().enumerate() {
             let c = check_label(i, c.as_ref())?;
