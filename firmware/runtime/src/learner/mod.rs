@@ -1084,12 +1084,7 @@ impl Learner {
 
     /// The largest state blob the store's records take.
     fn max_state_len(&self) -> usize {
-        let max_record = self.store.geometry().max_record;
-        let mut max_len = max_record as usize;
-        while max_len > 0 && anytime_core::ring::layout::record_size(max_len as u32) > max_record {
-            max_len -= 1;
-        }
-        max_len
+        self.store.geometry().max_payload() as usize
     }
 
     /// Writes the state blob, as large as the store's records may be.
