@@ -238,6 +238,22 @@ fn hard_mixing_picks_one_model_per_label() {
     assert_eq!(hard.probs[2], original.probs[2], "α = 0 for a tie");
 }
 
+/// OCW judges the original model over the training label set: right on a sample whose label
+/// it picks, wherever that label stands in the set.
+#[test]
+fn the_original_model_is_right_on_the_label_it_picks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = Learner::open("tiny-clip", dir.path(), config()).unwrap();
+    let red = tiny_tokens("red_square.png");
+    let pair = l.label_set(&["alpha", "beta"]).unwrap();
+    let best = l.predict_tokens(&red, &pair, Mixing::OriginalOnly).unwrap()[0].best();
+    let (picked, other) = (&pair.labels[best], &pair.labels[1 - best]);
+    let r = l.learn_tokens_in(&red, other, &[picked]).unwrap();
+    assert!(r.labels == 2 && !r.original_correct);
+    // `picked` is second in the training set now.
+    assert!(l.learn_tokens(&red, picked).unwrap().original_correct);
+}
+
 /// The training label set is the stored labels that have samples, the new one, then the
 /// context's labels that are neither (case ignored); a stored record that does not decode to
 /// this model's tokens is left out of the batch.
@@ -745,9 +761,14 @@ fn training_settings_that_can_diverge_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let at = dir.path().join("never");
     type Set = fn(&mut TrainConfig);
-    let cases: [(&str, Set); 6] = [
+    let cases: [(&str, Set); 7] = [
         ("weight decay", |t| t.weight_decay = f32::NAN),
         ("weight decay", |t| t.weight_decay = 1e9),
+        ("weight decay", |t| {
+            // A step that would multiply the weights by 1 − lr·wd = 0.
+            t.lr = 0.5;
+            t.weight_decay = 2.0;
+        }),
         ("beta1", |t| t.beta1 = 1.0),
         ("beta2", |t| t.beta2 = f32::INFINITY),
         ("epsilon", |t| t.eps = 0.0),
