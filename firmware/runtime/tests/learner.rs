@@ -761,7 +761,8 @@ fn training_settings_that_can_diverge_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let at = dir.path().join("never");
     type Set = fn(&mut TrainConfig);
-    let cases: [(&str, Set); 9] = [
+    let cases: [(&str, Set); 10] = [
+        ("logit scale", |t| t.logit_scale = 0.0),
         ("\"other\" term", |t| t.beta_other = -1.0),
         ("\"other\" term", |t| t.beta_other = f32::INFINITY),
         ("weight decay", |t| t.weight_decay = f32::NAN),

@@ -553,3 +553,41 @@ impl Learner {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_checked_at_their_bounds() {
+        let ok = DietConfig::new(1_000_000, 2, TimeWindow::Samples(1));
+        assert!(ok.check().is_ok());
+        let with = |f: fn(&mut DietConfig)| {
+            let mut c = ok;
+            f(&mut c);
+            c.check()
+        };
+        assert!(with(|c| c.batch = 1).is_ok());
+        assert!(with(|c| c.batch = 4096).is_ok());
+        assert!(with(|c| c.batch = 4097).is_err());
+        assert!(with(|c| c.budget = 1_000_001).is_err());
+        assert!(with(|c| c.unlabelled_capacity = 1 << 20).is_ok());
+        assert!(with(|c| c.unlabelled_capacity = (1 << 20) + 1).is_err());
+        assert!(with(|c| c.labelled_capacity = 1 << 20).is_ok());
+        assert!(with(|c| c.labelled_capacity = (1 << 20) + 1).is_err());
+        assert!(with(|c| c.window = TimeWindow::Seconds(f64::MIN_POSITIVE)).is_ok());
+        assert!(with(|c| c.window = TimeWindow::Seconds(0.0)).is_err());
+        assert!(with(|c| c.window = TimeWindow::Seconds(f64::INFINITY)).is_err());
+        assert!(with(|c| c.window = TimeWindow::Manual).is_ok());
+    }
+
+    #[test]
+    fn time_windows_read_as_words() {
+        assert_eq!(TimeWindow::Samples(3).to_string(), "3 arriving samples");
+        assert_eq!(
+            TimeWindow::Seconds(1.5).to_string(),
+            "1.5 s of wall-clock time"
+        );
+        assert_eq!(TimeWindow::Manual.to_string(), "ended when asked");
+    }
+}
