@@ -582,6 +582,44 @@ mod tests {
     }
 
     #[test]
+    fn step_seeds_differ_by_seed_time_step_and_step() {
+        let mut seen = std::collections::HashSet::new();
+        for seed in [0, 1, 4, u64::MAX] {
+            for t in 0..6 {
+                for i in 0..6 {
+                    assert!(seen.insert(step_seed(seed, t, i)), "{seed} {t} {i}");
+                }
+            }
+        }
+        // Pinned, so that a run draws the same batches across versions.
+        let (k1, k2) = (0xA076_1D64_78BD_642Fu64, 0xE703_7ED1_A0B4_28DBu64);
+        assert_eq!(
+            step_seed(5, 2, 3),
+            5 ^ 3u64.wrapping_mul(k1) ^ 3u64.wrapping_mul(k2)
+        );
+    }
+
+    #[test]
+    fn a_missing_masked_file_starts_from_the_seed_and_an_unreadable_one_is_refused() {
+        let dims = BlockDims {
+            width: 4,
+            heads: 2,
+            mlp: 8,
+            tokens: 3,
+            embed: 2,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let init = |seed| read_masked(dir.path(), &dims, seed).unwrap();
+        assert_eq!(init(3), init(3));
+        for other in [1, 4, 1 << 40] {
+            assert_ne!(init(0), init(other), "seeds 0 and {other}");
+        }
+        fs::create_dir(dir.path().join(MASKED_FILE)).unwrap();
+        let e = read_masked(dir.path(), &dims, 0).unwrap_err().to_string();
+        assert!(e.contains(MASKED_FILE), "{e}");
+    }
+
+    #[test]
     fn time_windows_read_as_words() {
         assert_eq!(TimeWindow::Samples(3).to_string(), "3 arriving samples");
         assert_eq!(
