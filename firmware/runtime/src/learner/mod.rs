@@ -883,8 +883,9 @@ impl Learner {
         let (ids, names) = self.training_labels(None, context)?;
         let text = self.predictor.encoder.encode_texts(&names)?;
         let (mut loss, mut samples) = (0.0f64, 0);
-        for step in 0..steps {
-            let seed = replay_seed(self.cfg.seed, self.state.learned, u64::from(step) + 1);
+        // Rehearsal steps count from 1: step 0 is the learn's own draw.
+        for step in 1..=steps {
+            let seed = replay_seed(self.cfg.seed, self.state.learned, u64::from(step));
             let Some(done) =
                 self.replay_step(None, self.cfg.replay + 1, seed, None, &ids, &text, 1.0)?
             else {
