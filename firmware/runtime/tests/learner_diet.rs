@@ -300,6 +300,21 @@ fn diet_settings_and_unlabelled_samples_are_checked() {
         .collect();
     assert_eq!(drops, [false, false, true]);
     assert_eq!(l.end_time_step().unwrap().dropped, 1);
+    // So does the labelled one (for L_m only: its samples stay in the store); at capacity
+    // 0 it holds none.
+    for (capacity, dropped) in [(0, 2u64), (1, 1)] {
+        let small = DietConfig {
+            labelled_capacity: capacity,
+            ..DietConfig::new(2, 2, TimeWindow::Manual)
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = Learner::open("tiny-clip", dir.path(), config(small)).unwrap();
+        l.learn_tokens(&red, "red").unwrap();
+        l.learn_tokens(&red, "red").unwrap();
+        let r = l.end_time_step().unwrap();
+        assert_eq!((r.labelled, r.dropped), (capacity, dropped), "{capacity}");
+        assert_eq!(l.store().len(), 2);
+    }
 }
 
 #[test]
