@@ -335,7 +335,12 @@ fn a_diet_learner_learns_a_label_from_its_time_steps() {
         let r = l.learn_tokens(&red, taught).unwrap();
         correct.push(r.tuned_correct);
         let u = l.observe_unlabelled(&unlabelled(&green, i)).unwrap();
-        assert!(u.time_step.is_some());
+        let step = u.time_step.expect("the third arrival ends the time step");
+        // L_m's labels in order of arrival, and each loss's mean over its steps.
+        assert_eq!(step.labels, [other.clone(), taught.clone()]);
+        for loss in [step.loss_current, step.loss_masked, step.loss_balanced] {
+            assert!(loss.is_some_and(|l| l > 0.0 && l.is_finite()), "{step:?}");
+        }
     }
     assert!(!correct[0], "the tuned model starts as the original");
     let p = l.predict_tokens(&red, &pair, Mixing::TunedOnly).unwrap();

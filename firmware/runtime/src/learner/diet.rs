@@ -455,15 +455,14 @@ impl Learner {
         let available = Available {
             current: !run.labelled.is_empty(),
             masked: !run.unlabelled.is_empty(),
-            balanced: !ids_b.is_empty() && !self.store.is_empty(),
+            // Labels with stored samples: the store holds samples to replay.
+            balanced: !ids_b.is_empty(),
         };
         let mut budget = StepBudget::new(cfg.budget, cfg.s_star, available);
         let mut sums = [(0.0f64, 0u32); 3];
         let per = self.dims.tokens_len();
-        let mut i = 0u32;
-        while let Some(step) = budget.next_step() {
-            let seed = step_seed(self.cfg.seed, run.done, i);
-            i += 1;
+        for (i, step) in std::iter::from_fn(|| budget.next_step()).enumerate() {
+            let seed = step_seed(self.cfg.seed, run.done, i as u32);
             let (slot, loss) = match step.kind {
                 StepKind::Current => {
                     let mut rng = StdRng::seed_from_u64(seed);
