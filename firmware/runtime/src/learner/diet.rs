@@ -262,6 +262,11 @@ fn read_masked(dir: &Path, dims: &BlockDims, seed: u64) -> Result<MaskedState, L
     }
 }
 
+/// The mean of `n` losses summing to `sum` (`None` for none).
+fn mean((sum, n): (f64, u32)) -> Option<f64> {
+    (n > 0).then(|| sum / f64::from(n))
+}
+
 /// The seed of step `i` of time step `t`.
 fn step_seed(seed: u64, t: u64, i: u32) -> u64 {
     seed ^ (t + 1).wrapping_mul(0xA076_1D64_78BD_642F)
@@ -536,7 +541,6 @@ impl Learner {
                 "; the time step's samples were dropped (the labelled ones stay in the store)",
             ));
         }
-        let mean = |(s, n): (f64, u32)| (n > 0).then(|| s / f64::from(n));
         Ok(TimeStepReport {
             index: run.done,
             arrivals: run.arrivals,
@@ -616,6 +620,13 @@ mod tests {
         fs::create_dir(dir.path().join(MASKED_FILE)).unwrap();
         let e = read_masked(dir.path(), &dims, 0).unwrap_err().to_string();
         assert!(e.contains(MASKED_FILE), "{e}");
+    }
+
+    #[test]
+    fn mean_losses() {
+        assert_eq!(mean((6.0, 3)), Some(2.0));
+        assert_eq!(mean((0.5, 1)), Some(0.5));
+        assert_eq!(mean((0.0, 0)), None);
     }
 
     #[test]

@@ -38,20 +38,9 @@ pub(super) const PRIVATE_MODE: &str = "private";
 /// `learner.json` alone.
 pub(super) fn folder_private(dir: &Path) -> Result<Option<bool>, LearnError> {
     let path = dir.join(META_FILE);
-    let bytes = match fs::File::open(&path) {
-        Ok(f) => {
-            let mut bytes = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::Read::take(f, 64 * 1024), &mut bytes)
-                .map_err(|source| io_err(&path, source))?;
-            bytes
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(io_err(&path, source)),
+    let Some(meta) = read_meta(&path)? else {
+        return Ok(None);
     };
-    let meta: Meta = serde_json::from_slice(&bytes).map_err(|e| LearnError::State {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
     match meta.mode.as_deref() {
         None => Ok(Some(false)),
         Some(PRIVATE_MODE) => Ok(Some(true)),
@@ -60,6 +49,30 @@ pub(super) fn folder_private(dir: &Path) -> Result<Option<bool>, LearnError> {
             message: format!("unknown learner mode `{other}`"),
         }),
     }
+}
+
+/// The most of `learner.json` read: one is a few hundred bytes; more is not one.
+const MAX_META_BYTES: u64 = 65_536;
+
+/// `learner.json` at `path` (`None`: there is none), of which at most [`MAX_META_BYTES`]
+/// are read.
+fn read_meta(path: &Path) -> Result<Option<Meta>, LearnError> {
+    let bytes = match fs::File::open(path) {
+        Ok(f) => {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_META_BYTES), &mut bytes)
+                .map_err(|source| io_err(path, source))?;
+            bytes
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(io_err(path, source)),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| LearnError::State {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
 }
 
 /// The smallest store capacity a learner can use: the largest state blob and four samples.
@@ -124,18 +137,7 @@ pub(super) fn check_meta(
         codec_weighted: codec.weighted,
         mode: private.then(|| PRIVATE_MODE.to_string()),
     };
-    let bytes = match fs::File::open(&path) {
-        Ok(f) => {
-            let mut bytes = Vec::new();
-            // A learner.json is a few hundred bytes; more is not one.
-            std::io::Read::read_to_end(&mut std::io::Read::take(f, 64 * 1024), &mut bytes)
-                .map_err(|source| io_err(&path, source))?;
-            Some(bytes)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(source) => return Err(io_err(&path, source)),
-    };
-    let Some(bytes) = bytes else {
+    let Some(mut found) = read_meta(&path)? else {
         if !write {
             return Err(LearnError::NotALearner {
                 dir: dir.to_path_buf(),
@@ -144,10 +146,6 @@ pub(super) fn check_meta(
         write_meta(&path, &meta)?;
         return Ok(meta);
     };
-    let mut found: Meta = serde_json::from_slice(&bytes).map_err(|e| LearnError::State {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
     if found.model != meta.model || found.tokens != meta.tokens || found.width != meta.width {
         return Err(LearnError::WrongModel {
             dir: dir.to_path_buf(),
@@ -228,4 +226,63 @@ pub(super) fn sync_dir(dir: &Path) {
 /// The original block's file of a model folder (for tools that only need the block).
 pub fn original_block_path(assets: &ModelAssets) -> PathBuf {
     assets.file(LAST_BLOCK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anytime_core::ring::layout::record_size;
+
+    const DIMS: BlockDims = BlockDims {
+        width: 4,
+        heads: 2,
+        mlp: 8,
+        tokens: 3,
+        embed: 2,
+    };
+
+    #[test]
+    fn learner_json_is_read_up_to_its_bound_and_open_errors_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = check_meta(dir.path(), "m", &DIMS, &CodecParams::DEFAULT, true, true).unwrap();
+        let path = dir.path().join(META_FILE);
+        // Leading white space up to the bound is still JSON to read whole.
+        let json = fs::read(&path).unwrap();
+        let mut padded = vec![b' '; MAX_META_BYTES as usize - json.len()];
+        padded.extend_from_slice(&json);
+        fs::write(&path, &padded).unwrap();
+        assert_eq!(read_meta(&path).unwrap(), Some(meta));
+        assert_eq!(folder_private(dir.path()).unwrap(), Some(true));
+        // Beyond it, the JSON is never reached.
+        padded.insert(0, b' ');
+        fs::write(&path, &padded).unwrap();
+        assert!(read_meta(&path).is_err());
+        // No folder: none; a file where the folder should be: an error, not "none".
+        assert_eq!(folder_private(&dir.path().join("absent")).unwrap(), None);
+        assert!(folder_private(&path).is_err());
+    }
+
+    #[test]
+    fn learner_ids_are_random_and_never_zero() {
+        let ids: std::collections::HashSet<String> = (0..8)
+            .map(|_| {
+                let dir = tempfile::tempdir().unwrap();
+                let m = check_meta(dir.path(), "m", &DIMS, &CodecParams::DEFAULT, true, false);
+                m.unwrap().id.unwrap()
+            })
+            .collect();
+        assert_eq!(ids.len(), 8);
+        assert!(ids.iter().all(|id| parse_id(id).is_some_and(|v| v != 0)));
+    }
+
+    #[test]
+    fn the_capacity_holds_four_samples_and_the_state() {
+        let min = min_capacity(100, 50);
+        assert_eq!(
+            min,
+            4 * u64::from(record_size(100)) + u64::from(record_size(50))
+        );
+        assert!(check_capacity(min, 100, 50).is_ok());
+        assert!(check_capacity(min - 1, 100, 50).is_err());
+    }
 }
