@@ -263,6 +263,24 @@ mod tests {
     }
 
     #[test]
+    fn a_folder_of_other_token_shapes_is_another_models() {
+        let dir = tempfile::tempdir().unwrap();
+        let codec = CodecParams::DEFAULT;
+        check_meta(dir.path(), "m", &DIMS, &codec, true, false).unwrap();
+        let tokens = BlockDims { tokens: 4, ..DIMS };
+        let width = BlockDims {
+            width: 8,
+            heads: 2,
+            ..DIMS
+        };
+        for (other, model) in [(&tokens, "m"), (&width, "m"), (&DIMS, "n")] {
+            let e = check_meta(dir.path(), model, other, &codec, false, false).unwrap_err();
+            assert!(matches!(e, LearnError::WrongModel { .. }), "{e}");
+        }
+        assert!(check_meta(dir.path(), "m", &DIMS, &codec, false, false).is_ok());
+    }
+
+    #[test]
     fn learner_ids_are_random_and_never_zero() {
         let ids: std::collections::HashSet<String> = (0..8)
             .map(|_| {
