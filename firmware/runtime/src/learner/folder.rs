@@ -260,6 +260,9 @@ mod tests {
         // No folder: none; a file where the folder should be: an error, not "none".
         assert_eq!(folder_private(&dir.path().join("absent")).unwrap(), None);
         assert!(folder_private(&path).is_err());
+        let absent = read_json::<Meta>(&dir.path().join("absent.json")).unwrap();
+        assert!(absent.is_none());
+        assert!(read_json::<Meta>(&path.join("x.json")).is_err());
     }
 
     #[test]
