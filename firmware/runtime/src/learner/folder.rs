@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 use anytime_core::codec::CodecParams;
 
 use super::{LearnError, META_FILE};
-use crate::assets::{ModelAssets, LAST_BLOCK};
 use crate::block::{BlockDims, FrozenHead};
 use crate::train::{load_tuned, TunedState};
 
@@ -223,11 +222,6 @@ pub(super) fn sync_dir(dir: &Path) {
     }
 }
 
-/// The original block's file of a model folder (for tools that only need the block).
-pub fn original_block_path(assets: &ModelAssets) -> PathBuf {
-    assets.file(LAST_BLOCK)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,6 +257,8 @@ mod tests {
         let absent = read_json::<Meta>(&dir.path().join("absent.json")).unwrap();
         assert!(absent.is_none());
         assert!(read_json::<Meta>(&path.join("x.json")).is_err());
+        assert!(sync_file(&path).is_ok());
+        assert!(sync_file(&dir.path().join("absent")).is_err());
     }
 
     #[test]

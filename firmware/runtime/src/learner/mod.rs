@@ -64,11 +64,11 @@ mod state;
 use diet::DietRun;
 pub use diet::{DietConfig, DietRecord, DietStatus, TimeStepReport, TimeWindow, UnlabelledReport};
 
+pub use folder::min_capacity;
 use folder::{
     check_capacity, check_meta, folder_private, format_id, io_err, parse_id, read_tuned, sync_dir,
     sync_file,
 };
-pub use folder::{min_capacity, original_block_path};
 use private::PrivateRun;
 pub use private::{
     consolidation_peak_bytes, ConsolidationReport, LossSummary, PrivateConfig, PrivateRecord,
