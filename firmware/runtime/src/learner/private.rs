@@ -578,3 +578,32 @@ impl Learner {
         Ok(report)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_settings_are_checked_at_their_bounds() {
+        assert!(PrivateConfig::default().check().is_ok());
+        let with = |f: fn(&mut PrivateConfig)| {
+            let mut c = PrivateConfig::default();
+            f(&mut c);
+            c.check()
+        };
+        assert!(with(|c| c.mu = 0.0).is_ok());
+        for mu in [-0.1, f32::NAN, f32::INFINITY] {
+            let c = PrivateConfig {
+                mu,
+                ..PrivateConfig::default()
+            };
+            assert!(c.check().unwrap_err().to_string().contains("μ"), "{mu}");
+        }
+        assert!(with(|c| c.synthetic = 4096).is_ok());
+        assert!(with(|c| c.synthetic = 4097).is_err());
+        assert!(with(|c| c.dream.batch = 1).is_ok());
+        assert!(with(|c| c.dream.batch = 4096).is_ok());
+        assert!(with(|c| c.dream.batch = 0).is_err());
+        assert!(with(|c| c.dream.batch = 4097).is_err());
+    }
+}
