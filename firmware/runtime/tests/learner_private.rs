@@ -190,6 +190,20 @@ fn a_private_learner_keeps_statistics_not_records_and_refuses_bad_input_unchange
     assert_eq!(r.labels, 2, "green is still in the training label set");
 }
 
+/// A generator file that cannot be read is an error naming it, not a missing generator.
+#[test]
+fn an_unreadable_generator_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || config(Some(private_config(0)));
+    let mut l = Learner::open("tiny-clip", dir.path(), cfg()).unwrap();
+    l.learn_tokens(&tiny_tokens("red_square.png"), "red")
+        .unwrap();
+    drop(l);
+    std::fs::create_dir(dir.path().join("generator.bin")).unwrap();
+    let e = Learner::open("tiny-clip", dir.path(), cfg()).unwrap_err();
+    assert!(e.to_string().contains("generator.bin"), "{e}");
+}
+
 #[test]
 fn consolidation_snapshots_trains_the_generator_and_brings_synthetic_samples() {
     let dir = tempfile::tempdir().unwrap();
@@ -211,6 +225,10 @@ fn consolidation_snapshots_trains_the_generator_and_brings_synthetic_samples() {
     assert_eq!((c.index, c.learned, c.labels, c.published), (0, 20, 2, 2));
     assert_eq!(c.generator_steps, 6);
     assert!(c.loss_first.total.is_finite() && c.loss_last.total.is_finite());
+    assert!(
+        c.loss_first.confidence > 0.0 && c.loss_first.stats > 0.0,
+        "the generator's losses are reported: {c:?}"
+    );
     assert!(c.peak_bytes > 0 && c.seconds >= c.generator_seconds);
     for f in [
         "generator.bin",
