@@ -22,6 +22,16 @@ pub struct BlockDims {
 }
 
 impl BlockDims {
+    /// A block small enough for unit tests to build by hand (N = 3, D = 4, 2 heads, E = 2).
+    #[cfg(test)]
+    pub(crate) const TEST: BlockDims = BlockDims {
+        width: 4,
+        heads: 2,
+        mlp: 8,
+        tokens: 3,
+        embed: 2,
+    };
+
     /// ViT-B/32 shapes (N = 50, D = 768, 12 heads, MLP 3072, E = 512).
     pub const VIT_B32: BlockDims = BlockDims {
         width: 768,

@@ -604,13 +604,7 @@ mod tests {
 
     #[test]
     fn a_missing_masked_file_starts_from_the_seed_and_an_unreadable_one_is_refused() {
-        let dims = BlockDims {
-            width: 4,
-            heads: 2,
-            mlp: 8,
-            tokens: 3,
-            embed: 2,
-        };
+        let dims = BlockDims::TEST;
         let dir = tempfile::tempdir().unwrap();
         let init = |seed| read_masked(dir.path(), &dims, seed).unwrap();
         assert_eq!(init(3), init(3));

@@ -227,13 +227,7 @@ mod tests {
     use super::*;
     use anytime_core::ring::layout::record_size;
 
-    const DIMS: BlockDims = BlockDims {
-        width: 4,
-        heads: 2,
-        mlp: 8,
-        tokens: 3,
-        embed: 2,
-    };
+    const DIMS: BlockDims = BlockDims::TEST;
 
     #[test]
     fn learner_json_is_read_up_to_its_bound_and_open_errors_are_errors() {

@@ -400,13 +400,7 @@ mod tests {
 
     #[test]
     fn adamw_matches_pytorch_and_decays_every_tensor_but_b() {
-        let dims = BlockDims {
-            width: 4,
-            heads: 2,
-            mlp: 8,
-            tokens: 3,
-            embed: 2,
-        };
+        let dims = BlockDims::TEST;
         // A large lr and decay so that decay is visible in f32.
         let cfg = TrainConfig {
             lr: 1e-2,

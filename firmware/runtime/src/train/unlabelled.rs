@@ -129,13 +129,7 @@ impl UnlabelledBuffer {
 mod tests {
     use super::*;
 
-    const DIMS: BlockDims = BlockDims {
-        width: 4,
-        heads: 2,
-        mlp: 8,
-        tokens: 3,
-        embed: 2,
-    };
+    const DIMS: BlockDims = BlockDims::TEST;
 
     fn sample(i: usize) -> Vec<f32> {
         (0..DIMS.tokens_len())
