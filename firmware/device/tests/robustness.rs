@@ -372,7 +372,10 @@ fn sigterm_abandons_a_request_that_outlasts_the_grace() {
 }
 
 /// Starts `serve --stop-grace 0.5`, learns one sample, sends `request`, and SIGTERMs the
-/// server 1 s later: its exit status, stderr, and the time from signal to exit.
+/// server 1 s plus twice that first learn's time later (past the image's decoding and
+/// encoding outside the lock, on a slow or emulated machine too; a first learn also warms
+/// the model, so it takes longer than any later image's encoding): its exit status,
+/// stderr, and the time from signal to exit.
 fn term_during(state: &Path, request: Value) -> (std::process::ExitStatus, String, Duration) {
     let mut child = bin()
         .args(["serve", "--cpu", "--stop-grace", "0.5", "--state"])
@@ -384,12 +387,14 @@ fn term_during(state: &Path, request: Value) -> (std::process::ExitStatus, Strin
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let first = Instant::now();
     writeln!(stdin, "{}", json!({"learn": red(), "label": "red"})).unwrap();
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
     assert!(line.contains("\"ok\":true"), "{line}");
+    let first = first.elapsed();
     writeln!(stdin, "{request}").unwrap();
-    std::thread::sleep(Duration::from_secs(1));
+    std::thread::sleep(Duration::from_secs(1) + 2 * first);
     let start = Instant::now();
     term(child.id());
     let status = wait_at_most(&mut child, Duration::from_secs(10));
