@@ -366,7 +366,6 @@ impl Learner {
         let mut batch_tokens = anytime_linalg::AlignedVec::with_capacity(per);
         batch_tokens.extend_from_slice(tokens);
         let mut labels = vec![y as u32];
-        let seed = self.cfg.seed ^ self.state.learned.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         if let (Some(gen), Some(_)) = (&run.generator, &run.snapshot) {
             let published: Vec<usize> = old
                 .iter()
@@ -374,7 +373,8 @@ impl Learner {
                 .filter(|&i| run.table.published(ids[i]).is_some())
                 .collect();
             if !published.is_empty() && run.cfg.synthetic > 0 {
-                let mut rng = anytime_core::rng::SplitMix64::new(seed ^ 0x5359_4E54);
+                let seed = synthetic_seed(self.cfg.seed, self.state.learned);
+                let mut rng = anytime_core::rng::SplitMix64::new(seed);
                 let picks = balanced(published.len(), run.cfg.synthetic, &mut rng);
                 for (j, &label) in published.iter().enumerate() {
                     let count = picks.iter().filter(|&&p| p == j).count();
@@ -536,10 +536,10 @@ impl Learner {
         if published > 0 {
             let mut gen = match &run.generator {
                 Some(g) => g.clone(),
-                None => Generator::new(gen_dims, seed ^ 0x4745_4E00)?,
+                None => Generator::new(gen_dims, generator_seed(seed))?,
             };
             let mut dream = run.cfg.dream.clone();
-            dream.seed ^= (run.record.consolidations + 1).wrapping_mul(0xA24B_AED4_963E_E407);
+            dream.seed = dream_seed(dream.seed, run.record.consolidations);
             let labels = DreamLabels {
                 ids: &ids,
                 text: &text,
@@ -589,6 +589,23 @@ impl Learner {
     }
 }
 
+/// The seed of a new generator's initial weights, from the learner's.
+fn generator_seed(seed: u64) -> u64 {
+    seed ^ 0x4745_4E00
+}
+
+/// The seed of a private step's synthetic draw (labels and noise): a learn's replay seed
+/// ([`super::replay_seed`]) in a stream of its own.
+fn synthetic_seed(seed: u64, learned: u64) -> u64 {
+    super::replay_seed(seed, learned, 0) ^ 0x5359_4E54
+}
+
+/// The generator training's seed at consolidation `index` (the first is 0) from the
+/// configured one: each consolidation draws differently.
+fn dream_seed(seed: u64, index: u64) -> u64 {
+    seed ^ (index + 1).wrapping_mul(0xA24B_AED4_963E_E407)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -615,6 +632,31 @@ mod tests {
         assert!(with(|c| c.dream.batch = 4096).is_ok());
         assert!(with(|c| c.dream.batch = 0).is_err());
         assert!(with(|c| c.dream.batch = 4097).is_err());
+    }
+
+    #[test]
+    fn private_seeds_differ_by_seed_count_and_consolidation() {
+        let mut synthetic = std::collections::HashSet::new();
+        let mut dream = std::collections::HashSet::new();
+        for seed in [0, 1, 2, 7, u64::MAX] {
+            for i in 0..9 {
+                assert!(synthetic.insert(synthetic_seed(seed, i)), "{seed} {i}");
+                assert!(dream.insert(dream_seed(seed, i)), "{seed} {i}");
+            }
+        }
+        // Pinned, so that a run draws the same across versions; the synthetic stream is
+        // not the replay's.
+        assert_eq!(
+            synthetic_seed(5, 3),
+            super::super::replay_seed(5, 3, 0) ^ 0x5359_4E54
+        );
+        assert_ne!(synthetic_seed(5, 3), super::super::replay_seed(5, 3, 0));
+        assert_eq!(dream_seed(5, 0), 5 ^ 0xA24B_AED4_963E_E407);
+        assert_eq!(
+            dream_seed(5, 2),
+            5 ^ 3u64.wrapping_mul(0xA24B_AED4_963E_E407)
+        );
+        assert_eq!(generator_seed(5), 5 ^ 0x4745_4E00);
     }
 
     /// The estimate's terms on small dims where no two of them coincide, worked out apart
