@@ -105,6 +105,7 @@ fn the_mode_is_the_folders_and_the_other_mode_is_refused_unchanged() {
 
     let normal = tempfile::tempdir().unwrap();
     let mut l = Learner::open("tiny-clip", normal.path(), config(None)).unwrap();
+    assert!(!l.is_private() && l.private_status().is_none());
     l.learn_tokens(&red, "red").unwrap();
     drop(l);
     let before = folder_bytes(normal.path());
@@ -238,13 +239,31 @@ fn consolidation_snapshots_trains_the_generator_and_brings_synthetic_samples() {
     ] {
         assert!(dir.path().join(f).is_file(), "{f}");
     }
-    // After it: the real sample and 7 synthetic ones of the old labels.
+    // After it: the real sample and 7 synthetic ones of the old labels. Blue is the new
+    // period's only label (its local CE is 0), and the tuned block is the snapshot
+    // (nothing to distil) until this step's update.
     let blue = tiny_tokens("blue_triangle.png");
     let r = l.learn_tokens(&blue, "blue").unwrap();
     assert_eq!(r.batch, 8);
-    assert!(r.loss.is_finite());
+    let p = r.private_step.unwrap();
+    assert_eq!(p.synthetic, 7);
+    assert!(p.balanced > 0.1 && p.local.abs() < 1e-6, "{p:?}");
+    assert!(p.distill.abs() < 1e-6 * p.balanced, "{p:?}");
+    assert!(
+        anytime_testkit::close(r.loss, p.local + p.balanced + p.distill, 1e-5, 0.0),
+        "{r:?}"
+    );
+    // The next step distils towards the snapshot, and its local CE is over blue and the
+    // new label.
+    let r = l.learn_tokens(&variant(&blue, 1), "violet").unwrap();
+    let p = r.private_step.unwrap();
+    assert!(p.distill > 0.0 && p.local > 0.1, "{p:?}");
+    assert!(
+        anytime_testkit::close(r.loss, p.local + p.balanced + p.distill, 1e-5, 0.0),
+        "{r:?}"
+    );
     let c2 = l.consolidate().unwrap();
-    assert_eq!((c2.index, c2.labels, c2.published), (1, 3, 2));
+    assert_eq!((c2.index, c2.labels, c2.published), (1, 4, 2));
     let s = l.private_status().unwrap();
     assert_eq!((s.consolidations, s.since, s.generator), (2, 0, true));
     drop(l);
@@ -491,6 +510,15 @@ fn synthetic_tokens_and_the_step_without_local_ce() {
     let r = l.learn_tokens(&variant(&red, 40), "red").unwrap();
     assert_eq!(r.batch, 8);
     assert!(r.loss.is_finite() && r.loss > 0.0);
+    // reopened asking for no synthetic sample: the real one alone
+    drop(l);
+    let none = PrivateConfig {
+        synthetic: 0,
+        ..private_config(0)
+    };
+    let mut l = Learner::open("tiny-clip", dir.path(), config(Some(none))).unwrap();
+    let r = l.learn_tokens(&variant(&red, 41), "red").unwrap();
+    assert_eq!((r.batch, r.private_step.unwrap().synthetic), (1, 0));
 }
 
 /// A private learner on the wgpu backend (`BackendChoice::Gpu`: any adapter, lavapipe in

@@ -72,7 +72,7 @@ use folder::{
 use private::PrivateRun;
 pub use private::{
     consolidation_peak_bytes, ConsolidationReport, LossSummary, PrivateConfig, PrivateRecord,
-    PrivateStatus,
+    PrivateStatus, PrivateStepParts,
 };
 pub use state::LearnerState;
 use state::STATE_MAX_LEN;
@@ -255,6 +255,8 @@ pub struct LearnReport {
     pub time_step: Option<TimeStepReport>,
     /// The consolidation this call ran, for a private learner.
     pub consolidation: Option<ConsolidationReport>,
+    /// The private step's loss parts, for a private learner.
+    pub private_step: Option<PrivateStepParts>,
     /// Where the call's time went.
     pub timings: LearnTimings,
 }
@@ -782,15 +784,16 @@ impl Learner {
             (seq, record.len())
         };
 
-        let (stats, batch) = if self.private.is_some() {
+        let (stats, batch, private_step) = if self.private.is_some() {
             let t = Instant::now();
-            let trained = self.private_train(tokens, y, &ids, &text)?;
+            let (stats, parts) = self.private_train(tokens, y, &ids, &text)?;
             timings.step = t.elapsed().as_secs_f64();
-            trained
+            let batch = stats.batch;
+            (stats, batch, Some(parts))
         } else if self.diet.is_some() {
             // A diet learner trains when the time step ends (no step here).
             self.hold_labelled(tokens, y_id);
-            (probe_stats, 0)
+            (probe_stats, 0, None)
         } else {
             // One step on the new sample and class-balanced stored ones.
             let seed = replay_seed(self.cfg.seed, self.state.learned, 0);
@@ -807,7 +810,7 @@ impl Learner {
                 .expect("the batch holds the new sample");
             timings.replay_decode = step.decode_s;
             timings.step = step.step_s;
-            (step.stats, step.batch)
+            (step.stats, step.batch, None)
         };
         let t_persist = Instant::now();
         self.state.learned += 1;
@@ -855,6 +858,7 @@ impl Learner {
             learned: self.state.learned,
             time_step: ended,
             consolidation,
+            private_step,
             timings,
         })
     }

@@ -151,6 +151,20 @@ pub struct ConsolidationReport {
     pub peak_bytes: u64,
 }
 
+/// The parts of a private step's loss (before its update; their sum is the report's
+/// `loss`) and its synthetic samples.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PrivateStepParts {
+    /// CE of the new sample over the current period's labels (0 with `local_ce` off).
+    pub local: f32,
+    /// Class-balanced CE of the batch (real and synthetic) over every learned label.
+    pub balanced: f32,
+    /// `μ`-weighted feature distillation towards the snapshot (0 before there are old
+    /// labels).
+    pub distill: f32,
+    pub synthetic: usize,
+}
+
 /// `private.json`: consolidations done, where the current period began, the old labels
 /// and the last consolidation's report.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -316,13 +330,13 @@ impl Learner {
 
     /// Whether label `id` was learned in private mode: OCW observed a sample of it (its
     /// statistics may not say so: those of fewer than 8 samples live in memory only, and a
-    /// restart loses them), or its statistics count one.
+    /// restart loses them), or it has statistics (the state blob may be older than
+    /// `stats.bin`). Both have an entry for a label only once a sample of it came.
     pub(super) fn learned_privately(&self, id: u16) -> bool {
         let Some(run) = self.private.as_ref() else {
             return false;
         };
-        self.state.ocw.get(id).is_some_and(|s| s.n > 0)
-            || run.table.get(id).is_some_and(|s| s.samples() > 0)
+        self.state.ocw.get(id).is_some() || run.table.get(id).is_some()
     }
 
     /// Adds a sample's tokens to its label's statistics and writes them (`stats.bin`).
@@ -343,7 +357,7 @@ impl Learner {
         y: usize,
         ids: &[u16],
         text: &[f32],
-    ) -> Result<(StepStats, usize), LearnError> {
+    ) -> Result<(StepStats, PrivateStepParts), LearnError> {
         let e = self.dims.embed;
         let per = self.dims.tokens_len();
         let n_labels = text.len() / e;
@@ -372,7 +386,8 @@ impl Learner {
                 .copied()
                 .filter(|&i| run.table.published(ids[i]).is_some())
                 .collect();
-            if !published.is_empty() && run.cfg.synthetic > 0 {
+            // (`synthetic` = 0 draws no pick: every count is 0 and generates nothing.)
+            if !published.is_empty() {
                 let seed = synthetic_seed(self.cfg.seed, self.state.learned);
                 let mut rng = anytime_core::rng::SplitMix64::new(seed);
                 let picks = balanced(published.len(), run.cfg.synthetic, &mut rng);
@@ -433,7 +448,12 @@ impl Learner {
                 batch: b,
                 step: stats.step,
             },
-            b,
+            PrivateStepParts {
+                local: stats.local as f32,
+                balanced: stats.balanced as f32,
+                distill: stats.distill as f32,
+                synthetic: b - 1,
+            },
         ))
     }
 
