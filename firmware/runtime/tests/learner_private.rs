@@ -478,15 +478,15 @@ fn synthetic_tokens_and_the_step_without_local_ce() {
     };
     let mut l = Learner::open("tiny-clip", dir.path(), config(Some(cfg))).unwrap();
     let red = tiny_tokens("red_square.png");
-    let green = tiny_tokens("green_circle.png");
+    let pics = [
+        (red.clone(), "red"),
+        (tiny_tokens("green_circle.png"), "green"),
+        (tiny_tokens("blue_triangle.png"), "blue"),
+    ];
     let per = red.len();
-    for i in 0..16 {
-        let (t, label) = if i % 2 == 0 {
-            (variant(&red, i), "red")
-        } else {
-            (variant(&green, i), "green")
-        };
-        let r = l.learn_tokens(&t, label).unwrap();
+    for i in 0..24 {
+        let (base, label) = &pics[i % 3];
+        let r = l.learn_tokens(&variant(base, i), label).unwrap();
         assert!(r.loss.is_finite() && r.loss > 0.0, "sample {i}: {r:?}");
         assert_eq!(r.batch, 1);
     }
@@ -505,8 +505,9 @@ fn synthetic_tokens_and_the_step_without_local_ce() {
         "seeded"
     );
     assert_ne!(l.synthetic_tokens("red", 4, 2).unwrap().unwrap(), a);
-    assert_eq!(l.synthetic_tokens("blue", 4, 1).unwrap(), None);
-    // the step after the consolidation: the real sample and 7 synthetic ones
+    assert_eq!(l.synthetic_tokens("yellow", 4, 1).unwrap(), None);
+    // the step after the consolidation: the real sample and 7 synthetic ones of the
+    // three old labels
     let r = l.learn_tokens(&variant(&red, 40), "red").unwrap();
     assert_eq!(r.batch, 8);
     assert!(r.loss.is_finite() && r.loss > 0.0);
