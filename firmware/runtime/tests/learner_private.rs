@@ -286,6 +286,36 @@ fn consolidation_snapshots_trains_the_generator_and_brings_synthetic_samples() {
     Learner::open("tiny-clip", dir.path(), config(Some(private_config(20)))).unwrap();
 }
 
+/// A consolidation before anything was learned snapshots the block and trains no
+/// generator; the next steps have no old label, so nothing to distil, and a consolidation
+/// over labels without published statistics (fewer than 8 samples) trains none either.
+#[test]
+fn consolidations_without_labels_or_statistics_train_no_generator() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = Learner::open("tiny-clip", dir.path(), config(Some(private_config(0)))).unwrap();
+    let c = l.consolidate().unwrap();
+    assert_eq!((c.labels, c.published, c.generator_steps), (0, 0, 0));
+    assert!(dir.path().join("snapshot.safetensors").is_file());
+    assert!(!dir.path().join("generator.bin").exists());
+    let red = tiny_tokens("red_square.png");
+    let r = l.learn_tokens(&red, "red").unwrap();
+    let p = r.private_step.unwrap();
+    assert_eq!((r.batch, p.synthetic, p.distill), (1, 0, 0.0), "{p:?}");
+    let c = l.consolidate().unwrap();
+    assert_eq!(
+        (c.index, c.labels, c.published, c.generator_steps),
+        (1, 1, 0, 0)
+    );
+    assert!(!dir.path().join("generator.bin").exists());
+    let r = l.learn_tokens(&variant(&red, 1), "red").unwrap();
+    let p = r.private_step.unwrap();
+    assert_eq!(
+        (r.batch, p.synthetic),
+        (1, 0),
+        "no generator, no synthetic sample"
+    );
+}
+
 /// Audit (1): after learning privately, no 8 consecutive values of any learned sample's
 /// tokens (as the f32 bytes they would be written as, at any byte offset), and no 8
 /// consecutive bytes of its compressed record (as the normal learner would store it; runs
