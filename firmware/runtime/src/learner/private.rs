@@ -375,7 +375,6 @@ impl Learner {
         };
         let local_text = rows(&current);
         let local_y = current.iter().position(|&i| i == y).expect("y is current") as u32;
-        let old_text = rows(&old);
 
         let mut batch_tokens = anytime_linalg::AlignedVec::with_capacity(per);
         batch_tokens.extend_from_slice(tokens);
@@ -408,15 +407,18 @@ impl Learner {
             }
         }
         let b = labels.len();
-        let old_target: Vec<f32> = match &run.snapshot {
+        // The distillation's old labels, their text and the snapshot's logits / τ (none
+        // before a snapshot or an old label).
+        let (n_old, old_text, old_target) = match &run.snapshot {
             Some(snap) if !old.is_empty() => {
+                let old_text = rows(&old);
                 let fwd = snap.logits(&batch_tokens, b, &old_text, old.len())?;
                 let tau = f64::from(snap.logit_scale());
-                fwd.logits.iter().map(|&l| (l / tau) as f32).collect()
+                let target = fwd.logits.iter().map(|&l| (l / tau) as f32).collect();
+                (old.len(), old_text, target)
             }
-            _ => Vec::new(),
+            _ => (0, Vec::new(), Vec::new()),
         };
-        let n_old = if old_target.is_empty() { 0 } else { old.len() };
         let mu = run.cfg.mu;
         // Without the local CE the batch has no "real" sample: the new one is learned
         // through the class-balanced CE alone.
@@ -431,7 +433,7 @@ impl Learner {
             local_labels: if local { &local_labels } else { &[] },
             local_text: if local { &local_text } else { &[] },
             n_local: if local { current.len() } else { 0 },
-            old_text: if n_old > 0 { &old_text } else { &[] },
+            old_text: &old_text,
             n_old,
             old_target: &old_target,
             mu,
