@@ -283,8 +283,7 @@ pub fn consolidation_peak_bytes(
 ) -> u64 {
     let block = memory_report(dims, batch);
     let snapshot = block.weights + block.gradients + block.weight_gradients;
-    let g = gen.hidden * gen.input() + gen.hidden + gen.record() * gen.hidden + gen.record();
-    let generator = 4 * 4 * g;
+    let generator = 4 * 4 * gen.params();
     let tokens = batch * gen.tokens_len();
     let generator_step = 4 * batch * (gen.input() + 3 * gen.hidden + 2 * gen.record()) + 4 * tokens;
     let gradients = 4 * 4 * tokens;

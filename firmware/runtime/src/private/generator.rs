@@ -84,6 +84,12 @@ impl GeneratorDims {
         (1 + self.components) * self.width + self.tokens * self.components
     }
 
+    /// Trainable scalars: `W1`, `b1`, `W2`, `b2`.
+    pub fn params(&self) -> usize {
+        let (i, h, r) = (self.input(), self.hidden, self.record());
+        h * i + h + r * h + r
+    }
+
     /// Values of one image's tokens, `N·D`.
     pub fn tokens_len(&self) -> usize {
         self.tokens * self.width
@@ -431,8 +437,7 @@ impl Generator {
 
     /// Bytes of the encoding of a generator of `dims`.
     pub fn encoded_len(dims: &GeneratorDims) -> usize {
-        let (i, h, r) = (dims.input(), dims.hidden, dims.record());
-        HEADER_LEN + 4 * (h * i + h + r * h + r) + 4
+        HEADER_LEN + 4 * dims.params() + 4
     }
 
     /// The version 1 encoding of the parameters (module docs).
