@@ -181,6 +181,20 @@ mod tests {
     }
 
     #[test]
+    fn a_flip_through_bytes_mut_is_what_the_flash_reads() {
+        let mut f = MemFlash::new([0xFFu8; 64], 16);
+        f.write(8, &[0x5A; 4]).unwrap();
+        assert_eq!(f.bytes_mut().len(), 64, "the whole image");
+        f.bytes_mut()[9] ^= 0x01;
+        f.bytes_mut()[63] = 0x00;
+        let mut b = [0u8; 4];
+        f.read(8, &mut b).unwrap();
+        assert_eq!(b, [0x5A, 0x5B, 0x5A, 0x5A]);
+        f.read(60, &mut b).unwrap();
+        assert_eq!(b, [0xFF, 0xFF, 0xFF, 0x00]);
+    }
+
+    #[test]
     fn geometry_bounds_and_alignment_are_checked() {
         let mut f = MemFlash::new([0xFFu8; 64], 16);
         assert_eq!((f.capacity(), f.erase_size()), (64, 16));
