@@ -52,7 +52,7 @@ fn a_private_learner_learns_consolidates_and_predicts_and_keeps_its_mode() {
         .unwrap()
         .iter()
         .all(|l| l["stored"] == 0));
-    // No label has 8 samples: the generator is not trained yet, the period still ends.
+    // The restyled replay (the default) trains no generator; the period still ends.
     let r = s.ask(r#"{"consolidate": true, "id": 3}"#);
     assert_eq!(r["id"], 3);
     let c = &r["consolidation"];

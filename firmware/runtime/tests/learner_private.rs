@@ -7,7 +7,9 @@ use std::path::Path;
 
 use anytime_runtime::assets::bundled_models_dir;
 use anytime_runtime::encoder::load_image;
-use anytime_runtime::learner::{LearnError, Learner, LearnerConfig, Mixing, PrivateConfig};
+use anytime_runtime::learner::{
+    LearnError, Learner, LearnerConfig, Mixing, PrivateConfig, PrivateReplay,
+};
 use anytime_runtime::predict::Predictor;
 use anytime_runtime::private::DreamConfig;
 use anytime_runtime::store::{encode_tokens, token_weights};
@@ -23,6 +25,14 @@ fn private_config(every: u32) -> PrivateConfig {
         },
         synthetic: 7,
         ..PrivateConfig::default()
+    }
+}
+
+/// [`private_config`] with SPEC §7's generator replay.
+fn generator_config(every: u32) -> PrivateConfig {
+    PrivateConfig {
+        replay: PrivateReplay::Generator,
+        ..private_config(every)
     }
 }
 
@@ -208,7 +218,7 @@ fn an_unreadable_generator_file_is_refused() {
 #[test]
 fn consolidation_snapshots_trains_the_generator_and_brings_synthetic_samples() {
     let dir = tempfile::tempdir().unwrap();
-    let mut l = Learner::open("tiny-clip", dir.path(), config(Some(private_config(20)))).unwrap();
+    let mut l = Learner::open("tiny-clip", dir.path(), config(Some(generator_config(20)))).unwrap();
     let red = tiny_tokens("red_square.png");
     let green = tiny_tokens("green_circle.png");
     let mut auto = None;
@@ -268,7 +278,7 @@ fn consolidation_snapshots_trains_the_generator_and_brings_synthetic_samples() {
     assert_eq!((s.consolidations, s.since, s.generator), (2, 0, true));
     drop(l);
     // Reopened: the generator and snapshot are back; damaged ones are refused.
-    let mut l = Learner::open("tiny-clip", dir.path(), config(Some(private_config(20)))).unwrap();
+    let mut l = Learner::open("tiny-clip", dir.path(), config(Some(generator_config(20)))).unwrap();
     assert_eq!(l.learn_tokens(&variant(&red, 50), "red").unwrap().batch, 8);
     drop(l);
     for f in ["generator.bin", "snapshot.safetensors"] {
@@ -279,11 +289,11 @@ fn consolidation_snapshots_trains_the_generator_and_brings_synthetic_samples() {
         bad[at] ^= 0x40;
         std::fs::write(&path, &bad).unwrap();
         let e =
-            Learner::open("tiny-clip", dir.path(), config(Some(private_config(20)))).unwrap_err();
+            Learner::open("tiny-clip", dir.path(), config(Some(generator_config(20)))).unwrap_err();
         assert!(e.to_string().contains(f), "{f}: {e}");
         std::fs::write(&path, &good).unwrap();
     }
-    Learner::open("tiny-clip", dir.path(), config(Some(private_config(20)))).unwrap();
+    Learner::open("tiny-clip", dir.path(), config(Some(generator_config(20)))).unwrap();
 }
 
 /// A consolidation before anything was learned snapshots the block and trains no
@@ -312,7 +322,7 @@ fn consolidations_without_labels_or_statistics_train_no_generator() {
     assert_eq!(
         (r.batch, p.synthetic),
         (1, 0),
-        "no generator, no synthetic sample"
+        "no published statistics, no synthetic sample"
     );
 }
 
@@ -320,11 +330,22 @@ fn consolidations_without_labels_or_statistics_train_no_generator() {
 /// tokens (as the f32 bytes they would be written as, at any byte offset), and no 8
 /// consecutive bytes of its compressed record (as the normal learner would store it; runs
 /// of fewer than 6 distinct bytes left out, as they occur anywhere), lie in any file of
-/// the folder. A consolidation ran, so the generator and snapshot are searched too.
+/// the folder. A consolidation ran, so the snapshot (and with the generator replay, the
+/// generator) is searched too.
 #[test]
 fn audit_no_learned_samples_bytes_are_in_the_folder() {
+    for replay in [PrivateReplay::Restyle, PrivateReplay::Generator] {
+        no_learned_samples_bytes_in_the_folder(replay);
+    }
+}
+
+fn no_learned_samples_bytes_in_the_folder(replay: PrivateReplay) {
     let dir = tempfile::tempdir().unwrap();
-    let mut l = Learner::open("tiny-clip", dir.path(), config(Some(private_config(27)))).unwrap();
+    let cfg = PrivateConfig {
+        replay,
+        ..private_config(27)
+    };
+    let mut l = Learner::open("tiny-clip", dir.path(), config(Some(cfg))).unwrap();
     let original = Predictor::load("tiny-clip").unwrap().original;
     let dims = l.predictor().original.dims;
     let pics = [
@@ -368,14 +389,14 @@ fn audit_no_learned_samples_bytes_are_in_the_folder() {
     assert!(token_needles.len() > 30 * 3000 && record_needles.len() > 30 * 100);
     let files = folder_bytes(dir.path());
     let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
-    for f in [
-        "generator.bin",
-        "snapshot.safetensors",
-        "stats.bin",
-        "tokens.store",
-    ] {
+    for f in ["snapshot.safetensors", "stats.bin", "tokens.store"] {
         assert!(names.contains(&f), "{f} missing from {names:?}");
     }
+    assert_eq!(
+        names.contains(&"generator.bin"),
+        replay == PrivateReplay::Generator,
+        "{replay:?}: {names:?}"
+    );
     for (name, bytes) in &files {
         for w in bytes.windows(32) {
             let w: [u8; 32] = w.try_into().unwrap();
@@ -395,15 +416,24 @@ fn audit_no_learned_samples_bytes_are_in_the_folder() {
 }
 
 /// Audit (2): the folder's files have the same sizes after 16 and after 1,000 learned
-/// samples of the same two labels (a consolidation after each; 16: a label's statistics
-/// are first written at its 8th sample, so the first 8 are of one label and the next 8 of
-/// the other), but `private.json`, a JSON record whose numbers' digits vary: it stays
-/// under 2 KiB. The sizes are taken with the learner open (its lock file names the
-/// holder).
+/// samples of the same two labels, with either replay (a consolidation after each; 16: a
+/// label's statistics are first written at its 8th sample, so the first 8 are of one label
+/// and the next 8 of the other), but `private.json`, a JSON record whose numbers' digits
+/// vary: it stays under 2 KiB. The sizes are taken with the learner open (its lock file
+/// names the holder).
 #[test]
 fn audit_the_folder_size_does_not_grow_with_the_samples() {
+    for replay in [PrivateReplay::Restyle, PrivateReplay::Generator] {
+        the_folder_size_does_not_grow(replay);
+    }
+}
+
+fn the_folder_size_does_not_grow(replay: PrivateReplay) {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(Some(private_config(100_000)));
+    let mut cfg = config(Some(PrivateConfig {
+        replay,
+        ..private_config(100_000)
+    }));
     cfg.checkpoint_every = 0;
     let mut l = Learner::open("tiny-clip", dir.path(), cfg).unwrap();
     let pics = [
@@ -444,18 +474,33 @@ fn audit_the_folder_size_does_not_grow_with_the_samples() {
         without_record(sizes(dir.path())),
         without_record(at_16.unwrap()),
     );
-    assert!(now.iter().any(|(n, _)| n == "generator.bin"), "{now:?}");
-    assert_eq!(now, then);
+    assert_eq!(
+        now.iter().any(|(n, _)| n == "generator.bin"),
+        replay == PrivateReplay::Generator,
+        "{now:?}"
+    );
+    assert_eq!(now, then, "{replay:?}");
 }
 
 /// The private step learns: after 16 samples each of two labels the zero-shot model
 /// confuses, the tuned model tells them apart on the pictures (a margin a learner at
 /// chance cannot meet), and after a consolidation and more samples of a third label it
-/// still does (the synthetic samples and the distillation hold the old labels).
+/// still does (the synthetic samples and the distillation hold the old labels), with
+/// either source of synthetic samples.
 #[test]
 fn a_private_learner_learns_and_keeps_its_old_labels() {
+    for replay in [PrivateReplay::Restyle, PrivateReplay::Generator] {
+        learns_and_keeps_its_old_labels(replay);
+    }
+}
+
+fn learns_and_keeps_its_old_labels(replay: PrivateReplay) {
     let dir = tempfile::tempdir().unwrap();
-    let mut l = Learner::open("tiny-clip", dir.path(), config(Some(private_config(32)))).unwrap();
+    let cfg = PrivateConfig {
+        replay,
+        ..private_config(32)
+    };
+    let mut l = Learner::open("tiny-clip", dir.path(), config(Some(cfg))).unwrap();
     let pics = [
         (tiny_tokens("red_square.png"), "alpha"),
         (tiny_tokens("green_circle.png"), "beta"),
@@ -473,7 +518,7 @@ fn a_private_learner_learns_and_keeps_its_old_labels() {
             .collect()
     };
     let learned = right(&mut l);
-    assert!(learned.iter().all(|&p| p > 0.9), "{learned:?}");
+    assert!(learned.iter().all(|&p| p > 0.9), "{replay:?}: {learned:?}");
     let zero_shot: Vec<f32> = pics
         .iter()
         .enumerate()
@@ -491,7 +536,7 @@ fn a_private_learner_learns_and_keeps_its_old_labels() {
     let kept = right(&mut l);
     assert!(
         kept.iter().all(|&p| p > 0.75),
-        "{kept:?} (after learning gamma)"
+        "{replay:?}: {kept:?} (after learning gamma)"
     );
 }
 
@@ -504,7 +549,7 @@ fn synthetic_tokens_and_the_step_without_local_ce() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = PrivateConfig {
         local_ce: false,
-        ..private_config(0)
+        ..generator_config(0)
     };
     let mut l = Learner::open("tiny-clip", dir.path(), config(Some(cfg))).unwrap();
     let red = tiny_tokens("red_square.png");

@@ -9,8 +9,9 @@
 //! (no-other, raw, `kKbB`) get their own learner. Every learner lives in its own
 //! folder, wiped at the start of a run.
 //!
-//! The private methods (`private`, `private-tuned` and the ablations of issue 15) run the
-//! learner in SPEC §7's private mode: no record is stored, and the learner consolidates
+//! The private methods (`private`, `private-tuned`, `private-generator` and the ablations
+//! of issue 15) run the learner in SPEC §7's private mode: no record is stored, and the
+//! learner consolidates
 //! (snapshot, generator) at the end of every stage, the task boundary of the
 //! class-incremental protocol, as "Always Be Dreaming" does.
 
@@ -25,7 +26,7 @@ use anyhow::{bail, ensure, Context, Result};
 use anytime_core::codec::{encoded_len, CodecParams};
 use anytime_runtime::assets::ModelAssets;
 use anytime_runtime::learner::{
-    ConsolidationReport, DietConfig, Learner, LearnerConfig, Mixing, PrivateConfig,
+    ConsolidationReport, DietConfig, Learner, LearnerConfig, Mixing, PrivateConfig, PrivateReplay,
 };
 use anytime_runtime::predict::{LabelSet, Prediction, Predictor};
 use anytime_runtime::private::DreamConfig;
@@ -59,6 +60,8 @@ pub struct PrivateParts {
     pub distill: bool,
     /// The local CE over the current period's labels.
     pub local_ce: bool,
+    /// The synthetic samples from SPEC §7's generator instead of the restyled new sample.
+    pub generator: bool,
 }
 
 impl PrivateParts {
@@ -67,14 +70,17 @@ impl PrivateParts {
         stats: true,
         distill: true,
         local_ce: true,
+        generator: false,
     };
 }
 
-/// The private methods (issue 15): the private learner, its tuned block alone, and its
-/// ablations (no synthetic replay, no statistics alignment, no distillation, no local CE).
-pub const PRIVATE_METHODS: [&str; 6] = [
+/// The private methods (issue 15): the private learner (restyled replay), its tuned
+/// block alone, the generator's replay (SPEC §7), and the ablations (no synthetic replay,
+/// the generator without statistics alignment, no distillation, no local CE).
+pub const PRIVATE_METHODS: [&str; 7] = [
     "private",
     "private-tuned",
+    "private-generator",
     "private-no-replay",
     "private-no-stats",
     "private-no-distill",
@@ -138,9 +144,17 @@ pub fn parse_method(name: &str, codec: CodecParams, tokens: usize) -> Result<Opt
             }),
             Mixing::Ocw,
         ),
+        "private-generator" => (
+            private(PrivateParts {
+                generator: true,
+                ..all
+            }),
+            Mixing::Ocw,
+        ),
         "private-no-stats" => (
             private(PrivateParts {
                 stats: false,
+                generator: true,
                 ..all
             }),
             Mixing::Ocw,
@@ -423,6 +437,11 @@ fn private_config(parts: PrivateParts, settings: &LearnerSettings) -> PrivateCon
         mu: if parts.distill { settings.mu } else { 0.0 },
         synthetic: if parts.replay { settings.replay } else { 0 },
         local_ce: parts.local_ce,
+        replay: if parts.generator {
+            PrivateReplay::Generator
+        } else {
+            PrivateReplay::Restyle
+        },
     }
 }
 
@@ -783,8 +802,14 @@ mod tests {
         let all = cfg("private");
         assert_eq!(all.consolidate_every, 0, "at stage ends only");
         assert_eq!(
-            (all.synthetic, all.mu, all.dream.w_stats, all.local_ce),
-            (7, 0.1, 50.0, true)
+            (
+                all.synthetic,
+                all.mu,
+                all.dream.w_stats,
+                all.local_ce,
+                all.replay
+            ),
+            (7, 0.1, 50.0, true, PrivateReplay::Restyle)
         );
         let ablated = [
             (
@@ -809,12 +834,20 @@ mod tests {
                 },
             ),
             (
+                "private-generator",
+                PrivateConfig {
+                    replay: PrivateReplay::Generator,
+                    ..all.clone()
+                },
+            ),
+            (
                 "private-no-stats",
                 PrivateConfig {
                     dream: DreamConfig {
                         w_stats: 0.0,
                         ..all.dream.clone()
                     },
+                    replay: PrivateReplay::Generator,
                     ..all.clone()
                 },
             ),

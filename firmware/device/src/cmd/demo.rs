@@ -217,6 +217,7 @@ pub fn run(a: Args) -> Result<()> {
         time_step_seconds: None,
         private: false,
         consolidate_every: 0,
+        private_replay: super::ReplayArg::Restyle,
     };
     let (mut learner, training) = args.open_to_train()?;
     let t = Instant::now();

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use anytime_runtime::assets::ModelAssets;
 use anytime_runtime::learner::{
     folder_is_private, ConsolidationReport, DietConfig, DietRecord, Learner, LearnerConfig, Mixing,
-    PrivateConfig, TimeStepReport, TimeWindow,
+    PrivateConfig, PrivateReplay, TimeStepReport, TimeWindow,
 };
 use anytime_runtime::train::{BackendChoice, BackendReason, Training};
 
@@ -20,6 +20,13 @@ pub const TRAIN_ENV: &str = "ANYTIME_EDGE_TRAIN";
 pub const DEFAULT_MODEL: &str = "mini-clip";
 /// Names the model when `--model` is not given (before [`DEFAULT_MODEL`]).
 pub const MODEL_ENV: &str = "ANYTIME_EDGE_MODEL";
+
+/// `--private-replay`: where a private learner's synthetic samples come from.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayArg {
+    Restyle,
+    Generator,
+}
 
 /// Where the learner lives and how it trains (shared by `learn`, `predict --state`, `serve`).
 #[derive(clap::Args, Debug, Clone)]
@@ -59,8 +66,9 @@ pub struct LearnerArgs {
     #[arg(long, value_name = "S*")]
     pub s_star: Option<u32>,
     /// Create a private learner (SPEC §7): no image's tokens are kept, only per-label
-    /// statistics, and a generator of synthetic samples is trained at each consolidation
-    /// (every `--consolidate-every` samples, and on `serve`'s `{"consolidate": true}`).
+    /// statistics; at each consolidation (every `--consolidate-every` samples, and on
+    /// `serve`'s `{"consolidate": true}`) the tuned block is snapshotted, and each step
+    /// replays synthetic samples of the labels learned before it (`--private-replay`).
     /// Only on a new state; a private state stays private (later runs need no flag), and
     /// a normal one is refused. It trains on the backend `--cpu`/`--gpu` pick, as any
     /// learner does (its consolidation runs on the CPU).
@@ -69,6 +77,11 @@ pub struct LearnerArgs {
     /// Consolidate a private learner every this many samples (0: only when asked).
     #[arg(long, value_name = "N", default_value_t = PrivateConfig::default().consolidate_every)]
     pub consolidate_every: u32,
+    /// A private learner's synthetic samples: `restyle`, the new image's tokens given
+    /// each old label's statistics; or `generator`, SPEC §7's generator, trained at each
+    /// consolidation (slower, and on CIFAR-10 it does not hold the old labels: BENCHMARKS.md).
+    #[arg(long, value_enum, default_value = "restyle")]
+    pub private_replay: ReplayArg,
     /// A diet time step ends with its N-th arriving image, labelled or not (default: the
     /// recorded window, else 100 images).
     #[arg(long, value_name = "N", conflicts_with = "time_step_seconds")]
@@ -130,6 +143,10 @@ impl LearnerArgs {
         if self.private || folder_is_private(&self.state)? == Some(true) {
             cfg.private = Some(PrivateConfig {
                 consolidate_every: self.consolidate_every,
+                replay: match self.private_replay {
+                    ReplayArg::Restyle => PrivateReplay::Restyle,
+                    ReplayArg::Generator => PrivateReplay::Generator,
+                },
                 ..PrivateConfig::default()
             });
         }

@@ -93,6 +93,7 @@ pub fn run(a: Args) -> Result<()> {
                 time_step_seconds: None,
                 private: false,
                 consolidate_every: 0,
+                private_replay: super::ReplayArg::Restyle,
             };
             if !state.join("learner.json").is_file() {
                 bail!(

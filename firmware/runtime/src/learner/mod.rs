@@ -72,7 +72,7 @@ use folder::{
 use private::PrivateRun;
 pub use private::{
     consolidation_peak_bytes, ConsolidationReport, LossSummary, PrivateConfig, PrivateRecord,
-    PrivateStatus, PrivateStepParts,
+    PrivateReplay, PrivateStatus, PrivateStepParts,
 };
 pub use state::LearnerState;
 use state::STATE_MAX_LEN;

@@ -6,8 +6,10 @@
 //! "none" calibration (before the step, as always), adds the tokens to the label's
 //! aggregate statistics (`stats.bin`, written in place, one label per call), stores **no
 //! token record**, and takes ONE training step ([`crate::train::private_step`]) on the new
-//! sample and, once a generator exists, class-balanced synthetic samples of the old labels
-//! with published statistics: local CE over the current period's labels, class-balanced
+//! sample and, once a consolidation made a snapshot, class-balanced synthetic samples of
+//! the old labels with published statistics ([`PrivateReplay`]: by default the new
+//! sample's tokens restyled to each old label's statistics; or SPEC §7's generator's
+//! token sets): local CE over the current period's labels, class-balanced
 //! CE over every learned label, and `μ`-weighted feature distillation towards the snapshot
 //! `θ'` through the old labels' text embeddings. The tokens are gone when `learn` returns.
 //!
@@ -17,9 +19,10 @@
 //!
 //! Consolidation ([`Learner::consolidate`], and every
 //! [`PrivateConfig::consolidate_every`] samples): the tuned weights are checkpointed and
-//! copied to `θ'` (`snapshot.safetensors`), the generator is trained against `θ'` on the
-//! labels with published statistics ([`train_generator`]) and saved (`generator.bin`),
-//! and a new period starts (`private.json`), each file replaced atomically in that order.
+//! copied to `θ'` (`snapshot.safetensors`), for the generator replay the generator is
+//! trained against `θ'` on the labels with published statistics ([`train_generator`]) and
+//! saved (`generator.bin`; the restyled replay trains and keeps none), and a new period
+//! starts (`private.json`), each file replaced atomically in that order.
 //! A crash between two of them leaves a newer snapshot or generator with the older period:
 //! the next consolidation catches up.
 //!
@@ -47,7 +50,7 @@ use crate::block::{memory_report, BlockDims, FrozenHead};
 use crate::private::dream::balanced;
 use crate::private::generator::GeneratorDims;
 use crate::private::{
-    train_generator, DreamConfig, DreamLabels, Generator, LossParts, Snapshot, StatsFile,
+    restyle, train_generator, DreamConfig, DreamLabels, Generator, LossParts, Snapshot, StatsFile,
     StatsTable,
 };
 use crate::train::{load_block, save_block, PrivateBatch, StepStats};
@@ -74,6 +77,21 @@ pub struct PrivateConfig {
     /// Take the local CE over the current period's labels (on; off only to measure what
     /// it brings: the real sample is then learned through the class-balanced CE alone).
     pub local_ce: bool,
+    /// Where a step's synthetic samples of the old labels come from.
+    pub replay: PrivateReplay,
+}
+
+/// The source of the private step's synthetic samples of an old label.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PrivateReplay {
+    /// The new sample's tokens restyled to the old label's published statistics
+    /// ([`crate::private::restyle`]): the default, the one that holds the old labels on
+    /// real images (BENCHMARKS.md, "Data-free class-incremental").
+    #[default]
+    Restyle,
+    /// SPEC §7's class-conditional generator `G(z, y)`, trained at each consolidation
+    /// (its sets replayed once one is trained).
+    Generator,
 }
 
 impl Default for PrivateConfig {
@@ -84,6 +102,7 @@ impl Default for PrivateConfig {
             mu: 0.1,
             synthetic: 31,
             local_ce: true,
+            replay: PrivateReplay::default(),
         }
     }
 }
@@ -297,6 +316,16 @@ pub fn consolidation_peak_bytes(
         + logits) as u64
 }
 
+/// An estimate of the peak bytes a consolidation without a generator takes beyond what
+/// the learner holds, its checkpoint's: the tuned state (parameters and two moments) read
+/// back, its values as bytes, and the file's buffer (up to twice the bytes as it grows);
+/// the frozen head (written with it) in the last three.
+pub fn snapshot_peak_bytes(dims: &BlockDims) -> u64 {
+    let state = 3 * memory_report(dims, 1).weights;
+    let head = 4 * dims.width * (2 + dims.embed);
+    (4 * state + 3 * head) as u64
+}
+
 impl Learner {
     fn not_private(&self) -> LearnError {
         LearnError::Config(format!(
@@ -378,7 +407,14 @@ impl Learner {
         let mut batch_tokens = anytime_linalg::AlignedVec::with_capacity(per);
         batch_tokens.extend_from_slice(tokens);
         let mut labels = vec![y as u32];
-        if let (Some(gen), Some(_)) = (&run.generator, &run.snapshot) {
+        // Synthetic samples once a consolidation made a snapshot (and, for the generator
+        // replay, trained the generator).
+        let source = match (run.cfg.replay, &run.generator) {
+            (PrivateReplay::Generator, Some(gen)) => Some(Some(gen)),
+            (PrivateReplay::Generator, None) => None,
+            (PrivateReplay::Restyle, _) => Some(None),
+        };
+        if let (Some(gen), Some(_)) = (source, &run.snapshot) {
             let published: Vec<usize> = old
                 .iter()
                 .copied()
@@ -392,10 +428,18 @@ impl Learner {
                 for (j, &label) in published.iter().enumerate() {
                     let count = picks.iter().filter(|&&p| p == j).count();
                     let row = &text[label * e..(label + 1) * e];
-                    let t = gen.generate(row, count, rng.next_u64())?;
+                    let noise = rng.next_u64();
+                    let t = match gen {
+                        Some(gen) => gen.generate(row, count, noise)?,
+                        None => {
+                            let (mean, var) =
+                                run.table.published(ids[label]).expect("filtered above");
+                            restyle(tokens, &mean, &var)?.repeat(count)
+                        }
+                    };
                     if t.iter().any(|v| !v.is_finite()) {
                         log::warn!(
-                            "the generator gave non-finite tokens; no synthetic sample of label {}",
+                            "non-finite synthetic tokens; no synthetic sample of label {}",
                             ids[label]
                         );
                         continue;
@@ -529,7 +573,10 @@ impl Learner {
                 names.push(name);
             }
         }
-        let text = if names.is_empty() {
+        let generator =
+            self.private.as_ref().expect("checked above").cfg.replay == PrivateReplay::Generator;
+        // (The label texts serve the generator's training only.)
+        let text = if names.is_empty() || !generator {
             Vec::new()
         } else {
             self.predictor.encoder.encode_texts(&names)?
@@ -552,9 +599,15 @@ impl Learner {
             loss_last: LossSummary::default(),
             seconds: 0.0,
             generator_seconds: 0.0,
-            peak_bytes: consolidation_peak_bytes(&dims, &gen_dims, run.cfg.dream.batch, ids.len()),
+            peak_bytes: if generator {
+                consolidation_peak_bytes(&dims, &gen_dims, run.cfg.dream.batch, ids.len())
+            } else {
+                snapshot_peak_bytes(&dims)
+            },
         };
-        if published > 0 {
+        if !generator {
+            log::info!("consolidation: the restyled replay needs no generator; none is trained");
+        } else if published > 0 {
             let mut gen = match &run.generator {
                 Some(g) => g.clone(),
                 None => Generator::new(gen_dims, generator_seed(seed))?,
