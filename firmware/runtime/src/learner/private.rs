@@ -318,12 +318,10 @@ pub fn consolidation_peak_bytes(
 
 /// An estimate of the peak bytes a consolidation without a generator takes beyond what
 /// the learner holds, its checkpoint's: the tuned state (parameters and two moments) read
-/// back, its values as bytes, and the file's buffer (up to twice the bytes as it grows);
-/// the frozen head (written with it) in the last three.
+/// back, its values as bytes, and the file's buffer (up to twice the bytes as it grows).
 pub fn snapshot_peak_bytes(dims: &BlockDims) -> u64 {
     let state = 3 * memory_report(dims, 1).weights;
-    let head = 4 * dims.width * (2 + dims.embed);
-    (4 * state + 3 * head) as u64
+    (4 * state) as u64
 }
 
 impl Learner {
