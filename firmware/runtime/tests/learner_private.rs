@@ -302,7 +302,7 @@ fn consolidation_snapshots_trains_the_generator_and_brings_synthetic_samples() {
 #[test]
 fn consolidations_without_labels_or_statistics_train_no_generator() {
     let dir = tempfile::tempdir().unwrap();
-    let mut l = Learner::open("tiny-clip", dir.path(), config(Some(private_config(0)))).unwrap();
+    let mut l = Learner::open("tiny-clip", dir.path(), config(Some(generator_config(0)))).unwrap();
     let c = l.consolidate().unwrap();
     assert_eq!((c.labels, c.published, c.generator_steps), (0, 0, 0));
     assert!(dir.path().join("snapshot.safetensors").is_file());

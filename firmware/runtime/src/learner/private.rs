@@ -571,17 +571,10 @@ impl Learner {
                 names.push(name);
             }
         }
-        let generator =
-            self.private.as_ref().expect("checked above").cfg.replay == PrivateReplay::Generator;
-        // (The label texts serve the generator's training only.)
-        let text = if names.is_empty() || !generator {
-            Vec::new()
-        } else {
-            self.predictor.encoder.encode_texts(&names)?
-        };
         let learned = self.state.learned;
         let seed = self.cfg.seed;
         let run = self.private.as_mut().expect("checked above");
+        let generator = run.cfg.replay == PrivateReplay::Generator;
         let published = ids
             .iter()
             .filter(|&&l| run.table.published(l).is_some())
@@ -606,6 +599,7 @@ impl Learner {
         if !generator {
             log::info!("consolidation: the restyled replay needs no generator; none is trained");
         } else if published > 0 {
+            let text = self.predictor.encoder.encode_texts(&names)?;
             let mut gen = match &run.generator {
                 Some(g) => g.clone(),
                 None => Generator::new(gen_dims, generator_seed(seed))?,
