@@ -43,7 +43,7 @@ pub fn restyle(tokens: &[f32], mean: &[f32], var: &[f32]) -> Result<Vec<f32>, Pr
     for c in 0..d {
         let column = || tokens.iter().skip(c).step_by(d).map(|&v| f64::from(v));
         let m = column().sum::<f64>() / n as f64;
-        let s = (column().map(|v| (v - m) * (v - m)).sum::<f64>() / n as f64).sqrt();
+        let s = (column().map(|v| (v - m).powi(2)).sum::<f64>() / n as f64).sqrt();
         let sd = f64::from(var[c]).sqrt();
         let scale = if s < f64::from(MIN_SPREAD) {
             0.0
@@ -68,28 +68,29 @@ mod tests {
     fn restyled_channels_carry_the_labels_statistics() {
         // N = 4, D = 3; channel 2 is constant.
         let tokens = [
-            1.0f32, -2.0, 5.0, //
-            3.0, 0.0, 5.0, //
-            -1.0, 4.0, 5.0, //
-            1.0, 2.0, 5.0,
+            1.0f32, -1.0, 5.0, //
+            3.0, 1.0, 5.0, //
+            -1.0, 5.0, 5.0, //
+            1.0, 3.0, 5.0,
         ];
         let mean = [10.0f32, -1.0, 0.5];
         let var = [4.0f32, 0.25, 9.0];
         let out = restyle(&tokens, &mean, &var).unwrap();
-        // Channel 0: m = 1, s = √2, values (0, 2, −2, 0) / √2 · 2 + 10.
+        // Channel 0: m = 1, s = √2, values (0, 2, −2, 0) / √2 · 2 + 10; channel 1: m = 2,
+        // s = √5.
         let r2 = std::f32::consts::SQRT_2;
         let want = [
             10.0,
-            -1.0 + (-2.0 - 1.0) / 5f32.sqrt() * 0.5,
+            -1.0 + (-1.0 - 2.0) / 5f32.sqrt() * 0.5,
             0.5, //
             10.0 + 2.0 * r2,
-            -1.0 + (0.0 - 1.0) / 5f32.sqrt() * 0.5,
+            -1.0 + (1.0 - 2.0) / 5f32.sqrt() * 0.5,
             0.5, //
             10.0 - 2.0 * r2,
-            -1.0 + (4.0 - 1.0) / 5f32.sqrt() * 0.5,
+            -1.0 + (5.0 - 2.0) / 5f32.sqrt() * 0.5,
             0.5, //
             10.0,
-            -1.0 + (2.0 - 1.0) / 5f32.sqrt() * 0.5,
+            -1.0 + (3.0 - 2.0) / 5f32.sqrt() * 0.5,
             0.5,
         ];
         assert_close("restyled", &out, &want, 1e-5, 1e-5);
