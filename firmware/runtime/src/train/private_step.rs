@@ -1,6 +1,6 @@
 //! SPEC §7's learner loss on a batch of real and synthetic token sets (the CPU path):
 //!
-//! `L = CE_local + CE_bal + μ · mean_b ‖E_old (z_b − z'_b)‖² / |old labels|`
+//! `L = CE_local + CE_bal + μ · mean_b ‖τ E_old (z_b − z'_b)‖² / |old labels|`
 //!
 //! - `CE_local`: SPEC §4's loss of the real samples (the batch's first `real`) over the
 //!   current period's labels (those learned since the last consolidation);
@@ -8,7 +8,10 @@
 //!   (the batch is class-balanced by its caller);
 //! - the feature distillation: `z_b` the tuned block's L2-normalised embedding, `E_old z'_b`
 //!   the snapshot's cosines to the old labels' text embeddings (given), so that only the
-//!   directions the old labels read are held.
+//!   directions the old labels read are held. The difference is taken on the logit scale
+//!   `τ` (ABD's `‖W_old (h − h')‖²`, `W_old` the old labels' head: ours is `τ E_old`);
+//!   SPEC §7 writes it on cosines, where `μ = 0.1` is 1/τ² = 10⁻⁴ of this and holds nothing
+//!   (docs/perf-log.md, "The distillation on the logit scale").
 //!
 //! Each term is a batch mean; their gradients are summed at the embedding, then the block's
 //! backward and AdamW run as in a SPEC §4 step.
@@ -102,7 +105,7 @@ pub struct PrivateStats {
     pub loss: f64,
     pub local: f64,
     pub balanced: f64,
-    /// `μ · mean_b ‖E_old (z_b − z'_b)‖² / |old labels|`.
+    /// `μ · mean_b ‖τ E_old (z_b − z'_b)‖² / |old labels|`.
     pub distill: f64,
     /// Real samples whose argmax over every learned label is their label.
     pub correct: usize,
@@ -169,6 +172,7 @@ pub fn private_loss(
     if batch.n_old > 0 && batch.mu > 0.0 {
         let k = batch.n_old;
         let scale = f64::from(batch.mu) / (k * b) as f64;
+        let tau = f64::from(cfg.logit_scale);
         let mut sum = 0.0f64;
         for (i, (er, de)) in embed
             .chunks_exact(e)
@@ -189,11 +193,11 @@ pub fn private_loss(
                 .zip(&batch.old_target[i * k..(i + 1) * k])
             {
                 let c: f64 = t.iter().zip(&z).map(|(&a, &b)| f64::from(a) * b).sum();
-                let diff = c - f64::from(target);
+                let diff = tau * (c - f64::from(target));
                 sum += diff * diff;
                 dz.iter_mut()
                     .zip(t)
-                    .for_each(|(g, &x)| *g += 2.0 * scale * diff * f64::from(x));
+                    .for_each(|(g, &x)| *g += 2.0 * scale * tau * diff * f64::from(x));
             }
             let dot: f64 = z.iter().zip(&dz).map(|(a, b)| a * b).sum();
             for ((o, &g), &zv) in de.iter_mut().zip(&dz).zip(&z) {
@@ -264,6 +268,17 @@ mod tests {
             0.0,
             1e-12,
         );
+        // The distillation on the logit scale: μ Σ_b Σ_j (τ (e_j · z_b − target_bj))² / (K_old B).
+        let mut want = 0.0f64;
+        for (i, row) in embed.chunks_exact(E).enumerate() {
+            let z = unit(row);
+            for (j, t) in old_text.chunks_exact(E).enumerate() {
+                let c: f32 = t.iter().zip(&z).map(|(a, b)| a * b).sum();
+                want += f64::from(3.0 * (c - old_target[i * 2 + j])).powi(2);
+            }
+        }
+        want *= 0.7 / 8.0;
+        assert_close("distill", &[stats.distill], &[want], 1e-5, 1e-5);
         let loss = |x: &[f32], b: f32| private_loss(&cfg, x, E, &batch, b).0.loss;
         let h = 1e-3f32;
         let mut fd = Vec::with_capacity(embed.len());
