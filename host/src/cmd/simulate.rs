@@ -169,7 +169,8 @@ pub struct Args {
     /// beside the `full` method's own (slower: a nearest-neighbour search per image).
     #[arg(long)]
     pub none_candidates: bool,
-    /// Private methods: `μ`, the weight of the feature distillation (SPEC §7: 0.1).
+    /// Private methods: `μ`, the weight of the feature distillation of the old labels'
+    /// logits (SPEC §7: 0.1).
     #[arg(long, default_value_t = PrivateConfig::default().mu)]
     pub mu: f32,
     /// Token cache directory (default: <out>/cache).

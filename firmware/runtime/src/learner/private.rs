@@ -70,7 +70,7 @@ pub struct PrivateConfig {
     pub consolidate_every: u32,
     /// The generator's training.
     pub dream: DreamConfig,
-    /// `μ`, the weight of the feature distillation (0.1).
+    /// `μ`, the weight of the feature distillation of the old labels' logits (0.1).
     pub mu: f32,
     /// Synthetic samples in each step (31: with the real one, SPEC §4's batch of 32).
     pub synthetic: usize,
