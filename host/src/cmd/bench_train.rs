@@ -10,7 +10,8 @@
 //! backends; the weight matrices' AdamW update fused into backward or run after it; its
 //! vector builds prefetching or not), the roofline ratio again with the SGEMM and the step in alternating rounds
 //! (this VM's speed drifts between the two otherwise), and its AdamW update is timed on
-//! its own.
+//! its own. Last, GEMM libraries on the step's product shapes (ours, `matrixmultiply`,
+//! the `gemm` crate; see `gemm_libs`).
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
@@ -27,7 +28,7 @@ use anytime_runtime::train::{
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::json;
 
-use super::bench_out;
+use super::{bench_out, gemm_libs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -388,6 +389,10 @@ pub fn run(a: Args) -> Result<()> {
 
     let roofline = sgemm_gflops(1600, 768, 3072);
     let kv_gemm = sgemm_gflops(a.batch * dims.tokens, dims.width, 2 * dims.width);
+    let gemm_libs = gemm_libs::step_shapes(a.batch, dims.width, dims.mlp, dims.tokens)
+        .into_iter()
+        .map(|s| gemm_libs::time_shape(s, ROUNDS, threads))
+        .collect::<Result<Vec<_>>>()?;
 
     let mut rng = StdRng::seed_from_u64(0);
     let tokens: AlignedVec = (0..a.batch * dims.tokens_len())
@@ -624,6 +629,8 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
 
+    gemm_libs::print(&gemm_libs, ROUNDS);
+
     let report = json!({
         "shapes": a.shapes,
         "dims": {"tokens": dims.tokens, "width": dims.width, "heads": dims.heads, "mlp": dims.mlp, "embed": dims.embed},
@@ -636,6 +643,7 @@ pub fn run(a: Args) -> Result<()> {
         "flops_dense": flops.dense,
         "sgemm_1600x768x3072_gflops": roofline,
         "sgemm_kv_shape_gflops": kv_gemm,
+        "gemm_libraries": gemm_libs::json(&gemm_libs),
         "cpu_forward_loss_s": fwd_s,
         "cpu_step_s": step_s,
         "cpu_step_gflops": gflops,

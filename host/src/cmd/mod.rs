@@ -2,6 +2,7 @@ pub mod bench_encode;
 pub mod bench_learn;
 pub mod bench_store;
 pub mod bench_train;
+mod gemm_libs;
 pub mod inspect_store;
 pub mod simulate;
 
