@@ -446,6 +446,28 @@ mod tests {
         );
     }
 
+    /// On aarch64 the vector paths are NEON's: every product runs on `matrixmultiply`,
+    /// which takes its NEON kernel when the CPU reports NEON (the same run-time check), and
+    /// the kernel bodies of `build_of!` run their baseline build, compiled with NEON. The
+    /// products' numbers are this module's other tests, run here as on x86-64.
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn aarch64_takes_the_neon_paths() {
+        assert!(
+            cfg!(target_feature = "neon"),
+            "the baseline build is compiled without NEON"
+        );
+        assert!(
+            std::arch::is_aarch64_feature_detected!("neon"),
+            "no NEON reported: matrixmultiply would take its scalar kernel"
+        );
+        assert!(!GemmOptions::default().thin_active());
+        assert_eq!(
+            crate::simd::Build::widest("avx2"),
+            crate::simd::Build::Baseline
+        );
+    }
+
     #[test]
     fn block_gemm_variants_match_naive() {
         let (m, k, n) = (5, 7, 3);
