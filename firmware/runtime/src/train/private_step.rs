@@ -269,15 +269,16 @@ mod tests {
             1e-12,
         );
         // The distillation on the logit scale: μ Σ_b Σ_j (τ (e_j · z_b − target_bj))² / (K_old B).
+        let (tau, k_old) = (cfg.logit_scale, batch.n_old);
         let mut want = 0.0f64;
         for (i, row) in embed.chunks_exact(E).enumerate() {
             let z = unit(row);
             for (j, t) in old_text.chunks_exact(E).enumerate() {
                 let c: f32 = t.iter().zip(&z).map(|(a, b)| a * b).sum();
-                want += f64::from(3.0 * (c - old_target[i * 2 + j])).powi(2);
+                want += f64::from(tau * (c - old_target[i * k_old + j])).powi(2);
             }
         }
-        want *= 0.7 / 8.0;
+        want *= f64::from(batch.mu) / (k_old * labels.len()) as f64;
         assert_close("distill", &[stats.distill], &[want], 1e-5, 1e-5);
         let loss = |x: &[f32], b: f32| private_loss(&cfg, x, E, &batch, b).0.loss;
         let h = 1e-3f32;
