@@ -22,7 +22,7 @@ use anytime_runtime::predict::{LabelSet, Predictor};
 use anytime_runtime::train::BackendChoice;
 use serde_json::{json, Value};
 
-use super::bench_out;
+use super::{bench_out, median};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -56,15 +56,6 @@ const LEARN_PHASES: [&str; 10] = [
     "total",
 ];
 const PREDICT_PHASES: [&str; 5] = ["decode", "text", "trunk", "blocks + mixing", "total"];
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        f64::NAN
-    } else {
-        v[v.len() / 2]
-    }
-}
 
 /// The pictures of `dir` and their labels (the file name before its last `_`).
 fn pictures(dir: &Path) -> Result<Vec<(PathBuf, String)>> {

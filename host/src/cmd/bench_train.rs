@@ -28,7 +28,7 @@ use anytime_runtime::train::{
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::json;
 
-use super::{bench_out, gemm_libs};
+use super::{bench_out, gemm_libs, median};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -70,11 +70,6 @@ fn dims_of(name: &str) -> Result<BlockDims> {
         },
         other => bail!("unknown shapes `{other}` (vit-b32 or tiny)"),
     })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// An `[m,k]·[k,n]` SGEMM through the same library and threads as the step, its
@@ -147,9 +142,9 @@ fn interleaved_roofline(
         steps.push(step_s);
     }
     Ok(Interleaved {
-        ratio: median(ratios),
-        sgemm_gflops: median(sgemm),
-        step_s: median(steps),
+        ratio: median(&mut ratios),
+        sgemm_gflops: median(&mut sgemm),
+        step_s: median(&mut steps),
         rounds: ROUNDS,
     })
 }
@@ -222,7 +217,7 @@ fn time_backend(
         std::hint::black_box(be.step(batch)?);
         step.push(t.elapsed().as_secs_f64());
     }
-    Ok((median(fwd), median(step)))
+    Ok((median(&mut fwd), median(&mut step)))
 }
 
 /// Median time (s) of the dense `L_r` step (SPEC §8: mask, every token through the block
@@ -248,7 +243,7 @@ fn time_masked(
         )?);
         times.push(t.elapsed().as_secs_f64());
     }
-    Ok(median(times))
+    Ok(median(&mut times))
 }
 
 /// Step times (s) with one switch of the CPU path on and off, interleaved in one run.
@@ -295,8 +290,8 @@ fn ab(cpu: &mut CpuBackend, batch: &Batch<'_>, set: fn(&mut CpuOptions, bool)) -
         }
     }
     Ok(Ab {
-        on_s: median(on),
-        off_s: median(off),
+        on_s: median(&mut on),
+        off_s: median(&mut off),
         rounds: ROUNDS,
     })
 }
@@ -315,8 +310,8 @@ fn ab_backends(
         t_off.push(time_backend(&mut off, batch, ROUND_STEPS)?.1);
     }
     Ok(Ab {
-        on_s: median(t_on),
-        off_s: median(t_off),
+        on_s: median(&mut t_on),
+        off_s: median(&mut t_off),
         rounds: ROUNDS,
     })
 }
@@ -327,7 +322,7 @@ fn ab_backends(
 fn time_adamw(dims: &BlockDims, cfg: &TrainConfig, state: &TunedState, steps: usize) -> f64 {
     let mut s = state.clone();
     let grads = BlockParams::zeros(dims);
-    let times = (0..steps.max(1))
+    let mut times: Vec<f64> = (0..steps.max(1))
         .map(|_| {
             let t = Instant::now();
             adamw_update(
@@ -342,7 +337,7 @@ fn time_adamw(dims: &BlockDims, cfg: &TrainConfig, state: &TunedState, steps: us
             t.elapsed().as_secs_f64()
         })
         .collect();
-    median(times)
+    median(&mut times)
 }
 
 /// What the wgpu path measured.

@@ -10,6 +10,8 @@ use anyhow::{ensure, Result};
 use anytime_linalg::{AlignedVec, Gemm, GemmOptions, MatMut, MatRef};
 use serde_json::json;
 
+use super::median;
+
 /// The libraries, in the order of the table's columns.
 pub const LIBRARIES: [&str; 3] = ["ours", "matrixmultiply", "gemm crate"];
 
@@ -138,6 +140,20 @@ fn run_once(lib: usize, s: &Shape, ops: &Operands, c: &mut [f32], threads: usize
     t.elapsed().as_secs_f64()
 }
 
+/// The largest difference between `c` and `ours`, relative to the largest magnitude of
+/// `ours`; infinite when either holds a value that is not finite.
+fn rel_diff(c: &[f32], ours: &[f32]) -> f64 {
+    if c.len() != ours.len() || c.iter().chain(ours).any(|v| !v.is_finite()) {
+        return f64::INFINITY;
+    }
+    let scale = ours.iter().fold(0.0f64, |m, &v| m.max(f64::from(v).abs()));
+    c.iter()
+        .zip(ours)
+        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).abs())
+        .fold(0.0f64, f64::max)
+        / scale.max(f64::MIN_POSITIVE)
+}
+
 /// Times every library on `shape` in `rounds` alternating rounds (after a checked
 /// warm-up of each).
 pub fn time_shape(shape: Shape, rounds: usize, threads: usize) -> Result<Timing> {
@@ -148,17 +164,9 @@ pub fn time_shape(shape: Shape, rounds: usize, threads: usize) -> Result<Timing>
     for (lib, c) in outs.iter_mut().enumerate() {
         run_once(lib, &shape, &ops, c, threads);
     }
-    let scale = outs[0]
-        .iter()
-        .fold(0.0f64, |m, &v| m.max(f64::from(v).abs()));
     let mut max_rel_diff = 0.0f64;
     for (lib, c) in outs.iter().enumerate().skip(1) {
-        let d = c
-            .iter()
-            .zip(&outs[0])
-            .map(|(&x, &y)| (f64::from(x) - f64::from(y)).abs())
-            .fold(0.0f64, f64::max)
-            / scale.max(f64::MIN_POSITIVE);
+        let d = rel_diff(c, &outs[0]);
         ensure!(
             d < 1e-4,
             "{} differs from ours on {}x{}x{} by {d:e} of the largest value",
@@ -176,10 +184,7 @@ pub fn time_shape(shape: Shape, rounds: usize, threads: usize) -> Result<Timing>
             secs[lib].push(run_once(lib, &shape, &ops, c, threads));
         }
     }
-    let gflops = secs.map(|mut v| {
-        v.sort_by(f64::total_cmp);
-        flop / v[v.len() / 2] / 1e9
-    });
+    let gflops = secs.map(|mut v| flop / median(&mut v) / 1e9);
     Ok(Timing {
         shape,
         gflops,
@@ -246,6 +251,17 @@ mod tests {
             assert!(t.max_rel_diff < 1e-6, "{w_t}: {}", t.max_rel_diff);
             assert!(t.gflops.iter().all(|g| g.is_finite() && *g > 0.0));
         }
+    }
+
+    #[test]
+    fn a_value_that_is_not_finite_is_an_infinite_difference() {
+        assert_eq!(rel_diff(&[1.0, 2.0], &[1.0, 2.0]), 0.0);
+        assert!((rel_diff(&[1.0, 3.0], &[1.0, 2.0]) - 0.5).abs() < 1e-12);
+        for bad in [f32::NAN, f32::INFINITY] {
+            assert_eq!(rel_diff(&[1.0, bad], &[1.0, 2.0]), f64::INFINITY);
+            assert_eq!(rel_diff(&[1.0, 2.0], &[bad, 2.0]), f64::INFINITY);
+        }
+        assert_eq!(rel_diff(&[1.0], &[1.0, 2.0]), f64::INFINITY);
     }
 
     #[test]

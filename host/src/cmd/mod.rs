@@ -10,6 +10,16 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
+/// The median of `v` (the upper one of an even count; NaN when empty), sorting `v`.
+pub(crate) fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
 /// Writes a benchmark report to `target/bench/<name>` (or `$ANYTIME_EDGE_BENCH_DIR/<name>`)
 /// and returns its path.
 pub fn bench_out(name: &str, report: &serde_json::Value) -> Result<PathBuf> {
