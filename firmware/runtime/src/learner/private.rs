@@ -448,14 +448,13 @@ impl Learner {
             }
         }
         let b = labels.len();
-        // The distillation's old labels, their text and the snapshot's logits / τ (none
+        // The distillation's old labels, their text and the snapshot's logits (none
         // before a snapshot or an old label).
         let (n_old, old_text, old_target) = match &run.snapshot {
             Some(snap) if !old.is_empty() => {
                 let old_text = rows(&old);
                 let fwd = snap.logits(&batch_tokens, b, &old_text, old.len())?;
-                let tau = f64::from(snap.logit_scale());
-                let target = fwd.logits.iter().map(|&l| (l / tau) as f32).collect();
+                let target = fwd.logits.iter().map(|&l| l as f32).collect();
                 (old.len(), old_text, target)
             }
             _ => (0, Vec::new(), Vec::new()),

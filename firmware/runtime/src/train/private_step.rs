@@ -41,7 +41,7 @@ pub struct PrivateBatch<'a> {
     /// `[K_old, E]`: the old labels' text embeddings (none: no distillation).
     pub old_text: &'a [f32],
     pub n_old: usize,
-    /// `[B, K_old]`: `E_old z'_b`, the snapshot's cosines to the old labels.
+    /// `[B, K_old]`: `τ E_old z'_b`, the snapshot's logits for the old labels.
     pub old_target: &'a [f32],
     /// `μ` (SPEC §7: 0.1).
     pub mu: f32,
@@ -193,7 +193,7 @@ pub fn private_loss(
                 .zip(&batch.old_target[i * k..(i + 1) * k])
             {
                 let c: f64 = t.iter().zip(&z).map(|(&a, &b)| f64::from(a) * b).sum();
-                let diff = tau * (c - f64::from(target));
+                let diff = tau * c - f64::from(target);
                 sum += diff * diff;
                 dz.iter_mut()
                     .zip(t)
@@ -268,14 +268,14 @@ mod tests {
             0.0,
             1e-12,
         );
-        // The distillation on the logit scale: μ Σ_b Σ_j (τ (e_j · z_b − target_bj))² / (K_old B).
+        // The distillation on the logit scale: μ Σ_b Σ_j (τ e_j · z_b − target_bj)² / (K_old B).
         let (tau, k_old) = (cfg.logit_scale, batch.n_old);
         let mut want = 0.0f64;
         for (i, row) in embed.chunks_exact(E).enumerate() {
             let z = unit(row);
             for (j, t) in old_text.chunks_exact(E).enumerate() {
                 let c: f32 = t.iter().zip(&z).map(|(a, b)| a * b).sum();
-                want += f64::from(tau * (c - old_target[i * k_old + j])).powi(2);
+                want += f64::from(tau * c - old_target[i * k_old + j]).powi(2);
             }
         }
         want *= f64::from(batch.mu) / (k_old * labels.len()) as f64;
