@@ -71,10 +71,6 @@ impl Snapshot {
         self.dims
     }
 
-    pub fn logit_scale(&self) -> f32 {
-        self.logit_scale
-    }
-
     /// The logits `τ z·e_k` (`z` the L2-normalised embedding) of `batch` token sets
     /// (`[B, N, D]`) against the `n_labels` text embeddings `text` (`[K, E]`,
     /// L2-normalised).

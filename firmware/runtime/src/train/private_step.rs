@@ -6,8 +6,8 @@
 //!   current period's labels (those learned since the last consolidation);
 //! - `CE_bal`: SPEC §4's loss of every sample, real and synthetic, over every learned label
 //!   (the batch is class-balanced by its caller);
-//! - the feature distillation: `z_b` the tuned block's L2-normalised embedding, `E_old z'_b`
-//!   the snapshot's cosines to the old labels' text embeddings (given), so that only the
+//! - the feature distillation: `z_b` the tuned block's L2-normalised embedding, `τ E_old z'_b`
+//!   the snapshot's logits for the old labels' text embeddings (given), so that only the
 //!   directions the old labels read are held. The difference is taken on the logit scale
 //!   `τ` (ABD's `‖W_old (h − h')‖²`, `W_old` the old labels' head: ours is `τ E_old`);
 //!   SPEC §7 writes it on cosines, where `μ = 0.1` is 1/τ² = 10⁻⁴ of this and holds nothing
