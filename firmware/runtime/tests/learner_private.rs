@@ -11,7 +11,7 @@ use anytime_runtime::learner::{
     LearnError, Learner, LearnerConfig, Mixing, PrivateConfig, PrivateReplay,
 };
 use anytime_runtime::predict::Predictor;
-use anytime_runtime::private::DreamConfig;
+use anytime_runtime::private::{DreamConfig, StatsFile};
 use anytime_runtime::store::{encode_tokens, token_weights};
 use anytime_runtime::train::BackendChoice;
 
@@ -199,6 +199,68 @@ fn a_private_learner_keeps_statistics_not_records_and_refuses_bad_input_unchange
     assert_eq!(l.learned(), 9);
     let r = l.learn_tokens(&red, "red").unwrap();
     assert_eq!(r.labels, 2, "green is still in the training label set");
+}
+
+/// The CLS statistics (`cls_stats.bin`): the per-channel mean and variance of the
+/// learned samples' CLS tokens (token 0), written from a label's 8th sample as `stats.bin`
+/// is. A folder without the file (made before it existed) gets it at its next open and
+/// learns on: its labels' CLS statistics count from there, and until they are published
+/// the restyled replay goes on without them. A damaged file is refused by name.
+#[test]
+fn cls_statistics_are_the_cls_tokens_and_an_older_folder_gets_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cls_stats.bin");
+    let d = Predictor::load("tiny-clip").unwrap().encoder.dims().width;
+    let red = tiny_tokens("red_square.png");
+    let mut l = Learner::open("tiny-clip", dir.path(), config(Some(private_config(0)))).unwrap();
+    let xs: Vec<Vec<f32>> = (0..9).map(|i| variant(&red, i)).collect();
+    for (i, x) in xs.iter().enumerate() {
+        l.learn_tokens(x, "red").unwrap();
+        let t = StatsFile::read(&path, d, 1).unwrap();
+        let written: Vec<u64> = t.iter().map(|(_, s)| s.samples()).collect();
+        let want: &[u64] = if i >= 7 { &[i as u64 + 1] } else { &[] };
+        assert_eq!(written, want, "after {} samples", i + 1);
+    }
+    let t = StatsFile::read(&path, d, 1).unwrap();
+    let label = t.published_labels()[0];
+    let (mean, var) = t.published(label).unwrap();
+    for c in 0..d {
+        let v: Vec<f64> = xs.iter().map(|x| f64::from(x[c])).collect();
+        let m = v.iter().sum::<f64>() / v.len() as f64;
+        let s2 = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64;
+        assert!((f64::from(mean[c]) - m).abs() < 1e-5, "channel {c}: mean");
+        let want = s2.max(f64::from(anytime_runtime::private::VAR_FLOOR));
+        assert!(
+            (f64::from(var[c]) - want).abs() < 1e-6 + 1e-4 * want,
+            "channel {c}"
+        );
+    }
+    // stats.bin counts the same samples
+    let pooled = l.private_status().unwrap();
+    assert_eq!(pooled.labels[0].1, 9);
+    drop(l);
+    std::fs::remove_file(&path).unwrap();
+    let mut l = Learner::open("tiny-clip", dir.path(), config(Some(private_config(0)))).unwrap();
+    assert!(path.is_file(), "made at the open");
+    l.consolidate().unwrap();
+    // red is old, its pooled statistics published, its CLS ones not: synthetic samples
+    let green = tiny_tokens("green_circle.png");
+    let r = l.learn_tokens(&green, "green").unwrap();
+    assert_eq!(r.batch, 8, "the real sample and 7 synthetic ones");
+    assert!(r.loss.is_finite());
+    for i in 0..8 {
+        l.learn_tokens(&variant(&red, 20 + i), "red").unwrap();
+    }
+    let t = StatsFile::read(&path, d, 1).unwrap();
+    assert_eq!(t.get(label).unwrap().samples(), 8, "counted from the open");
+    assert_eq!(l.private_status().unwrap().labels[0].1, 17);
+    let r = l.learn_tokens(&green, "green").unwrap();
+    assert_eq!(r.batch, 8);
+    assert!(r.loss.is_finite());
+    drop(l);
+    std::fs::write(&path, b"not statistics").unwrap();
+    let e = Learner::open("tiny-clip", dir.path(), config(Some(private_config(0)))).unwrap_err();
+    assert!(e.to_string().contains("cls_stats.bin"), "{e}");
 }
 
 /// A generator file that cannot be read is an error naming it, not a missing generator.

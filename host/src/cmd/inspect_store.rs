@@ -205,7 +205,7 @@ fn print_mode(path: &std::path::Path) -> Result<Option<StatsTable>> {
         Some(true) => {
             let record = PrivateRecord::read(dir)?.unwrap_or_default();
             println!(
-                "mode           private (SPEC §7): no token record; per-label statistics in stats.bin"
+                "mode           private (SPEC §7): no token record; per-label statistics in stats.bin (CLS tokens: cls_stats.bin)"
             );
             println!(
                 "consolidations {} (the last at sample {}); {} old labels",

@@ -1682,9 +1682,10 @@ mod tests {
                 let dir = learners.join(if m == "private-tuned" { "private" } else { m });
                 let store = std::fs::metadata(dir.join("store.bin")).map(|m| m.len());
                 assert!(dir.join("stats.bin").is_file(), "{m}: {store:?}");
+                assert!(dir.join("cls_stats.bin").is_file(), "{m}");
                 let bytes = s.bytes_per_sample * 40.0;
                 assert_eq!(dir.join("generator.bin").is_file(), generator(m), "{m}");
-                let files: u64 = ["stats.bin", "generator.bin"]
+                let files: u64 = ["stats.bin", "cls_stats.bin", "generator.bin"]
                     .iter()
                     .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
                     .map(|f| f.len())

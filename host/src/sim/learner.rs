@@ -341,10 +341,11 @@ impl SharedLearner {
         Ok(Some(report))
     }
 
-    /// Private mode: the bytes of what replaces the store (per-label statistics and the
-    /// generator; the snapshot is a copy of the block, as the tuned block itself).
+    /// Private mode: the bytes of what replaces the store (per-label statistics, pooled and
+    /// of the CLS tokens, and the generator; the snapshot is a copy of the block, as the
+    /// tuned block itself).
     fn private_bytes(&self) -> u64 {
-        ["stats.bin", "generator.bin"]
+        ["stats.bin", "cls_stats.bin", "generator.bin"]
             .iter()
             .filter_map(|f| std::fs::metadata(self.dir.join(f)).ok())
             .map(|m| m.len())

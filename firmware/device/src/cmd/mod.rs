@@ -78,7 +78,7 @@ pub struct LearnerArgs {
     #[arg(long, value_name = "N", default_value_t = PrivateConfig::default().consolidate_every)]
     pub consolidate_every: u32,
     /// A private learner's synthetic samples: `restyle`, the new image's tokens given
-    /// each old label's statistics; or `generator`, SPEC §7's generator, trained at each
+    /// each old label's statistics (the CLS token drawn from its CLS statistics); or `generator`, SPEC §7's generator, trained at each
     /// consolidation (slower, and on CIFAR-10 it does not hold the old labels: BENCHMARKS.md).
     #[arg(long, value_enum, default_value = "restyle")]
     pub private_replay: ReplayArg,

@@ -27,8 +27,8 @@
 //! GPU adapter.
 //!
 //! [`LearnerConfig::private`] makes a learner of SPEC §7's private mode (`learner::private`
-//! module): no token record is stored; `stats.bin`, `snapshot.safetensors`,
-//! `generator.bin` and `private.json` join the folder.
+//! module): no token record is stored; `stats.bin`, `cls_stats.bin`,
+//! `snapshot.safetensors`, `generator.bin` and `private.json` join the folder.
 //!
 //! After a crash the store holds every acknowledged sample and the OCW state of the last
 //! acknowledged call; the tuned weights are those of the last checkpoint (at most

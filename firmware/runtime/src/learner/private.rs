@@ -26,9 +26,17 @@
 //! A crash between two of them leaves a newer snapshot or generator with the older period:
 //! the next consolidation catches up.
 //!
+//! Beside `stats.bin` (SPEC §7's statistics, pooled over the `N` tokens), `cls_stats.bin`
+//! holds the same statistics of the samples' CLS tokens (token 0) alone: the same format
+//! at `N = 1`, written after `stats.bin`, published from the same 8 samples. The restyled
+//! replay draws each synthetic sample's CLS token from them. A folder made before it
+//! existed gets it at its next open for writing; until a label's CLS statistics count 8
+//! samples its synthetic samples keep the restyled CLS token.
+//!
 //! After a crash, `stats.bin` holds every sample whose `learn` wrote it (its write comes
 //! before the step and the state blob): a cut between the two leaves a label's statistics
-//! one sample ahead of the learned count, never torn.
+//! one sample ahead of the learned count, never torn; `cls_stats.bin` is at most one
+//! sample behind `stats.bin`.
 //!
 //! Consolidation's cost (its report: wall time, generator steps, a peak-bytes estimate) is
 //! not yet counted in SPEC §8's budget: a private learner cannot be a diet learner yet.
@@ -50,12 +58,14 @@ use crate::block::{memory_report, BlockDims, FrozenHead};
 use crate::private::dream::balanced;
 use crate::private::generator::GeneratorDims;
 use crate::private::{
-    restyle, train_generator, DreamConfig, DreamLabels, Generator, LossParts, Snapshot, StatsFile,
-    StatsTable,
+    draw_cls, restyle, train_generator, DreamConfig, DreamLabels, Generator, LossParts, Snapshot,
+    StatsFile, StatsTable,
 };
 use crate::train::{load_block, save_block, PrivateBatch, StepStats};
+use anytime_core::rng::SplitMix64;
 
 pub(super) const STATS_FILE: &str = "stats.bin";
+pub(super) const CLS_STATS_FILE: &str = "cls_stats.bin";
 pub(super) const GENERATOR_FILE: &str = "generator.bin";
 pub(super) const SNAPSHOT_FILE: &str = "snapshot.safetensors";
 pub(super) const PRIVATE_FILE: &str = "private.json";
@@ -85,8 +95,9 @@ pub struct PrivateConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PrivateReplay {
     /// The new sample's tokens restyled to the old label's published statistics
-    /// ([`crate::private::restyle`]): the default, the one that holds the old labels on
-    /// real images (BENCHMARKS.md, "Data-free class-incremental").
+    /// ([`crate::private::restyle`]), each copy's CLS token drawn from the label's CLS
+    /// statistics ([`crate::private::draw_cls`]): the default, the one that holds the old
+    /// labels on real images (BENCHMARKS.md, "Data-free class-incremental").
     #[default]
     Restyle,
     /// SPEC §7's class-conditional generator `G(z, y)`, trained at each consolidation
@@ -223,14 +234,17 @@ pub(super) struct PrivateRun {
     /// `None` when opened to read.
     file: Option<StatsFile>,
     table: StatsTable,
+    /// The CLS tokens' statistics (`cls_stats.bin`); `None` when opened to read.
+    cls_file: Option<StatsFile>,
+    cls_table: StatsTable,
     record: PrivateRecord,
     generator: Option<Generator>,
     snapshot: Option<Snapshot>,
 }
 
 impl PrivateRun {
-    /// The run of the learner folder `dir`: a damaged `generator.bin`, `snapshot.safetensors`
-    /// or `stats.bin` header is refused with the file's name.
+    /// The run of the learner folder `dir`: a damaged `generator.bin`, `snapshot.safetensors`,
+    /// `stats.bin` or `cls_stats.bin` header is refused with the file's name.
     pub(super) fn open(
         cfg: PrivateConfig,
         dir: &Path,
@@ -240,18 +254,22 @@ impl PrivateRun {
         durable: bool,
     ) -> Result<Self, LearnError> {
         cfg.check()?;
-        let stats_path = dir.join(STATS_FILE);
-        let (file, table) = if write {
-            let _ = fs::remove_file(dir.join(format!("{STATS_FILE}.tmp")));
-            let mut f = StatsFile::open_or_create(&stats_path, dims.width, dims.tokens)?;
-            f.set_durable(durable);
-            let t = f.table().clone();
-            (Some(f), t)
-        } else if stats_path.exists() {
-            (None, StatsFile::read(&stats_path, dims.width, dims.tokens)?)
-        } else {
-            (None, StatsTable::new(dims.width, dims.tokens)?)
+        let open = |name: &str, tokens: usize| -> Result<_, LearnError> {
+            let path = dir.join(name);
+            Ok(if write {
+                let _ = fs::remove_file(dir.join(format!("{name}.tmp")));
+                let mut f = StatsFile::open_or_create(&path, dims.width, tokens)?;
+                f.set_durable(durable);
+                let t = f.table().clone();
+                (Some(f), t)
+            } else if path.exists() {
+                (None, StatsFile::read(&path, dims.width, tokens)?)
+            } else {
+                (None, StatsTable::new(dims.width, tokens)?)
+            })
         };
+        let (file, table) = open(STATS_FILE, dims.tokens)?;
+        let (cls_file, cls_table) = open(CLS_STATS_FILE, 1)?;
         let state = |path: &Path, message: String| LearnError::State {
             path: path.to_path_buf(),
             message,
@@ -280,6 +298,8 @@ impl PrivateRun {
             cfg,
             file,
             table,
+            cls_file,
+            cls_table,
             record: PrivateRecord::read(dir)?.unwrap_or_default(),
             generator,
             snapshot,
@@ -365,12 +385,17 @@ impl Learner {
         self.state.ocw.get(id).is_some() || run.table.get(id).is_some()
     }
 
-    /// Adds a sample's tokens to its label's statistics and writes them (`stats.bin`).
+    /// Adds a sample's tokens to its label's statistics and its CLS token to the label's
+    /// CLS statistics, and writes them (`stats.bin`, then `cls_stats.bin`).
     pub(super) fn observe_private(&mut self, label: u16, tokens: &[f32]) -> Result<(), LearnError> {
+        let d = self.dims.width;
         let run = self.private.as_mut().expect("a private learner");
         let file = run.file.as_mut().expect("a writer");
         file.observe(label, tokens)?;
         run.table = file.table().clone();
+        let cls_file = run.cls_file.as_mut().expect("a writer");
+        cls_file.observe(label, &tokens[..d])?;
+        run.cls_table = cls_file.table().clone();
         Ok(())
     }
 
@@ -430,9 +455,19 @@ impl Learner {
                     let t = match gen {
                         Some(gen) => gen.generate(row, count, noise)?,
                         None => {
-                            let (mean, var) =
-                                run.table.published(ids[label]).expect("filtered above");
-                            restyle(tokens, &mean, &var)?.repeat(count)
+                            let l = ids[label];
+                            let (mean, var) = run.table.published(l).expect("filtered above");
+                            let one = restyle(tokens, &mean, &var)?;
+                            let mut t = one.repeat(count);
+                            // Each copy's CLS token its own draw (a folder older than
+                            // `cls_stats.bin` keeps the restyled one until 8 samples).
+                            if let Some((cls_mean, cls_var)) = run.cls_table.published(l) {
+                                let mut draws = SplitMix64::new(noise);
+                                for copy in t.chunks_exact_mut(one.len()) {
+                                    draw_cls(copy, &cls_mean, &cls_var, &mut draws)?;
+                                }
+                            }
+                            t
                         }
                     };
                     if t.iter().any(|v| !v.is_finite()) {

@@ -18,6 +18,6 @@ pub use dream::{
 pub use error::PrivateError;
 pub use generator::{Generator, GeneratorDims, GeneratorParams, GeneratorSaved};
 pub use losses::{Snapshot, SnapshotForward};
-pub use restyle::restyle;
+pub use restyle::{draw_cls, restyle};
 pub use stats::{StatsTable, TokenStats, MIN_SAMPLES, VAR_FLOOR};
 pub use stats_file::{slot_len, StatsFile, StatsFileError, STATS_HEADER_LEN};
