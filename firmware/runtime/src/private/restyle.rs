@@ -186,12 +186,18 @@ mod tests {
                 "channel {c}: var {v}"
             );
         }
-        // a draw depends on the generator's state only
+        // a draw is `mean + √var · z` for the generator's next normals `z`, whatever the
+        // token held; a CLS token alone (N = 1) is drawn too
         let mut a = vec![0.0f32; d];
         let mut b = vec![9.0f32; d];
         draw_cls(&mut a, &mean, &var, &mut SplitMix64::new(1)).unwrap();
         draw_cls(&mut b, &mean, &var, &mut SplitMix64::new(1)).unwrap();
         assert_eq!(a, b);
+        let mut z = SplitMix64::new(1);
+        let want: Vec<f32> = (0..d)
+            .map(|c| mean[c] + var[c].sqrt() * z.normal())
+            .collect();
+        assert_eq!(a, want);
     }
 
     #[test]
